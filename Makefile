@@ -1,0 +1,41 @@
+# The README's two commands: `make demo` and `make test`. Each sets up what it needs
+# on a fresh Debian machine (mosquitto via apt, a venv, the project with its extras).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.edgeloop-installed
+EXTRAS ?= cloud,train,dev
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast lint demo bench clean
+
+$(STAMP): pyproject.toml
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
+	  echo ">> installing mosquitto (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	@touch $@
+
+setup: $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check edge_agent cloud_controller edgeloop_sim tests bench
+	$(BIN)/mypy edge_agent cloud_controller edgeloop_sim
+	$(BIN)/lint-imports
+
+demo: setup
+	$(BIN)/edgeloop-demo
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var out

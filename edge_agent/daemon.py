@@ -1,0 +1,331 @@
+"""The edge agent daemon: wires MQTT, the pipeline, the durable store and the uplink.
+
+Exactly-once counting rests on one ordering rule: an inbound QoS 1 message is
+acknowledged to the broker only after everything it changed (window state,
+closed windows, summaries, dead letters) is committed to SQLite in the same
+transaction. A crash before the commit means the broker redelivers; a crash
+after it means the work is on disk. Summaries then leave the outbox at least
+once and the cloud drops duplicates by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__, topics, wire
+from .config import AgentConfig, load_config
+from .delivery.store import AgentStore, DeadLetter, OutboxRecord
+from .delivery.uplink import Uplink
+from .errors import ConfigError, MqttError, OutboxError
+from .logs import setup_logging
+from .metrics import AgentMetrics
+from .mqtt import Message, MqttClient, Will
+from .pipeline import Pipeline
+from .sdnotify import Notifier, watchdog_interval
+from .supervise import Supervisor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Tick:
+    """Work taken from the pipeline for one commit; kept for a retry when the commit fails."""
+
+    records: list[tuple[int, OutboxRecord]] = field(default_factory=list)
+    upserts: dict[str, bytes] = field(default_factory=dict)
+    deletes: set[str] = field(default_factory=set)
+    dead: list[DeadLetter] = field(default_factory=list)
+    acks: list[Message] = field(default_factory=list)
+
+    def merge_newer(self, other: _Tick) -> None:
+        self.records.extend(other.records)
+        for k in other.deletes:
+            self.upserts.pop(k, None)
+        self.deletes -= other.upserts.keys()
+        self.deletes |= other.deletes
+        self.upserts.update(other.upserts)
+        self.dead.extend(other.dead)
+        self.acks.extend(other.acks)
+
+    def empty(self) -> bool:
+        return not (self.records or self.upserts or self.deletes or self.dead)
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, *, config_path: Path | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self._environ = dict(os.environ if environ is None else environ)
+        self.notifier = Notifier.from_env(self._environ)
+        self.metrics = AgentMetrics()
+        self.store = AgentStore(cfg.db_path, cfg.outbox)
+        self.pipeline = Pipeline(cfg)
+        self.client = MqttClient(
+            cfg.mqtt, cfg.client_id,
+            subscriptions=[(topics.DEVICE_TELEMETRY_SUB, 1), (topics.DEVICE_CHAT_IN_SUB, 1)],
+            will=Will(topics.status(cfg.node_id), self._status_payload(online=False)),
+            manual_ack=True, name="edge",
+        )
+        self.uplink = Uplink(self.store, self.client, max_inflight=cfg.uplink.max_inflight,
+                             publish_timeout_s=cfg.uplink.publish_timeout_s)
+        self.tasks = Supervisor("edge-agent")
+        self._stop = asyncio.Event()
+        self._tick_now = asyncio.Event()
+        self._acks: list[Message] = []
+        self._retry: _Tick | None = None
+        self._replies: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=10_000)
+        self._last_commit = time.monotonic()
+        self._commit_lock = asyncio.Lock()
+        self._synced: dict[str, float] = {}
+        self.exit_code = 0
+        self.metrics_port: int | None = None
+        self.applied_generation = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the process exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.tasks.spawn(
+            f"reload-{time.monotonic_ns()}", self.reload, restart=False))
+        try:
+            await self.start()
+            self.notifier.ready()
+            self.notifier.status(f"running: node {self.cfg.node_id}")
+            await self._stop.wait()
+        finally:
+            await self.shutdown()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        return self.exit_code
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def start(self) -> None:
+        await self.store.open()
+        states = await self.store.load_state()
+        self.pipeline.restore(states)
+        gen = await self.store.get_meta("applied_generation")
+        self.applied_generation = int(gen) if gen else 0
+        if self.cfg.metrics.enabled:
+            self.metrics_port = self.metrics.start_http(self.cfg.metrics.host, self.cfg.metrics.port)
+        self.client.add_on_connect(self._on_connect)
+        await self.client.start()
+        self.tasks.spawn("ingest", self._ingest)
+        self.tasks.spawn("commit", self._commit_loop)
+        self.tasks.spawn("uplink", self.uplink.run)
+        self.tasks.spawn("replies", self._reply_loop)
+        self.tasks.spawn("housekeeping", self._housekeeping)
+        wd = self.cfg.watchdog_interval_s or watchdog_interval(self._environ)
+        if wd:
+            self.tasks.spawn("watchdog", lambda: self._watchdog(wd))
+        log.info("edge agent started", extra={"node": self.cfg.node_id, "db": str(self.cfg.db_path),
+                                             "metrics_port": self.metrics_port})
+
+    async def shutdown(self) -> None:
+        """Drain within ``shutdown_timeout_s``: stop taking input, flush windows, empty the outbox."""
+        self.notifier.stopping()
+        deadline = time.monotonic() + self.cfg.shutdown_timeout_s
+        log.info("shutting down: flushing", extra={"timeout_s": self.cfg.shutdown_timeout_s})
+        await self.tasks.cancel("ingest")
+        # Never cancel a commit half-way: what it took from the pipeline would be lost.
+        async with self._commit_lock:
+            await self.tasks.cancel("commit")
+        try:
+            await self._commit(flush=True)
+        except OutboxError:
+            log.exception("final commit failed; unacknowledged input will be redelivered")
+        drained = True
+        if self.client.connected:
+            drained = await self.uplink.wait_idle(max(0.0, deadline - time.monotonic()))
+        if self.client.connected:
+            with contextlib.suppress(MqttError, TimeoutError):
+                await asyncio.wait_for(self.client.publish(
+                    topics.status(self.cfg.node_id), self._status_payload(online=False), qos=1, retain=True),
+                    timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+        await self.tasks.stop()
+        await self.client.stop()
+        await self.store.close()
+        self.metrics.stop_http()
+        log.info("stopped", extra={"outbox_drained": drained})
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the config; a broken file keeps the running config and says why."""
+        if self.config_path is None:
+            log.warning("SIGHUP ignored: no config file to reload")
+            return
+        self.notifier.reloading()
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            log.error("config reload failed; keeping the running config",
+                      extra={"problems": [f"{p}: {m}" for p, m in exc.problems]})
+            self.metrics.config_reload_failures.inc()
+            self.notifier.ready()
+            return
+        if new.mqtt != self.cfg.mqtt or new.node_id != self.cfg.node_id or new.outbox.path != self.cfg.outbox.path:
+            log.warning("mqtt, node_id and outbox.path changes need a restart; applied the rest")
+        self.pipeline.reconfigure(new)
+        logging.getLogger().setLevel(new.log.level)
+        self.cfg = new
+        self.notifier.ready()
+        log.info("config reloaded")
+
+    # ------------------------------------------------------------------ tasks
+    async def _ingest(self) -> None:
+        handle = self.pipeline.handle
+        async for msg in self.client.messages():
+            handle(msg.topic, msg.payload)
+            self._acks.append(msg)
+            if len(self._acks) >= 2000:
+                self._tick_now.set()
+                # Let the committer catch up instead of growing the unacknowledged set without bound.
+                await asyncio.sleep(0)
+
+    async def _commit_loop(self) -> None:
+        interval = self.cfg.outbox.commit_interval_s
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._tick_now.wait(), interval)
+            self._tick_now.clear()
+            try:
+                await self._commit()
+            except OutboxError:
+                log.exception("commit failed; will retry, inbound messages stay unacknowledged")
+                await asyncio.sleep(min(5.0, interval * 20))
+
+    async def _commit(self, *, flush: bool = False) -> None:
+        async with self._commit_lock:
+            await self._commit_locked(flush)
+
+    async def _commit_locked(self, flush: bool) -> None:
+        now = time.time()
+        p = self.pipeline
+        p.poll_windows(now, flush=flush)
+        tick = _Tick(records=p.take_records(now, self.store.reserve_seq, force=flush))
+        ups, dels = p.take_state()
+        tick.upserts, tick.deletes = ups, set(dels)
+        tick.dead = p.take_dead_letters()
+        tick.acks, self._acks = self._acks, []
+        for r in p.take_replies():
+            with contextlib.suppress(asyncio.QueueFull):
+                self._replies.put_nowait((r.topic, r.payload))
+        if self._retry is not None:
+            self._retry.merge_newer(tick)
+            tick, self._retry = self._retry, None
+        if not tick.empty():
+            try:
+                result = await self.store.commit_tick(tick.records, tick.upserts, tick.deletes, tick.dead)
+            except OutboxError:
+                self._retry = tick
+                raise
+            self._note_commit(result)
+        for m in tick.acks:
+            self.client.ack(m)
+        self._last_commit = time.monotonic()
+        if tick.records:
+            self.uplink.wake()
+
+    def _note_commit(self, result: object) -> None:
+        dropped = getattr(result, "dropped", None) or getattr(result, "dropped_seqs", None)
+        if dropped:
+            log.warning("outbox full: dropped records by policy",
+                        extra={"policy": self.cfg.outbox.when_full, "count": len(dropped)})
+
+    async def _reply_loop(self) -> None:
+        while True:
+            topic, payload = await self._replies.get()
+            try:
+                await self.client.publish(topic, payload, qos=1, timeout=5.0)
+            except (MqttError, TimeoutError):
+                self.metrics.uplink_errors.labels(kind="reply").inc()
+
+    async def _on_connect(self) -> None:
+        await self._publish_status()
+        self.uplink.wake()
+
+    async def _publish_status(self) -> None:
+        with contextlib.suppress(MqttError, TimeoutError):
+            await self.client.publish(topics.status(self.cfg.node_id), self._status_payload(online=True),
+                                      qos=1, retain=True, timeout=5.0)
+
+    def _status_payload(self, *, online: bool) -> bytes:
+        c = self.pipeline.counters
+        counters = {
+            "readings_in": float(c.readings),
+            "raw_equivalent_bytes": float(c.raw_equivalent_bytes),
+            "bytes_sent": float(self.uplink.stats.bytes) if hasattr(self, "uplink") else 0.0,
+            "summaries_sent": float(self.uplink.stats.acked) if hasattr(self, "uplink") else 0.0,
+            "rejected": float(sum(c.rejected.values())),
+            "chat_messages": float(c.chat_messages),
+        }
+        return wire.dumps(wire.Status(
+            node=self.cfg.node_id, online=online, ts=time.time(), agent_version=__version__,
+            counters=counters, applied_generation=getattr(self, "applied_generation", 0)))
+
+    async def _housekeeping(self) -> None:
+        last_status = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            expired = await self.store.expire(time.time())
+            if expired:
+                log.warning("outbox records expired by age", extra={"count": expired})
+            await self._sync_metrics()
+            if time.monotonic() - last_status >= self.cfg.uplink.status_interval_s:
+                last_status = time.monotonic()
+                await self._publish_status()
+
+    async def _sync_metrics(self) -> None:
+        """Copy plain counters into Prometheus once a second: the hot path stays free of locks."""
+        m, c, u = self.metrics, self.pipeline.counters, self.uplink.stats
+
+        def bump(counter: object, key: str, value: float) -> None:
+            delta = value - self._synced.get(key, 0.0)
+            if delta > 0:
+                counter.inc(delta)  # type: ignore[attr-defined]
+                self._synced[key] = value
+
+        for kind, n in c.messages.items():
+            bump(m.messages_in.labels(kind=kind), f"msg:{kind}", n)
+        for reason, n in c.rejected.items():
+            bump(m.rejected.labels(reason=reason), f"rej:{reason}", n)
+        bump(m.readings_in, "readings", c.readings)
+        bump(m.raw_equivalent_bytes, "raw", c.raw_equivalent_bytes)
+        bump(m.windows_emitted, "windows", c.windows_emitted)
+        bump(m.summaries_enqueued, "summaries", c.summaries)
+        bump(m.uplink_published, "pub", u.published)
+        bump(m.uplink_acked, "acked", u.acked)
+        bump(m.uplink_bytes, "ubytes", u.bytes)
+        st = await self.store.stats()
+        bump(m.outbox_dropped.labels(reason="full"), "drop:full", st.dropped_full_total)
+        bump(m.outbox_dropped.labels(reason="age"), "drop:age", st.dropped_age_total)
+        bump(m.outbox_dropped.labels(reason="refused"), "drop:refused", st.rejected_full_total)
+        bump(m.dead_letters, "dead", st.dead_letters_total)
+        m.outbox_rows.set(st.rows)
+        m.outbox_bytes.set(st.bytes)
+        m.outbox_oldest_age.set(time.time() - st.oldest_created if st.oldest_created else 0.0)
+        m.uplink_inflight.set(u.inflight)
+        m.mqtt_connected.set(1 if self.client.connected else 0)
+
+    async def _watchdog(self, interval: float) -> None:
+        """Ping systemd only while commits make progress: a wedged loop must get restarted."""
+        while True:
+            await asyncio.sleep(interval / 2)
+            if time.monotonic() - self._last_commit < max(interval, 5 * self.cfg.outbox.commit_interval_s):
+                self.notifier.watchdog()
+
+
+def run_agent(cfg: AgentConfig, config_path: Path | None = None) -> int:
+    setup_logging(cfg.log, cfg.node_id)
+    return asyncio.run(Agent(cfg, config_path=config_path).run())

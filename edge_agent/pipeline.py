@@ -1,0 +1,294 @@
+"""The agent's processing core: inbound payload in, state and outbound records out.
+
+It does no I/O. The daemon feeds it messages and, once per commit tick, takes
+what it produced (closed windows batched into summaries, dead letters, changed
+state for the checkpoint) and commits all of it in one SQLite transaction
+before acknowledging the inbound messages. Keeping this pure makes the
+exactly-once argument local: whatever the pipeline has absorbed is either in
+the same transaction as its acknowledgement or will be redelivered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import topics, wire
+from .config import AgentConfig
+from .delivery.store import DeadLetter, OutboxRecord
+from .errors import RejectedMessage
+from .preprocess.dialogue import DialogueStore
+from .preprocess.pii import Redactor
+from .preprocess.text import normalize
+from .preprocess.windows import WindowAggregator
+
+log = logging.getLogger(__name__)
+
+PENDING_WINDOWS_KEY = "pend:windows"
+PENDING_CHAT_KEY = "pend:chat"
+
+
+@dataclass
+class Reply:
+    topic: str
+    payload: bytes
+
+
+@dataclass
+class PipelineCounters:
+    messages: Counter[str] = field(default_factory=Counter)
+    readings: int = 0
+    raw_equivalent_bytes: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    windows_emitted: int = 0
+    summaries: int = 0
+    chat_messages: int = 0
+    pii_redactions: Counter[str] = field(default_factory=Counter)
+    stale_chat: int = 0
+
+
+class _RateLimitedLog:
+    """At most ``per_s`` log lines a second per reason, so a flood of junk cannot flood the journal."""
+
+    def __init__(self, per_s: float = 5.0) -> None:
+        self._per_s = per_s
+        self._window: dict[str, tuple[float, int]] = {}
+        self.suppressed = 0
+
+    def allow(self, reason: str, now: float) -> bool:
+        start, n = self._window.get(reason, (now, 0))
+        if now - start >= 1.0:
+            start, n = now, 0
+        self._window[reason] = (start, n + 1)
+        if n < self._per_s:
+            return True
+        self.suppressed += 1
+        return False
+
+
+class Pipeline:
+    def __init__(self, cfg: AgentConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self._clock = clock
+        self.windows = WindowAggregator(cfg.windows)
+        self.redactor = Redactor(cfg.chat)
+        self.dialogue = DialogueStore(cfg.chat.max_sessions, cfg.chat.session_ttl_s)
+        self.counters = PipelineCounters()
+        self._pending_windows: list[wire.WindowSummary] = []
+        self._pending_since: float | None = None
+        self._pending_dirty = False
+        self._chat = _ChatAccumulator()
+        self._dead: list[DeadLetter] = []
+        self.replies: list[Reply] = []
+        self._allowed = frozenset(cfg.devices.allowed)
+        self._reject_log = _RateLimitedLog()
+
+    # ------------------------------------------------------------------ config
+    def reconfigure(self, cfg: AgentConfig) -> None:
+        """Apply a reloaded config to what can change live; open windows keep their length."""
+        self.cfg = cfg
+        self.windows.cfg = cfg.windows
+        self.redactor = Redactor(cfg.chat)
+        self._allowed = frozenset(cfg.devices.allowed)
+
+    # ------------------------------------------------------------------ inbound
+    def handle(self, topic: str, payload: bytes, now: float | None = None) -> bool:
+        """Absorb one inbound message. Returns False if it was rejected (and dead-lettered)."""
+        now = self._clock() if now is None else now
+        try:
+            dt = topics.parse_device_topic(topic)
+            if not self.cfg.devices.allow_unknown and dt.device not in self._allowed:
+                raise RejectedMessage("unknown_device", f"device {dt.device!r} is not enrolled on this node")
+            if dt.kind == "telemetry":
+                self._telemetry(dt.device, payload, now)
+            else:
+                self._chat_in(dt.device, payload, now)
+            return True
+        except RejectedMessage as exc:
+            self._reject(topic, payload, exc, now)
+            return False
+
+    def _telemetry(self, device: str, payload: bytes, now: float) -> None:
+        # The whole payload is validated before any reading is absorbed: a batch is taken whole or not at all.
+        readings = wire.parse_telemetry(payload, self.cfg.devices.max_payload_bytes)
+        self.counters.messages["telemetry"] += 1
+        add = self.windows.add
+        raw = 0
+        n = 0
+        for r in readings:
+            ts = r.ts
+            for metric, value in r.values.items():
+                add(device, metric, ts, value, now)
+                raw += 42 + len(device) + len(metric) + len(repr(ts)) + len(repr(value))
+                n += 1
+        self.counters.readings += n
+        self.counters.raw_equivalent_bytes += raw
+
+    def _chat_in(self, device: str, payload: bytes, now: float) -> None:
+        msg = wire.parse_chat_in(payload, self.cfg.devices.max_payload_bytes)
+        self.counters.messages["chat"] += 1
+        red = self.redactor.redact(msg.text)
+        for kind, k in red.counts.items():
+            self.counters.pii_redactions[kind] += k
+        text = normalize(red.text)
+        txn = self.dialogue.begin(msg.session_id, msg.seq, now)
+        if txn is None:
+            self.counters.stale_chat += 1
+            return
+        with txn as state:
+            state.step += 1
+        view = self.dialogue.get(msg.session_id)
+        self.counters.chat_messages += 1
+        self._chat.add(intent=None, slots={}, confidence=None)
+        out = wire.ChatOut(
+            session_id=msg.session_id, msg_id=msg.msg_id, intent=None, slots={}, confidence=0.0,
+            source="none", state=view.to_view() if view is not None else None,
+        )
+        self.replies.append(Reply(topics.device_chat_out(device), wire.dumps(out)))
+        del text  # the model that reads it arrives with the chat student
+
+    def _reject(self, topic: str, payload: bytes, exc: RejectedMessage, now: float) -> None:
+        self.counters.rejected[exc.reason] += 1
+        self._dead.append(DeadLetter(ts=now, source="device", topic=topic[:256], reason=exc.reason,
+                                     detail=exc.detail[:500], payload=payload[:1024]))
+        if self._reject_log.allow(exc.reason, now):
+            log.warning("rejected inbound message", extra={
+                "reason": exc.reason, "detail": exc.detail[:200], "topic": topic[:256], "bytes": len(payload)})
+
+    # ------------------------------------------------------------------ tick output
+    def poll_windows(self, now_wall: float, *, flush: bool = False) -> None:
+        closed = self.windows.flush_all() if flush else self.windows.poll(now_wall)
+        if closed:
+            self._pending_windows.extend(closed)
+            self.counters.windows_emitted += len(closed)
+            self._pending_dirty = True
+            if self._pending_since is None:
+                self._pending_since = now_wall
+
+    def take_records(self, now: float, seq_source: Callable[[], int], *, force: bool = False
+                     ) -> list[tuple[int, OutboxRecord]]:
+        """Cut pending windows (and chat stats) into summary batches when full or old enough."""
+        out: list[tuple[int, OutboxRecord]] = []
+        oc = self.cfg.outbox
+        due = force or (self._pending_since is not None and now - self._pending_since >= oc.batch_max_delay_s)
+        while self._pending_windows and (len(self._pending_windows) >= oc.batch_max_windows or due):
+            chunk = self._pending_windows[: oc.batch_max_windows]
+            del self._pending_windows[: oc.batch_max_windows]
+            out.append(self._record(chunk, now, seq_source))
+        if (due or force) and self._chat.messages and not out:
+            out.append(self._record([], now, seq_source))
+        if not self._pending_windows:
+            self._pending_since = None
+        if out:
+            self._pending_dirty = True
+        return out
+
+    def _record(self, chunk: list[wire.WindowSummary], now: float, seq_source: Callable[[], int]
+                ) -> tuple[int, OutboxRecord]:
+        seq = seq_source()
+        chat = self._chat.take()
+        batch = wire.SummaryBatch(id=wire.new_id(), node=self.cfg.node_id, seq=seq, created=now,
+                                  windows=chunk, chat=chat)
+        self.counters.summaries += 1
+        return seq, OutboxRecord(id=batch.id, topic=topics.summaries(self.cfg.node_id),
+                                 payload=wire.encode_summary(batch), created=now, kind="summary")
+
+    def take_dead_letters(self) -> list[DeadLetter]:
+        dead, self._dead = self._dead, []
+        return dead
+
+    def take_replies(self) -> list[Reply]:
+        replies, self.replies = self.replies, []
+        return replies
+
+    def take_state(self) -> tuple[dict[str, bytes], list[str]]:
+        ups, dels = self.windows.take_dirty()
+        d_ups, d_dels = self.dialogue.take_dirty()
+        ups.update(d_ups)
+        dels = [*dels, *d_dels]
+        if self._pending_dirty or self._chat.dirty:
+            ups[PENDING_WINDOWS_KEY] = json.dumps(
+                [w.model_dump(exclude_none=True) for w in self._pending_windows]).encode()
+            ups[PENDING_CHAT_KEY] = self._chat.to_bytes()
+            self._pending_dirty = False
+            self._chat.dirty = False
+        return ups, dels
+
+    def restore(self, states: dict[str, bytes]) -> None:
+        pend = states.pop(PENDING_WINDOWS_KEY, None)
+        chat = states.pop(PENDING_CHAT_KEY, None)
+        self.windows.restore({k: v for k, v in states.items() if k.startswith("win:")})
+        self.dialogue.restore({k: v for k, v in states.items() if k.startswith("dlg:")})
+        if pend:
+            self._pending_windows = [wire.WindowSummary.model_validate(w) for w in json.loads(pend)]
+            if self._pending_windows:
+                self._pending_since = self._clock()
+        if chat:
+            self._chat = _ChatAccumulator.from_bytes(chat)
+
+    @property
+    def pending_windows(self) -> int:
+        return len(self._pending_windows)
+
+
+class _ChatAccumulator:
+    """Chat statistics since the last summary; persisted with the tick like the windows."""
+
+    def __init__(self) -> None:
+        self.reset()
+        self.dirty = False
+
+    def reset(self) -> None:
+        self.messages = 0
+        self.intents: Counter[str] = Counter()
+        self.slots: Counter[str] = Counter()
+        self.escalated = 0
+        self.degraded = 0
+        self.conf_sum = 0.0
+        self.conf_n = 0
+
+    def add(self, intent: str | None, slots: dict[str, str], confidence: float | None,
+            escalated: bool = False, degraded: bool = False) -> None:
+        self.messages += 1
+        if intent:
+            self.intents[intent] += 1
+        for name in slots:
+            self.slots[name] += 1
+        if confidence is not None:
+            self.conf_sum += confidence
+            self.conf_n += 1
+        self.escalated += int(escalated)
+        self.degraded += int(degraded)
+        self.dirty = True
+
+    def take(self) -> wire.ChatStats | None:
+        if not self.messages:
+            return None
+        stats = wire.ChatStats(
+            messages=self.messages, intents=dict(self.intents), slots=dict(self.slots),
+            escalated=self.escalated, degraded=self.degraded,
+            mean_confidence=self.conf_sum / self.conf_n if self.conf_n else None,
+        )
+        self.reset()
+        self.dirty = True
+        return stats
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"messages": self.messages, "intents": self.intents, "slots": self.slots,
+                           "escalated": self.escalated, "degraded": self.degraded,
+                           "conf_sum": self.conf_sum, "conf_n": self.conf_n}).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> _ChatAccumulator:
+        d = json.loads(raw)
+        acc = cls()
+        acc.messages = d["messages"]
+        acc.intents = Counter(d["intents"])
+        acc.slots = Counter(d["slots"])
+        acc.escalated, acc.degraded = d["escalated"], d["degraded"]
+        acc.conf_sum, acc.conf_n = d["conf_sum"], d["conf_n"]
+        return acc

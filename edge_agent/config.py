@@ -81,11 +81,13 @@ class PiiRule(_Section):
         return value
 
 
+PiiKind = Literal["email", "card", "phone", "id_number", "ip"]
+PII_KINDS: tuple[PiiKind, ...] = ("email", "card", "phone", "id_number", "ip")
+
+
 class ChatConfig(_Section):
     enabled: bool = True
-    pii_builtin: list[Literal["email", "phone", "card", "id_number", "ip"]] = Field(
-        default_factory=lambda: ["email", "card", "phone", "id_number", "ip"]
-    )
+    pii_builtin: list[PiiKind] = Field(default_factory=lambda: list(PII_KINDS))
     pii_rules: list[PiiRule] = Field(default_factory=list)
     session_ttl_s: Annotated[float, Field(gt=0)] = 1800.0
     max_sessions: Annotated[int, Field(ge=1)] = 10_000

@@ -59,6 +59,20 @@ class _Tick:
         return not (self.records or self.upserts or self.deletes or self.dead)
 
 
+def device_subscriptions(cfg: AgentConfig) -> list[tuple[str, int]]:
+    """Enrolled devices only, when unknown devices are refused; every device otherwise.
+
+    Subscribing per device keeps a node from even receiving traffic it must not
+    process (several agents can then share one broker, as in the demo).
+    """
+    if cfg.devices.allow_unknown or not cfg.devices.allowed:
+        return [(topics.DEVICE_TELEMETRY_SUB, 1), (topics.DEVICE_CHAT_IN_SUB, 1)]
+    subs: list[tuple[str, int]] = []
+    for device in cfg.devices.allowed:
+        subs += [(topics.device_telemetry(device), 1), (topics.device_chat_in(device), 1)]
+    return subs
+
+
 class Agent:
     def __init__(self, cfg: AgentConfig, *, config_path: Path | None = None,
                  environ: Mapping[str, str] | None = None) -> None:
@@ -66,12 +80,12 @@ class Agent:
         self.config_path = config_path
         self._environ = dict(os.environ if environ is None else environ)
         self.notifier = Notifier.from_env(self._environ)
-        self.metrics = AgentMetrics()
+        self.metrics = AgentMetrics(version=__version__)
         self.store = AgentStore(cfg.db_path, cfg.outbox)
         self.pipeline = Pipeline(cfg)
         self.client = MqttClient(
             cfg.mqtt, cfg.client_id,
-            subscriptions=[(topics.DEVICE_TELEMETRY_SUB, 1), (topics.DEVICE_CHAT_IN_SUB, 1)],
+            subscriptions=device_subscriptions(cfg),
             will=Will(topics.status(cfg.node_id), self._status_payload(online=False)),
             manual_ack=True, name="edge",
         )

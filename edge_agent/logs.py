@@ -42,8 +42,20 @@ MASK = "***"
 # names a secret (password, access_token, api_key, private_key) or it mentions a
 # password or secret anywhere; ``tokens`` (a count) and ``key_file`` (a path) are not.
 _SECRET_SEGMENTS = frozenset(
-    {"password", "passwd", "pwd", "token", "secret", "key", "apikey", "credential", "credentials",
-     "authorization", "cookie", "passphrase"}
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "token",
+        "secret",
+        "key",
+        "apikey",
+        "credential",
+        "credentials",
+        "authorization",
+        "cookie",
+        "passphrase",
+    }
 )
 _SEGMENT_SPLIT = re.compile(r"[_.\-\s]+|(?<=[a-z])(?=[A-Z])")
 
@@ -175,7 +187,9 @@ class TextFormatter(logging.Formatter):
         line = super().format(record)
         extras = _extras(record)
         if extras:
-            tail = " ".join(f"{k}={json.dumps(v, default=str, ensure_ascii=False)}" for k, v in extras.items())
+            tail = " ".join(
+                f"{k}={json.dumps(v, default=str, ensure_ascii=False)}" for k, v in extras.items()
+            )
             first, nl, rest = line.partition("\n")
             line = f"{first} {tail}{nl}{rest}"
         if record.exc_info or record.stack_info:

@@ -46,7 +46,9 @@ class AgentMetrics:
         p = PREFIX
 
         # Intake. prometheus_client appends _total to counters itself.
-        self.messages_in = Counter(f"{p}messages_in", "MQTT messages received from devices", ["kind"], registry=r)
+        self.messages_in = Counter(
+            f"{p}messages_in", "MQTT messages received from devices", ["kind"], registry=r
+        )
         self.readings_in = Counter(f"{p}readings_in", "Sensor readings accepted", registry=r)
         self.rejected = Counter(f"{p}rejected", "Inbound messages rejected", ["reason"], registry=r)
         self.dead_letters = Counter(f"{p}dead_letters", "Messages stored as dead letters", registry=r)
@@ -85,7 +87,9 @@ class AgentMetrics:
 
         # Chat and inference.
         self.chat_messages = Counter(f"{p}chat_messages", "Chat messages handled", ["source"], registry=r)
-        self.escalations = Counter(f"{p}escalations", "Chat escalations to the cloud", ["outcome"], registry=r)
+        self.escalations = Counter(
+            f"{p}escalations", "Chat escalations to the cloud", ["outcome"], registry=r
+        )
         self.inference_seconds = Histogram(
             f"{p}inference_seconds",
             "Local model inference latency",
@@ -95,6 +99,10 @@ class AgentMetrics:
         )
         self.model_loaded = Gauge(
             f"{p}model_loaded", "1 for the model version currently loaded", ["model", "version"], registry=r
+        )
+        # Agent lifecycle.
+        self.config_reload_failures = Counter(
+            f"{p}config_reload_failures", "SIGHUP reloads rejected (the running config was kept)", registry=r
         )
         self.build_info = Gauge(f"{p}build_info", "Agent build information", ["version"], registry=r)
         self.build_info.labels(version=version).set(1)

@@ -31,7 +31,8 @@ def find_mosquitto() -> str:
         if os.access(candidate, os.X_OK):
             return candidate
     raise BrokerError(
-        "mosquitto not found on PATH or in /usr/sbin; install it (apt-get install -y mosquitto mosquitto-clients)"
+        "mosquitto not found on PATH or in /usr/sbin; "
+        "install it: apt-get install -y mosquitto mosquitto-clients"
     )
 
 
@@ -165,7 +166,7 @@ class Broker:
             return
         exe = self._executable or find_mosquitto()
         self.write_config()
-        stderr = open(self.directory / "mosquitto.stderr", "ab")  # noqa: SIM115 - handed to the child
+        stderr = open(self.directory / "mosquitto.stderr", "ab")  # handed to the child, closed below
         try:
             self._proc = subprocess.Popen(
                 [exe, "-c", str(self.config_path)],
@@ -184,10 +185,12 @@ class Broker:
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.5):
                     return
-            except OSError:
+            except OSError as exc:
                 if time.monotonic() > deadline:
                     self.kill()
-                    raise BrokerError(f"mosquitto did not listen on {self.port} in {timeout}s:\n{self.tail_log()}")
+                    raise BrokerError(
+                        f"mosquitto did not listen on {self.port} in {timeout}s:\n{self.tail_log()}"
+                    ) from exc
             time.sleep(delay)  # polling the port with a deadline, not waiting for a guessed duration
             delay = min(delay * 2, 0.1)
 

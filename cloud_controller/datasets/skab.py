@@ -72,7 +72,7 @@ class SkabData:
 
 
 def metric_name(column: str) -> str:
-    """``Accelerometer1RMS`` -> ``accelerometer1_rms``, ``Volume Flow RateRMS`` -> ``volume_flow_rate_rms``."""
+    """Snake-case a SKAB column: ``Volume Flow RateRMS`` -> ``volume_flow_rate_rms``."""
     s = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", column.strip())
     s = re.sub(r"[^A-Za-z0-9]+", "_", s)
     return s.strip("_").lower()

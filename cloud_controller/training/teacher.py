@@ -28,7 +28,8 @@ from tqdm import tqdm
 from cloud_controller.datasets.snips import Example, snips_fingerprint
 from cloud_controller.training.chat_models import TeacherTagger
 
-__all__ = ["TeacherConfig", "TeacherHandle", "cache_root", "load_or_train_teacher", "teacher_predict"]
+__all__ = ["TeacherConfig", "TeacherHandle", "cache_root", "load_or_train_teacher", "teacher_predict",
+           "torch_threads"]
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +43,7 @@ def cache_root() -> Path:
 class TeacherConfig:
     """Fine-tuning recipe; every field is part of the cache key."""
 
-    epochs: int = 3
+    epochs: int = 2
     batch_size: int = 32
     lr: float = 5e-5
     head_lr: float = 1e-3
@@ -63,6 +64,19 @@ class TeacherHandle:
     cache_dir: Path
     size_bytes: int
     train_seconds: float
+
+
+def torch_threads() -> int:
+    """``EDGELOOP_TORCH_THREADS`` or 1: on a shared 2-core box one thread beats two contended ones."""
+    return max(1, int(os.environ.get("EDGELOOP_TORCH_THREADS", "1")))
+
+
+def _length_batches(data: list[Example], batch_size: int, rng: random.Random) -> list[list[Example]]:
+    """Shuffled batches of similar length: less padding, same examples per epoch."""
+    noisy = sorted(data, key=lambda e: (len(e.tokens), rng.random()))
+    batches = [noisy[i : i + batch_size] for i in range(0, len(noisy), batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
 def _model_path() -> str:
@@ -113,7 +127,7 @@ def load_or_train_teacher(
     cfg: TeacherConfig, train: Sequence[Example], intents: list[str], tags: list[str], *, retrain: bool = False
 ) -> TeacherHandle:
     """Load the cached teacher for (config, data), or fine-tune and cache it."""
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(torch_threads())
     cache_dir = cache_root() / "teacher-chat" / _cache_key(cfg, intents, tags)
     weights = cache_dir / "teacher.pt"
     model, tok = _new_teacher(len(intents), len(tags))
@@ -143,9 +157,7 @@ def load_or_train_teacher(
     model.train()
     bar = tqdm(total=steps, desc="teacher", unit="batch")
     for _epoch in range(cfg.epochs):
-        rng.shuffle(data)
-        for b in range(0, len(data), cfg.batch_size):
-            batch = data[b : b + cfg.batch_size]
+        for batch in _length_batches(data, cfg.batch_size, rng):
             ids, att, widx = encode_for_teacher(tok, [e.tokens for e in batch], cfg.max_pieces)
             y_int = torch.tensor([intent_ix[e.intent] for e in batch])
             y_tag = torch.full(widx.shape, -100, dtype=torch.long)

@@ -1,0 +1,365 @@
+"""Train the SNIPS chat models: teacher, distilled student, int8 bundle (train extra only).
+
+CLI::
+
+    python -m cloud_controller.training.chat_train teacher|student|all --config tiny|full --out DIR
+
+* ``teacher``: fine-tune (or load from ``.cache/edgeloop/teacher-chat/``) and score MiniLM.
+* ``student``: train the student on hard labels only (no teacher), export, quantize, bundle.
+* ``all``: teacher, teacher logits (cached ``.npz``), distilled student, the hard-label
+  baseline in the same run, export, int8, bundle and a metrics JSON.
+
+``tiny`` trains on a few hundred utterances in seconds (tests); ``full`` is the real run.
+Outputs go to ``--out`` (use ``var/`` or ``.cache/``: never git).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cloud_controller.datasets.snips import Example, label_sets, load_snips
+from cloud_controller.training.chat_models import StudentConfig, StudentTagger
+from cloud_controller.training.distill import (
+    TeacherLogits,
+    distill_loss,
+    examples_digest,
+    load_teacher_logits,
+    save_teacher_logits,
+)
+from cloud_controller.training.export import export_onnx, quantize_int8
+from cloud_controller.training.metrics import NluMetrics, evaluate_nlu
+from cloud_controller.training.teacher import (
+    TeacherConfig,
+    TeacherHandle,
+    load_or_train_teacher,
+    teacher_predict,
+    torch_threads,
+)
+from edge_agent.inference.bundle import write_bundle
+from edge_agent.inference.chat_runtime import bio_spans
+from edge_agent.inference.tokenizer import UNK_ID, Tokenizer
+
+__all__ = ["CONFIGS", "ChatTrainConfig", "augment_swap_slots", "encode_examples", "evaluate_onnx",
+           "evaluate_torch", "main", "run", "train_student"]
+
+
+@dataclass(frozen=True)
+class ChatTrainConfig:
+    """Student recipe (+ the teacher recipe it distils from)."""
+
+    name: str
+    max_train: int | None = None
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 2e-3
+    word_dim: int = 128
+    ngram_dim: int = 64
+    hidden: int = 192
+    dropout: float = 0.3
+    word_dropout: float = 0.15
+    n_buckets: int = 20_000
+    augment_copies: float = 1.0
+    temperature: float = 2.0
+    alpha: float = 0.5
+    seed: int = 0
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+
+CONFIGS: dict[str, ChatTrainConfig] = {
+    "tiny": ChatTrainConfig(name="tiny", max_train=400, epochs=8, hidden=64, word_dim=48, ngram_dim=32,
+                            n_buckets=2_000, augment_copies=0.5, dropout=0.1, word_dropout=0.05,
+                            teacher=TeacherConfig(epochs=1, max_train=200)),
+    "full": ChatTrainConfig(name="full"),
+}
+
+
+# -- data -------------------------------------------------------------------------------------
+def augment_swap_slots(examples: Sequence[Example], copies: float, seed: int) -> list[Example]:
+    """New utterances made by swapping each slot value for another training value of the same slot type.
+
+    Teaches the student that context, not the memorized name, decides the tag:
+    the main cure for rare entity names without a pretrained encoder.
+    """
+    rng = random.Random(seed)
+    values: dict[str, list[tuple[str, ...]]] = defaultdict(list)
+    for ex in examples:
+        for typ, a, b in bio_spans(ex.tags):
+            values[typ].append(ex.tokens[a:b])
+    with_slots = [ex for ex in examples if any(t != "O" for t in ex.tags)]
+    out: list[Example] = []
+    for _ in range(int(len(examples) * copies)):
+        ex = rng.choice(with_slots)
+        toks: list[str] = []
+        tags: list[str] = []
+        pos = 0
+        for typ, a, b in bio_spans(ex.tags):
+            toks += ex.tokens[pos:a]
+            tags += ex.tags[pos:a]
+            new = rng.choice(values[typ])
+            toks += new
+            tags += [f"B-{typ}"] + [f"I-{typ}"] * (len(new) - 1)
+            pos = b
+        toks += ex.tokens[pos:]
+        tags += ex.tags[pos:]
+        out.append(Example(tuple(toks), tuple(tags), ex.intent))
+    return out
+
+
+@dataclass
+class Encoded:
+    """Per-example arrays (ragged), padded per batch."""
+
+    words: list[np.ndarray]
+    ngrams: list[np.ndarray]
+    intents: np.ndarray
+    tags: list[np.ndarray]
+
+
+def encode_examples(tok: Tokenizer, examples: Sequence[Example], intents: list[str], tags: list[str]) -> Encoded:
+    ii = {n: i for i, n in enumerate(intents)}
+    ti = {n: i for i, n in enumerate(tags)}
+    words, ngrams, ys = [], [], []
+    for ex in examples:
+        enc = tok.to_ids(ex.tokens, max_len=10_000)
+        words.append(enc.word_ids[0])
+        ngrams.append(enc.ngram_ids[0])
+        ys.append(np.array([ti[t] for t in ex.tags], dtype=np.int64))
+    return Encoded(words, ngrams, np.array([ii[e.intent] for e in examples], dtype=np.int64), ys)
+
+
+def _collate(enc: Encoded, idx: Sequence[int], teacher: TeacherLogits | None) -> dict[str, torch.Tensor]:
+    width = max(len(enc.words[i]) for i in idx)
+    k = enc.ngrams[idx[0]].shape[1]
+    w = np.zeros((len(idx), width), np.int64)
+    g = np.zeros((len(idx), width, k), np.int64)
+    y = np.zeros((len(idx), width), np.int64)
+    for r, i in enumerate(idx):
+        n = len(enc.words[i])
+        w[r, :n], g[r, :n], y[r, :n] = enc.words[i], enc.ngrams[i], enc.tags[i]
+    batch = {"word_ids": torch.from_numpy(w), "ngram_ids": torch.from_numpy(g), "slot_y": torch.from_numpy(y),
+             "intent_y": torch.from_numpy(enc.intents[list(idx)])}
+    if teacher is not None:
+        ts = np.zeros((len(idx), width, teacher.flat.shape[1]), np.float32)
+        for r, i in enumerate(idx):
+            ts[r, : len(enc.words[i])] = teacher.slots(i)
+        batch["t_intent"] = torch.from_numpy(teacher.intent[list(idx)])
+        batch["t_slots"] = torch.from_numpy(ts)
+    return batch
+
+
+# -- training / evaluation --------------------------------------------------------------------
+def _decode(intent_logits: np.ndarray, slot_logits: np.ndarray, lengths: Sequence[int],
+            intents: list[str], tags: list[str]) -> tuple[list[str], list[list[str]]]:
+    pi = [intents[int(k)] for k in intent_logits.argmax(-1)]
+    pt = [[tags[int(j)] for j in slot_logits[r, :n].argmax(-1)] for r, n in enumerate(lengths)]
+    return pi, pt
+
+
+@torch.no_grad()
+def evaluate_torch(model: StudentTagger, enc: Encoded, examples: Sequence[Example], intents: list[str],
+                   tags: list[str], batch_size: int = 256) -> NluMetrics:
+    model.eval()
+    pi: list[str] = []
+    pt: list[list[str]] = []
+    for b in range(0, len(examples), batch_size):
+        idx = list(range(b, min(b + batch_size, len(examples))))
+        batch = _collate(enc, idx, None)
+        il, sl = model(batch["word_ids"], batch["ngram_ids"])
+        a, c = _decode(il.numpy(), sl.numpy(), [len(enc.words[i]) for i in idx], intents, tags)
+        pi += a
+        pt += c
+    return evaluate_nlu([e.intent for e in examples], pi, [e.tags for e in examples], pt)
+
+
+def evaluate_onnx(model: str | Path | bytes, tok: Tokenizer, examples: Sequence[Example], intents: list[str],
+                  tags: list[str], batch_size: int = 128) -> NluMetrics:
+    """Score an ONNX model through the same tokenizer the edge uses."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch_threads()
+    sess = ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                providers=["CPUExecutionProvider"])
+    pi: list[str] = []
+    pt: list[list[str]] = []
+    for b in range(0, len(examples), batch_size):
+        chunk = examples[b : b + batch_size]
+        enc = tok.encode_batch([e.tokens for e in chunk], max_len=10_000)
+        il, sl = sess.run(None, {"word_ids": enc.word_ids, "ngram_ids": enc.ngram_ids})
+        a, c = _decode(np.asarray(il), np.asarray(sl), [len(e.tokens) for e in chunk], intents, tags)
+        pi += a
+        pt += c
+    return evaluate_nlu([e.intent for e in examples], pi, [e.tags for e in examples], pt)
+
+
+def train_student(cfg: ChatTrainConfig, tok: Tokenizer, train: Sequence[Example], valid: Sequence[Example],
+                  intents: list[str], tags: list[str], teacher: TeacherLogits | None = None,
+                  desc: str = "student") -> tuple[StudentTagger, dict[str, Any]]:
+    """Train with Adam + linear decay; keep the epoch with the best valid intent acc + slot F1."""
+    torch.set_num_threads(torch_threads())
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    scfg = StudentConfig(vocab_size=tok.vocab_size, n_buckets=tok.n_buckets, n_intents=len(intents),
+                         n_tags=len(tags), word_dim=cfg.word_dim, ngram_dim=cfg.ngram_dim, hidden=cfg.hidden,
+                         dropout=cfg.dropout)
+    model = StudentTagger(scfg)
+    enc = encode_examples(tok, train, intents, tags)
+    venc = encode_examples(tok, valid, intents, tags)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    n_batches = (len(train) + cfg.batch_size - 1) // cfg.batch_size
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.05, 1.0 - s / (cfg.epochs * n_batches)))
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    bar = tqdm(total=cfg.epochs * n_batches, desc=desc, unit="batch")
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = sorted(range(len(train)), key=lambda i: (len(enc.words[i]), rng.random()))
+        batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        rng.shuffle(batches)
+        for idx in batches:
+            batch = _collate(enc, idx, teacher)
+            w = batch["word_ids"]
+            if cfg.word_dropout > 0:  # teach the UNK vector + n-grams to carry unseen words
+                drop = (torch.rand(w.shape) < cfg.word_dropout) & (w != 0)
+                w = torch.where(drop, torch.full_like(w, UNK_ID), w)
+            il, sl = model(w, batch["ngram_ids"])
+            loss = distill_loss(il, sl, batch["intent_y"], batch["slot_y"], batch["word_ids"] != 0,
+                                batch.get("t_intent"), batch.get("t_slots"),
+                                temperature=cfg.temperature, alpha=cfg.alpha)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        m = evaluate_torch(model, venc, valid, intents, tags)
+        history.append({"epoch": epoch + 1, **m.as_dict()})
+        bar.write(f"{desc} epoch {epoch + 1}: valid intent {m.intent_acc:.2f} slot F1 {m.slot_f1:.2f} "
+                  f"sentence {m.sentence_acc:.2f}")
+        score = m.intent_acc + m.slot_f1
+        if best is None or score > best[0]:
+            best = (score, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    bar.close()
+    assert best is not None
+    model.load_state_dict(best[1])
+    model.eval()
+    return model, {"history": history, "train_seconds": time.perf_counter() - start,
+                   "student_config": scfg.as_dict(), "n_train": len(train)}
+
+
+# -- pipeline ---------------------------------------------------------------------------------
+def _teacher_logits(handle: TeacherHandle, examples: Sequence[Example]) -> TeacherLogits:
+    """Teacher logits for ``examples``, cached as .npz next to the teacher."""
+    toks = [e.tokens for e in examples]
+    path = handle.cache_dir / f"logits-{examples_digest(toks, handle.cache_dir.name)}.npz"
+    if path.is_file():
+        return load_teacher_logits(path)
+    intent, slots = teacher_predict(handle, toks, desc="teacher logits")
+    logits = TeacherLogits(intent, slots)
+    save_teacher_logits(path, logits)
+    return logits
+
+
+def _teacher_metrics(handle: TeacherHandle, examples: Sequence[Example]) -> NluMetrics:
+    il, sl = teacher_predict(handle, [e.tokens for e in examples], desc="teacher eval")
+    pi = [handle.intents[int(k)] for k in il.argmax(-1)]
+    pt = [[handle.tags[int(j)] for j in s.argmax(-1)] for s in sl]
+    return evaluate_nlu([e.intent for e in examples], pi, [e.tags for e in examples], pt)
+
+
+def run(mode: str, cfg: ChatTrainConfig, out: Path, data_root: str | Path | None = None) -> dict[str, Any]:
+    """Run the pipeline; returns (and writes ``out/metrics.json``) every number the benchmark reports."""
+    out.mkdir(parents=True, exist_ok=True)
+    full_train = load_snips("train", data_root)
+    intents, tags = label_sets(full_train)
+    train = full_train
+    if cfg.max_train is not None:
+        train = random.Random(cfg.seed).sample(full_train, min(cfg.max_train, len(full_train)))
+    valid, test = load_snips("valid", data_root), load_snips("test", data_root)
+    if cfg.max_train is not None:
+        valid, test = valid[:200], test[:200]
+    report: dict[str, Any] = {"config": asdict(cfg), "mode": mode, "n_test": len(test),
+                              "created": datetime.now(UTC).isoformat()}
+    handle: TeacherHandle | None = None
+    if mode in {"teacher", "all"}:
+        handle = load_or_train_teacher(cfg.teacher, train, intents, tags)
+        report["teacher"] = {"test": _teacher_metrics(handle, test).as_dict(),
+                             "size_bytes": handle.size_bytes, "train_seconds": handle.train_seconds,
+                             "cache_dir": str(handle.cache_dir)}
+        if mode == "teacher":
+            (out / "metrics.json").write_text(json.dumps(report, indent=2))
+            return report
+
+    aug = train + augment_swap_slots(train, cfg.augment_copies, cfg.seed)
+    tok = Tokenizer.build([e.tokens for e in train], n_buckets=cfg.n_buckets)
+    teacher_logits = _teacher_logits(handle, aug) if handle is not None else None
+    model, info = train_student(cfg, tok, aug, valid, intents, tags, teacher_logits,
+                                desc="student (distilled)" if teacher_logits is not None else "student (hard)")
+    key = "student" if teacher_logits is not None else "student_hard"
+    report[key] = {"train": info}
+    if teacher_logits is not None:  # the no-teacher baseline, same data, same recipe
+        base, binfo = train_student(cfg, tok, aug, valid, intents, tags, None, desc="student (hard)")
+        tenc = encode_examples(tok, test, intents, tags)
+        report["student_hard"] = {"train": binfo, "test_torch": evaluate_torch(base, tenc, test, intents,
+                                                                               tags).as_dict()}
+
+    fp32 = export_onnx(model, out / "student_fp32.onnx", tok.max_ngrams)
+    int8 = quantize_int8(fp32, out / "student_int8.onnx")
+    m_fp32 = evaluate_onnx(fp32, tok, test, intents, tags)
+    m_int8 = evaluate_onnx(int8, tok, test, intents, tags)
+    report[key].update({"test_fp32": m_fp32.as_dict(), "test_int8": m_int8.as_dict(),
+                        "fp32_bytes": fp32.stat().st_size, "int8_bytes": int8.stat().st_size})
+    bundle_dir = out / "bundle"
+    if bundle_dir.exists():
+        import shutil
+
+        shutil.rmtree(bundle_dir)
+    write_bundle(bundle_dir, {"model.onnx": int8, "labels.json": json.dumps({"intents": intents, "tags": tags}).encode(),
+                              "vocab.json": json.dumps(tok.to_dict(), ensure_ascii=False).encode()},
+                 {"name": "chat-snips", "task": "intent-slots", "version": f"{cfg.name}-{int(time.time())}",
+                  "metrics": {f"test_{k}": v for k, v in m_int8.as_dict().items()},
+                  "extra": {"student_config": info["student_config"],
+                            "distilled": teacher_logits is not None,
+                            "temperature": cfg.temperature, "alpha": cfg.alpha}})
+    report["bundle"] = {"path": str(bundle_dir),
+                        "size_bytes": sum(p.stat().st_size for p in bundle_dir.iterdir() if p.is_file())}
+    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cloud_controller.training.chat_train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=["teacher", "student", "all"])
+    p.add_argument("--config", choices=sorted(CONFIGS), default="full")
+    p.add_argument("--out", type=Path, required=True, help="output directory (keep it under var/ or .cache/)")
+    p.add_argument("--data", default=None, help="dataset root (default: $EDGELOOP_DATA or ../shared/datasets)")
+    p.add_argument("--epochs", type=int, default=None, help="override the config's student epochs")
+    args = p.parse_args(argv)
+    cfg = CONFIGS[args.config]
+    if args.epochs is not None:
+        cfg = replace(cfg, epochs=args.epochs)
+    report = run(args.mode, cfg, args.out, args.data)
+    json.dump({k: v for k, v in report.items() if k != "config"}, sys.stdout, indent=2, default=str)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

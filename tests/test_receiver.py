@@ -66,7 +66,7 @@ async def test_totals_exact_with_duplicates_and_rejects(
     payloads += payloads[:2]  # broker redelivery / agent retry
     payloads.append((topics.summaries("n1"), b"not zlib at all"))
     payloads.append((topics.summaries("n1"), wire.encode_summary(batch("n2", 9, [1]))))  # mismatch
-    payloads.append((topics.summaries("n1"), zlib.compress(b'{"id": 5, "node": "n1"}')))  # wrong type
+    payloads.append((topics.summaries("n1"), zlib.compress(b'{"id": 123456789, "node": "n1", "seq": 0, "created": 1.0}')))  # wrong type
     payloads.append((topics.summaries("n1"), zlib.compress(b"{broken json")))
     status = wire.Status(node="n1", online=True, ts=2.0, agent_version="0.1.0")
     payloads.append((topics.status("n1"), wire.dumps(status)))

@@ -102,6 +102,7 @@ class Uplink:
         results = await asyncio.gather(*(self._send(r) for r in rows), return_exceptions=True)
         self.stats.inflight = 0
         done: list[OutboxRow] = []
+        refused: list[int] = []
         failed = False
         for row, res in zip(rows, results, strict=True):
             if res is None:
@@ -110,12 +111,14 @@ class Uplink:
                 self.stats.denied += 1
                 log.error("broker refused uplink record; removing it", extra={
                     "seq": row.seq, "topic": row.topic, "reason_code": res.reason_code})
-                done.append(row)
+                refused.append(row.seq)
             elif isinstance(res, BaseException):
                 failed = True
                 self.stats.errors += 1
                 if not isinstance(res, MqttError | TimeoutError):
                     log.error("uplink publish failed", exc_info=res)
+        if refused:
+            await self._store.discard(refused)
         if done:
             await self._store.ack([r.seq for r in done])
             for r in done:

@@ -219,7 +219,8 @@ def test_no_nan_on_single_readings_and_equal_timestamps() -> None:
 
 def test_bad_readings_are_refused_without_touching_state() -> None:
     agg = WindowAggregator(WindowConfig())
-    for ts, v in [(1.0, math.nan), (1.0, math.inf), (math.nan, 1.0), (-1.0, 1.0), (math.inf, 1.0)]:
+    bad = [(1.0, math.nan), (1.0, math.inf), (math.nan, 1.0), (-1.0, 1.0), (math.inf, 1.0), (1e300, 1.0)]
+    for ts, v in bad:
         with pytest.raises(ValueError):
             agg.add(DEV, "m", ts, v, 0.0)
     assert agg.readings == 0 and agg.flush_all() == []

@@ -33,6 +33,7 @@ _ACC = struct.Struct("<Q12d")
 _KEY_HEAD = struct.Struct("<BBqdddId")
 _STATE_VERSION = 1
 _F_OPEN, _F_HELD, _F_SENT = 1, 2, 4
+_MAX_IDX = 2**62
 _NONE: tuple[WindowSummary, ...] = ()  # shared: no allocation on the common path
 
 
@@ -299,11 +300,16 @@ class WindowAggregator:
         """Add one reading; returns the summaries that event time closed (usually none).
 
         ``ts`` is event time (epoch seconds), ``now`` the caller's wall clock.
+        ``device`` and ``metric`` must already be valid wire ids (topics.validate_id,
+        wire.Reading); a summary is validated when it is built.
         The summaries are returned rather than queued so the caller can write
         them and the checkpoint in one transaction.
         """
         if not (0.0 <= ts < math.inf) or value - value != 0.0:  # rejects NaN, ±Inf, negative ts
             raise ValueError(f"reading needs a finite value and a timestamp >= 0: ts={ts!r} value={value!r}")
+        idx = int(ts // self._length)
+        if idx > _MAX_IDX:  # absurd event time: would not fit the checkpoint format
+            raise ValueError(f"timestamp {ts!r} is out of range")
         key = (device, metric)
         st = self._keys.get(key)
         if st is None:
@@ -312,7 +318,6 @@ class WindowAggregator:
         self._dirty.add(key)
         self.readings += 1
         st.touched = now
-        idx = int(ts // self._length)
         acc = st.acc
         out: Sequence[WindowSummary] = _NONE
         if acc is None:

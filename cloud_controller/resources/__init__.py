@@ -1,0 +1,1 @@
+"""Custom resources: schemas, the store protocol, and its backends (embedded SQLite, Kubernetes API)."""

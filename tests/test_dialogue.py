@@ -33,6 +33,17 @@ def test_new_session_and_view() -> None:
     store = DialogueStore(max_sessions=10, ttl_s=60)
     assert store.get("s1") is None
     assert apply(store, "s1", None, 1.0, "BookRestaurant", {"party_size_number": "4"})
+    txn = store.begin("s1", None, 2.0)
+    assert txn is not None
+    with txn as state:  # the working copy itself can be edited
+        assert state.version == 1 and state is txn.state
+        state.slots["city"] = "rome"
+        state.step += 1
+    assert store.get("s1").slots == {"party_size_number": "4", "city": "rome"}  # type: ignore[union-attr]
+    with pytest.raises(RuntimeError), txn:
+        pass  # a transaction is entered once
+    store.restore({})
+    assert apply(store, "s1", None, 1.0, "BookRestaurant", {"party_size_number": "4"})
     st = store.get("s1")
     assert st == DialogueState(
         "s1", "BookRestaurant", {"party_size_number": "4"}, step=1, version=1, updated=1.0

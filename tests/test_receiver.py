@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cloud_controller.cli import main as cli_main
-from cloud_controller.receiver import Receiver, ReceiverConfig, SummaryStore
+from cloud_controller.receiver import Receiver, ReceiverConfig
 from edge_agent import topics, wire
 from edge_agent.config import MqttConfig
 from edge_agent.mqtt import MqttClient
@@ -66,7 +66,8 @@ async def test_totals_exact_with_duplicates_and_rejects(
     payloads += payloads[:2]  # broker redelivery / agent retry
     payloads.append((topics.summaries("n1"), b"not zlib at all"))
     payloads.append((topics.summaries("n1"), wire.encode_summary(batch("n2", 9, [1]))))  # mismatch
-    payloads.append((topics.summaries("n1"), zlib.compress(b'{"id": 123456789, "node": "n1", "seq": 0, "created": 1.0}')))  # wrong type
+    wrong_type = b'{"id": 123456789, "node": "n1", "seq": 0, "created": 1.0}'  # id must be a string
+    payloads.append((topics.summaries("n1"), zlib.compress(wrong_type)))
     payloads.append((topics.summaries("n1"), zlib.compress(b"{broken json")))
     status = wire.Status(node="n1", online=True, ts=2.0, agent_version="0.1.0")
     payloads.append((topics.status("n1"), wire.dumps(status)))
@@ -125,8 +126,8 @@ async def _wait_until(r: Receiver, n: int) -> None:
 def test_cli_receive_and_totals(broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "cli.db"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cloud_controller.cli", "--log-level", "DEBUG", "receive", "--broker", f"127.0.0.1:{broker.port}",
-         "--db", str(db)],
+        [sys.executable, "-m", "cloud_controller.cli", "--log-level", "DEBUG",
+         "receive", "--broker", f"127.0.0.1:{broker.port}", "--db", str(db)],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True,
     )
     try:

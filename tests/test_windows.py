@@ -53,10 +53,10 @@ def load_skab(rel: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 def run(
     agg: WindowAggregator, readings: Iterable[Reading], device: str = DEV, now: float = 0.0
 ) -> list[WindowSummary]:
-    out: list[WindowSummary] = []
+    """Add readings at one wall-clock instant and hand out what event time closed."""
     for metric, ts, v in readings:
-        out.extend(agg.add(device, metric, ts, v, now))
-    return out
+        agg.add(device, metric, ts, v, now)
+    return agg.poll(now)
 
 
 def check_against_numpy(s: WindowSummary, t: np.ndarray, v: np.ndarray) -> None:
@@ -129,9 +129,9 @@ def test_counts_are_exact_with_and_without_deadband(series: str, deadband: float
     agg = WindowAggregator(WindowConfig(length_s=5.0, deadband=deadband, deadband_max_hold=7))
     out: list[WindowSummary] = []
     for i, (m, ts, v) in enumerate(readings):
-        out.extend(agg.add(DEV, m, ts, v, now=float(i)))
+        agg.add(DEV, m, ts, v, now=float(i))
         if i % 500 == 499:
-            out.extend(agg.poll(now=float(i)))  # nothing idle: must not disturb anything
+            out.extend(agg.poll(now=float(i)))  # nothing idle: hands out event-time closes only
     out.extend(agg.flush_all())
     assert sum(s.count for s in out) == len(readings)
     assert agg.readings == len(readings)
@@ -157,11 +157,12 @@ def test_deadband_reduces_summaries_on_a_steady_series() -> None:
 
 def test_window_breaking_the_band_flushes_the_held_ones_first() -> None:
     agg = WindowAggregator(WindowConfig(length_s=10.0, deadband=1.0, deadband_max_hold=100))
-    out: list[WindowSummary] = []
     for w in range(5):
-        out += agg.add(DEV, "m", w * 10.0 + 1, 5.0, 0.0)
-    out += agg.add(DEV, "m", 51.0, 9.0, 0.0)  # window 5: outside the band
-    out += agg.add(DEV, "m", 61.0, 9.0, 0.0)  # closes window 5
+        agg.add(DEV, "m", w * 10.0 + 1, 5.0, 0.0)
+    agg.add(DEV, "m", 51.0, 9.0, 0.0)  # window 5: outside the band
+    assert agg.pending == 1  # window 0; windows 1-4 are held
+    agg.add(DEV, "m", 61.0, 9.0, 0.0)  # closes window 5
+    out = agg.poll(0.0)
     assert [(s.start, s.end, s.count) for s in out] == [(0.0, 10.0, 1), (10.0, 50.0, 4), (50.0, 60.0, 1)]
     assert out[2].mean == 9.0
     out += agg.flush_all()
@@ -186,6 +187,7 @@ def test_idle_close_uses_wall_time_and_sends_held_windows() -> None:
     agg = WindowAggregator(WindowConfig(length_s=10.0, idle_close_s=15.0, deadband=1.0))
     out = run(agg, [("m", 1.0, 5.0), ("m", 11.0, 5.0), ("m", 21.0, 5.0)], now=100.0)
     assert [s.count for s in out] == [1]  # window 1 is held by the deadband, window 2 is open
+    assert agg.pending == 0
     assert agg.poll(now=114.9) == []
     closed = agg.poll(now=115.0)
     assert [(s.start, s.end, s.count) for s in closed] == [(10.0, 30.0, 2)]
@@ -201,6 +203,22 @@ def test_idle_close_is_per_stream() -> None:
     agg.add("b", "m", 1.0, 1.0, now=4.0)
     assert [s.device for s in agg.poll(now=5.0)] == ["a"]
     assert [s.device for s in agg.poll(now=9.0)] == ["b"]
+
+
+def test_reloaded_config_applies_to_new_windows_only() -> None:
+    agg = WindowAggregator(WindowConfig(length_s=10.0))
+    for ts in (5.0, 15.0):
+        agg.add(DEV, "m", ts, 1.0, now=0.0)
+    agg.cfg = WindowConfig(length_s=60.0, deadband=0.0)
+    agg.add(DEV, "m", 18.0, 2.0, now=0.0)  # still the open 10 s window [10, 20)
+    fresh = WindowAggregator(agg.cfg)  # a checkpoint keeps the open window's own length
+    fresh.restore(agg.snapshot())
+    for a in (agg, fresh):
+        a.add(DEV, "m", 65.0, 3.0, now=0.0)
+        a.add(DEV, "m", 100.0, 4.0, now=0.0)
+    for a in (agg, fresh):
+        out = a.poll(0.0) + a.flush_all()
+        assert [(s.start, s.end, s.count) for s in out][-2:] == [(10.0, 20.0, 2), (60.0, 120.0, 2)]
 
 
 def test_no_nan_on_single_readings_and_equal_timestamps() -> None:
@@ -267,47 +285,64 @@ def interleaved(n: int, seed: int) -> list[tuple[str, str, float, float, float]]
     return [r for r in out if not (r[0] == "dev-2" and 200 < r[4] < 300)]
 
 
-def drive(
-    agg: WindowAggregator,
-    readings: Sequence[tuple[str, str, float, float, float]],
-    table: dict[str, bytes] | None,
-) -> list[WindowSummary]:
-    out: list[WindowSummary] = []
-    for i, (dev, metric, ts, v, now) in enumerate(readings):
-        out.extend(agg.add(dev, metric, ts, v, now))
-        if i % 97 == 0:
-            out.extend(agg.poll(now))
-        if table is not None and i % 50 == 0:
-            states, removed = agg.take_dirty()
-            table.update(states)
-            for k in removed:
-                del table[k]
-    return out
+Row = tuple[str, str, float, float, float]
+
+
+class Node:
+    """The agent's use of the aggregator: a commit stores what ``poll`` handed out and the
+    ``take_dirty`` state in one transaction. A crash loses everything after the last commit;
+    the broker redelivers those readings (they were never acknowledged)."""
+
+    def __init__(self, agg: WindowAggregator) -> None:
+        self.agg = agg
+        self.table: dict[str, bytes] = {}
+        self.sent: list[WindowSummary] = []
+        # (readings consumed, checkpoint table, summaries sent) as of the last commit
+        self.committed: tuple[int, dict[str, bytes], int] = (0, {}, 0)
+
+    def commit(self, consumed: int, poll_now: float | None) -> None:
+        if poll_now is not None:
+            self.sent.extend(self.agg.poll(poll_now))
+        states, removed = self.agg.take_dirty()
+        self.table.update(states)
+        for k in removed:
+            del self.table[k]
+        self.committed = (consumed, dict(self.table), len(self.sent))
+
+    def drive(self, readings: Sequence[Row], start: int, stop: int) -> None:
+        for i in range(start, stop):
+            dev, metric, ts, v, now = readings[i]
+            self.agg.add(dev, metric, ts, v, now)
+            if (i + 1) % 150 == 0:
+                self.commit(i + 1, poll_now=now)
+            elif (i + 1) % 50 == 0:
+                self.commit(i + 1, poll_now=None)  # closed windows stay pending, in the checkpoint
 
 
 @pytest.mark.parametrize("deadband", [0.0, 0.5])
 def test_checkpoint_restore_mid_stream_is_identical(deadband: float) -> None:
     cfg = WindowConfig(length_s=10.0, deadband=deadband, deadband_max_hold=4, idle_close_s=20.0)
     readings = interleaved(4000, seed=11)
-    ref = WindowAggregator(cfg)
-    expected = drive(ref, readings, None) + ref.flush_all()
-
-    for cut in (1234, 2001, 2600):  # 1234: dev-2 idle-closed and away, 2001: right after a checkpoint
-        first = WindowAggregator(cfg)
-        table: dict[str, bytes] = {}
-        out = drive(first, readings[:cut], table)
-        states, removed = first.take_dirty()  # the final checkpoint of the crashed process
-        table.update(states)
-        for k in removed:
-            table.pop(k)
-        assert table == first.snapshot()
-        assert all(k.startswith("win:") for k in table)
-        second = WindowAggregator(cfg)
-        second.restore(dict(table))
-        assert second.snapshot() == table
-        out += drive(second, readings[cut:], table) + second.flush_all()
-        assert [s.model_dump() for s in out] == [s.model_dump() for s in expected]
+    ref = Node(WindowAggregator(cfg))
+    ref.drive(readings, 0, len(readings))
+    expected = ref.sent + ref.agg.flush_all()
     assert sum(s.count for s in expected) == len(readings)
+
+    pending_seen = False
+    for cut in (1234, 2001, 2230, 2600):  # 1234: dev-2 idle-closed and away
+        first = Node(WindowAggregator(cfg))
+        first.drive(readings, 0, cut)
+        consumed, table, n_sent = first.committed  # ... and then the process is killed
+        assert all(k.startswith("win:") for k in table)
+        second = Node(WindowAggregator(cfg))
+        second.agg.restore(table)
+        assert second.agg.snapshot() == table
+        pending_seen |= second.agg.pending > 0
+        second.sent = first.sent[:n_sent]
+        second.drive(readings, consumed, len(readings))
+        out = second.sent + second.agg.flush_all()
+        assert [s.model_dump() for s in out] == [s.model_dump() for s in expected]
+    assert pending_seen  # some checkpoint carried closed-but-not-yet-polled summaries
 
 
 def test_take_dirty_reports_changes_and_removals() -> None:
@@ -361,7 +396,7 @@ def test_count_is_conserved_for_any_stream(
     )
     out: list[WindowSummary] = []
     for i, (dev, ts, v, poll) in enumerate(steps):
-        out.extend(agg.add(f"d{dev}", "m", ts, v, now=float(i)))
+        agg.add(f"d{dev}", "m", ts, v, now=float(i))
         if poll:
             out.extend(agg.poll(now=float(i) + 2.0 * dev))
     out.extend(agg.flush_all())

@@ -95,8 +95,8 @@ class DialogueState:
 class Transaction:
     """One update of one session, applied to a copy; commit on success, discard on error.
 
-    Use it as a context manager. ``state`` is the working copy; the helpers
-    below cover the usual moves, anything else may edit ``state`` directly.
+    Use it as a context manager: ``with txn as state:`` yields the working copy
+    (also ``txn.state``); the helpers below cover the usual moves.
     """
 
     def __init__(
@@ -131,11 +131,12 @@ class Transaction:
         if self._done:
             raise RuntimeError("transaction already finished")
 
-    def __enter__(self) -> Transaction:
+    def __enter__(self) -> DialogueState:
+        """Yields the working copy; edit it directly or through the transaction's helpers."""
         if self._open or self._done:
             raise RuntimeError("a transaction can be entered once")
         self._open = True
-        return self
+        return self.state
 
     def __exit__(
         self,

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 from ..config import WindowConfig
 from ..wire import WindowSummary
@@ -30,11 +28,13 @@ from ..wire import WindowSummary
 __all__ = ["Accumulator", "WindowAggregator", "state_key"]
 
 _ACC = struct.Struct("<Q12d")
-_KEY_HEAD = struct.Struct("<BBqdddId")
+# version, flags, window index, length, held start/end, last sent mean, held windows, touched,
+# pending summaries, len(device), len(metric)
+_KEY_HEAD = struct.Struct("<BBqddddIdIHH")
+_SPAN = struct.Struct("<dd")
 _STATE_VERSION = 1
 _F_OPEN, _F_HELD, _F_SENT = 1, 2, 4
 _MAX_IDX = 2**62
-_NONE: tuple[WindowSummary, ...] = ()  # shared: no allocation on the common path
 
 
 class Accumulator:
@@ -240,47 +240,65 @@ def state_key(device: str, metric: str) -> str:
     return f"win:{device}/{metric}"
 
 
+class _Closed:
+    """A finished summary waiting for ``poll``: statistics plus its time span."""
+
+    __slots__ = ("acc", "end", "start")
+
+    def __init__(self, acc: Accumulator, start: float, end: float) -> None:
+        self.acc = acc
+        self.start = start
+        self.end = end
+
+
 class _KeyState:
     """Everything the aggregator knows about one (device, metric)."""
 
-    __slots__ = ("acc", "held", "held_end", "held_n", "held_start", "idx", "last_sent", "touched")
+    __slots__ = (
+        "acc",
+        "held",
+        "held_end",
+        "held_n",
+        "held_start",
+        "idx",
+        "last_sent",
+        "length",
+        "pending",
+        "touched",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, length: float) -> None:
+        self.length = length  # window length of the open window (a reload changes only new ones)
         self.idx = 0  # window index of the open window (valid when acc is not None)
         self.acc: Accumulator | None = None
         self.held: Accumulator | None = None  # windows swallowed by the deadband, not yet sent
         self.held_start = 0.0
         self.held_end = 0.0
         self.held_n = 0
-        self.last_sent: float | None = None  # mean of the last emitted summary (deadband reference)
+        self.last_sent: float | None = None  # mean of the last sent summary (deadband reference)
         self.touched = 0.0  # caller's wall clock at the last reading
-
-
-@dataclass(frozen=True, slots=True)
-class _Closed:
-    acc: Accumulator
-    start: float
-    end: float
+        self.pending: list[_Closed] | None = None  # closed by event time, handed out by poll()
 
 
 class WindowAggregator:
     """Tumbling, epoch-aligned windows per (device, metric) with an exact-count deadband.
 
     Event time closes windows (a reading in a later window closes the open
-    one); wall time closes windows whose stream went quiet (``poll``). The
-    caller owns the clock: ``now`` is passed in, so tests are deterministic
-    and the same code runs on ``time.monotonic`` or ``time.time``.
+    one); wall time closes windows whose stream went quiet. Closed windows wait
+    inside the aggregator, as part of its checkpointed state, until ``poll`` or
+    ``flush_all`` hands them out: a summary is always either in the checkpoint
+    or in the caller's hands, never in between.
 
+    The caller owns the clock: ``now`` is passed in, so tests are
+    deterministic and the same code runs on ``time.monotonic`` or ``time.time``.
     Not thread-safe; it lives on the agent's event loop.
     """
 
     def __init__(self, cfg: WindowConfig) -> None:
-        self._length = float(cfg.length_s)
-        self._deadband = float(cfg.deadband)
-        self._max_hold = int(cfg.deadband_max_hold)
-        self._idle = float(cfg.idle_close_s)
+        self.cfg = cfg
         self._keys: dict[tuple[str, str], _KeyState] = {}
         self._dirty: set[tuple[str, str]] = set()
+        self._has_pending: set[tuple[str, str]] = set()
         self.late_readings = 0
         self.readings = 0
         self.windows_closed = 0
@@ -288,72 +306,89 @@ class WindowAggregator:
         self.windows_held = 0  # windows the deadband merged instead of sending
 
     @property
+    def cfg(self) -> WindowConfig:
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, cfg: WindowConfig) -> None:
+        """Apply a reloaded config: open windows keep their length, new ones use the new one."""
+        self._cfg = cfg
+        self._length = float(cfg.length_s)
+        self._deadband = float(cfg.deadband)
+        self._max_hold = int(cfg.deadband_max_hold)
+        self._idle = float(cfg.idle_close_s)
+
+    @property
     def open_windows(self) -> int:
         return sum(1 for st in self._keys.values() if st.acc is not None)
+
+    @property
+    def pending(self) -> int:
+        """Closed summaries waiting for the next poll."""
+        return sum(len(self._keys[k].pending or ()) for k in self._has_pending)
 
     def __len__(self) -> int:
         return len(self._keys)
 
     # ---------------------------------------------------------------- hot path
 
-    def add(self, device: str, metric: str, ts: float, value: float, now: float) -> Sequence[WindowSummary]:
-        """Add one reading; returns the summaries that event time closed (usually none).
+    def add(self, device: str, metric: str, ts: float, value: float, now: float) -> None:
+        """Add one reading (``ts``: event time in epoch seconds, ``now``: the caller's wall clock).
 
-        ``ts`` is event time (epoch seconds), ``now`` the caller's wall clock.
         ``device`` and ``metric`` must already be valid wire ids (topics.validate_id,
         wire.Reading); a summary is validated when it is built.
-        The summaries are returned rather than queued so the caller can write
-        them and the checkpoint in one transaction.
         """
         if not (0.0 <= ts < math.inf) or value - value != 0.0:  # rejects NaN, ±Inf, negative ts
             raise ValueError(f"reading needs a finite value and a timestamp >= 0: ts={ts!r} value={value!r}")
-        idx = int(ts // self._length)
+        length = self._length
+        idx = int(ts // length)
         if idx > _MAX_IDX:  # absurd event time: would not fit the checkpoint format
             raise ValueError(f"timestamp {ts!r} is out of range")
         key = (device, metric)
         st = self._keys.get(key)
         if st is None:
-            st = _KeyState()
-            self._keys[key] = st
+            st = self._keys[key] = _KeyState(length)
         self._dirty.add(key)
         self.readings += 1
         st.touched = now
         acc = st.acc
-        out: Sequence[WindowSummary] = _NONE
         if acc is None:
             acc = st.acc = Accumulator()
             st.idx = idx
-        elif idx != st.idx:
-            if idx > st.idx:
-                closed = _Closed(acc, st.idx * self._length, (st.idx + 1) * self._length)
-                acc = st.acc = Accumulator()
-                st.idx = idx
-                out = []
-                self._close(key, st, closed, out)
-            else:
-                # Late: its window was already closed (or never opened); fold it into the
-                # open one so it is counted exactly once rather than dropped.
-                self.late_readings += 1
+            st.length = length
+        else:
+            cur = idx if st.length == length else int(ts // st.length)
+            if cur != st.idx:
+                if cur > st.idx:
+                    closed = _Closed(acc, st.idx * st.length, (st.idx + 1) * st.length)
+                    acc = st.acc = Accumulator()
+                    st.idx = idx
+                    st.length = length
+                    self._route(key, st, closed)
+                else:
+                    # Late: its window was already closed; fold it into the open one so it
+                    # is counted exactly once rather than dropped.
+                    self.late_readings += 1
         acc.add(ts, value)
-        return out
 
     # ---------------------------------------------------------------- closing
 
-    def _emit(self, key: tuple[str, str], acc: Accumulator, start: float, end: float) -> WindowSummary:
-        self.summaries_emitted += 1
-        return acc.to_summary(key[0], key[1], start, end)
+    def _send(self, key: tuple[str, str], st: _KeyState, closed: _Closed) -> None:
+        if st.pending is None:
+            st.pending = [closed]
+            self._has_pending.add(key)
+        else:
+            st.pending.append(closed)
+        st.last_sent = closed.acc.mean_v
 
-    def _flush_held(self, key: tuple[str, str], st: _KeyState, out: list[WindowSummary]) -> None:
-        held = st.held
-        if held is None:
-            return
-        out.append(self._emit(key, held, st.held_start, st.held_end))
-        st.last_sent = held.mean_v
-        st.held = None
-        st.held_n = 0
+    def _flush_held(self, key: tuple[str, str], st: _KeyState) -> None:
+        if st.held is not None:
+            self._send(key, st, _Closed(st.held, st.held_start, st.held_end))
+            st.held = None
+            st.held_n = 0
 
-    def _close(self, key: tuple[str, str], st: _KeyState, closed: _Closed, out: list[WindowSummary]) -> None:
-        """Route a closed window through the deadband."""
+    def _route(self, key: tuple[str, str], st: _KeyState, closed: _Closed) -> None:
+        """Send a closed window, or hold it when it stays within the deadband."""
         self.windows_closed += 1
         acc = closed.acc
         ref = st.last_sent
@@ -374,33 +409,43 @@ class WindowAggregator:
             st.held_end = closed.end
             st.held_n += 1
             if st.held_n >= self._max_hold:
-                self._flush_held(key, st, out)
+                self._flush_held(key, st)
             return
-        self._flush_held(key, st, out)
-        out.append(self._emit(key, acc, closed.start, closed.end))
-        st.last_sent = acc.mean_v
+        self._flush_held(key, st)
+        self._send(key, st, closed)
 
-    def _close_key(self, key: tuple[str, str], st: _KeyState, out: list[WindowSummary]) -> None:
-        """Close the open window and send anything held; the key's state is then dropped."""
-        if st.acc is not None and st.acc.count:
-            closed = _Closed(st.acc, st.idx * self._length, (st.idx + 1) * self._length)
-            st.acc = None
-            self._close(key, st, closed, out)
-        self._flush_held(key, st, out)
-        del self._keys[key]
+    def _drain(self, key: tuple[str, str], st: _KeyState, out: list[WindowSummary]) -> None:
+        if st.pending:
+            device, metric = key
+            out.extend(c.acc.to_summary(device, metric, c.start, c.end) for c in st.pending)
+            self.summaries_emitted += len(st.pending)
+        st.pending = None
         self._dirty.add(key)
 
+    def _close_key(self, key: tuple[str, str], st: _KeyState, out: list[WindowSummary]) -> None:
+        """Close the open window, send anything held, hand it all out and forget the stream."""
+        if st.acc is not None and st.acc.count:
+            closed = _Closed(st.acc, st.idx * st.length, (st.idx + 1) * st.length)
+            st.acc = None
+            self._route(key, st, closed)
+        self._flush_held(key, st)
+        self._drain(key, st, out)
+        self._has_pending.discard(key)
+        del self._keys[key]
+
     def poll(self, now: float) -> list[WindowSummary]:
-        """Close windows whose stream has been quiet for ``idle_close_s`` of wall time."""
-        limit = now - self._idle
+        """Hand out every closed summary; first close streams quiet for ``idle_close_s``."""
         out: list[WindowSummary] = []
-        idle = [(k, st) for k, st in self._keys.items() if st.touched <= limit]
-        for key, st in idle:
+        limit = now - self._idle
+        for key, st in [(k, st) for k, st in self._keys.items() if st.touched <= limit]:
             self._close_key(key, st, out)
+        for key in self._has_pending:
+            self._drain(key, self._keys[key], out)
+        self._has_pending.clear()
         return _ordered(out)
 
     def flush_all(self) -> list[WindowSummary]:
-        """Close every open window and send everything held (shutdown)."""
+        """Close every open window and hand out everything, held windows included (shutdown)."""
         out: list[WindowSummary] = []
         for key, st in list(self._keys.items()):
             self._close_key(key, st, out)
@@ -412,8 +457,8 @@ class WindowAggregator:
         """State of every stream changed since the last call, and the keys that went away.
 
         Write both into the checkpoint table in the same transaction as the
-        summaries they produced: then a crash at any point neither loses nor
-        double-counts a reading.
+        summaries ``poll`` handed out since the previous call: then a crash at
+        any point neither loses nor double-counts a reading.
         """
         states: dict[str, bytes] = {}
         removed: list[str] = []
@@ -446,12 +491,13 @@ class WindowAggregator:
                 st.touched = now
             keys[key] = st
         self._keys = keys
+        self._has_pending = {k for k, st in keys.items() if st.pending}
         self._dirty.clear()
 
 
 def _ordered(out: list[WindowSummary]) -> list[WindowSummary]:
     """Deterministic order (time, then stream), independent of dict history: a restored
-    aggregator emits exactly what an uninterrupted one would. Stable, so a stream's
+    aggregator hands out exactly what an uninterrupted one would. Stable, so a stream's
     held summary still precedes its newer window."""
     if len(out) > 1:
         out.sort(key=lambda s: (s.start, s.device, s.metric))
@@ -466,18 +512,22 @@ def _encode_state(key: tuple[str, str], st: _KeyState) -> bytes:
     )
     dev = key[0].encode()
     met = key[1].encode()
+    pending = st.pending or []
     parts = [
         _KEY_HEAD.pack(
             _STATE_VERSION,
             flags,
             st.idx,
+            st.length,
             st.held_start,
             st.held_end,
             st.last_sent if st.last_sent is not None else 0.0,
             st.held_n,
             st.touched,
+            len(pending),
+            len(dev),
+            len(met),
         ),
-        struct.pack("<HH", len(dev), len(met)),
         dev,
         met,
     ]
@@ -485,22 +535,25 @@ def _encode_state(key: tuple[str, str], st: _KeyState) -> bytes:
         parts.append(st.acc.to_bytes())
     if st.held is not None:
         parts.append(st.held.to_bytes())
+    for c in pending:
+        parts.append(_SPAN.pack(c.start, c.end))
+        parts.append(c.acc.to_bytes())
     return b"".join(parts)
 
 
 def _decode_state(blob: bytes) -> tuple[tuple[str, str], _KeyState]:
     try:
-        version, flags, idx, held_start, held_end, last_sent, held_n, touched = _KEY_HEAD.unpack_from(blob, 0)
+        (version, flags, idx, length, held_start, held_end, last_sent, held_n, touched, npend, ldev, lmet) = (
+            _KEY_HEAD.unpack_from(blob, 0)
+        )
         if version != _STATE_VERSION:
             raise ValueError(f"unknown window state version {version}")
         pos = _KEY_HEAD.size
-        ldev, lmet = struct.unpack_from("<HH", blob, pos)
-        pos += 4
         device = blob[pos : pos + ldev].decode()
         pos += ldev
         metric = blob[pos : pos + lmet].decode()
         pos += lmet
-        st = _KeyState()
+        st = _KeyState(length)
         st.idx = idx
         st.held_start = held_start
         st.held_end = held_end
@@ -513,6 +566,13 @@ def _decode_state(blob: bytes) -> tuple[tuple[str, str], _KeyState]:
         if flags & _F_HELD:
             st.held = Accumulator.from_bytes(blob[pos : pos + _ACC.size])
             pos += _ACC.size
+        if npend:
+            st.pending = []
+            for _ in range(npend):
+                start, end = _SPAN.unpack_from(blob, pos)
+                pos += _SPAN.size
+                st.pending.append(_Closed(Accumulator.from_bytes(blob[pos : pos + _ACC.size]), start, end))
+                pos += _ACC.size
         if pos != len(blob):
             raise ValueError(f"{len(blob) - pos} trailing bytes")
     except (struct.error, UnicodeDecodeError) as exc:

@@ -52,6 +52,9 @@ class DevicesConfig(_Section):
     # Empty list and allow_unknown=True: accept any well-formed device id.
     allowed: list[NodeId] = Field(default_factory=list)
     allow_unknown: bool = True
+    # Subscribe only to the enrolled devices' topics (several agents sharing one broker);
+    # otherwise subscribe to all devices and reject unknown ones with a counted reason.
+    subscribe_enrolled_only: bool = False
     max_payload_bytes: Annotated[int, Field(ge=64, le=16 * 1024 * 1024)] = 256 * 1024
 
 

@@ -65,7 +65,7 @@ def device_subscriptions(cfg: AgentConfig) -> list[tuple[str, int]]:
     Subscribing per device keeps a node from even receiving traffic it must not
     process (several agents can then share one broker, as in the demo).
     """
-    if cfg.devices.allow_unknown or not cfg.devices.allowed:
+    if not cfg.devices.subscribe_enrolled_only or not cfg.devices.allowed:
         return [(topics.DEVICE_TELEMETRY_SUB, 1), (topics.DEVICE_CHAT_IN_SUB, 1)]
     subs: list[tuple[str, int]] = []
     for device in cfg.devices.allowed:
@@ -115,7 +115,7 @@ class Agent:
         try:
             await self.start()
             self.notifier.ready()
-            self.notifier.status(f"running: node {self.cfg.node_id}")
+            self.notifier.status(f"running: node {self.cfg.node_id}, metrics port {self.metrics_port}")
             await self._stop.wait()
         finally:
             await self.shutdown()

@@ -105,7 +105,8 @@ class _Conn:
     closed: asyncio.Future[ReasonCode | None]
     pending: dict[int, asyncio.Future[ReasonCode]] = field(default_factory=dict)
     subacks: dict[int, asyncio.Future[list[ReasonCode]]] = field(default_factory=dict)
-    sock: Any = None
+    # The fd, not the socket object: asyncio rejects a closed socket object on removal.
+    fd: int | None = None
     reading: bool = False
 
 
@@ -471,31 +472,33 @@ class MqttClient:
         sock = conn.client.socket()
         if sock is None:
             raise MqttError("connection closed during connect")
-        conn.sock = sock
+        conn.fd = fd = sock.fileno()
         client = conn.client
         loop = self._loop
 
         def register_write(_c: paho.Client, _u: Any, s: Any) -> None:
-            loop.add_writer(s, client.loop_write)
+            loop.add_writer(fd, client.loop_write)
 
         def unregister_write(_c: paho.Client, _u: Any, s: Any) -> None:
-            loop.remove_writer(s)
+            loop.remove_writer(fd)
 
         def socket_close(_c: paho.Client, _u: Any, s: Any) -> None:
-            loop.remove_reader(s)
-            loop.remove_writer(s)
+            # Forget the fd before paho closes it: the number may be reused at once.
+            loop.remove_reader(fd)
+            loop.remove_writer(fd)
             conn.reading = False
+            conn.fd = None
 
         client.on_socket_register_write = register_write
         client.on_socket_unregister_write = unregister_write
         client.on_socket_close = socket_close
         self._resume_reading(conn)
         if client.want_write():
-            loop.add_writer(sock, client.loop_write)
+            loop.add_writer(fd, client.loop_write)
 
     def _resume_reading(self, conn: _Conn) -> None:
         assert self._loop is not None
-        if conn.reading or conn.client.socket() is None:
+        if conn.reading or conn.fd is None:
             return
         client = conn.client
 
@@ -507,7 +510,8 @@ class MqttClient:
                 client.loop_read()
                 sock = client.socket()
 
-        self._loop.add_reader(conn.sock, readable)
+        assert conn.fd is not None
+        self._loop.add_reader(conn.fd, readable)
         conn.reading = True
 
     def _maybe_resume(self) -> None:
@@ -539,11 +543,13 @@ class MqttClient:
         conn.connack.cancel()
         if not conn.closed.done():
             conn.closed.set_result(None)
-        sock = conn.client.socket()
-        if sock is not None and self._loop is not None:
-            self._loop.remove_reader(sock)
-            self._loop.remove_writer(sock)
+        # Only a socket handed to the event loop is ours to close; one still being
+        # connected in the worker thread is closed by the connect future's callback.
+        if conn.fd is not None and self._loop is not None:
+            self._loop.remove_reader(conn.fd)
+            self._loop.remove_writer(conn.fd)
             conn.reading = False
+            conn.fd = None
             self._close_socket(conn.client)
 
     # ------------------------------------------------------------------ paho callbacks (event loop thread)
@@ -597,9 +603,10 @@ class MqttClient:
         if self._route_rpc(msg):
             return
         self._incoming.put_nowait(msg)
-        if self._incoming.qsize() >= self.max_incoming and conn.reading and self._loop is not None:
+        if self._incoming.qsize() >= self.max_incoming and conn.reading and conn.fd is not None:
+            assert self._loop is not None
             # Backpressure: stop reading; TCP and the broker queue hold the rest.
-            self._loop.remove_reader(conn.sock)
+            self._loop.remove_reader(conn.fd)
             conn.reading = False
             self.stats.paused += 1
 

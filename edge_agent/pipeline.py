@@ -192,7 +192,7 @@ class Pipeline:
         seq = seq_source()
         chat = self._chat.take()
         batch = wire.SummaryBatch(id=wire.new_id(), node=self.cfg.node_id, seq=seq, created=now,
-                                  windows=chunk, chat=chat)
+                                  windows=[_compact(w) for w in chunk], chat=chat)
         self.counters.summaries += 1
         return seq, OutboxRecord(id=batch.id, topic=topics.summaries(self.cfg.node_id),
                                  payload=wire.encode_summary(batch), created=now, kind="summary")
@@ -233,6 +233,22 @@ class Pipeline:
     @property
     def pending_windows(self) -> int:
         return len(self._pending_windows)
+
+
+_STAT_FIELDS = ("min", "max", "mean", "std", "first", "last", "slope", "anomaly_score")
+
+
+def _sig(x: float, digits: int = 7) -> float:
+    return float(f"{x:.{digits}g}")
+
+
+def _compact(w: wire.WindowSummary) -> wire.WindowSummary:
+    """Round statistics to float32 precision (7 significant digits) for the wire.
+
+    Full float64 reprs of derived statistics (17 digits of noise) are what zlib
+    cannot compress; no sensor is that precise. Counts and window bounds stay exact.
+    """
+    return w.model_copy(update={f: _sig(v) for f in _STAT_FIELDS if (v := getattr(w, f)) is not None})
 
 
 class _ChatAccumulator:

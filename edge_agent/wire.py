@@ -167,6 +167,8 @@ def _reason(exc: ValidationError) -> str:
         return "missing_field"
     if "finite_number" in types:
         return "non_finite"
+    if "string_pattern_mismatch" in types:
+        return "bad_id"
     if any(t.endswith("_type") or t.endswith("_parsing") for t in types):
         return "wrong_type"
     return "invalid"

@@ -63,14 +63,14 @@ class ChatTrainConfig:
 
     name: str
     max_train: int | None = None
-    epochs: int = 10
+    epochs: int = 5
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 3e-3
     word_dim: int = 128
     ngram_dim: int = 64
     hidden: int = 192
-    dropout: float = 0.3
-    word_dropout: float = 0.15
+    dropout: float = 0.25
+    word_dropout: float = 0.1
     n_buckets: int = 20_000
     augment_copies: float = 1.0
     temperature: float = 2.0
@@ -80,7 +80,7 @@ class ChatTrainConfig:
 
 
 CONFIGS: dict[str, ChatTrainConfig] = {
-    "tiny": ChatTrainConfig(name="tiny", max_train=400, epochs=8, hidden=64, word_dim=48, ngram_dim=32,
+    "tiny": ChatTrainConfig(name="tiny", max_train=400, epochs=12, lr=5e-3, hidden=64, word_dim=48, ngram_dim=32,
                             n_buckets=2_000, augment_copies=0.5, dropout=0.1, word_dropout=0.05,
                             teacher=TeacherConfig(epochs=1, max_train=200)),
     "full": ChatTrainConfig(name="full"),

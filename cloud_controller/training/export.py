@@ -26,7 +26,7 @@ OUTPUT_NAMES = ["intent_logits", "slot_logits"]
 def export_onnx(model: StudentTagger, path: Path, max_ngrams: int, opset: int = 17) -> Path:
     """Write a single-file fp32 ONNX model with dynamic batch and sequence axes."""
     model.eval()
-    words = torch.tensor([[5, 6, 7], [8, 9, 0]], dtype=torch.long)
+    words = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.long)  # valid for any vocabulary
     ngrams = torch.ones((2, 3, max_ngrams), dtype=torch.long)
     ngrams[1, 2] = 0
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -114,6 +114,13 @@ def _totals(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- kubectl-like verbs
+
+from .resources import kubectl as _kubectl  # noqa: E402
+
+for _c in _kubectl.COMMANDS:
+    command(_c.name, _c.help, _c.configure)(_c.run)
+
 # --------------------------------------------------------------------------- main
 
 

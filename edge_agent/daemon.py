@@ -266,6 +266,8 @@ class Agent:
                 self.metrics.uplink_errors.labels(kind="reply").inc()
 
     async def _on_connect(self) -> None:
+        self.notifier.status(f"connected: node {self.cfg.node_id}, broker {self.cfg.mqtt.host}:{self.cfg.mqtt.port}, "
+                             f"metrics port {self.metrics_port}")
         await self._publish_status()
         self.uplink.wake()
 

@@ -45,7 +45,8 @@ class NotifySocket:
         deadline = time.monotonic() + timeout
         while True:
             for m in self.messages:
-                if field in m.split("\n"):
+                if any(line == field or (field.endswith("*") and line.startswith(field[:-1]))
+                       for line in m.split("\n")):
                     self.messages.remove(m)
                     return [m]
             remaining = deadline - time.monotonic()
@@ -108,6 +109,8 @@ class AgentProcess:
         log.close()
         if wait_ready:
             self.notify.wait_for("READY=1", timeout=20)
+            # Subscribed to the device topics: what devices publish from now on reaches this agent.
+            self.notify.wait_for("STATUS=connected*", timeout=20)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

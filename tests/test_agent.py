@@ -42,6 +42,7 @@ def agent_factory(tmp_path: Path, broker: Broker) -> Iterator:
     yield make
     for a in agents:
         a.close()
+        print(f"----- agent {a.name} log -----\n" + "\n".join(a.log_text().splitlines()[-40:]))
 
 
 def publisher(broker: Broker) -> paho.Client:
@@ -84,6 +85,7 @@ def test_skab_replay_reaches_cloud_exactly(broker: Broker, receiver: ReceiverPro
     res = replay("skab", ReplayConfig(broker=f"127.0.0.1:{broker.port}", speedup=0, batch=10, limit=400,
                                       devices=3))
     agent.notify.wait_for("WATCHDOG=1", timeout=5)
+    wait_until(lambda: metric(scrape(agent), "edgeloop_agent_readings_in_total") == res.readings, 10, "ingest")
     # Windows still open are flushed by SIGTERM; everything must reach the cloud.
     assert agent.terminate() == 0
     agent.notify.wait_for("STOPPING=1", timeout=1)

@@ -20,7 +20,7 @@ class DataRootError(FileNotFoundError):
 
 
 def data_root(root: str | Path | None = None) -> Path:
-    """Return the dataset root: ``root`` if given, else ``$EDGELOOP_DATA``, else ``<repo>/../shared/datasets``.
+    """Dataset root: ``root`` if given, else ``$EDGELOOP_DATA``, else ``<repo>/../shared/datasets``.
 
     Raises :class:`DataRootError` naming the resolved path (and where it came
     from) when the directory is missing, because a silent fallback would make

@@ -113,15 +113,15 @@ class Controller:
             await _cancel_all([*self._workers, self._informer_task])
             self._running.clear()
 
-    async def stop(self, timeout: float = 10.0) -> None:
-        """Take no new keys, give in-flight reconciles ``timeout`` seconds, cancel the rest."""
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Take no new keys, give in-flight reconciles ``grace_s`` seconds, cancel the rest."""
         self.queue.shutdown()
         pending = [t for t in self._workers if not t.done()]
         if pending:
-            _done, still = await asyncio.wait(pending, timeout=timeout)
+            _done, still = await asyncio.wait(pending, timeout=grace_s)
             if still:
                 log.warning("controller %s: cancelling %d reconcile(s) still running after %.1fs",
-                            self.name, len(still), timeout)
+                            self.name, len(still), grace_s)
             await _cancel_all(still)
         if self._informer_task is not None:
             await _cancel_all([self._informer_task])
@@ -198,8 +198,9 @@ class Manager:
                 self.controllers_running.set()
                 crashed = False
                 try:
-                    waits: list[Awaitable[object]] = [self.leader.wait_not_leading(), self._stop.wait(),
-                                                      asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)]
+                    waits: list[Awaitable[object]] = [
+                        self.leader.wait_not_leading(), self._stop.wait(),
+                        asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)]
                     await _first(*waits)
                     for t in tasks:
                         if t.done() and not t.cancelled() and t.exception() is not None:
@@ -231,7 +232,8 @@ class Condition:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def merge_conditions(existing: Iterable[Obj], updates: Iterable[Condition], generation: int | None) -> list[Obj]:
+def merge_conditions(existing: Iterable[Obj], updates: Iterable[Condition],
+                     generation: int | None) -> list[Obj]:
     """The full conditions list (merge patches replace lists), keeping lastTransitionTime
     of conditions whose status did not change, like apimachinery's SetStatusCondition."""
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -60,8 +60,16 @@ class StudentTagger(nn.Module):
         width = 2 * cfg.hidden
         self.slot_hidden = nn.Linear(width + width, width)
         self.slot_out = nn.Linear(width, cfg.n_tags)
-        self.intent_out = nn.Sequential(nn.Linear(2 * width, width), nn.ReLU(), nn.Dropout(cfg.dropout),
-                                        nn.Linear(width, cfg.n_intents))
+        self.intent_out = nn.Sequential(
+            nn.Linear(2 * width, width), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(width, cfg.n_intents)
+        )
+
+    def init_word_vectors(self, vectors: torch.Tensor, freeze: bool) -> None:
+        """Start from (teacher-derived) word vectors; frozen, seen and unseen words stay in one space."""
+        with torch.no_grad():
+            self.word_emb.weight.copy_(vectors)
+            self.word_emb.weight[0].zero_()
+        self.word_emb.weight.requires_grad_(not freeze)
 
     def forward(self, word_ids: torch.Tensor, ngram_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask = word_ids != 0  # [B, T]

@@ -47,14 +47,25 @@ from cloud_controller.training.teacher import (
     TeacherHandle,
     load_or_train_teacher,
     teacher_predict,
+    teacher_whole_words,
+    teacher_word_vectors,
     torch_threads,
 )
 from edge_agent.inference.bundle import write_bundle
 from edge_agent.inference.chat_runtime import bio_spans
 from edge_agent.inference.tokenizer import UNK_ID, Tokenizer
 
-__all__ = ["CONFIGS", "ChatTrainConfig", "augment_swap_slots", "encode_examples", "evaluate_onnx",
-           "evaluate_torch", "main", "run", "train_student"]
+__all__ = [
+    "CONFIGS",
+    "ChatTrainConfig",
+    "augment_swap_slots",
+    "encode_examples",
+    "evaluate_onnx",
+    "evaluate_torch",
+    "main",
+    "run",
+    "train_student",
+]
 
 
 @dataclass(frozen=True)
@@ -66,12 +77,13 @@ class ChatTrainConfig:
     epochs: int = 5
     batch_size: int = 64
     lr: float = 3e-3
-    word_dim: int = 128
+    word_dim: int = 96
     ngram_dim: int = 64
-    hidden: int = 192
+    hidden: int = 160
     dropout: float = 0.25
     word_dropout: float = 0.1
-    n_buckets: int = 20_000
+    n_buckets: int = 12_000
+    teacher_vocab: bool = True  # distilled student: vocab + frozen word vectors from the teacher
     augment_copies: float = 1.0
     temperature: float = 2.0
     alpha: float = 0.5
@@ -80,9 +92,20 @@ class ChatTrainConfig:
 
 
 CONFIGS: dict[str, ChatTrainConfig] = {
-    "tiny": ChatTrainConfig(name="tiny", max_train=400, epochs=12, lr=5e-3, hidden=64, word_dim=48, ngram_dim=32,
-                            n_buckets=2_000, augment_copies=0.5, dropout=0.1, word_dropout=0.05,
-                            teacher=TeacherConfig(epochs=1, max_train=200)),
+    "tiny": ChatTrainConfig(
+        name="tiny",
+        max_train=400,
+        epochs=12,
+        lr=5e-3,
+        hidden=64,
+        word_dim=48,
+        ngram_dim=32,
+        n_buckets=2_000,
+        augment_copies=0.5,
+        dropout=0.1,
+        word_dropout=0.05,
+        teacher=TeacherConfig(epochs=1, max_train=200),
+    ),
     "full": ChatTrainConfig(name="full"),
 }
 
@@ -129,7 +152,9 @@ class Encoded:
     tags: list[np.ndarray]
 
 
-def encode_examples(tok: Tokenizer, examples: Sequence[Example], intents: list[str], tags: list[str]) -> Encoded:
+def encode_examples(
+    tok: Tokenizer, examples: Sequence[Example], intents: list[str], tags: list[str]
+) -> Encoded:
     ii = {n: i for i, n in enumerate(intents)}
     ti = {n: i for i, n in enumerate(tags)}
     words, ngrams, ys = [], [], []
@@ -150,8 +175,12 @@ def _collate(enc: Encoded, idx: Sequence[int], teacher: TeacherLogits | None) ->
     for r, i in enumerate(idx):
         n = len(enc.words[i])
         w[r, :n], g[r, :n], y[r, :n] = enc.words[i], enc.ngrams[i], enc.tags[i]
-    batch = {"word_ids": torch.from_numpy(w), "ngram_ids": torch.from_numpy(g), "slot_y": torch.from_numpy(y),
-             "intent_y": torch.from_numpy(enc.intents[list(idx)])}
+    batch = {
+        "word_ids": torch.from_numpy(w),
+        "ngram_ids": torch.from_numpy(g),
+        "slot_y": torch.from_numpy(y),
+        "intent_y": torch.from_numpy(enc.intents[list(idx)]),
+    }
     if teacher is not None:
         ts = np.zeros((len(idx), width, teacher.flat.shape[1]), np.float32)
         for r, i in enumerate(idx):
@@ -162,16 +191,27 @@ def _collate(enc: Encoded, idx: Sequence[int], teacher: TeacherLogits | None) ->
 
 
 # -- training / evaluation --------------------------------------------------------------------
-def _decode(intent_logits: np.ndarray, slot_logits: np.ndarray, lengths: Sequence[int],
-            intents: list[str], tags: list[str]) -> tuple[list[str], list[list[str]]]:
+def _decode(
+    intent_logits: np.ndarray,
+    slot_logits: np.ndarray,
+    lengths: Sequence[int],
+    intents: list[str],
+    tags: list[str],
+) -> tuple[list[str], list[list[str]]]:
     pi = [intents[int(k)] for k in intent_logits.argmax(-1)]
     pt = [[tags[int(j)] for j in slot_logits[r, :n].argmax(-1)] for r, n in enumerate(lengths)]
     return pi, pt
 
 
 @torch.no_grad()
-def evaluate_torch(model: StudentTagger, enc: Encoded, examples: Sequence[Example], intents: list[str],
-                   tags: list[str], batch_size: int = 256) -> NluMetrics:
+def evaluate_torch(
+    model: StudentTagger,
+    enc: Encoded,
+    examples: Sequence[Example],
+    intents: list[str],
+    tags: list[str],
+    batch_size: int = 256,
+) -> NluMetrics:
     model.eval()
     pi: list[str] = []
     pt: list[list[str]] = []
@@ -185,15 +225,22 @@ def evaluate_torch(model: StudentTagger, enc: Encoded, examples: Sequence[Exampl
     return evaluate_nlu([e.intent for e in examples], pi, [e.tags for e in examples], pt)
 
 
-def evaluate_onnx(model: str | Path | bytes, tok: Tokenizer, examples: Sequence[Example], intents: list[str],
-                  tags: list[str], batch_size: int = 128) -> NluMetrics:
+def evaluate_onnx(
+    model: str | Path | bytes,
+    tok: Tokenizer,
+    examples: Sequence[Example],
+    intents: list[str],
+    tags: list[str],
+    batch_size: int = 128,
+) -> NluMetrics:
     """Score an ONNX model through the same tokenizer the edge uses."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch_threads()
-    sess = ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        model if isinstance(model, bytes) else str(model), opts, providers=["CPUExecutionProvider"]
+    )
     pi: list[str] = []
     pt: list[list[str]] = []
     for b in range(0, len(examples), batch_size):
@@ -206,20 +253,37 @@ def evaluate_onnx(model: str | Path | bytes, tok: Tokenizer, examples: Sequence[
     return evaluate_nlu([e.intent for e in examples], pi, [e.tags for e in examples], pt)
 
 
-def train_student(cfg: ChatTrainConfig, tok: Tokenizer, train: Sequence[Example], valid: Sequence[Example],
-                  intents: list[str], tags: list[str], teacher: TeacherLogits | None = None,
-                  desc: str = "student") -> tuple[StudentTagger, dict[str, Any]]:
+def train_student(
+    cfg: ChatTrainConfig,
+    tok: Tokenizer,
+    train: Sequence[Example],
+    valid: Sequence[Example],
+    intents: list[str],
+    tags: list[str],
+    teacher: TeacherLogits | None = None,
+    desc: str = "student",
+    word_vectors: np.ndarray | None = None,
+) -> tuple[StudentTagger, dict[str, Any]]:
     """Train with Adam + linear decay; keep the epoch with the best valid intent acc + slot F1."""
     torch.set_num_threads(torch_threads())
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    scfg = StudentConfig(vocab_size=tok.vocab_size, n_buckets=tok.n_buckets, n_intents=len(intents),
-                         n_tags=len(tags), word_dim=cfg.word_dim, ngram_dim=cfg.ngram_dim, hidden=cfg.hidden,
-                         dropout=cfg.dropout)
+    scfg = StudentConfig(
+        vocab_size=tok.vocab_size,
+        n_buckets=tok.n_buckets,
+        n_intents=len(intents),
+        n_tags=len(tags),
+        word_dim=cfg.word_dim,
+        ngram_dim=cfg.ngram_dim,
+        hidden=cfg.hidden,
+        dropout=cfg.dropout,
+    )
     model = StudentTagger(scfg)
+    if word_vectors is not None:
+        model.init_word_vectors(torch.from_numpy(word_vectors), freeze=True)
     enc = encode_examples(tok, train, intents, tags)
     venc = encode_examples(tok, valid, intents, tags)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     n_batches = (len(train) + cfg.batch_size - 1) // cfg.batch_size
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.05, 1.0 - s / (cfg.epochs * n_batches)))
     best: tuple[float, dict[str, torch.Tensor]] | None = None
@@ -238,9 +302,17 @@ def train_student(cfg: ChatTrainConfig, tok: Tokenizer, train: Sequence[Example]
                 drop = (torch.rand(w.shape) < cfg.word_dropout) & (w != 0)
                 w = torch.where(drop, torch.full_like(w, UNK_ID), w)
             il, sl = model(w, batch["ngram_ids"])
-            loss = distill_loss(il, sl, batch["intent_y"], batch["slot_y"], batch["word_ids"] != 0,
-                                batch.get("t_intent"), batch.get("t_slots"),
-                                temperature=cfg.temperature, alpha=cfg.alpha)
+            loss = distill_loss(
+                il,
+                sl,
+                batch["intent_y"],
+                batch["slot_y"],
+                batch["word_ids"] != 0,
+                batch.get("t_intent"),
+                batch.get("t_slots"),
+                temperature=cfg.temperature,
+                alpha=cfg.alpha,
+            )
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -250,8 +322,10 @@ def train_student(cfg: ChatTrainConfig, tok: Tokenizer, train: Sequence[Example]
             bar.set_postfix(loss=f"{loss.item():.3f}")
         m = evaluate_torch(model, venc, valid, intents, tags)
         history.append({"epoch": epoch + 1, **m.as_dict()})
-        bar.write(f"{desc} epoch {epoch + 1}: valid intent {m.intent_acc:.2f} slot F1 {m.slot_f1:.2f} "
-                  f"sentence {m.sentence_acc:.2f}")
+        bar.write(
+            f"{desc} epoch {epoch + 1}: valid intent {m.intent_acc:.2f} slot F1 {m.slot_f1:.2f} "
+            f"sentence {m.sentence_acc:.2f}"
+        )
         score = m.intent_acc + m.slot_f1
         if best is None or score > best[0]:
             best = (score, {k: v.detach().clone() for k, v in model.state_dict().items()})
@@ -259,8 +333,12 @@ def train_student(cfg: ChatTrainConfig, tok: Tokenizer, train: Sequence[Example]
     assert best is not None
     model.load_state_dict(best[1])
     model.eval()
-    return model, {"history": history, "train_seconds": time.perf_counter() - start,
-                   "student_config": scfg.as_dict(), "n_train": len(train)}
+    return model, {
+        "history": history,
+        "train_seconds": time.perf_counter() - start,
+        "student_config": scfg.as_dict(),
+        "n_train": len(train),
+    }
 
 
 # -- pipeline ---------------------------------------------------------------------------------
@@ -276,6 +354,17 @@ def _teacher_logits(handle: TeacherHandle, examples: Sequence[Example]) -> Teach
     return logits
 
 
+def _pca_table(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """Embedding table [V + 2, dim]: PCA of the teacher's word vectors, unit scale, pad/unk rows zero."""
+    centered = vectors - vectors.mean(0, keepdims=True)
+    _, _, vt = np.linalg.svd(centered, full_matrices=False)
+    proj = centered @ vt[:dim].T
+    proj /= proj.std() + 1e-8
+    table = np.zeros((len(vectors) + 2, dim), dtype=np.float32)
+    table[2:] = proj
+    return table
+
+
 def _teacher_metrics(handle: TeacherHandle, examples: Sequence[Example]) -> NluMetrics:
     il, sl = teacher_predict(handle, [e.tokens for e in examples], desc="teacher eval")
     pi = [handle.intents[int(k)] for k in il.argmax(-1)]
@@ -283,7 +372,9 @@ def _teacher_metrics(handle: TeacherHandle, examples: Sequence[Example]) -> NluM
     return evaluate_nlu([e.intent for e in examples], pi, [e.tags for e in examples], pt)
 
 
-def run(mode: str, cfg: ChatTrainConfig, out: Path, data_root: str | Path | None = None) -> dict[str, Any]:
+def run(
+    mode: str, cfg: ChatTrainConfig, out: Path, data_root: str | Path | None = None, *, baseline: bool = True
+) -> dict[str, Any]:
     """Run the pipeline; returns (and writes ``out/metrics.json``) every number the benchmark reports."""
     out.mkdir(parents=True, exist_ok=True)
     full_train = load_snips("train", data_root)
@@ -294,68 +385,126 @@ def run(mode: str, cfg: ChatTrainConfig, out: Path, data_root: str | Path | None
     valid, test = load_snips("valid", data_root), load_snips("test", data_root)
     if cfg.max_train is not None:
         valid, test = valid[:200], test[:200]
-    report: dict[str, Any] = {"config": asdict(cfg), "mode": mode, "n_test": len(test),
-                              "created": datetime.now(UTC).isoformat()}
+    report: dict[str, Any] = {
+        "config": asdict(cfg),
+        "mode": mode,
+        "n_test": len(test),
+        "created": datetime.now(UTC).isoformat(),
+    }
     handle: TeacherHandle | None = None
     if mode in {"teacher", "all"}:
         handle = load_or_train_teacher(cfg.teacher, train, intents, tags)
-        report["teacher"] = {"test": _teacher_metrics(handle, test).as_dict(),
-                             "size_bytes": handle.size_bytes, "train_seconds": handle.train_seconds,
-                             "cache_dir": str(handle.cache_dir)}
+        report["teacher"] = {
+            "test": _teacher_metrics(handle, test).as_dict(),
+            "size_bytes": handle.size_bytes,
+            "train_seconds": handle.train_seconds,
+            "cache_dir": str(handle.cache_dir),
+        }
         if mode == "teacher":
             (out / "metrics.json").write_text(json.dumps(report, indent=2))
             return report
 
     aug = train + augment_swap_slots(train, cfg.augment_copies, cfg.seed)
-    tok = Tokenizer.build([e.tokens for e in train], n_buckets=cfg.n_buckets)
+    base_tok = Tokenizer.build([e.tokens for e in train], n_buckets=cfg.n_buckets)
+    tok, vectors = base_tok, None
+    if handle is not None and cfg.teacher_vocab:
+        tok = Tokenizer.build(
+            [e.tokens for e in train], n_buckets=cfg.n_buckets, extra_words=teacher_whole_words(handle)
+        )
+        vectors = _pca_table(teacher_word_vectors(handle, tok.words), cfg.word_dim)
     teacher_logits = _teacher_logits(handle, aug) if handle is not None else None
-    model, info = train_student(cfg, tok, aug, valid, intents, tags, teacher_logits,
-                                desc="student (distilled)" if teacher_logits is not None else "student (hard)")
+    model, info = train_student(
+        cfg,
+        tok,
+        aug,
+        valid,
+        intents,
+        tags,
+        teacher_logits,
+        desc="student (distilled)" if teacher_logits is not None else "student (hard)",
+        word_vectors=vectors,
+    )
     key = "student" if teacher_logits is not None else "student_hard"
     report[key] = {"train": info}
-    if teacher_logits is not None:  # the no-teacher baseline, same data, same recipe
-        base, binfo = train_student(cfg, tok, aug, valid, intents, tags, None, desc="student (hard)")
-        tenc = encode_examples(tok, test, intents, tags)
-        report["student_hard"] = {"train": binfo, "test_torch": evaluate_torch(base, tenc, test, intents,
-                                                                               tags).as_dict()}
+    if teacher_logits is not None and baseline:  # the no-teacher baseline, same data, same recipe
+        base, binfo = train_student(cfg, base_tok, aug, valid, intents, tags, None, desc="student (hard)")
+        tenc = encode_examples(base_tok, test, intents, tags)
+        report["student_hard"] = {
+            "train": binfo,
+            "test_torch": evaluate_torch(base, tenc, test, intents, tags).as_dict(),
+        }
 
     fp32 = export_onnx(model, out / "student_fp32.onnx", tok.max_ngrams)
     int8 = quantize_int8(fp32, out / "student_int8.onnx")
     m_fp32 = evaluate_onnx(fp32, tok, test, intents, tags)
     m_int8 = evaluate_onnx(int8, tok, test, intents, tags)
-    report[key].update({"test_fp32": m_fp32.as_dict(), "test_int8": m_int8.as_dict(),
-                        "fp32_bytes": fp32.stat().st_size, "int8_bytes": int8.stat().st_size})
+    report[key].update(
+        {
+            "test_fp32": m_fp32.as_dict(),
+            "test_int8": m_int8.as_dict(),
+            "fp32_bytes": fp32.stat().st_size,
+            "int8_bytes": int8.stat().st_size,
+        }
+    )
     bundle_dir = out / "bundle"
     if bundle_dir.exists():
         import shutil
 
         shutil.rmtree(bundle_dir)
-    write_bundle(bundle_dir, {"model.onnx": int8, "labels.json": json.dumps({"intents": intents, "tags": tags}).encode(),
-                              "vocab.json": json.dumps(tok.to_dict(), ensure_ascii=False).encode()},
-                 {"name": "chat-snips", "task": "intent-slots", "version": f"{cfg.name}-{int(time.time())}",
-                  "metrics": {f"test_{k}": v for k, v in m_int8.as_dict().items()},
-                  "extra": {"student_config": info["student_config"],
-                            "distilled": teacher_logits is not None,
-                            "temperature": cfg.temperature, "alpha": cfg.alpha}})
-    report["bundle"] = {"path": str(bundle_dir),
-                        "size_bytes": sum(p.stat().st_size for p in bundle_dir.iterdir() if p.is_file())}
+    write_bundle(
+        bundle_dir,
+        {
+            "model.onnx": int8,
+            "labels.json": json.dumps({"intents": intents, "tags": tags}).encode(),
+            "vocab.json": json.dumps(tok.to_dict(), ensure_ascii=False).encode(),
+        },
+        {
+            "name": "chat-snips",
+            "task": "intent-slots",
+            "version": f"{cfg.name}-{int(time.time())}",
+            "metrics": {f"test_{k}": v for k, v in m_int8.as_dict().items()},
+            "extra": {
+                "student_config": info["student_config"],
+                "distilled": teacher_logits is not None,
+                "temperature": cfg.temperature,
+                "alpha": cfg.alpha,
+            },
+        },
+    )
+    report["bundle"] = {
+        "path": str(bundle_dir),
+        "size_bytes": sum(p.stat().st_size for p in bundle_dir.iterdir() if p.is_file()),
+    }
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cloud_controller.training.chat_train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m cloud_controller.training.chat_train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("mode", choices=["teacher", "student", "all"])
     p.add_argument("--config", choices=sorted(CONFIGS), default="full")
     p.add_argument("--out", type=Path, required=True, help="output directory (keep it under var/ or .cache/)")
-    p.add_argument("--data", default=None, help="dataset root (default: $EDGELOOP_DATA or ../shared/datasets)")
+    p.add_argument(
+        "--data", default=None, help="dataset root (default: $EDGELOOP_DATA or ../shared/datasets)"
+    )
     p.add_argument("--epochs", type=int, default=None, help="override the config's student epochs")
+    p.add_argument("--no-baseline", action="store_true", help="skip the hard-label baseline (mode all)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (sweeps)"
+    )
     args = p.parse_args(argv)
     cfg = CONFIGS[args.config]
     if args.epochs is not None:
         cfg = replace(cfg, epochs=args.epochs)
-    report = run(args.mode, cfg, args.out, args.data)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        current = getattr(cfg, key)  # AttributeError names an unknown field
+        cfg = replace(cfg, **{key: type(current)(value) if not isinstance(current, bool) else value == "1"})
+    report = run(args.mode, cfg, args.out, args.data, baseline=not args.no_baseline)
     json.dump({k: v for k, v in report.items() if k != "config"}, sys.stdout, indent=2, default=str)
     print()
     return 0

@@ -54,8 +54,10 @@ def distill_loss(
     if teacher_intent is None or teacher_slots is None:
         return hard
     t_slots = teacher_slots.reshape(-1, teacher_slots.shape[-1])[m]
-    soft = (_soft_term(intent_logits, teacher_intent, temperature).mean()
-            + _soft_term(flat_slots, t_slots, temperature).mean())
+    soft = (
+        _soft_term(intent_logits, teacher_intent, temperature).mean()
+        + _soft_term(flat_slots, t_slots, temperature).mean()
+    )
     return alpha * hard + (1.0 - alpha) * soft
 
 
@@ -76,8 +78,11 @@ class TeacherLogits:
         lens = np.array([len(s) for s in slots], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
         k = slots[0].shape[-1] if len(slots) and slots[0].ndim == 2 else 0
-        self.flat = (np.concatenate([s.reshape(-1, k) for s in slots]).astype(np.float32)
-                     if len(slots) else np.zeros((0, k), np.float32))
+        self.flat = (
+            np.concatenate([s.reshape(-1, k) for s in slots]).astype(np.float32)
+            if len(slots)
+            else np.zeros((0, k), np.float32)
+        )
 
     def slots(self, i: int) -> np.ndarray:
         return self.flat[self.offsets[i] : self.offsets[i + 1]]

@@ -33,10 +33,20 @@ def export_onnx(model: StudentTagger, path: Path, max_ngrams: int, opset: int = 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (words, ngrams), str(path), input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
-            opset_version=opset, dynamo=False, do_constant_folding=True,
-            dynamic_axes={"word_ids": {0: "batch", 1: "seq"}, "ngram_ids": {0: "batch", 1: "seq"},
-                          "intent_logits": {0: "batch"}, "slot_logits": {0: "batch", 1: "seq"}},
+            model,
+            (words, ngrams),
+            str(path),
+            input_names=INPUT_NAMES,
+            output_names=OUTPUT_NAMES,
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+            dynamic_axes={
+                "word_ids": {0: "batch", 1: "seq"},
+                "ngram_ids": {0: "batch", 1: "seq"},
+                "intent_logits": {0: "batch"},
+                "slot_logits": {0: "batch", 1: "seq"},
+            },
         )
     onnx.checker.check_model(str(path))
     return path
@@ -54,8 +64,12 @@ def quantize_int8(
     quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
     try:
         quantize_dynamic(
-            str(pre), str(int8_path), weight_type=QuantType.QInt8, per_channel=per_channel,
-            op_types_to_quantize=op_types, extra_options={"MatMulConstBOnly": True},
+            str(pre),
+            str(int8_path),
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            op_types_to_quantize=op_types,
+            extra_options={"MatMulConstBOnly": True},
         )
     finally:
         pre.unlink(missing_ok=True)

@@ -28,8 +28,14 @@ from tqdm import tqdm
 from cloud_controller.datasets.snips import Example, snips_fingerprint
 from cloud_controller.training.chat_models import TeacherTagger
 
-__all__ = ["TeacherConfig", "TeacherHandle", "cache_root", "load_or_train_teacher", "teacher_predict",
-           "torch_threads"]
+__all__ = [
+    "TeacherConfig",
+    "TeacherHandle",
+    "cache_root",
+    "load_or_train_teacher",
+    "teacher_predict",
+    "torch_threads",
+]
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,8 +106,14 @@ def encode_for_teacher(
     tokenizer: Any, batch: Sequence[Sequence[str]], max_pieces: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Word-piece ids, attention mask and the first-piece position of every word."""
-    enc = tokenizer([list(t) for t in batch], is_split_into_words=True, truncation=True,
-                    max_length=max_pieces, padding=True, return_tensors="pt")
+    enc = tokenizer(
+        [list(t) for t in batch],
+        is_split_into_words=True,
+        truncation=True,
+        max_length=max_pieces,
+        padding=True,
+        return_tensors="pt",
+    )
     n_words = max(len(t) for t in batch)
     word_index = torch.zeros((len(batch), n_words), dtype=torch.long)
     for i in range(len(batch)):
@@ -114,8 +126,16 @@ def encode_for_teacher(
 
 
 def _cache_key(cfg: TeacherConfig, intents: list[str], tags: list[str]) -> str:
-    blob = json.dumps({"cfg": asdict(cfg), "data": snips_fingerprint(), "intents": intents, "tags": tags,
-                       "model": "all-MiniLM-L6-v2"}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "cfg": asdict(cfg),
+            "data": snips_fingerprint(),
+            "intents": intents,
+            "tags": tags,
+            "model": "all-MiniLM-L6-v2",
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -124,7 +144,12 @@ def _dir_size(path: Path) -> int:
 
 
 def load_or_train_teacher(
-    cfg: TeacherConfig, train: Sequence[Example], intents: list[str], tags: list[str], *, retrain: bool = False
+    cfg: TeacherConfig,
+    train: Sequence[Example],
+    intents: list[str],
+    tags: list[str],
+    *,
+    retrain: bool = False,
 ) -> TeacherHandle:
     """Load the cached teacher for (config, data), or fine-tune and cache it."""
     torch.set_num_threads(torch_threads())
@@ -135,7 +160,9 @@ def load_or_train_teacher(
         model.load_state_dict(torch.load(weights, map_location="cpu"))
         meta = json.loads((cache_dir / "meta.json").read_text())
         model.eval()
-        return TeacherHandle(model, tok, intents, tags, cache_dir, weights.stat().st_size, meta["train_seconds"])
+        return TeacherHandle(
+            model, tok, intents, tags, cache_dir, weights.stat().st_size, meta["train_seconds"]
+        )
 
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -146,12 +173,14 @@ def load_or_train_teacher(
     tag_ix = {n: i for i, n in enumerate(tags)}
     enc_params = list(model.encoder.parameters())
     head_params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
-    opt = torch.optim.AdamW([{"params": enc_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.head_lr}],
-                            weight_decay=0.01)
+    opt = torch.optim.AdamW(
+        [{"params": enc_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.head_lr}], weight_decay=0.01
+    )
     steps = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
     warm = max(1, int(cfg.warmup * steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm)))
+    )
     ce = nn.CrossEntropyLoss(ignore_index=-100)
     start = time.perf_counter()
     model.train()
@@ -179,15 +208,27 @@ def load_or_train_teacher(
     tmp = weights.with_suffix(".tmp")
     torch.save(model.state_dict(), tmp)
     tmp.replace(weights)
-    (cache_dir / "meta.json").write_text(json.dumps(
-        {"config": asdict(cfg), "intents": intents, "tags": tags, "train_seconds": seconds,
-         "n_train": len(data)}, indent=2))
+    (cache_dir / "meta.json").write_text(
+        json.dumps(
+            {
+                "config": asdict(cfg),
+                "intents": intents,
+                "tags": tags,
+                "train_seconds": seconds,
+                "n_train": len(data),
+            },
+            indent=2,
+        )
+    )
     return TeacherHandle(model, tok, intents, tags, cache_dir, weights.stat().st_size, seconds)
 
 
 @torch.no_grad()
 def teacher_predict(
-    handle: TeacherHandle, examples: Sequence[Sequence[str]], batch_size: int = 64, desc: str = "teacher infer"
+    handle: TeacherHandle,
+    examples: Sequence[Sequence[str]],
+    batch_size: int = 64,
+    desc: str = "teacher infer",
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Intent logits [N, n_intents] and per-utterance slot logits [n_words, n_tags] (float32)."""
     handle.model.eval()
@@ -203,3 +244,44 @@ def teacher_predict(
             intent[i] = il[j].numpy()
             slots[i] = sl[j, : len(toks[j])].numpy().astype(np.float32)
     return intent, slots
+
+
+def teacher_whole_words(handle: TeacherHandle) -> list[str]:
+    """Whole-word entries of the teacher's word-piece vocabulary (~21k lowercase words).
+
+    Adding them to the student's vocabulary, initialized from the teacher (see
+    :func:`teacher_word_vectors`), gives the student prior knowledge about words it
+    never saw in SNIPS training (city vs. country names, artists, ...).
+    """
+    import re
+
+    pattern = re.compile(r"[a-zà-ÿ][a-zà-ÿ'\-]+")
+    return sorted(w for w in handle.tokenizer.get_vocab() if pattern.fullmatch(w))
+
+
+@torch.no_grad()
+def teacher_word_vectors(handle: TeacherHandle, words: Sequence[str], batch_size: int = 512) -> np.ndarray:
+    """Fine-tuned teacher's encoding of each word on its own (mean over its pieces), [N, 384] float32.
+
+    Cached as ``.npz`` next to the teacher, keyed by the word list.
+    """
+    digest = hashlib.sha256("\n".join(words).encode()).hexdigest()[:16]
+    path = handle.cache_dir / f"wordvec-{digest}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return z["vectors"]
+    handle.model.eval()
+    out = np.zeros((len(words), handle.model.encoder.config.hidden_size), dtype=np.float32)
+    for b in tqdm(range(0, len(words), batch_size), desc="teacher word vectors", unit="batch", leave=False):
+        chunk = list(words[b : b + batch_size])
+        enc = handle.tokenizer(chunk, truncation=True, max_length=16, padding=True, return_tensors="pt")
+        hidden = handle.model.encoder(**enc).last_hidden_state
+        m = enc["attention_mask"].clone()
+        m[:, 0] = 0  # drop [CLS]
+        m[torch.arange(len(chunk)), enc["attention_mask"].sum(1) - 1] = 0  # drop [SEP]
+        mf = m.unsqueeze(-1).to(hidden.dtype)
+        out[b : b + len(chunk)] = ((hidden * mf).sum(1) / mf.sum(1).clamp(min=1.0)).numpy()
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, vectors=out)
+    tmp.replace(path)
+    return out

@@ -24,6 +24,8 @@
 # Keys are EC P-256 (fast to make, supported by mosquitto and paho). See README.md.
 set -euo pipefail
 umask 077
+# Byte-wise regex ranges: in some locales [A-Za-z] also matches accented letters.
+export LC_ALL=C
 
 readonly NAME_RE='^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'
 readonly SAN_RE='^(DNS:[A-Za-z0-9*][A-Za-z0-9.*-]{0,252}|IP:[0-9A-Fa-f.:]{2,45})$'

@@ -106,7 +106,9 @@ class ChatModel:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
-            self.session = ort.InferenceSession(self.bundle.model_bytes, opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                self.bundle.model_bytes, opts, providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BundleError(f"{self.bundle.path}: model.onnx does not load ({exc})") from exc
 
@@ -126,10 +128,9 @@ class ChatModel:
         """Predict many utterances in one session call (padding does not change the results)."""
         results: list[ChatPrediction | None] = [None] * len(texts)
         live = [i for i, t in enumerate(texts) if self.tokenizer.split(t)]
-        for i, t in enumerate(texts):
-            if i not in live:
-                # Nothing to classify: zero confidence so the caller escalates or asks again.
-                results[i] = ChatPrediction("", 0.0, {}, [], [], 0.0, [], [])
+        for i in set(range(len(texts))) - set(live):
+            # Nothing to classify: zero confidence so the caller escalates or asks again.
+            results[i] = ChatPrediction("", 0.0, {}, [], [], 0.0, [], [])
         if live:
             enc = self.tokenizer.encode_batch([texts[i] for i in live])
             intent_logits, slot_logits = self.run_logits(enc.word_ids, enc.ngram_ids)

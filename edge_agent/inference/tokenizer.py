@@ -79,13 +79,30 @@ class Tokenizer:
         return cls.normalize(text).split()
 
     @classmethod
-    def build(cls, sentences: Iterable[Sequence[str]], *, min_count: int = 1, max_words: int | None = None,
-              **kwargs: Any) -> Tokenizer:
-        """Vocabulary from tokenized training sentences, most frequent first (ties alphabetical, deterministic)."""
+    def build(
+        cls,
+        sentences: Iterable[Sequence[str]],
+        *,
+        min_count: int = 1,
+        max_words: int | None = None,
+        extra_words: Iterable[str] = (),
+        **kwargs: Any,
+    ) -> Tokenizer:
+        """Vocabulary from tokenized training sentences, most frequent first, ties alphabetical.
+
+        ``extra_words`` (e.g. a teacher's vocabulary) are appended after the training
+        words so that words unseen in training can still get a dedicated vector.
+        """
         counts = Counter(cls.normalize(tok) for sent in sentences for tok in sent)
         ranked = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
         if max_words is not None:
             ranked = ranked[:max_words]
+        seen = set(ranked)
+        for word in extra_words:
+            norm = cls.normalize(word)
+            if norm and norm not in seen and len(norm.split()) == 1:
+                seen.add(norm)
+                ranked.append(norm)
         return cls(ranked, **kwargs)
 
     @property
@@ -119,8 +136,9 @@ class Tokenizer:
             return self.split(text_or_tokens)
         return [self.normalize(t) for t in text_or_tokens]
 
-    def encode_batch(self, items: Sequence[str | Sequence[str]], max_len: int | None = None,
-                     pad_to: int | None = None) -> Encoded:
+    def encode_batch(
+        self, items: Sequence[str | Sequence[str]], max_len: int | None = None, pad_to: int | None = None
+    ) -> Encoded:
         """Encode and pad to the longest item (or ``pad_to``), truncating at ``max_len`` tokens."""
         limit = max_len or self.max_len
         toks = [self.tokens(it)[:limit] for it in items]
@@ -135,8 +153,9 @@ class Tokenizer:
         lengths = np.array([min(len(t), width) for t in toks], dtype=np.int64)
         return Encoded(word_ids, ngram_ids, lengths)
 
-    def to_ids(self, text_or_tokens: str | Sequence[str], max_len: int | None = None,
-               pad_to: int | None = None) -> Encoded:
+    def to_ids(
+        self, text_or_tokens: str | Sequence[str], max_len: int | None = None, pad_to: int | None = None
+    ) -> Encoded:
         """One utterance as a batch of one."""
         return self.encode_batch([text_or_tokens], max_len=max_len, pad_to=pad_to)
 
@@ -155,10 +174,17 @@ class Tokenizer:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Tokenizer:
         if data.get("format") != _FORMAT:
-            raise ValueError(f"not a chat tokenizer file (format={data.get('format')!r}, expected {_FORMAT!r})")
-        return cls(data["words"], n_buckets=int(data["n_buckets"]), ngram_min=int(data["ngram_min"]),
-                   ngram_max=int(data["ngram_max"]), max_ngrams=int(data["max_ngrams"]),
-                   max_len=int(data["max_len"]))
+            raise ValueError(
+                f"not a chat tokenizer file (format={data.get('format')!r}, expected {_FORMAT!r})"
+            )
+        return cls(
+            data["words"],
+            n_buckets=int(data["n_buckets"]),
+            ngram_min=int(data["ngram_min"]),
+            ngram_max=int(data["ngram_max"]),
+            max_ngrams=int(data["max_ngrams"]),
+            max_len=int(data["max_len"]),
+        )
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")

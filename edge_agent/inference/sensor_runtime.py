@@ -1,0 +1,134 @@
+"""Run a sensor student bundle with onnxruntime: window features -> anomaly score in [0, 1].
+
+The bundle is the same format as the chat student's
+(:mod:`edge_agent.inference.bundle`), with the sensor meaning of its two JSON
+payloads (the bundle format fixes their file names):
+
+* ``vocab.json`` — the model's input vocabulary: the :class:`FeatureSpec`
+  (metric order, statistics, window length, baseline length, scale floors);
+* ``labels.json`` — ``{"task": "sensor-anomaly", "labels": ["normal", "anomaly"],
+  "threshold": t, "input": name, "output": name}``.
+
+The ONNX graph ends in a sigmoid, so ``score`` is already a probability-like
+number; nothing model-specific is hard-coded here. One window is ~0.02 ms on
+one thread, so the agent can call this inline from its event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from ..wire import WindowSummary
+from .bundle import Bundle, BundleError, load_bundle
+from .features import DeviceBaseline, FeatureSpec, FeatureSpecError, feature_row, group_windows
+
+__all__ = ["SENSOR_TASK", "SensorModel"]
+
+SENSOR_TASK = "sensor-anomaly"
+
+
+class SensorModel:
+    """A verified sensor bundle loaded into an onnxruntime session (created lazily, not in ``__init__``)."""
+
+    def __init__(self, bundle: Bundle | str | Path, intra_op_num_threads: int = 1) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else None
+        self._path = None if isinstance(bundle, Bundle) else Path(bundle)
+        self._threads = intra_op_num_threads
+        self._session: ort.InferenceSession | None = None
+        self._spec: FeatureSpec | None = None
+        self._threshold = 0.5
+        self._input = "features"
+        self._output = "score"
+
+    # ---------------------------------------------------------------- loading
+
+    def load(self) -> SensorModel:
+        """Verify the bundle (if given a path) and build the session; idempotent."""
+        if self._session is not None:
+            return self
+        if self.bundle is None:
+            assert self._path is not None
+            self.bundle = load_bundle(self._path)
+        b = self.bundle
+        labels: dict[str, Any] = b.labels
+        if labels.get("task") != SENSOR_TASK or b.manifest.task != SENSOR_TASK:
+            raise BundleError(f"{b.path}: not a sensor bundle (task {b.manifest.task!r})")
+        try:
+            self._spec = FeatureSpec.from_json(b.vocab)
+            self._threshold = float(labels["threshold"])
+        except (FeatureSpecError, KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{b.path}: bad sensor spec or labels: {exc}") from exc
+        self._input = str(labels.get("input", "features"))
+        self._output = str(labels.get("output", "score"))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self._threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self._session = ort.InferenceSession(
+            b.model_bytes, sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        return self
+
+    @property
+    def spec(self) -> FeatureSpec:
+        self.load()
+        assert self._spec is not None
+        return self._spec
+
+    @property
+    def threshold(self) -> float:
+        self.load()
+        return self._threshold
+
+    # ---------------------------------------------------------------- scoring
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Anomaly score in [0, 1] per row of *model input* (see :func:`features.model_input`)."""
+        self.load()
+        assert self._session is not None
+        x = np.ascontiguousarray(np.atleast_2d(features), dtype=np.float32)
+        if x.shape[1] != self.spec.n_features:
+            raise FeatureSpecError(f"model expects {self.spec.n_features} features, got {x.shape[1]}")
+        (out,) = self._session.run([self._output], {self._input: x})
+        return np.clip(np.asarray(out, dtype=np.float64).reshape(-1), 0.0, 1.0)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Boolean anomaly flag per row, using the bundle's threshold."""
+        return self.score(features) > self._threshold
+
+    def new_baseline(self) -> DeviceBaseline:
+        """Per-device calibration state for this model's feature spec (one per device)."""
+        return DeviceBaseline(self.spec)
+
+    def annotate(
+        self, summaries: Sequence[WindowSummary], device: str, baseline: DeviceBaseline
+    ) -> tuple[list[WindowSummary], list[tuple[float, float]]]:
+        """Score one device's closed windows and copy the score into every summary of each window.
+
+        Returns the annotated summaries (unscored ones unchanged: incomplete
+        windows, other devices, or a baseline still calibrating) and the
+        ``(start, score)`` of windows over the threshold, for the caller's events.
+        """
+        spec = self.spec
+        scored: dict[float, float] = {}
+        events: list[tuple[float, float]] = []
+        for start, _end, group in group_windows(summaries, device, spec.metrics):
+            x = baseline.update(feature_row(group, spec))
+            if x is None:
+                continue
+            s = float(self.score(x)[0])
+            scored[start] = s
+            if s > self._threshold:
+                events.append((start, s))
+        out = [
+            w.model_copy(update={"anomaly_score": scored[w.start]})
+            if w.device == device and w.start in scored and w.metric in spec.metrics
+            else w
+            for w in summaries
+        ]
+        return out, events

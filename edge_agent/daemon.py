@@ -29,6 +29,7 @@ from .logs import setup_logging
 from .metrics import AgentMetrics
 from .mqtt import Message, MqttClient, Will
 from .pipeline import Pipeline
+from .redelivery import RedeliveryGuard
 from .sdnotify import Notifier, watchdog_interval
 from .supervise import Supervisor
 
@@ -83,6 +84,7 @@ class Agent:
         self.metrics = AgentMetrics(version=__version__)
         self.store = AgentStore(cfg.db_path, cfg.outbox)
         self.pipeline = Pipeline(cfg)
+        self.redelivery = RedeliveryGuard()
         self.client = MqttClient(
             cfg.mqtt, cfg.client_id,
             subscriptions=device_subscriptions(cfg),
@@ -129,6 +131,7 @@ class Agent:
     async def start(self) -> None:
         await self.store.open()
         states = await self.store.load_state()
+        self.redelivery.restore(states)
         self.pipeline.restore(states)
         gen = await self.store.get_meta("applied_generation")
         self.applied_generation = int(gen) if gen else 0
@@ -199,8 +202,12 @@ class Agent:
     # ------------------------------------------------------------------ tasks
     async def _ingest(self) -> None:
         handle = self.pipeline.handle
+        guard = self.redelivery
         async for msg in self.client.messages():
-            handle(msg.topic, msg.payload)
+            if not guard.is_duplicate(msg.mid, msg.dup, msg.topic, msg.payload):
+                handle(msg.topic, msg.payload)
+                guard.absorbed(msg.mid, msg.topic, msg.payload)
+            # A redelivery of absorbed work is acknowledged after this tick's commit, like the original.
             self._acks.append(msg)
             if len(self._acks) >= 2000:
                 self._tick_now.set()
@@ -229,7 +236,9 @@ class Agent:
         p.poll_windows(now, flush=flush)
         tick = _Tick(records=p.take_records(now, self.store.reserve_seq, force=flush))
         ups, dels = p.take_state()
-        tick.upserts, tick.deletes = ups, set(dels)
+        r_ups, r_dels = self.redelivery.take_state(now)
+        ups.update(r_ups)
+        tick.upserts, tick.deletes = ups, {*dels, *r_dels}
         tick.dead = p.take_dead_letters()
         tick.acks, self._acks = self._acks, []
         for r in p.take_replies():

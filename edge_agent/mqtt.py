@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -92,7 +93,8 @@ class MqttStats:
     paused: int = 0
 
 
-Handler = Callable[[Message], Awaitable[bytes]]
+# A handler returns the response body, or None to send no response (e.g. a misdirected reply topic).
+Handler = Callable[[Message], Awaitable[bytes | None]]
 
 
 @dataclass
@@ -151,7 +153,7 @@ class MqttClient:
         self._stopping = False
         self._stopped = False
         # request/response
-        self._response_topic: str | None = None
+        self._response_topics: set[str] = set()
         self._requests: dict[bytes, asyncio.Future[Message]] = {}
         self._handlers: dict[str, Handler] = {}
         self._handler_tasks: set[asyncio.Task[None]] = set()
@@ -279,16 +281,22 @@ class MqttClient:
     # ------------------------------------------------------------------ request/response
 
     async def request(
-        self, topic: str, payload: bytes, timeout: float = 5.0, qos: int = 1  # noqa: ASYNC109
+        self, topic: str, payload: bytes, timeout: float = 5.0, qos: int = 1,  # noqa: ASYNC109
+        response_topic: str | None = None,
     ) -> Message:
-        """MQTT 5 request/response: returns the response message (correlated by id)."""
-        if self._response_topic is None:
-            self._response_topic = f"edgeloop/v1/rpc/{self.client_id}/responses"
-            await self._add_subscription(self._response_topic, 1)
+        """MQTT 5 request/response: returns the response message (correlated by id).
+
+        ``response_topic`` should lie in a subtree the responder may write and this
+        client may read under the broker's ACL (``nodes/{node}/rpc/response/...``).
+        """
+        reply_to = response_topic or f"edgeloop/v1/rpc/{self.client_id}/responses"
+        if reply_to not in self._response_topics:
+            self._response_topics.add(reply_to)
+            await self._add_subscription(reply_to, 1)
         assert self._loop is not None
         corr = uuid.uuid4().bytes
         props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = self._response_topic
+        props.ResponseTopic = reply_to
         props.CorrelationData = corr
         fut: asyncio.Future[Message] = self._loop.create_future()
         self._requests[corr] = fut
@@ -473,6 +481,9 @@ class MqttClient:
         if sock is None:
             raise MqttError("connection closed during connect")
         conn.fd = fd = sock.fileno()
+        # Small QoS 1 exchanges (PUBLISH/PUBACK, request/response) must not wait for Nagle + delayed ACK.
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = conn.client
         loop = self._loop
 
@@ -540,6 +551,10 @@ class MqttClient:
                 fut.set_exception(exc)
         conn.pending.clear()
         conn.subacks.clear()
+        # A request whose response would come on the dead connection will not come: fail it now.
+        for rfut in self._requests.values():
+            if not rfut.done():
+                rfut.set_exception(MqttError(f"{self.name}: connection lost while waiting for a response"))
         conn.connack.cancel()
         if not conn.closed.done():
             conn.closed.set_result(None)
@@ -612,7 +627,7 @@ class MqttClient:
 
     def _route_rpc(self, msg: Message) -> bool:
         props = msg.properties
-        if self._response_topic is not None and msg.topic == self._response_topic:
+        if msg.topic in self._response_topics:
             corr = getattr(props, "CorrelationData", None)
             fut = self._requests.get(corr) if corr is not None else None
             if fut is not None and not fut.done():
@@ -636,7 +651,7 @@ class MqttClient:
         try:
             reply_to = getattr(msg.properties, "ResponseTopic", None)
             body = await handler(msg)
-            if reply_to:
+            if reply_to and body is not None:
                 props = Properties(PacketTypes.PUBLISH)
                 corr = getattr(msg.properties, "CorrelationData", None)
                 if corr is not None:

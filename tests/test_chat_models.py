@@ -13,7 +13,7 @@ from cloud_controller.datasets import DataRootError, data_root
 from cloud_controller.datasets.snips import load_snips
 from cloud_controller.training.metrics import evaluate_nlu, slot_prf
 from edge_agent.inference.bundle import BundleError, load_bundle, write_bundle
-from edge_agent.inference.chat_runtime import bio_spans
+from edge_agent.inference.chat_runtime import bio_spans, bio_transitions, bio_viterbi
 from edge_agent.inference.tokenizer import UNK_ID, Tokenizer
 
 
@@ -70,6 +70,20 @@ def test_bio_spans_like_conlleval() -> None:
     assert bio_spans(["B-a", "I-b"]) == [("a", 0, 1), ("b", 1, 2)]  # type change splits
     assert bio_spans(["B-a", "B-a"]) == [("a", 0, 1), ("a", 1, 2)]
     assert bio_spans(["O", "O"]) == []
+
+
+def test_bio_viterbi_repairs_invalid_sequences() -> None:
+    tags = ["O", "B-x", "I-x", "B-y", "I-y"]
+    allowed, start = bio_transitions(tags)
+    # argmax would give O I-x I-x (invalid); the best valid path is O B-x I-x
+    probs = np.array(
+        [[0.9, 0.05, 0.03, 0.01, 0.01], [0.1, 0.4, 0.45, 0.03, 0.02], [0.1, 0.1, 0.7, 0.05, 0.05]]
+    )
+    path = bio_viterbi(np.log(probs), allowed, start)
+    assert [tags[i] for i in path] == ["O", "B-x", "I-x"]
+    # a valid argmax path is left alone
+    assert [tags[i] for i in bio_viterbi(np.log(probs[:1]), allowed, start)] == ["O"]
+    assert bio_viterbi(np.zeros((0, 5)), allowed, start).shape == (0,)
 
 
 def test_slot_f1_hand_cases() -> None:

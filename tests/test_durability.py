@@ -49,7 +49,12 @@ def test_sigkill_and_broker_restart_mid_stream_lose_nothing(tmp_path: Path, brok
         assert not errors, errors
         sent = result[0].readings
         assert sent > 20_000
-        wait_until(lambda: receiver.readings() == sent, 60, f"cloud readings == {sent}")
+        try:
+            wait_until(lambda: receiver.readings() == sent, 60, f"cloud readings == {sent}")
+        except AssertionError:
+            print("receiver totals:", receiver.totals())
+            print("agent log tail:\n" + "\n".join(agent.log_text().splitlines()[-30:]))
+            raise
         totals = receiver.totals()["n1"]
         assert totals.readings == sent  # exactly once: no loss, no double count
         assert agent.terminate() == 0

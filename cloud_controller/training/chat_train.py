@@ -52,7 +52,7 @@ from cloud_controller.training.teacher import (
     torch_threads,
 )
 from edge_agent.inference.bundle import write_bundle
-from edge_agent.inference.chat_runtime import bio_spans
+from edge_agent.inference.chat_runtime import bio_spans, bio_transitions, bio_viterbi, softmax
 from edge_agent.inference.tokenizer import UNK_ID, Tokenizer
 
 __all__ = [
@@ -198,8 +198,13 @@ def _decode(
     intents: list[str],
     tags: list[str],
 ) -> tuple[list[str], list[list[str]]]:
+    """Intent argmax + BIO-constrained Viterbi per utterance: exactly what ``ChatModel`` does on the edge."""
+    allowed, start = bio_transitions(tags)
     pi = [intents[int(k)] for k in intent_logits.argmax(-1)]
-    pt = [[tags[int(j)] for j in slot_logits[r, :n].argmax(-1)] for r, n in enumerate(lengths)]
+    pt = []
+    for r, n in enumerate(lengths):
+        logp = np.log(softmax(slot_logits[r, :n]) + 1e-12)
+        pt.append([tags[int(j)] for j in bio_viterbi(logp, allowed, start)])
     return pi, pt
 
 
@@ -367,8 +372,11 @@ def _pca_table(vectors: np.ndarray, dim: int) -> np.ndarray:
 
 def _teacher_metrics(handle: TeacherHandle, examples: Sequence[Example]) -> NluMetrics:
     il, sl = teacher_predict(handle, [e.tokens for e in examples], desc="teacher eval")
-    pi = [handle.intents[int(k)] for k in il.argmax(-1)]
-    pt = [[handle.tags[int(j)] for j in s.argmax(-1)] for s in sl]
+    pi, pt = [], []
+    for k in range(len(examples)):
+        a, b = _decode(il[k : k + 1], sl[k][None], [len(sl[k])], handle.intents, handle.tags)
+        pi += a
+        pt += b
     return evaluate_nlu([e.intent for e in examples], pi, [e.tags for e in examples], pt)
 
 

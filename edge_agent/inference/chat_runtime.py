@@ -19,7 +19,15 @@ import numpy as np
 from edge_agent.inference.bundle import Bundle, BundleError, load_bundle
 from edge_agent.inference.tokenizer import Tokenizer
 
-__all__ = ["ChatModel", "ChatPrediction", "SlotSpan", "bio_spans", "softmax"]
+__all__ = [
+    "ChatModel",
+    "ChatPrediction",
+    "SlotSpan",
+    "bio_spans",
+    "bio_transitions",
+    "bio_viterbi",
+    "softmax",
+]
 
 
 def _split_tag(tag: str) -> tuple[str, str]:
@@ -60,6 +68,44 @@ def bio_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     return spans
 
 
+def bio_transitions(tags: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Allowed (previous -> current) tag pairs and first tags: ``I-x`` only after ``B-x``/``I-x``."""
+    parts = [_split_tag(t) for t in tags]
+    k = len(tags)
+    allowed = np.ones((k, k), dtype=bool)
+    start = np.ones(k, dtype=bool)
+    for j, (pj, tj) in enumerate(parts):
+        if pj == "I":
+            start[j] = False
+            for i, (pi, ti) in enumerate(parts):
+                allowed[i, j] = pi in {"B", "I"} and ti == tj
+    return allowed, start
+
+
+def bio_viterbi(log_probs: np.ndarray, allowed: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Most probable tag sequence [T] that is valid BIO (no ``I-x`` without its ``B-x``).
+
+    A token classifier without a CRF sometimes emits ``O I-x`` or ``B-x I-y``;
+    conlleval counts those as extra chunks. Decoding under the BIO constraint
+    repairs them at a cost of O(T * K^2) numpy operations (tens of microseconds).
+    """
+    n, k = log_probs.shape
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    penalty = np.where(allowed, 0.0, -1e9)
+    score = log_probs[0] + np.where(start, 0.0, -1e9)
+    back = np.zeros((n, k), dtype=np.int64)
+    for t in range(1, n):
+        cand = score[:, None] + penalty  # [prev, cur]
+        back[t] = cand.argmax(0)
+        score = cand[back[t], np.arange(k)] + log_probs[t]
+    path = np.zeros(n, dtype=np.int64)
+    path[-1] = int(score.argmax())
+    for t in range(n - 1, 0, -1):
+        path[t - 1] = back[t, path[t]]
+    return path
+
+
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     z = logits - logits.max(axis=axis, keepdims=True)
     e = np.exp(z)
@@ -91,7 +137,9 @@ class ChatPrediction:
 class ChatModel:
     """A loaded, verified chat bundle bound to an onnxruntime session."""
 
-    def __init__(self, bundle: Bundle | str | Path, *, intra_op_num_threads: int = 1) -> None:
+    def __init__(
+        self, bundle: Bundle | str | Path, *, intra_op_num_threads: int = 1, bio_constrained: bool = True
+    ) -> None:
         import onnxruntime as ort  # lazy: metrics import bio_spans without starting onnxruntime
 
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -101,6 +149,7 @@ class ChatModel:
             self.tokenizer = Tokenizer.from_dict(self.bundle.vocab)
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{self.bundle.path}: bad labels.json or vocab.json ({exc})") from exc
+        self._bio = bio_transitions(self.tags) if bio_constrained else None
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_num_threads
         opts.inter_op_num_threads = 1
@@ -144,7 +193,10 @@ class ChatModel:
         raw = text.split()
         surface = raw if len(raw) == len(norm) else norm  # keep the user's casing when tokens line up
         k = int(p_int.argmax())
-        tag_ix = p_tag[:n].argmax(-1)
+        if self._bio is not None:
+            tag_ix = bio_viterbi(np.log(p_tag[:n] + 1e-12), *self._bio)
+        else:
+            tag_ix = p_tag[:n].argmax(-1)
         tags = [self.tags[int(j)] for j in tag_ix] + ["O"] * (len(norm) - n)  # beyond max_len: untagged
         tok_conf = [float(p_tag[t, j]) for t, j in enumerate(tag_ix)] + [0.0] * (len(norm) - n)
         spans = [SlotSpan(s, " ".join(surface[a:b]), a, b) for s, a, b in bio_spans(tags)]

@@ -18,7 +18,6 @@ everything global (floors, clip) lives in the spec, which ships in the bundle.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -242,8 +241,3 @@ class DeviceBaseline:
             # The baseline windows themselves are scored too (as in the protocol); the
             # caller gets only the current row here, the earlier ones were reported unscored.
         return model_input(x_raw_row, self.mu, self.sd, self.spec)[0]
-
-
-def finite_or_zero(x: float) -> float:
-    """Guard for publishing a score in a pydantic ``Finite`` field."""
-    return x if math.isfinite(x) else 0.0

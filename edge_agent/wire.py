@@ -129,15 +129,55 @@ class HardExample(_Strict):
     teacher: dict[str, Any] | None = None
 
 
+class ModelStatus(_Strict):
+    """What a node runs for one task, and how it is doing (the rollout analysis reads this)."""
+
+    name: str
+    version: str
+    state: Literal["active", "failed", "rolled_back", "downloading", "none"] = "active"
+    previous: str | None = None
+    error: str | None = None
+    # Since activation: inputs seen, escalations, errors, sum of confidences.
+    samples: int = 0
+    escalated: int = 0
+    errors: int = 0
+    confidence_sum: float = 0.0
+
+
 class Status(_Strict):
     node: Id
     online: bool
     ts: Timestamp
     agent_version: str = ""
-    models: dict[str, str] = Field(default_factory=dict)
+    # task ("chat" | "sensor") -> what runs there
+    models: dict[str, ModelStatus] = Field(default_factory=dict)
     counters: dict[str, float] = Field(default_factory=dict)
     health: str = "ok"
+    # Generation of the desired state this node has applied (level-triggered, like observedGeneration).
     applied_generation: int = 0
+
+
+class ModelRef(_Strict):
+    """A signed model release a node should run; the artifacts are fetched and verified by the edge."""
+
+    name: Id
+    task: Literal["chat", "sensor"]
+    version: str
+    digest: Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]  # of the signed manifest
+    size: Annotated[int, Field(ge=0)]
+    chunks: Annotated[int, Field(ge=0)] = 0
+
+
+class DesiredState(_Strict):
+    """Retained on ``nodes/{node}/desired``: everything the cloud wants this node to run."""
+
+    node: Id
+    generation: Annotated[int, Field(ge=0)]
+    ts: Timestamp
+    models: dict[str, ModelRef] = Field(default_factory=dict)  # task -> release
+    # Pipeline settings from the EdgePipeline that selects this node (a subset of AgentConfig sections).
+    pipeline: dict[str, Any] = Field(default_factory=dict)
+    pipeline_name: str | None = None
 
 
 # --------------------------------------------------------------------------- codec

@@ -106,7 +106,8 @@ class TeacherTagger(nn.Module):
     def __init__(self, encoder: nn.Module, n_intents: int, n_tags: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.encoder = encoder
-        width = int(encoder.config.hidden_size)
+        self.width: int = int(getattr(encoder, "config").hidden_size)  # noqa: B009 - HF model, untyped
+        width = self.width
         self.drop = nn.Dropout(dropout)
         self.intent_head = nn.Linear(width, n_intents)
         self.slot_head = nn.Linear(width, n_tags)

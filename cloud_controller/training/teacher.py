@@ -271,7 +271,7 @@ def teacher_word_vectors(handle: TeacherHandle, words: Sequence[str], batch_size
         with np.load(path) as z:
             return z["vectors"]
     handle.model.eval()
-    out = np.zeros((len(words), handle.model.encoder.config.hidden_size), dtype=np.float32)
+    out = np.zeros((len(words), handle.model.width), dtype=np.float32)
     for b in tqdm(range(0, len(words), batch_size), desc="teacher word vectors", unit="batch", leave=False):
         chunk = list(words[b : b + batch_size])
         enc = handle.tokenizer(chunk, truncation=True, max_length=16, padding=True, return_tensors="pt")

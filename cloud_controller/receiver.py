@@ -11,6 +11,7 @@ import asyncio
 import logging
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +102,33 @@ class SummaryStore:
                 (batch.node,),
             )
             return False
+
+    def add_many(self, items: Sequence[tuple[wire.SummaryBatch, float, int]]) -> list[bool]:
+        """Store ``(batch, received, payload_bytes)`` items in ONE transaction; per item, new or duplicate.
+
+        One commit per message caps ingest at the commit rate; the controller's
+        ingest acks a whole burst after this single commit, which keeps
+        store-then-ack (and so exactly-once counting) while amortising the commit.
+        A batch id repeated inside ``items`` is a duplicate the second time, as it
+        would be across calls.
+        """
+        out: list[bool] = []
+        with self.db:
+            for batch, received, payload_bytes in items:
+                cur = self.db.execute(
+                    "INSERT OR IGNORE INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (batch.id, batch.node, batch.seq, batch.readings, len(batch.windows), payload_bytes,
+                     batch.created, received),
+                )
+                if cur.rowcount == 1:
+                    out.append(True)
+                    continue
+                self.db.execute(
+                    "INSERT INTO duplicates VALUES (?, 1) ON CONFLICT(node) DO UPDATE SET count = count + 1",
+                    (batch.node,),
+                )
+                out.append(False)
+        return out
 
     def reject(self, reason: str, detail: str = "") -> None:
         with self.db:

@@ -53,12 +53,16 @@ def export_onnx(model: StudentTagger, path: Path, max_ngrams: int, opset: int = 
 
 
 def quantize_int8(
-    fp32_path: Path, int8_path: Path, *, per_channel: bool = False, op_types: list[str] | None = None
+    fp32_path: Path, int8_path: Path, *, per_channel: bool = True, op_types: list[str] | None = None
 ) -> Path:
     """Pre-process (shape inference, graph optimization) then dynamic int8 quantization of the weights.
 
     ``op_types`` selects which ops get int8 weights (default: all that onnxruntime
     supports: LSTM, MatMul, Gather); excluding one trades size for accuracy.
+    Measured on SNIPS valid (distilled student, 5 epochs): fp32 F1 93.05; int8
+    per-tensor 93.05 (4.26 MB); per-channel 93.10 (4.28 MB); int8 without Gather
+    93.22 but 14.4 MB (the embedding tables dominate the size). Per-channel costs
+    nothing and is the default; keeping Gather in fp32 is not worth 3x the size.
     """
     pre = int8_path.with_name(int8_path.stem + ".pre.onnx")
     quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)

@@ -1,0 +1,339 @@
+"""Signed model delivery end to end: real mosquitto, real ONNX bundles, real files.
+
+The node side is :class:`edge_agent.delivery.models.ModelManager`; the cloud
+side is the artifact store, the signer and the retained-message publisher. The
+test loader is a minimal one (bundle verification + an onnxruntime session on a
+1-layer MatMul+Softmax graph), because the chat and sensor runtimes expect
+their own labels and vocabularies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from cloud_controller.artifacts import ArtifactStore, Release
+from cloud_controller.publisher import ModelPublisher
+from cloud_controller.signing import generate_keys, load_private_key, load_public_key_file
+from edge_agent.config import MqttConfig
+from edge_agent.delivery.models import ModelManager
+from edge_agent.delivery.verify import canonical_json, chunk_topic, manifest_digest, manifest_topic
+from edge_agent.inference.bundle import load_bundle, write_bundle
+from edge_agent.mqtt import MqttClient
+from edge_agent.wire import DesiredState, ModelRef
+from edgeloop_sim.broker import Broker
+
+NODE = "node-1"
+
+
+def tiny_onnx(seed: int) -> bytes:
+    """x[1,4] @ W[4,3] -> softmax: a real graph onnxruntime loads and runs."""
+    w = np.random.default_rng(seed).standard_normal((4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["z"]), helper.make_node("Softmax", ["z"], ["y"], axis=-1)],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor("W", TensorProto.FLOAT, [4, 3], w.flatten().tolist())],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+class TinyModel:
+    def __init__(self, path: Path) -> None:
+        self.bundle = load_bundle(path)
+        self.session = ort.InferenceSession(self.bundle.model_bytes, providers=["CPUExecutionProvider"])
+
+    def run(self) -> np.ndarray:
+        return np.asarray(self.session.run(None, {"x": np.ones((1, 4), np.float32)})[0])
+
+
+def health(task: str, model: Any) -> None:
+    if not np.all(np.isfinite(model.run())):
+        raise ValueError("non-finite output")
+
+
+def make_bundle(root: Path, version: str, *, model: bytes | None = None, pad: int = 0) -> Path:
+    return write_bundle(
+        root / "bundles" / version,
+        {
+            "model.onnx": model if model is not None else tiny_onnx(int(version)),
+            "labels.json": json.dumps({"intents": ["a", "b", "c"], "tags": ["O"]}).encode(),
+            "vocab.json": json.dumps({"pad": base64.b64encode(os.urandom(pad)).decode()}).encode(),
+        },
+        {"name": "tiny", "task": "chat", "version": version, "metrics": {"acc": 0.9}},
+    )
+
+
+class Cloud:
+    def __init__(self, root: Path, client: MqttClient) -> None:
+        self.keys = generate_keys(root / "keys")
+        self.key = load_private_key(self.keys.private_path)
+        kid, raw = load_public_key_file(self.keys.public_path)
+        self.pinned = {kid: raw}
+        self.store = ArtifactStore(root / "store", chunk_size=4096)
+        self.client = client
+        self.publisher = ModelPublisher(client, self.store)
+        self.root = root
+
+    async def release(self, version: str, **kw: Any) -> Release:
+        chunk_size = kw.pop("chunk_size", None)
+        rel = self.store.put_bundle(make_bundle(self.root, version, **kw), self.key, chunk_size=chunk_size)
+        await self.publisher.publish(rel)
+        return rel
+
+
+def desired(*refs: ModelRef, generation: int = 1) -> DesiredState:
+    return DesiredState(node=NODE, generation=generation, ts=time.time(), models={r.task: r for r in refs})
+
+
+@pytest.fixture
+async def cloud(tmp_path: Path, mqtt_cfg: MqttConfig) -> AsyncIterator[Cloud]:
+    client = MqttClient(mqtt_cfg, "edgeloop-controller", clean_start=True)
+    await client.start()
+    await client.wait_connected(5)
+    try:
+        yield Cloud(tmp_path / "cloud", client)
+    finally:
+        await client.stop()
+
+
+@pytest.fixture
+def make_node(tmp_path: Path, mqtt_cfg: MqttConfig, cloud: Cloud) -> Callable[..., ModelManager]:
+    def make(node: str = NODE, **kw: Any) -> ModelManager:
+        # The agent's own client is never started here: the manager only borrows its identity and config.
+        agent_client = MqttClient(mqtt_cfg, f"edge-agent-{node}")
+        kw.setdefault("stall_timeout_s", 2.0)
+        return ModelManager(tmp_path / node, agent_client, cloud.pinned, {"chat": TinyModel}, health, **kw)
+
+    return make
+
+
+async def test_publish_fetch_verify_activate_and_restart(
+    cloud: Cloud, make_node: Callable[..., ModelManager], tmp_path: Path
+) -> None:
+    r1 = await cloud.release("1", pad=20_000)
+    node = make_node()
+    st = await asyncio.wait_for(node.apply(desired(r1.model_ref())), 20)
+    assert st["chat"].state == "active" and st["chat"].version == "1"
+    assert node.stats.chunks_received == r1.chunks and r1.chunks > 1
+    cur = node.current("chat")
+    assert cur is not None and cur[:2] == ("tiny", "1")
+    assert (tmp_path / NODE / "models" / "tiny" / "1" / "model.onnx").is_file()
+
+    r2 = await cloud.release("2")
+    st = await asyncio.wait_for(node.apply(desired(r2.model_ref(), generation=2)), 20)
+    assert (st["chat"].state, st["chat"].version, st["chat"].previous) == ("active", "2", "1")
+    # Applying the same desired state again is a no-op (level-triggered).
+    before = node.stats.chunks_received
+    await node.apply(desired(r2.model_ref(), generation=2))
+    assert node.stats.chunks_received == before
+
+    again = make_node()
+    await again.load_active()
+    cur = again.current("chat")
+    assert cur is not None and cur[:2] == ("tiny", "2")
+    assert again.status()["chat"].state == "active"
+
+
+async def test_resume_after_broker_restart_fetches_only_missing_chunks(
+    cloud: Cloud, make_node: Callable[..., ModelManager], broker: Broker
+) -> None:
+    rel = await cloud.release("1", pad=150_000, chunk_size=2048)
+    restarted = asyncio.Event()
+
+    def progress(task: str, have: int, total: int) -> None:
+        if have == 8 and not restarted.is_set():
+            broker.restart()  # blocking on purpose: the connection dies right here, mid-transfer
+            restarted.set()
+
+    node = make_node(max_incoming=2, progress=progress)
+    st = await asyncio.wait_for(node.apply(desired(rel.model_ref())), 30)
+    assert restarted.is_set()
+    assert st["chat"].state == "active", st
+    assert rel.chunks > 50
+    # Every chunk arrived exactly once although the connection was cut and re-established.
+    assert node.stats.chunks_received == rel.chunks
+    assert node.stats.chunks_duplicate == 0
+    assert node.stats.transfer_connects >= 3  # manifest, chunks before the cut, chunks after
+
+
+async def test_resume_after_node_restart_uses_partial_download(
+    cloud: Cloud, make_node: Callable[..., ModelManager]
+) -> None:
+    rel = await cloud.release("1", pad=100_000, chunk_size=2048)
+    halfway = asyncio.Event()
+
+    def progress(task: str, have: int, total: int) -> None:
+        if have >= 10:
+            halfway.set()
+
+    first = make_node(max_incoming=2, progress=progress)
+    apply_task = asyncio.create_task(first.apply(desired(rel.model_ref())), name="apply-first")
+    await asyncio.wait_for(halfway.wait(), 20)
+    await first.stop()  # the "power cut": transfer cancelled mid-way
+    await apply_task
+    assert first.current("chat") is None
+    got_first = first.stats.chunks_received
+    assert 10 <= got_first < rel.chunks
+
+    second = make_node()
+    st = await asyncio.wait_for(second.apply(desired(rel.model_ref())), 20)
+    assert st["chat"].state == "active"
+    assert second.stats.chunks_from_disk == got_first
+    assert second.stats.chunks_received == rel.chunks - got_first
+    assert second.stats.manifests_fetched == 0  # the verified manifest was kept too
+
+
+async def test_flipped_byte_in_chunk_is_refused_and_previous_keeps_running(
+    cloud: Cloud, make_node: Callable[..., ModelManager]
+) -> None:
+    r1 = await cloud.release("1")
+    node = make_node()
+    await node.apply(desired(r1.model_ref()))
+    r2 = await cloud.release("2", pad=10_000)
+    chunk = bytearray(next(iter(cloud.store.iter_chunks(r2))))
+    chunk[100] ^= 0x01
+    await cloud.client.publish(chunk_topic("tiny", "2", 0), bytes(chunk), qos=1, retain=True)
+
+    st = await asyncio.wait_for(node.apply(desired(r2.model_ref(), generation=2)), 20)
+    assert st["chat"].state == "failed" and "file_hash_mismatch" in (st["chat"].error or "")
+    assert st["chat"].version == "1"
+    cur = node.current("chat")
+    assert cur is not None and cur[1] == "1"
+    assert node.stats.rejected == {"file_hash_mismatch": 1}
+    # Refused for good: the same desired state again does not re-download.
+    before = node.stats.chunks_received
+    await node.apply(desired(r2.model_ref(), generation=3))
+    assert node.stats.chunks_received == before
+
+
+async def test_wrong_key_and_bad_signature_are_refused_before_any_chunk(
+    cloud: Cloud, make_node: Callable[..., ModelManager], tmp_path: Path
+) -> None:
+    r1 = await cloud.release("1")
+    node = make_node()
+    await node.apply(desired(r1.model_ref()))
+    received = node.stats.chunks_received
+
+    # 1) A release signed by a key the node does not pin.
+    mallory_keys = generate_keys(tmp_path / "mallory")
+    mallory = ArtifactStore(tmp_path / "mallory-store", chunk_size=4096)
+    evil = mallory.put_bundle(make_bundle(tmp_path / "m", "2"), load_private_key(mallory_keys.private_path))
+    await ModelPublisher(cloud.client, mallory).publish(evil)
+    st = await asyncio.wait_for(node.apply(desired(evil.model_ref(), generation=2)), 20)
+    assert st["chat"].state == "failed" and "unknown_key" in (st["chat"].error or "")
+
+    # 2) A legitimately signed manifest edited afterwards (claims the pinned key id).
+    raw = json.loads(r1.manifest)
+    raw.update(version="3", metrics={"acc": 0.99})
+    forged = canonical_json(raw)
+    await cloud.client.publish(manifest_topic("tiny", "3"), forged, qos=1, retain=True)
+    ref = r1.model_ref().model_copy(update={"version": "3", "digest": manifest_digest(forged)})
+    st = await asyncio.wait_for(node.apply(desired(ref, generation=3)), 20)
+    assert st["chat"].state == "failed" and "bad_signature" in (st["chat"].error or "")
+
+    assert node.stats.chunks_received == received  # nothing big was downloaded for either
+    cur = node.current("chat")
+    assert cur is not None and cur[1] == "1"
+
+
+async def test_older_version_replay_refused_but_pinned_rollback_allowed(
+    cloud: Cloud, make_node: Callable[..., ModelManager]
+) -> None:
+    r1, r2, r3 = [await cloud.release(v) for v in ("1", "2", "3")]
+    fresh = make_node("node-2")
+    await fresh.apply(desired(r2.model_ref()))
+    st = await fresh.apply(desired(r1.model_ref(), generation=2))
+    assert st["chat"].state == "failed" and "not_newer" in (st["chat"].error or "")
+    assert st["chat"].version == "2"
+
+    # A node that ran 1 before 3 may be sent back to 1 by digest (the rollout's rollback).
+    node = make_node()
+    await node.apply(desired(r1.model_ref()))
+    await node.apply(desired(r3.model_ref(), generation=2))
+    received = node.stats.chunks_received
+    st = await node.apply(desired(r1.model_ref(), generation=3))
+    assert (st["chat"].state, st["chat"].version, st["chat"].previous) == ("active", "1", "3")
+    assert node.stats.chunks_received == received  # the previous version was still on disk
+
+
+async def test_digest_in_desired_state_must_match_manifest(
+    cloud: Cloud, make_node: Callable[..., ModelManager]
+) -> None:
+    r1 = await cloud.release("1")
+    node = make_node()
+    ref = r1.model_ref().model_copy(update={"digest": "sha256:" + "0" * 64})
+    st = await asyncio.wait_for(node.apply(desired(ref)), 20)
+    assert st["chat"].state == "failed" and "digest_mismatch" in (st["chat"].error or "")
+    assert node.current("chat") is None and node.stats.chunks_received == 0
+
+
+async def test_signed_bundle_that_fails_to_load_is_rolled_back(
+    cloud: Cloud, make_node: Callable[..., ModelManager], tmp_path: Path
+) -> None:
+    r1 = await cloud.release("1")
+    node = make_node()
+    await node.apply(desired(r1.model_ref()))
+    bad = await cloud.release("2", model=b"\x08\x07 this is not an onnx graph")
+    st = await asyncio.wait_for(node.apply(desired(bad.model_ref(), generation=2)), 20)
+    assert (st["chat"].state, st["chat"].version) == ("rolled_back", "1")
+    assert "tiny@2" in (st["chat"].error or "")
+    cur = node.current("chat")
+    assert cur is not None and cur[1] == "1" and np.all(np.isfinite(cur[2].run()))
+    assert not (tmp_path / NODE / "models" / "tiny" / "2").exists()
+
+    # A later good version still goes through: a failed version does not raise the replay floor.
+    r3 = await cloud.release("3")
+    st = await node.apply(desired(r3.model_ref(), generation=3))
+    assert (st["chat"].state, st["chat"].version, st["chat"].previous) == ("active", "3", "1")
+
+
+async def test_boot_falls_back_to_previous_when_active_is_damaged(
+    cloud: Cloud, make_node: Callable[..., ModelManager], tmp_path: Path
+) -> None:
+    r1, r2 = await cloud.release("1"), await cloud.release("2")
+    node = make_node()
+    await node.apply(desired(r1.model_ref()))
+    await node.apply(desired(r2.model_ref(), generation=2))
+    model = tmp_path / NODE / "models" / "tiny" / "2" / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 0xFF
+    model.write_bytes(bytes(data))
+
+    rebooted = make_node()
+    await rebooted.load_active()
+    cur = rebooted.current("chat")
+    assert cur is not None and cur[1] == "1"
+    st = rebooted.status()["chat"]
+    assert st.state == "rolled_back" and "file_hash_mismatch" in (st.error or "")
+
+
+@pytest.mark.slow
+async def test_fan_out_1mb_to_50_nodes(cloud: Cloud, make_node: Callable[..., ModelManager]) -> None:
+    rel = await cloud.release("1", pad=750_000, chunk_size=64 * 1024)
+    assert rel.size > 1_000_000
+    nodes = [make_node(f"bench-{i:03d}") for i in range(50)]
+    t0 = time.perf_counter()
+    results = await asyncio.wait_for(
+        asyncio.gather(*(n.apply(desired(rel.model_ref())) for n in nodes)), 60
+    )
+    elapsed = time.perf_counter() - t0
+    assert all(r["chat"].state == "active" for r in results)
+    mb = rel.size * len(nodes) / 1e6
+    print(f"\nfan-out: {rel.size} B x {len(nodes)} nodes in {elapsed:.2f}s ({mb / elapsed:.1f} MB/s)")

@@ -121,6 +121,18 @@ from .resources import kubectl as _kubectl  # noqa: E402
 for _c in _kubectl.COMMANDS:
     command(_c.name, _c.help, _c.configure)(_c.run)
 
+from .artifacts import configure_release_command, run_release_command  # noqa: E402
+from .signing import configure_keys_command, run_keys_command  # noqa: E402
+
+command("keys", "release signing key: 'keys init --dir DIR', 'keys id PATH'", configure_keys_command)(
+    run_keys_command
+)
+command(
+    "release",
+    "sign a bundle into the artifact store (--broker HOST:PORT also publishes it)",
+    configure_release_command,
+)(run_release_command)
+
 # --------------------------------------------------------------------------- main
 
 

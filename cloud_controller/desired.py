@@ -32,7 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloud_controller.fleet import DesiredRecord, Fleet
-from cloud_controller.resources.models import EdgeModel, EdgeNode, EdgePipeline, EdgePipelineSpec, ModelRollout
+from cloud_controller.resources.models import (
+    EdgeModel,
+    EdgeNode,
+    EdgePipeline,
+    EdgePipelineSpec,
+    ModelRollout,
+)
 from edge_agent import topics, wire
 from edge_agent.errors import MqttError
 from edge_agent.mqtt import MqttClient
@@ -62,19 +68,30 @@ def pipeline_payload(spec: EdgePipelineSpec) -> dict[str, Any]:
     out: dict[str, Any] = {}
     w = spec.window
     windows: dict[str, Any] = {"length_s": w.length_seconds}
-    for key, value in (("deadband", w.deadband), ("deadband_max_hold", w.deadband_max_hold),
-                       ("idle_close_s", w.idle_close_seconds)):
+    for key, value in (
+        ("deadband", w.deadband),
+        ("deadband_max_hold", w.deadband_max_hold),
+        ("idle_close_s", w.idle_close_seconds),
+    ):
         if value is not None:
             windows[key] = value
     out["windows"] = windows
     if spec.features:
         out["features"] = list(spec.features)
     if spec.pii is not None:
-        out["chat"] = {"pii_builtin": list(spec.pii.builtin),
-                       "pii_rules": [r.to_obj() for r in spec.pii.rules]}
+        out["chat"] = {
+            "pii_builtin": list(spec.pii.builtin),
+            "pii_rules": [r.to_obj() for r in spec.pii.rules],
+        }
     if spec.escalation is not None:
-        esc = {k: v for k, v in (("threshold", spec.escalation.threshold),
-                                 ("budget_per_hour", spec.escalation.budget_per_hour)) if v is not None}
+        esc = {
+            k: v
+            for k, v in (
+                ("threshold", spec.escalation.threshold),
+                ("budget_per_hour", spec.escalation.budget_per_hour),
+            )
+            if v is not None
+        }
         if esc:
             out["escalation"] = esc
     if spec.uplink is not None and spec.uplink.budget_bytes_per_hour is not None:
@@ -93,7 +110,9 @@ def _created(obj: Any) -> str:
 
 def select_pipeline(labels: dict[str, str], pipelines: Sequence[EdgePipeline]) -> EdgePipeline | None:
     """The oldest pipeline (then by name) whose selector matches: one node, one pipeline, deterministic."""
-    matching = [p for p in pipelines if p.metadata.deletion_timestamp is None and p.spec.selector.matches(labels)]
+    matching = [
+        p for p in pipelines if p.metadata.deletion_timestamp is None and p.spec.selector.matches(labels)
+    ]
     return min(matching, key=lambda p: (_created(p), p.metadata.name), default=None)
 
 
@@ -113,7 +132,7 @@ def find_model(models: Iterable[EdgeModel], name: str, version: str) -> EdgeMode
 
 
 def format_prev(task_model: tuple[str, str] | None, rollout_model: str) -> str:
-    """``previousVersions`` value: the version alone for the same model, ``name@version`` otherwise, "" for none."""
+    """A ``previousVersions`` value: the version for the same model, else ``name@version``; "" for none."""
     if task_model is None:
         return ""
     name, version = task_model
@@ -132,8 +151,9 @@ def ordered_rollouts(rollouts: Iterable[ModelRollout]) -> list[ModelRollout]:
     return sorted(started, key=lambda r: (rollout_seq(r) or 0, r.metadata.name))
 
 
-def assignments(node: str, rollouts: Sequence[ModelRollout], models: Sequence[EdgeModel],
-                exclude: str | None = None) -> dict[str, tuple[str, str]]:
+def assignments(
+    node: str, rollouts: Sequence[ModelRollout], models: Sequence[EdgeModel], exclude: str | None = None
+) -> dict[str, tuple[str, str]]:
     """task -> (model, version) the rollouts assign to ``node`` (``rollouts`` already in start order)."""
     out: dict[str, tuple[str, str]] = {}
     for ro in rollouts:
@@ -167,8 +187,13 @@ class DesiredContent:
     pipeline_name: str | None = None
 
     def content_hash(self) -> str:
-        return _hash([{t: r.model_dump(mode="json") for t, r in self.models.items()},
-                      self.pipeline, self.pipeline_name])
+        return _hash(
+            [
+                {t: r.model_dump(mode="json") for t, r in self.models.items()},
+                self.pipeline,
+                self.pipeline_name,
+            ]
+        )
 
     def pipeline_hash(self) -> str | None:
         return pipeline_hash(self.pipeline_name, self.pipeline)
@@ -177,8 +202,13 @@ class DesiredContent:
         return {t: f"{r.name}@{r.version}" for t, r in self.models.items()}
 
 
-def build_content(node: EdgeNode, pipelines: Sequence[EdgePipeline], rollouts: Sequence[ModelRollout],
-                  models: Sequence[EdgeModel], ref_for: RefFor = default_ref) -> DesiredContent | None:
+def build_content(
+    node: EdgeNode,
+    pipelines: Sequence[EdgePipeline],
+    rollouts: Sequence[ModelRollout],
+    models: Sequence[EdgeModel],
+    ref_for: RefFor = default_ref,
+) -> DesiredContent | None:
     """The desired state of ``node``; None when it is not approved (it gets nothing at all).
 
     ``rollouts`` must be in start order (``ordered_rollouts``). A task without an
@@ -190,8 +220,13 @@ def build_content(node: EdgeNode, pipelines: Sequence[EdgePipeline], rollouts: S
     for task, (name, version) in assignments(node.metadata.name, rollouts, models).items():
         em = find_model(models, name, version)
         if em is None:
-            log.warning("node %s: no EdgeModel %s@%s to build a ModelRef from; task %s left as is",
-                        node.metadata.name, name, version, task)
+            log.warning(
+                "node %s: no EdgeModel %s@%s to build a ModelRef from; task %s left as is",
+                node.metadata.name,
+                name,
+                version,
+                task,
+            )
             continue
         refs[task] = ref_for(em)
     pipe = select_pipeline(node.metadata.labels, pipelines)
@@ -215,8 +250,14 @@ class PublisherMetrics:
 class DesiredPublisher:
     """Publishes desired states retained (QoS 1) and remembers their generations in the fleet DB."""
 
-    def __init__(self, fleet: Fleet, client: MqttClient | None, *, publish_timeout_s: float = 5.0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        client: MqttClient | None,
+        *,
+        publish_timeout_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.fleet = fleet
         self.client = client
         self.publish_timeout_s = publish_timeout_s
@@ -224,10 +265,11 @@ class DesiredPublisher:
         self.metrics = PublisherMetrics()
         self._published: dict[str, str] = {}  # node -> content hash published by this process
         self._cleared: set[str] = set()
-        self._floor: dict[str, int] = {}      # generations of cleared records: never go back
+        self._floor: dict[str, int] = {}  # generations of cleared records: never go back
 
-    async def sync(self, node: str, content: DesiredContent | None,
-                   applied_generation: int = 0) -> DesiredRecord | None:
+    async def sync(
+        self, node: str, content: DesiredContent | None, applied_generation: int = 0
+    ) -> DesiredRecord | None:
         """Make the retained desired state of ``node`` match ``content`` (None: clear it)."""
         if content is None:
             await self.clear(node)
@@ -246,20 +288,35 @@ class DesiredPublisher:
             p_hash = content.pipeline_hash()
             keep_since = rec is not None and rec.pipeline_hash == p_hash
             new_rec = DesiredRecord(
-                node=node, generation=gen, content_hash=digest, pipeline_name=content.pipeline_name,
-                pipeline_hash=p_hash, pipeline_since_gen=rec.pipeline_since_gen if keep_since and rec else gen,
-                models=content.model_ids())
+                node=node,
+                generation=gen,
+                content_hash=digest,
+                pipeline_name=content.pipeline_name,
+                pipeline_hash=p_hash,
+                pipeline_since_gen=rec.pipeline_since_gen if keep_since and rec else gen,
+                models=content.model_ids(),
+            )
             fresh = True
-        state = wire.DesiredState(node=node, generation=new_rec.generation, ts=self.clock(),
-                                  models=content.models, pipeline=content.pipeline,
-                                  pipeline_name=content.pipeline_name)
+        state = wire.DesiredState(
+            node=node,
+            generation=new_rec.generation,
+            ts=self.clock(),
+            models=content.models,
+            pipeline=content.pipeline,
+            pipeline_name=content.pipeline_name,
+        )
         await self._publish(topics.desired(node), wire.dumps(state))
         new_rec.published = self.clock()
         if fresh:
             self.fleet.save_desired(new_rec)
             self.metrics.published += 1
-            log.info("desired state of %s: generation %d (models %s, pipeline %s)", node,
-                     new_rec.generation, new_rec.models or "-", new_rec.pipeline_name or "-")
+            log.info(
+                "desired state of %s: generation %d (models %s, pipeline %s)",
+                node,
+                new_rec.generation,
+                new_rec.models or "-",
+                new_rec.pipeline_name or "-",
+            )
         else:
             self.metrics.republished += 1
         self._published[node] = digest

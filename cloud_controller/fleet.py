@@ -123,7 +123,8 @@ class Fleet:
         db.commit()
         self._db = db
         for node, payload, received, last_seen in db.execute(
-                "SELECT node, payload, received, last_seen FROM fleet_status"):
+            "SELECT node, payload, received, last_seen FROM fleet_status"
+        ):
             try:
                 status = wire.Status.model_validate_json(payload)
             except ValueError:
@@ -133,10 +134,12 @@ class Fleet:
             st.status, st.status_received = status, received
             st.last_seen = max(st.last_seen or 0.0, last_seen)
         for row in db.execute(
-                "SELECT node, generation, content_hash, pipeline_name, pipeline_hash, pipeline_since_gen, "
-                "models, published FROM fleet_desired"):
-            self._desired[row[0]] = DesiredRecord(row[0], row[1], row[2], row[3], row[4], row[5],
-                                                  json.loads(row[6]), row[7])
+            "SELECT node, generation, content_hash, pipeline_name, pipeline_hash, pipeline_since_gen, "
+            "models, published FROM fleet_desired"
+        ):
+            self._desired[row[0]] = DesiredRecord(
+                row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), row[7]
+            )
         return self
 
     def close(self) -> None:
@@ -154,12 +157,15 @@ class Fleet:
         for name in self._dirty:
             st = self._nodes.get(name)
             if st is not None and st.status is not None:
-                rows.append((name, st.status.model_dump_json(), st.status_received or 0.0,
-                             st.last_seen or 0.0))
+                rows.append(
+                    (name, st.status.model_dump_json(), st.status_received or 0.0, st.last_seen or 0.0)
+                )
         with self._db:
             self._db.executemany(
                 "INSERT INTO fleet_status VALUES (?, ?, ?, ?) ON CONFLICT(node) DO UPDATE SET "
-                "payload=excluded.payload, received=excluded.received, last_seen=excluded.last_seen", rows)
+                "payload=excluded.payload, received=excluded.received, last_seen=excluded.last_seen",
+                rows,
+            )
         self._dirty.clear()
         return len(rows)
 
@@ -198,8 +204,9 @@ class Fleet:
         if st is not None:
             st.status = None
 
-    def observe_summary(self, node: str, *, readings: int, windows: int, nbytes: int, received: float,
-                        new: bool) -> bool:
+    def observe_summary(
+        self, node: str, *, readings: int, windows: int, nbytes: int, received: float, new: bool
+    ) -> bool:
         """Count a stored (``new``) or duplicate batch; returns whether the node was unknown before."""
         known = node in self._nodes
         st = self._state(node)
@@ -236,8 +243,17 @@ class Fleet:
             with self._db:
                 self._db.execute(
                     "INSERT OR REPLACE INTO fleet_desired VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (rec.node, rec.generation, rec.content_hash, rec.pipeline_name, rec.pipeline_hash,
-                     rec.pipeline_since_gen, json.dumps(rec.models, sort_keys=True), rec.published))
+                    (
+                        rec.node,
+                        rec.generation,
+                        rec.content_hash,
+                        rec.pipeline_name,
+                        rec.pipeline_hash,
+                        rec.pipeline_since_gen,
+                        json.dumps(rec.models, sort_keys=True),
+                        rec.published,
+                    ),
+                )
 
     def delete_desired(self, node: str) -> DesiredRecord | None:
         """Forget the published desired state; the last generation is returned so it never goes back."""
@@ -254,7 +270,7 @@ class Fleet:
 @dataclass
 class ThrottleMetrics:
     writes: int = 0
-    coalesced: int = 0   # updates deferred (and so merged into a later write)
+    coalesced: int = 0  # updates deferred (and so merged into a later write)
     rate_limited: int = 0  # of those, deferred by the global rate rather than the per-node interval
 
 
@@ -267,8 +283,13 @@ class StatusThrottle:
     into the one write that eventually happens.
     """
 
-    def __init__(self, min_interval_s: float = 10.0, max_writes_per_s: float = 100.0, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        min_interval_s: float = 10.0,
+        max_writes_per_s: float = 100.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if min_interval_s < 0 or max_writes_per_s <= 0:
             raise ValueError("need min_interval_s >= 0 and max_writes_per_s > 0")
         self.min_interval_s = min_interval_s

@@ -58,7 +58,7 @@ class IngestConfig(BaseModel):
     max_payload_bytes: int = 8 * wire.DEFAULT_MAX_PAYLOAD
     batch_max: int = Field(default=1000, ge=1, le=50_000)
     linger_s: float = Field(default=0.002, ge=0, le=1)
-    register: bool = True
+    auto_register: bool = True
 
 
 @dataclass
@@ -79,9 +79,16 @@ SummaryHook = Callable[[str], None]
 
 
 class Ingest:
-    def __init__(self, cfg: IngestConfig, store: ResourceStore | None, fleet: Fleet, *,
-                 on_status: StatusHook | None = None, on_summary: SummaryHook | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        cfg: IngestConfig,
+        store: ResourceStore | None,
+        fleet: Fleet,
+        *,
+        on_status: StatusHook | None = None,
+        on_summary: SummaryHook | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.cfg = cfg
         self.store = store
         self.fleet = fleet
@@ -92,9 +99,11 @@ class Ingest:
         self.stats = IngestStats()
         self.rejected: dict[str, int] = {}
         self.client = MqttClient(
-            cfg.mqtt, cfg.client_id,
+            cfg.mqtt,
+            cfg.client_id,
             subscriptions=[(self._summaries_filter(), 1), (topics.all_nodes("status"), 1)],
-            manual_ack=True, name="ingest",
+            manual_ack=True,
+            name="ingest",
         )
         self._known: set[str] = set()
         self._registrations: asyncio.Queue[str] | None = None
@@ -115,7 +124,7 @@ class Ingest:
         self._registrations = asyncio.Queue()
         registrar: asyncio.Task[None] | None = None
         try:
-            if self.store is not None and self.cfg.register:
+            if self.store is not None and self.cfg.auto_register:
                 await self._load_known()
                 registrar = asyncio.create_task(self._registrar(), name="ingest-registrar")
             await self.client.start()
@@ -170,7 +179,9 @@ class Ingest:
                 if leaf == "summaries":
                     batch = wire.decode_summary(msg.payload, self.cfg.max_payload_bytes)
                     if batch.node != node:
-                        raise RejectedMessage("node_mismatch", f"topic node {node!r} != batch node {batch.node!r}")
+                        raise RejectedMessage(
+                            "node_mismatch", f"topic node {node!r} != batch node {batch.node!r}"
+                        )
                     items.append((batch, now, len(msg.payload)))
                 elif leaf == "status":
                     if not msg.payload:  # a cleared retained status
@@ -178,7 +189,9 @@ class Ingest:
                         continue
                     status = wire.validate(wire.Status, wire.loads(msg.payload))
                     if status.node != node:
-                        raise RejectedMessage("node_mismatch", f"topic node {node!r} != status node {status.node!r}")
+                        raise RejectedMessage(
+                            "node_mismatch", f"topic node {node!r} != status node {status.node!r}"
+                        )
                     statuses.append(status)
                 else:
                     raise RejectedMessage("bad_topic", f"unexpected leaf {leaf!r}")
@@ -191,8 +204,14 @@ class Ingest:
         touched: set[str] = set()
         if items:
             for (batch, received, nbytes), new in zip(items, self.summaries.add_many(items), strict=True):
-                self.fleet.observe_summary(batch.node, readings=batch.readings, windows=len(batch.windows),
-                                           nbytes=nbytes, received=received, new=new)
+                self.fleet.observe_summary(
+                    batch.node,
+                    readings=batch.readings,
+                    windows=len(batch.windows),
+                    nbytes=nbytes,
+                    received=received,
+                    new=new,
+                )
                 if new:
                     self.stats.summaries_stored += 1
                 else:
@@ -216,7 +235,7 @@ class Ingest:
                 self.on_summary(node)
 
     def _maybe_register(self, node: str) -> None:
-        if node in self._known or self._registrations is None or self.store is None or not self.cfg.register:
+        if node in self._known or self._registrations is None or self.store is None or not self.cfg.auto_register:
             return
         self._known.add(node)
         self._registrations.put_nowait(node)
@@ -225,9 +244,12 @@ class Ingest:
         assert self._registrations is not None and self.store is not None
         while True:
             node = await self._registrations.get()
-            obj = {"apiVersion": API_VERSION, "kind": "EdgeNode",
-                   "metadata": {"name": node, "namespace": self.cfg.namespace},
-                   "spec": {"enrollment": {"approved": self.cfg.enrollment == "auto"}}}
+            obj = {
+                "apiVersion": API_VERSION,
+                "kind": "EdgeNode",
+                "metadata": {"name": node, "namespace": self.cfg.namespace},
+                "spec": {"enrollment": {"approved": self.cfg.enrollment == "auto"}},
+            }
             try:
                 await self.store.create(obj)
                 self.stats.registered += 1

@@ -46,7 +46,13 @@ def _dead_letters(args: argparse.Namespace) -> int:
         await store.open()
         try:
             return [
-                {"ts": d.ts, "topic": d.topic, "reason": d.reason, "detail": d.detail, "bytes": len(d.payload)}
+                {
+                    "ts": d.ts,
+                    "topic": d.topic,
+                    "reason": d.reason,
+                    "detail": d.detail,
+                    "bytes": len(d.payload),
+                }
                 for d in await store.dead_letters(args.limit)
             ]
         finally:
@@ -64,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the daemon (systemd Type=notify aware)")
     p.add_argument("--config", "-c", required=True)
     p.set_defaults(func=_run)
-    p = sub.add_parser("check-config", help="validate a config file and print every error with its field path")
+    p = sub.add_parser(
+        "check-config", help="validate a config file and print every error with its field path"
+    )
     p.add_argument("config")
     p.set_defaults(func=_check_config)
     p = sub.add_parser("dead-letters", help="print the newest rejected inbound messages")

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from .errors import ConfigError
 from .topics import ID_PATTERN
@@ -88,12 +96,39 @@ PiiKind = Literal["email", "card", "phone", "id_number", "ip"]
 PII_KINDS: tuple[PiiKind, ...] = ("email", "card", "phone", "id_number", "ip")
 
 
+class EscalationConfig(_Section):
+    enabled: bool = True
+    # budget: escalate the least confident inputs, at most max_rate of the last `window` utterances.
+    # threshold: escalate whenever confidence < threshold (still capped by max_rate).
+    mode: Literal["budget", "threshold"] = "budget"
+    max_rate: Annotated[float, Field(ge=0, le=1)] = 0.10
+    window: Annotated[int, Field(ge=10, le=100_000)] = 200
+    threshold: Annotated[float, Field(ge=0, le=1)] = 0.8
+    timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
+    cache_max_entries: Annotated[int, Field(ge=0)] = 10_000
+    cache_ttl_s: Annotated[float, Field(gt=0)] = 3600.0
+    # Escalated inputs (redacted) with the teacher's answers go upstream as hard examples.
+    hard_examples: bool = True
+
+
 class ChatConfig(_Section):
     enabled: bool = True
+    # Utterances answered concurrently (an escalation may wait for the cloud up to its timeout).
+    workers: Annotated[int, Field(ge=1, le=64)] = 4
+    escalation: EscalationConfig = Field(default_factory=EscalationConfig)
     pii_builtin: list[PiiKind] = Field(default_factory=lambda: list(PII_KINDS))
     pii_rules: list[PiiRule] = Field(default_factory=list)
     session_ttl_s: Annotated[float, Field(gt=0)] = 1800.0
     max_sessions: Annotated[int, Field(ge=1)] = 10_000
+
+
+class ModelsConfig(_Section):
+    # Bundles to load at start when the cloud has not delivered any yet (e.g. baked into the image).
+    chat_bundle: Path | None = None
+    sensor_bundle: Path | None = None
+    intra_op_threads: Annotated[int, Field(ge=1, le=64)] = 1
+    # Ed25519 public keys (PEM) that model manifests must be signed with.
+    trusted_keys: list[Path] = Field(default_factory=list)
 
 
 class OutboxConfig(_Section):
@@ -135,6 +170,7 @@ class AgentConfig(_Section):
     devices: DevicesConfig = Field(default_factory=DevicesConfig)
     windows: WindowConfig = Field(default_factory=WindowConfig)
     chat: ChatConfig = Field(default_factory=ChatConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

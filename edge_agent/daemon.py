@@ -19,16 +19,22 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import __version__, topics, wire
-from .config import AgentConfig, load_config
+from .config import AgentConfig, load_config, parse_config
+from .delivery.models import ModelManager, default_health_check, default_loaders
 from .delivery.store import AgentStore, DeadLetter, OutboxRecord
 from .delivery.uplink import Uplink
-from .errors import ConfigError, MqttError, OutboxError
+from .delivery.verify import key_id, load_public_key
+from .errors import ConfigError, MqttError, OutboxError, RejectedMessage
+from .inference.answer_cache import AnswerCache
+from .inference.budget import EscalationBudget
+from .inference.escalation import Escalator, hard_example_record
 from .logs import setup_logging
 from .metrics import AgentMetrics
 from .mqtt import Message, MqttClient, Will
-from .pipeline import Pipeline
+from .pipeline import ChatAnswer, ChatJob, Pipeline
 from .redelivery import RedeliveryGuard
 from .sdnotify import Notifier, watchdog_interval
 from .supervise import Supervisor
@@ -75,8 +81,9 @@ def device_subscriptions(cfg: AgentConfig) -> list[tuple[str, int]]:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, *, config_path: Path | None = None,
-                 environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, cfg: AgentConfig, *, config_path: Path | None = None, environ: Mapping[str, str] | None = None
+    ) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self._environ = dict(os.environ if environ is None else environ)
@@ -86,13 +93,39 @@ class Agent:
         self.pipeline = Pipeline(cfg)
         self.redelivery = RedeliveryGuard()
         self.client = MqttClient(
-            cfg.mqtt, cfg.client_id,
-            subscriptions=device_subscriptions(cfg),
+            cfg.mqtt,
+            cfg.client_id,
+            subscriptions=[*device_subscriptions(cfg), (topics.desired(cfg.node_id), 1)],
             will=Will(topics.status(cfg.node_id), self._status_payload(online=False)),
-            manual_ack=True, name="edge",
+            manual_ack=True,
+            name="edge",
         )
-        self.uplink = Uplink(self.store, self.client, max_inflight=cfg.uplink.max_inflight,
-                             publish_timeout_s=cfg.uplink.publish_timeout_s)
+        self.uplink = Uplink(
+            self.store,
+            self.client,
+            max_inflight=cfg.uplink.max_inflight,
+            publish_timeout_s=cfg.uplink.publish_timeout_s,
+        )
+        esc = cfg.chat.escalation
+        self.escalator: Escalator | None = None
+        if esc.enabled:
+            self.escalator = Escalator(
+                self.client,
+                cfg.node_id,
+                EscalationBudget(
+                    max_rate=esc.max_rate, window=esc.window, threshold_fallback=esc.threshold, mode=esc.mode
+                ),
+                AnswerCache(max_entries=esc.cache_max_entries, ttl_s=esc.cache_ttl_s),
+                timeout_s=esc.timeout_s,
+            )
+        self.models = ModelManager(
+            cfg.state_dir, self.client, _trusted_keys(cfg), default_loaders(), default_health_check
+        )
+        self._desired_topic = topics.desired(cfg.node_id)
+        self._file_cfg = cfg
+        self.chat_model: Any = None
+        self.model_status: dict[str, wire.ModelStatus] = {}
+        self._chat_q: asyncio.Queue[tuple[ChatJob, Message]] = asyncio.Queue(maxsize=1000)
         self.tasks = Supervisor("edge-agent")
         self._stop = asyncio.Event()
         self._tick_now = asyncio.Event()
@@ -112,8 +145,10 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self.tasks.spawn(
-            f"reload-{time.monotonic_ns()}", self.reload, restart=False))
+        loop.add_signal_handler(
+            signal.SIGHUP,
+            lambda: self.tasks.spawn(f"reload-{time.monotonic_ns()}", self.reload, restart=False),
+        )
         try:
             await self.start()
             self.notifier.ready()
@@ -137,8 +172,15 @@ class Agent:
         self.applied_generation = int(gen) if gen else 0
         if self.cfg.metrics.enabled:
             self.metrics_port = self.metrics.start_http(self.cfg.metrics.host, self.cfg.metrics.port)
+        await self._load_configured_models()
+        await self.models.load_active()
+        self._sync_models()
         self.client.add_on_connect(self._on_connect)
         await self.client.start()
+        if self.escalator is not None:
+            await self.escalator.start()
+        for i in range(self.cfg.chat.workers):
+            self.tasks.spawn(f"chat-{i}", self._chat_worker)
         self.tasks.spawn("ingest", self._ingest)
         self.tasks.spawn("commit", self._commit_loop)
         self.tasks.spawn("uplink", self.uplink.run)
@@ -147,8 +189,10 @@ class Agent:
         wd = self.cfg.watchdog_interval_s or watchdog_interval(self._environ)
         if wd:
             self.tasks.spawn("watchdog", lambda: self._watchdog(wd))
-        log.info("edge agent started", extra={"node": self.cfg.node_id, "db": str(self.cfg.db_path),
-                                             "metrics_port": self.metrics_port})
+        log.info(
+            "edge agent started",
+            extra={"node": self.cfg.node_id, "db": str(self.cfg.db_path), "metrics_port": self.metrics_port},
+        )
 
     async def shutdown(self) -> None:
         """Drain within ``shutdown_timeout_s``: stop taking input, flush windows, empty the outbox."""
@@ -168,10 +212,19 @@ class Agent:
             drained = await self.uplink.wait_idle(max(0.0, deadline - time.monotonic()))
         if self.client.connected:
             with contextlib.suppress(MqttError, TimeoutError):
-                await asyncio.wait_for(self.client.publish(
-                    topics.status(self.cfg.node_id), self._status_payload(online=False), qos=1, retain=True),
-                    timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+                await asyncio.wait_for(
+                    self.client.publish(
+                        topics.status(self.cfg.node_id),
+                        self._status_payload(online=False),
+                        qos=1,
+                        retain=True,
+                    ),
+                    timeout=max(0.1, min(2.0, deadline - time.monotonic())),
+                )
         await self.tasks.stop()
+        await self.models.stop()
+        if self.escalator is not None:
+            await self.escalator.stop()
         await self.client.stop()
         await self.store.close()
         self.metrics.stop_http()
@@ -186,12 +239,18 @@ class Agent:
         try:
             new = await asyncio.to_thread(load_config, self.config_path)
         except ConfigError as exc:
-            log.error("config reload failed; keeping the running config",
-                      extra={"problems": [f"{p}: {m}" for p, m in exc.problems]})
+            log.error(
+                "config reload failed; keeping the running config",
+                extra={"problems": [f"{p}: {m}" for p, m in exc.problems]},
+            )
             self.metrics.config_reload_failures.inc()
             self.notifier.ready()
             return
-        if new.mqtt != self.cfg.mqtt or new.node_id != self.cfg.node_id or new.outbox.path != self.cfg.outbox.path:
+        if (
+            new.mqtt != self.cfg.mqtt
+            or new.node_id != self.cfg.node_id
+            or new.outbox.path != self.cfg.outbox.path
+        ):
             log.warning("mqtt, node_id and outbox.path changes need a restart; applied the rest")
         self.pipeline.reconfigure(new)
         logging.getLogger().setLevel(new.log.level)
@@ -204,8 +263,16 @@ class Agent:
         handle = self.pipeline.handle
         guard = self.redelivery
         async for msg in self.client.messages():
+            if msg.topic == self._desired_topic:
+                self._on_desired(msg)
+                self.client.ack(msg)  # retained: the current desired state comes again after any reconnect
+                continue
             if not guard.is_duplicate(msg.mid, msg.dup, msg.topic, msg.payload):
-                handle(msg.topic, msg.payload)
+                job = handle(msg.topic, msg.payload)
+                if job is not None:
+                    # Answered by a chat worker, which acknowledges it once the answer is applied.
+                    await self._chat_q.put((job, msg))
+                    continue
                 guard.absorbed(msg.mid, msg.topic, msg.payload)
             # A redelivery of absorbed work is acknowledged after this tick's commit, like the original.
             self._acks.append(msg)
@@ -263,8 +330,141 @@ class Agent:
     def _note_commit(self, result: object) -> None:
         dropped = getattr(result, "dropped", None) or getattr(result, "dropped_seqs", None)
         if dropped:
-            log.warning("outbox full: dropped records by policy",
-                        extra={"policy": self.cfg.outbox.when_full, "count": len(dropped)})
+            log.warning(
+                "outbox full: dropped records by policy",
+                extra={"policy": self.cfg.outbox.when_full, "count": len(dropped)},
+            )
+
+    # ------------------------------------------------------------------ desired state
+    def _on_desired(self, msg: Message) -> None:
+        if not msg.payload:
+            return
+        try:
+            desired = wire.validate(wire.DesiredState, wire.loads(msg.payload))
+            if desired.node != self.cfg.node_id:
+                raise RejectedMessage("node_mismatch", f"desired state for {desired.node!r}")
+        except RejectedMessage as exc:
+            log.error("desired state refused", extra={"reason": exc.reason, "detail": exc.detail[:200]})
+            self.pipeline.counters.rejected[f"desired_{exc.reason}"] += 1
+            return
+        if desired.generation <= self.applied_generation and self.applied_generation:
+            return
+        self.tasks.spawn(f"apply-{desired.generation}", lambda: self._apply_desired(desired), restart=False)
+
+    async def _apply_desired(self, desired: wire.DesiredState) -> None:
+        """Level-triggered: converge on the desired state, then report the generation applied."""
+        log.info(
+            "applying desired state",
+            extra={
+                "generation": desired.generation,
+                "models": {t: f"{r.name}@{r.version}" for t, r in desired.models.items()},
+            },
+        )
+        if desired.pipeline:
+            try:
+                merged = _deep_merge(
+                    self._file_cfg.model_dump(mode="json", exclude_none=True), desired.pipeline
+                )
+                new = parse_config(merged, f"desired generation {desired.generation}")
+                self.pipeline.reconfigure(new)
+                self.cfg = new
+            except ConfigError as exc:
+                log.error("desired pipeline settings refused", extra={"problems": exc.problems[:10]})
+        if desired.models:
+            await self.models.apply(desired)
+            self._sync_models()
+        self.applied_generation = max(self.applied_generation, desired.generation)
+        await self.store.set_meta("applied_generation", str(self.applied_generation))
+        await self._publish_status()
+
+    def _sync_models(self) -> None:
+        """Adopt what the model manager runs; its status (downloading, refused, rolled back) wins."""
+        for task, st in self.models.status().items():
+            cur = self.models.current(task)
+            if cur is not None:
+                name, version, model = cur
+                running = self.model_status.get(task)
+                if running is None or (running.name, running.version) != (name, version):
+                    self.set_model(task, model, name, version, previous=st.previous)
+            self.model_status[task] = st.model_copy(update={"samples": 0}) if cur is None else st
+
+    # ------------------------------------------------------------------ models and chat
+    async def _load_configured_models(self) -> None:
+        """Bundles named in the config; one that fails to load leaves the agent running without it."""
+        m = self.cfg.models
+        if m.chat_bundle is not None:
+            from .inference.chat_runtime import ChatModel
+
+            try:
+                model = await asyncio.to_thread(
+                    ChatModel, m.chat_bundle, intra_op_num_threads=m.intra_op_threads
+                )
+                self.set_model("chat", model, model.bundle.manifest.name, model.version)
+            except Exception as exc:
+                self._model_failed("chat", m.chat_bundle, exc)
+        if m.sensor_bundle is not None:
+            from .inference.sensor_runtime import SensorModel
+
+            bundle = m.sensor_bundle
+            try:
+                smodel = await asyncio.to_thread(
+                    lambda: SensorModel(bundle, intra_op_num_threads=m.intra_op_threads).load()
+                )
+                assert smodel.bundle is not None
+                man = smodel.bundle.manifest
+                self.set_model("sensor", smodel, man.name, man.version)
+            except Exception as exc:
+                self._model_failed("sensor", m.sensor_bundle, exc)
+
+    def set_model(self, task: str, model: Any, name: str, version: str, previous: str | None = None) -> None:
+        """Swap the model for a task; in-flight calls finish on the old object (no lock needed)."""
+        if task == "chat":
+            self.chat_model = model
+            self.pipeline.reset_model_counters("chat")
+        else:
+            self.pipeline.set_sensor_model(model, f"{name}@{version}")
+        self.model_status[task] = wire.ModelStatus(
+            name=name, version=version, state="active", previous=previous
+        )
+        self.metrics.set_model_loaded(name, version)
+        log.info("model active", extra={"task": task, "model": name, "version": version})
+
+    def _model_failed(self, task: str, path: Path, exc: BaseException) -> None:
+        log.error(
+            "model bundle failed to load; running without it",
+            extra={"task": task, "bundle": str(path), "error": str(exc)[:300]},
+        )
+        self.model_status[task] = wire.ModelStatus(
+            name=path.name, version="", state="failed", error=str(exc)[:300]
+        )
+
+    async def _chat_worker(self) -> None:
+        while True:
+            job, msg = await self._chat_q.get()
+            answer = await self._answer(job)
+            self.pipeline.complete_chat(job, answer)
+            self.redelivery.absorbed(msg.mid, msg.topic, msg.payload)
+            self._acks.append(msg)
+
+    async def _answer(self, job: ChatJob) -> ChatAnswer:
+        model = self.chat_model
+        if model is None:
+            return ChatAnswer(None, {}, 0.0, "none")
+        t0 = time.perf_counter()
+        try:
+            pred = await asyncio.to_thread(model.predict, job.text)
+        except Exception:
+            log.exception("chat model failed on an input")
+            self.pipeline.note_model_error("chat")
+            return ChatAnswer(None, {}, 0.0, "none")
+        self.metrics.inference_seconds.labels(model="chat").observe(time.perf_counter() - t0)
+        if self.escalator is None:
+            return ChatAnswer(pred.intent, dict(pred.slots), pred.confidence, "edge")
+        ans = await self.escalator.answer(job.text, pred)
+        rec = None
+        if ans.hard_example is not None and self.cfg.chat.escalation.hard_examples:
+            rec = hard_example_record(ans.hard_example)
+        return ChatAnswer(ans.intent, dict(ans.slots), ans.confidence, ans.source, ans.escalated, rec)
 
     async def _reply_loop(self) -> None:
         while True:
@@ -275,15 +475,22 @@ class Agent:
                 self.metrics.uplink_errors.labels(kind="reply").inc()
 
     async def _on_connect(self) -> None:
-        self.notifier.status(f"connected: node {self.cfg.node_id}, broker {self.cfg.mqtt.host}:{self.cfg.mqtt.port}, "
-                             f"metrics port {self.metrics_port}")
+        self.notifier.status(
+            f"connected: node {self.cfg.node_id}, broker {self.cfg.mqtt.host}:{self.cfg.mqtt.port}, "
+            f"metrics port {self.metrics_port}"
+        )
         await self._publish_status()
         self.uplink.wake()
 
     async def _publish_status(self) -> None:
         with contextlib.suppress(MqttError, TimeoutError):
-            await self.client.publish(topics.status(self.cfg.node_id), self._status_payload(online=True),
-                                      qos=1, retain=True, timeout=5.0)
+            await self.client.publish(
+                topics.status(self.cfg.node_id),
+                self._status_payload(online=True),
+                qos=1,
+                retain=True,
+                timeout=5.0,
+            )
 
     def _status_payload(self, *, online: bool) -> bytes:
         c = self.pipeline.counters
@@ -295,9 +502,32 @@ class Agent:
             "rejected": float(sum(c.rejected.values())),
             "chat_messages": float(c.chat_messages),
         }
-        return wire.dumps(wire.Status(
-            node=self.cfg.node_id, online=online, ts=time.time(), agent_version=__version__,
-            counters=counters, applied_generation=getattr(self, "applied_generation", 0)))
+        models: dict[str, wire.ModelStatus] = {}
+        for task, st in getattr(self, "model_status", {}).items():
+            mc = self.pipeline.model_counters.get(task)
+            if mc is not None and st.state == "active":
+                st = st.model_copy(
+                    update={
+                        "samples": mc.samples,
+                        "escalated": mc.escalated,
+                        "errors": mc.errors,
+                        "confidence_sum": mc.confidence_sum,
+                    }
+                )
+            models[task] = st
+        counters["anomaly_events"] = float(c.anomaly_events)
+        counters["hard_examples"] = float(c.hard_examples)
+        return wire.dumps(
+            wire.Status(
+                node=self.cfg.node_id,
+                online=online,
+                ts=time.time(),
+                agent_version=__version__,
+                models=models,
+                counters=counters,
+                applied_generation=getattr(self, "applied_generation", 0),
+            )
+        )
 
     async def _housekeeping(self) -> None:
         last_status = time.monotonic()
@@ -349,6 +579,21 @@ class Agent:
             await asyncio.sleep(interval / 2)
             if time.monotonic() - self._last_commit < max(interval, 5 * self.cfg.outbox.commit_interval_s):
                 self.notifier.watchdog()
+
+
+def _trusted_keys(cfg: AgentConfig) -> dict[str, bytes]:
+    keys: dict[str, bytes] = {}
+    for path in cfg.models.trusted_keys:
+        raw = load_public_key(path.read_bytes())
+        keys[key_id(raw)] = raw
+    return keys
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def run_agent(cfg: AgentConfig, config_path: Path | None = None) -> int:

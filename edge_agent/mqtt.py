@@ -483,7 +483,7 @@ class MqttClient:
         conn.fd = fd = sock.fileno()
         # Small QoS 1 exchanges (PUBLISH/PUBACK, request/response) must not wait for Nagle + delayed ACK.
         with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
         client = conn.client
         loop = self._loop
 

@@ -16,11 +16,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from . import topics, wire
 from .config import AgentConfig
 from .delivery.store import DeadLetter, OutboxRecord
 from .errors import RejectedMessage
+from .inference.features import DeviceBaseline
 from .preprocess.dialogue import DialogueStore
 from .preprocess.pii import Redactor
 from .preprocess.text import normalize
@@ -30,12 +32,53 @@ log = logging.getLogger(__name__)
 
 PENDING_WINDOWS_KEY = "pend:windows"
 PENDING_CHAT_KEY = "pend:chat"
+PENDING_EVENTS_KEY = "pend:events"
 
 
 @dataclass
 class Reply:
     topic: str
     payload: bytes
+
+
+@dataclass
+class ChatJob:
+    """A validated, redacted utterance waiting for the model (and maybe the teacher)."""
+
+    device: str
+    msg: wire.ChatIn
+    text: str  # redacted and normalized: the only form that is ever stored or sent upstream
+    received: float
+
+
+@dataclass
+class ChatAnswer:
+    intent: str | None
+    slots: dict[str, str]
+    confidence: float
+    source: str  # edge | cloud | edge-degraded | none
+    escalated: bool = False
+    hard_example: OutboxRecord | None = None
+
+
+class SensorScorer(Protocol):
+    """What the pipeline needs of a sensor model (see inference/sensor_runtime.py)."""
+
+    def new_baseline(self) -> DeviceBaseline: ...
+
+    def annotate(
+        self, summaries: list[wire.WindowSummary], device: str, baseline: DeviceBaseline
+    ) -> tuple[list[wire.WindowSummary], list[tuple[float, float]]]: ...
+
+
+@dataclass
+class ModelCounters:
+    """Per-task health since the active model was loaded: what a rollout's analysis reads."""
+
+    samples: int = 0
+    escalated: int = 0
+    errors: int = 0
+    confidence_sum: float = 0.0
 
 
 @dataclass
@@ -49,6 +92,9 @@ class PipelineCounters:
     chat_messages: int = 0
     pii_redactions: Counter[str] = field(default_factory=Counter)
     stale_chat: int = 0
+    chat_by_source: Counter[str] = field(default_factory=Counter)
+    anomaly_events: int = 0
+    hard_examples: int = 0
 
 
 class _RateLimitedLog:
@@ -86,6 +132,12 @@ class Pipeline:
         self.replies: list[Reply] = []
         self._allowed = frozenset(cfg.devices.allowed)
         self._reject_log = _RateLimitedLog()
+        self._events: list[wire.AnomalyEvent] = []
+        self._hard: list[OutboxRecord] = []
+        self.sensor_model: SensorScorer | None = None
+        self.sensor_model_name = ""
+        self._baselines: dict[str, DeviceBaseline] = {}
+        self.model_counters: dict[str, ModelCounters] = {"chat": ModelCounters(), "sensor": ModelCounters()}
 
     # ------------------------------------------------------------------ config
     def reconfigure(self, cfg: AgentConfig) -> None:
@@ -96,8 +148,14 @@ class Pipeline:
         self._allowed = frozenset(cfg.devices.allowed)
 
     # ------------------------------------------------------------------ inbound
-    def handle(self, topic: str, payload: bytes, now: float | None = None) -> bool:
-        """Absorb one inbound message. Returns False if it was rejected (and dead-lettered)."""
+    def handle(self, topic: str, payload: bytes, now: float | None = None) -> ChatJob | None:
+        """Absorb one inbound message.
+
+        Telemetry is absorbed at once. A valid chat message comes back as a
+        :class:`ChatJob` for the caller to answer (inference may escalate to the
+        cloud) and finish with :meth:`complete_chat`. Rejected messages are
+        counted and dead-lettered; the return value is then None.
+        """
         now = self._clock() if now is None else now
         try:
             dt = topics.parse_device_topic(topic)
@@ -105,12 +163,11 @@ class Pipeline:
                 raise RejectedMessage("unknown_device", f"device {dt.device!r} is not enrolled on this node")
             if dt.kind == "telemetry":
                 self._telemetry(dt.device, payload, now)
-            else:
-                self._chat_in(dt.device, payload, now)
-            return True
+                return None
+            return self._chat_in(dt.device, payload, now)
         except RejectedMessage as exc:
             self._reject(topic, payload, exc, now)
-            return False
+            return None
 
     def _telemetry(self, device: str, payload: bytes, now: float) -> None:
         # The whole payload is validated before any reading is absorbed: a batch is taken whole or not at all.
@@ -128,40 +185,90 @@ class Pipeline:
         self.counters.readings += n
         self.counters.raw_equivalent_bytes += raw
 
-    def _chat_in(self, device: str, payload: bytes, now: float) -> None:
+    def _chat_in(self, device: str, payload: bytes, now: float) -> ChatJob:
         msg = wire.parse_chat_in(payload, self.cfg.devices.max_payload_bytes)
         self.counters.messages["chat"] += 1
+        # Redact before anything else touches the text: nothing downstream ever sees raw PII.
         red = self.redactor.redact(msg.text)
         for kind, k in red.counts.items():
             self.counters.pii_redactions[kind] += k
-        text = normalize(red.text)
+        return ChatJob(device, msg.model_copy(update={"text": red.text}), normalize(red.text), now)
+
+    def complete_chat(self, job: ChatJob, answer: ChatAnswer, now: float | None = None) -> None:
+        """Apply an answered utterance: dialogue state, reply, statistics, hard example."""
+        now = self._clock() if now is None else now
+        msg = job.msg
         txn = self.dialogue.begin(msg.session_id, msg.seq, now)
         if txn is None:
+            # An update older than the session's current version: dropped, and not answered.
             self.counters.stale_chat += 1
             return
         with txn as state:
+            if answer.intent:
+                state.intent = answer.intent
+            state.slots.update(answer.slots)
             state.step += 1
         view = self.dialogue.get(msg.session_id)
         self.counters.chat_messages += 1
-        self._chat.add(intent=None, slots={}, confidence=None)
-        out = wire.ChatOut(
-            session_id=msg.session_id, msg_id=msg.msg_id, intent=None, slots={}, confidence=0.0,
-            source="none", state=view.to_view() if view is not None else None,
+        self.counters.chat_by_source[answer.source] += 1
+        degraded = answer.source == "edge-degraded"
+        self._chat.add(
+            intent=answer.intent,
+            slots=answer.slots,
+            confidence=answer.confidence if answer.source != "none" else None,
+            escalated=answer.escalated,
+            degraded=degraded,
         )
-        self.replies.append(Reply(topics.device_chat_out(device), wire.dumps(out)))
-        del text  # the model that reads it arrives with the chat student
+        if answer.source != "none":
+            mc = self.model_counters["chat"]
+            mc.samples += 1
+            mc.escalated += int(answer.escalated)
+            mc.confidence_sum += answer.confidence
+        if answer.hard_example is not None:
+            self._hard.append(answer.hard_example)
+            self.counters.hard_examples += 1
+        out = wire.ChatOut(
+            session_id=msg.session_id,
+            msg_id=msg.msg_id,
+            intent=answer.intent,
+            slots=answer.slots,
+            confidence=answer.confidence,
+            source=answer.source,  # type: ignore[arg-type]
+            state=view.to_view() if view is not None else None,
+        )
+        self.replies.append(Reply(topics.device_chat_out(job.device), wire.dumps(out)))
+
+    def note_model_error(self, task: str) -> None:
+        self.model_counters[task].errors += 1
 
     def _reject(self, topic: str, payload: bytes, exc: RejectedMessage, now: float) -> None:
         self.counters.rejected[exc.reason] += 1
-        self._dead.append(DeadLetter(ts=now, source="device", topic=topic[:256], reason=exc.reason,
-                                     detail=exc.detail[:500], payload=payload[:1024]))
+        self._dead.append(
+            DeadLetter(
+                ts=now,
+                source="device",
+                topic=topic[:256],
+                reason=exc.reason,
+                detail=exc.detail[:500],
+                payload=payload[:1024],
+            )
+        )
         if self._reject_log.allow(exc.reason, now):
-            log.warning("rejected inbound message", extra={
-                "reason": exc.reason, "detail": exc.detail[:200], "topic": topic[:256], "bytes": len(payload)})
+            log.warning(
+                "rejected inbound message",
+                extra={
+                    "reason": exc.reason,
+                    "detail": exc.detail[:200],
+                    "topic": topic[:256],
+                    "bytes": len(payload),
+                },
+            )
 
     # ------------------------------------------------------------------ tick output
     def poll_windows(self, now_wall: float, *, flush: bool = False) -> None:
         closed = self.windows.flush_all() if flush else self.windows.poll(now_wall)
+        if closed and self.sensor_model is not None:
+            closed = self._score(closed)
         if closed:
             self._pending_windows.extend(closed)
             self.counters.windows_emitted += len(closed)
@@ -169,8 +276,56 @@ class Pipeline:
             if self._pending_since is None:
                 self._pending_since = now_wall
 
-    def take_records(self, now: float, seq_source: Callable[[], int], *, force: bool = False
-                     ) -> list[tuple[int, OutboxRecord]]:
+    def _score(self, closed: list[wire.WindowSummary]) -> list[wire.WindowSummary]:
+        """Anomaly scores into the summaries, over-threshold windows into events."""
+        model = self.sensor_model
+        assert model is not None
+        out: list[wire.WindowSummary] = []
+        by_device: dict[str, list[wire.WindowSummary]] = {}
+        for w in closed:
+            by_device.setdefault(w.device, []).append(w)
+        mc = self.model_counters["sensor"]
+        for device, ws in by_device.items():
+            baseline = self._baselines.get(device)
+            if baseline is None:
+                baseline = self._baselines[device] = model.new_baseline()
+            try:
+                annotated, events = model.annotate(ws, device, baseline)
+            except Exception:
+                log.exception("sensor model failed; windows sent unscored", extra={"device": device})
+                mc.errors += 1
+                out.extend(ws)
+                continue
+            out.extend(annotated)
+            starts = {w.start for w in annotated if w.anomaly_score is not None}
+            mc.samples += len(starts)
+            ends = {w.start: w.end for w in annotated}
+            for start, score in events:
+                self._events.append(
+                    wire.AnomalyEvent(
+                        device=device,
+                        start=start,
+                        end=ends.get(start, start),
+                        score=score,
+                        model=self.sensor_model_name,
+                    )
+                )
+            self.counters.anomaly_events += len(events)
+        return out
+
+    def set_sensor_model(self, model: SensorScorer | None, name: str = "") -> None:
+        """A new model starts new per-device baselines: scores of two models do not mix."""
+        self.sensor_model = model
+        self.sensor_model_name = name
+        self._baselines.clear()
+        self.model_counters["sensor"] = ModelCounters()
+
+    def reset_model_counters(self, task: str) -> None:
+        self.model_counters[task] = ModelCounters()
+
+    def take_records(
+        self, now: float, seq_source: Callable[[], int], *, force: bool = False
+    ) -> list[tuple[int, OutboxRecord]]:
         """Cut pending windows (and chat stats) into summary batches when full or old enough."""
         out: list[tuple[int, OutboxRecord]] = []
         oc = self.cfg.outbox
@@ -179,23 +334,40 @@ class Pipeline:
             chunk = self._pending_windows[: oc.batch_max_windows]
             del self._pending_windows[: oc.batch_max_windows]
             out.append(self._record(chunk, now, seq_source))
-        if (due or force) and self._chat.messages and not out:
+        if (due or force) and (self._chat.messages or self._events) and not out:
             out.append(self._record([], now, seq_source))
+        for rec in self._hard:
+            out.append((seq_source(), rec))
+        self._hard.clear()
         if not self._pending_windows:
             self._pending_since = None
         if out:
             self._pending_dirty = True
         return out
 
-    def _record(self, chunk: list[wire.WindowSummary], now: float, seq_source: Callable[[], int]
-                ) -> tuple[int, OutboxRecord]:
+    def _record(
+        self, chunk: list[wire.WindowSummary], now: float, seq_source: Callable[[], int]
+    ) -> tuple[int, OutboxRecord]:
         seq = seq_source()
         chat = self._chat.take()
-        batch = wire.SummaryBatch(id=wire.new_id(), node=self.cfg.node_id, seq=seq, created=now,
-                                  windows=[_compact(w) for w in chunk], chat=chat)
+        events, self._events = self._events, []
+        batch = wire.SummaryBatch(
+            id=wire.new_id(),
+            node=self.cfg.node_id,
+            seq=seq,
+            created=now,
+            windows=[_compact(w) for w in chunk],
+            chat=chat,
+            events=events,
+        )
         self.counters.summaries += 1
-        return seq, OutboxRecord(id=batch.id, topic=topics.summaries(self.cfg.node_id),
-                                 payload=wire.encode_summary(batch), created=now, kind="summary")
+        return seq, OutboxRecord(
+            id=batch.id,
+            topic=topics.summaries(self.cfg.node_id),
+            payload=wire.encode_summary(batch),
+            created=now,
+            kind="summary",
+        )
 
     def take_dead_letters(self) -> list[DeadLetter]:
         dead, self._dead = self._dead, []
@@ -212,8 +384,10 @@ class Pipeline:
         dels = [*dels, *d_dels]
         if self._pending_dirty or self._chat.dirty:
             ups[PENDING_WINDOWS_KEY] = json.dumps(
-                [w.model_dump(exclude_none=True) for w in self._pending_windows]).encode()
+                [w.model_dump(exclude_none=True) for w in self._pending_windows]
+            ).encode()
             ups[PENDING_CHAT_KEY] = self._chat.to_bytes()
+            ups[PENDING_EVENTS_KEY] = json.dumps([e.model_dump() for e in self._events]).encode()
             self._pending_dirty = False
             self._chat.dirty = False
         return ups, dels
@@ -221,6 +395,9 @@ class Pipeline:
     def restore(self, states: dict[str, bytes]) -> None:
         pend = states.pop(PENDING_WINDOWS_KEY, None)
         chat = states.pop(PENDING_CHAT_KEY, None)
+        events = states.pop(PENDING_EVENTS_KEY, None)
+        if events:
+            self._events = [wire.AnomalyEvent.model_validate(e) for e in json.loads(events)]
         self.windows.restore({k: v for k, v in states.items() if k.startswith("win:")})
         self.dialogue.restore({k: v for k, v in states.items() if k.startswith("dlg:")})
         if pend:
@@ -267,8 +444,14 @@ class _ChatAccumulator:
         self.conf_sum = 0.0
         self.conf_n = 0
 
-    def add(self, intent: str | None, slots: dict[str, str], confidence: float | None,
-            escalated: bool = False, degraded: bool = False) -> None:
+    def add(
+        self,
+        intent: str | None,
+        slots: dict[str, str],
+        confidence: float | None,
+        escalated: bool = False,
+        degraded: bool = False,
+    ) -> None:
         self.messages += 1
         if intent:
             self.intents[intent] += 1
@@ -285,8 +468,11 @@ class _ChatAccumulator:
         if not self.messages:
             return None
         stats = wire.ChatStats(
-            messages=self.messages, intents=dict(self.intents), slots=dict(self.slots),
-            escalated=self.escalated, degraded=self.degraded,
+            messages=self.messages,
+            intents=dict(self.intents),
+            slots=dict(self.slots),
+            escalated=self.escalated,
+            degraded=self.degraded,
             mean_confidence=self.conf_sum / self.conf_n if self.conf_n else None,
         )
         self.reset()
@@ -294,9 +480,17 @@ class _ChatAccumulator:
         return stats
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"messages": self.messages, "intents": self.intents, "slots": self.slots,
-                           "escalated": self.escalated, "degraded": self.degraded,
-                           "conf_sum": self.conf_sum, "conf_n": self.conf_n}).encode()
+        return json.dumps(
+            {
+                "messages": self.messages,
+                "intents": self.intents,
+                "slots": self.slots,
+                "escalated": self.escalated,
+                "degraded": self.degraded,
+                "conf_sum": self.conf_sum,
+                "conf_n": self.conf_n,
+            }
+        ).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> _ChatAccumulator:

@@ -76,4 +76,4 @@ class RedeliveryGuard:
         for key, raw in states.items():
             if key.startswith(PREFIX):
                 d, ts = _REC.unpack(raw)
-                self._recent[int(key[len(PREFIX):])] = (d, ts)
+                self._recent[int(key[len(PREFIX) :])] = (d, ts)

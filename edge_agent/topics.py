@@ -89,7 +89,7 @@ def parse_node_topic(topic: str) -> tuple[str, str]:
     prefix = f"{API}/nodes/"
     if not topic.startswith(prefix):
         raise RejectedMessage("bad_topic", f"not a node topic: {topic!r}")
-    node, _, leaf = topic[len(prefix):].partition("/")
+    node, _, leaf = topic[len(prefix) :].partition("/")
     validate_id(node, "node")
     if not leaf:
         raise RejectedMessage("bad_topic", f"node topic without leaf: {topic!r}")

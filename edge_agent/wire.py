@@ -103,6 +103,16 @@ class ChatStats(_Strict):
     mean_confidence: Finite | None = None
 
 
+class AnomalyEvent(_Strict):
+    """A sensor window the student scored over its threshold."""
+
+    device: Id
+    start: Timestamp
+    end: Timestamp
+    score: Finite
+    model: str = ""
+
+
 class SummaryBatch(_Strict):
     """One uplink record: a unique id for cloud-side dedup and a per-node sequence number."""
 
@@ -112,6 +122,7 @@ class SummaryBatch(_Strict):
     created: Timestamp
     windows: list[WindowSummary] = Field(default_factory=list)
     chat: ChatStats | None = None
+    events: list[AnomalyEvent] = Field(default_factory=list)
 
     @property
     def readings(self) -> int:

@@ -83,8 +83,19 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     try:
         db = out / "cloud.db"
-        sup.start("cloud-controller", [py, "-m", "cloud_controller.cli", "receive",
-                                       "--broker", f"127.0.0.1:{broker.port}", "--db", str(db)])
+        sup.start(
+            "cloud-controller",
+            [
+                py,
+                "-m",
+                "cloud_controller.cli",
+                "receive",
+                "--broker",
+                f"127.0.0.1:{broker.port}",
+                "--db",
+                str(db),
+            ],
+        )
         base = ReplayConfig(broker=f"127.0.0.1:{broker.port}", speedup=args.speedup, limit=args.limit)
         edges = plan_edges(base)
         for spec in edges:
@@ -105,9 +116,15 @@ def main(argv: list[str] | None = None) -> int:
                 errors.append(f"{source}: {exc}")
 
         threads = [
-            threading.Thread(target=run, args=("skab", _with(base, batch=20, client_id="demo-skab")), name="skab"),
-            threading.Thread(target=run, args=("nab", _with(base, batch=20, client_id="demo-nab")), name="nab"),
-            threading.Thread(target=run, args=("snips", _with(base, batch=1, client_id="demo-snips")), name="snips"),
+            threading.Thread(
+                target=run, args=("skab", _with(base, batch=20, client_id="demo-skab")), name="skab"
+            ),
+            threading.Thread(
+                target=run, args=("nab", _with(base, batch=20, client_id="demo-nab")), name="nab"
+            ),
+            threading.Thread(
+                target=run, args=("snips", _with(base, batch=1, client_id="demo-snips")), name="snips"
+            ),
         ]
         say("replaying SKAB (pump sensors), NAB (streams) and SNIPS (chat) into the agents")
         for t in threads:
@@ -209,36 +226,65 @@ def _report(db: Path, results: dict[str, ReplayResult], wall: float, replies: Ch
     bytes_sent = sum(t.bytes for t in totals)
     return {
         "wall_seconds": round(wall, 1),
-        "sources": {k: {"devices": r.devices, "messages": r.messages, "readings": r.readings,
-                        "raw_json_bytes": r.raw_json_bytes} for k, r in results.items()},
-        "nodes": [{"node": t.node, "summaries": t.batches, "readings": t.readings, "windows": t.windows,
-                   "bytes_sent": t.bytes, "duplicates_dropped": t.duplicates, "seq_gaps": t.seq_gaps}
-                  for t in totals],
-        "totals": {"readings_in": sent, "bytes_if_forwarded_raw": raw, "bytes_sent": bytes_sent,
-                   "reduction": round(raw / bytes_sent, 1) if bytes_sent else None,
-                   "summaries_received": sum(t.batches for t in totals)},
+        "sources": {
+            k: {
+                "devices": r.devices,
+                "messages": r.messages,
+                "readings": r.readings,
+                "raw_json_bytes": r.raw_json_bytes,
+            }
+            for k, r in results.items()
+        },
+        "nodes": [
+            {
+                "node": t.node,
+                "summaries": t.batches,
+                "readings": t.readings,
+                "windows": t.windows,
+                "bytes_sent": t.bytes,
+                "duplicates_dropped": t.duplicates,
+                "seq_gaps": t.seq_gaps,
+            }
+            for t in totals
+        ],
+        "totals": {
+            "readings_in": sent,
+            "bytes_if_forwarded_raw": raw,
+            "bytes_sent": bytes_sent,
+            "reduction": round(raw / bytes_sent, 1) if bytes_sent else None,
+            "summaries_received": sum(t.batches for t in totals),
+        },
         "chat": {"utterances_sent": chats, "answered": replies.count(), "by_source": replies.sources},
-        "check": {"readings_sent": sent, "readings_counted_by_cloud": received,
-                  "lost": sent - received if received <= sent else 0,
-                  "double_counted": received - sent if received > sent else 0,
-                  "chat_unanswered": chats - replies.count(),
-                  "ok": received == sent and replies.count() == chats},
+        "check": {
+            "readings_sent": sent,
+            "readings_counted_by_cloud": received,
+            "lost": sent - received if received <= sent else 0,
+            "double_counted": received - sent if received > sent else 0,
+            "chat_unanswered": chats - replies.count(),
+            "ok": received == sent and replies.count() == chats,
+        },
     }
 
 
 def _markdown(r: dict[str, Any]) -> str:
     t, c = r["totals"], r["check"]
     lines = [
-        "# EdgeLoop demo report", "",
-        f"Wall time: {r['wall_seconds']} s", "",
+        "# EdgeLoop demo report",
+        "",
+        f"Wall time: {r['wall_seconds']} s",
+        "",
         "| node | summaries | readings | windows | bytes sent | duplicates dropped | seq gaps |",
         "|---|---|---|---|---|---|---|",
     ]
     for n in r["nodes"]:
-        lines.append(f"| {n['node']} | {n['summaries']} | {n['readings']:,} | {n['windows']:,} | "
-                     f"{n['bytes_sent']:,} | {n['duplicates_dropped']} | {n['seq_gaps']} |")
+        lines.append(
+            f"| {n['node']} | {n['summaries']} | {n['readings']:,} | {n['windows']:,} | "
+            f"{n['bytes_sent']:,} | {n['duplicates_dropped']} | {n['seq_gaps']} |"
+        )
     lines += [
-        "", "| figure | value |", "|---|---|",
+        "",
+        "| figure | value |",
+        "|---|---|",
         f"| sensor readings in (SKAB + NAB) | {t['readings_in']:,} |",
         f"| bytes if every reading were forwarded as JSON | {t['bytes_if_forwarded_raw']:,} |",
         f"| bytes actually sent (summary payloads) | {t['bytes_sent']:,} |",
@@ -248,7 +294,8 @@ def _markdown(r: dict[str, Any]) -> str:
         f"| lost / double counted | {c['lost']} / {c['double_counted']} |",
         f"| chat utterances answered | {r['chat']['answered']} of {r['chat']['utterances_sent']} "
         f"(by source: {r['chat']['by_source']}) |",
-        f"| check | {'OK: every reading counted exactly once' if c['ok'] else 'FAILED'} |", "",
+        f"| check | {'OK: every reading counted exactly once' if c['ok'] else 'FAILED'} |",
+        "",
     ]
     return "\n".join(lines)
 

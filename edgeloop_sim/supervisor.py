@@ -41,8 +41,9 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self, name: str, argv: Sequence[str], *, env: dict[str, str] | None = None,
-              restart: bool = True) -> Proc:
+    def start(
+        self, name: str, argv: Sequence[str], *, env: dict[str, str] | None = None, restart: bool = True
+    ) -> Proc:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         p = Proc(name, list(argv), self.log_dir / f"{name}.log", dict(env or {}), restart)
         self._spawn(p)
@@ -55,8 +56,13 @@ class Supervisor:
 
     def _spawn(self, p: Proc) -> None:
         with p.log_path.open("ab") as logf:
-            p.popen = subprocess.Popen(p.argv, stdout=logf, stderr=subprocess.STDOUT,
-                                       env={**os.environ, **p.env}, start_new_session=True)
+            p.popen = subprocess.Popen(
+                p.argv,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **p.env},
+                start_new_session=True,
+            )
 
     def _watch(self) -> None:
         while not self._stop.wait(0.5):

@@ -19,9 +19,18 @@ class ReceiverProcess:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cloud_controller.cli", "receive",
-                 "--broker", f"127.0.0.1:{self.port}", "--db", str(self.db)],
-                stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "cloud_controller.cli",
+                    "receive",
+                    "--broker",
+                    f"127.0.0.1:{self.port}",
+                    "--db",
+                    str(self.db),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
 
     def totals(self) -> dict[str, NodeTotals]:

@@ -45,13 +45,17 @@ class NotifySocket:
         deadline = time.monotonic() + timeout
         while True:
             for m in self.messages:
-                if any(line == field or (field.endswith("*") and line.startswith(field[:-1]))
-                       for line in m.split("\n")):
+                if any(
+                    line == field or (field.endswith("*") and line.startswith(field[:-1]))
+                    for line in m.split("\n")
+                ):
                     self.messages.remove(m)
                     return [m]
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"no {field} on the notify socket within {timeout}s; got {self.messages}")
+                raise AssertionError(
+                    f"no {field} on the notify socket within {timeout}s; got {self.messages}"
+                )
             self.sock.settimeout(remaining)
             try:
                 data = self.sock.recv(4096)
@@ -104,7 +108,9 @@ class AgentProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(self.config_path)],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         if wait_ready:

@@ -71,7 +71,9 @@ def scrape(agent: AgentProcess) -> str:
 
 def metric(text: str, name: str, **labels: str) -> float:
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = rf"^{re.escape(name)}(\{{{re.escape(want)}\}})? (\S+)$" if want else rf"^{re.escape(name)} (\S+)$"
+    pattern = (
+        rf"^{re.escape(name)}(\{{{re.escape(want)}\}})? (\S+)$" if want else rf"^{re.escape(name)} (\S+)$"
+    )
     for line in text.splitlines():
         m = re.match(pattern, line)
         if m:
@@ -82,10 +84,13 @@ def metric(text: str, name: str, **labels: str) -> float:
 def test_skab_replay_reaches_cloud_exactly(broker: Broker, receiver: ReceiverProcess, agent_factory) -> None:
     agent = agent_factory("n1")
     agent.start(extra_env={"WATCHDOG_USEC": "400000"})
-    res = replay("skab", ReplayConfig(broker=f"127.0.0.1:{broker.port}", speedup=0, batch=10, limit=400,
-                                      devices=3))
+    res = replay(
+        "skab", ReplayConfig(broker=f"127.0.0.1:{broker.port}", speedup=0, batch=10, limit=400, devices=3)
+    )
     agent.notify.wait_for("WATCHDOG=1", timeout=5)
-    wait_until(lambda: metric(scrape(agent), "edgeloop_agent_readings_in_total") == res.readings, 10, "ingest")
+    wait_until(
+        lambda: metric(scrape(agent), "edgeloop_agent_readings_in_total") == res.readings, 10, "ingest"
+    )
     # Windows still open are flushed by SIGTERM; everything must reach the cloud.
     assert agent.terminate() == 0
     agent.notify.wait_for("STOPPING=1", timeout=1)
@@ -95,16 +100,21 @@ def test_skab_replay_reaches_cloud_exactly(broker: Broker, receiver: ReceiverPro
     assert t.bytes * 15 < res.raw_json_bytes  # summaries are far smaller than raw forwarding
 
 
-def test_sigterm_flushes_open_windows_within_bound(broker: Broker, receiver: ReceiverProcess,
-                                                    agent_factory) -> None:
+def test_sigterm_flushes_open_windows_within_bound(
+    broker: Broker, receiver: ReceiverProcess, agent_factory
+) -> None:
     # Hour-long windows never close by themselves during the test: only the SIGTERM flush sends them.
-    agent = agent_factory("n1", windows={"length_s": 3600.0, "idle_close_s": 3600.0},
-                          shutdown_timeout_s=5.0)
+    agent = agent_factory("n1", windows={"length_s": 3600.0, "idle_close_s": 3600.0}, shutdown_timeout_s=5.0)
     agent.start()
     c = publisher(broker)
     now = time.time()
-    publish_all(c, [(f"devices/d{i % 4}/telemetry", json.dumps({"ts": now + i, "values": {"x": i, "y": -i}}).encode())
-                    for i in range(200)])
+    publish_all(
+        c,
+        [
+            (f"devices/d{i % 4}/telemetry", json.dumps({"ts": now + i, "values": {"x": i, "y": -i}}).encode())
+            for i in range(200)
+        ],
+    )
     wait_until(lambda: metric(scrape(agent), "edgeloop_agent_readings_in_total") == 400, 10, "agent ingest")
     assert receiver.readings() == 0
     t0 = time.monotonic()
@@ -133,15 +143,20 @@ BAD_INPUTS = [
 
 
 def test_bad_input_is_rejected_counted_and_dead_lettered(broker: Broker, agent_factory) -> None:
-    agent = agent_factory("n1", devices={"allowed": ["d1"], "allow_unknown": False, "max_payload_bytes": 4096})
+    agent = agent_factory(
+        "n1", devices={"allowed": ["d1"], "allow_unknown": False, "max_payload_bytes": 4096}
+    )
     agent.start()
     c = publisher(broker)
     publish_all(c, [(t, p) for _, t, p in BAD_INPUTS])
     # A good message after the junk: the agent is still alive and processing.
     publish_all(c, [("devices/d1/telemetry", b'{"ts": 1700000000, "values": {"x": 1}}')])
     wait_until(lambda: metric(scrape(agent), "edgeloop_agent_readings_in_total") == 1, 10, "good reading")
-    wait_until(lambda: metric(scrape(agent), "edgeloop_agent_dead_letters_total") == len(BAD_INPUTS), 10,
-               "dead letters committed")
+    wait_until(
+        lambda: metric(scrape(agent), "edgeloop_agent_dead_letters_total") == len(BAD_INPUTS),
+        10,
+        "dead letters committed",
+    )
     text = scrape(agent)
     expected: dict[str, int] = {}
     for reason, _, _ in BAD_INPUTS:
@@ -149,8 +164,21 @@ def test_bad_input_is_rejected_counted_and_dead_lettered(broker: Broker, agent_f
     for reason, n in expected.items():
         assert metric(text, "edgeloop_agent_rejected_total", reason=reason) == n, reason
     assert agent.proc is not None and agent.proc.poll() is None
-    out = subprocess.run([sys.executable, "-m", "edge_agent.cli", "dead-letters", "--config",
-                          str(agent.config_path), "--limit", "100"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_agent.cli",
+            "dead-letters",
+            "--config",
+            str(agent.config_path),
+            "--limit",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert sorted(r["reason"] for r in rows) == sorted(r for r, _, _ in BAD_INPUTS)
     log = agent.log_text()
@@ -162,18 +190,21 @@ def test_bad_input_is_rejected_counted_and_dead_lettered(broker: Broker, agent_f
 def test_broken_config_is_reported_with_field_paths(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("node_id: 'a/b'\nmqtt:\n  port: 0\n  bogus: 1\nwindows:\n  length_s: -5\n")
-    out = subprocess.run([sys.executable, "-m", "edge_agent.cli", "check-config", str(bad)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "check-config", str(bad)], capture_output=True, text=True
+    )
     assert out.returncode == 2
     for path in ("node_id", "mqtt.port", "mqtt.bogus", "windows.length_s"):
         assert f"  {path}:" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(bad)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(bad)], capture_output=True, text=True
+    )
     assert out.returncode == 2 and "mqtt.port" in out.stderr
     syntax = tmp_path / "syntax.yaml"
     syntax.write_text("node_id: [unclosed\n")
-    out = subprocess.run([sys.executable, "-m", "edge_agent.cli", "check-config", str(syntax)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "check-config", str(syntax)], capture_output=True, text=True
+    )
     assert out.returncode == 2 and "syntax error" in out.stderr
 
 
@@ -188,8 +219,11 @@ def test_sighup_reloads_and_keeps_running_on_broken_config(broker: Broker, agent
     wait_until(lambda: "config reloaded" in agent.log_text(), 5, "reload log line")
     c = publisher(broker)
     publish_all(c, [("devices/d2/telemetry", b'{"ts": 1, "values": {"x": 1}}')])
-    wait_until(lambda: metric(scrape(agent), "edgeloop_agent_rejected_total", reason="unknown_device") == 1,
-               10, "new allow-list applied")
+    wait_until(
+        lambda: metric(scrape(agent), "edgeloop_agent_rejected_total", reason="unknown_device") == 1,
+        10,
+        "new allow-list applied",
+    )
     agent.config_path.write_text("node_id: [broken\n")
     agent.signal(signal.SIGHUP)
     wait_until(lambda: "config reload failed" in agent.log_text(), 5, "reload failure logged")

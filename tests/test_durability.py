@@ -17,8 +17,13 @@ from tests.support import AgentProcess, agent_config, wait_until
 def test_sigkill_and_broker_restart_mid_stream_lose_nothing(tmp_path: Path, broker: Broker) -> None:
     receiver = ReceiverProcess(tmp_path, broker.port)
     receiver.start()
-    cfg = agent_config(tmp_path, "n1", broker.port, windows={"length_s": 10.0, "idle_close_s": 1.0},
-                       outbox={"batch_max_delay_s": 0.1})
+    cfg = agent_config(
+        tmp_path,
+        "n1",
+        broker.port,
+        windows={"length_s": 10.0, "idle_close_s": 1.0},
+        outbox={"batch_max_delay_s": 0.1},
+    )
     agent = AgentProcess(tmp_path, cfg)
     agent.start()
     result: list[ReplayResult] = []
@@ -26,9 +31,19 @@ def test_sigkill_and_broker_restart_mid_stream_lose_nothing(tmp_path: Path, brok
 
     def run_replay() -> None:
         try:
-            result.append(replay("skab", ReplayConfig(
-                broker=f"127.0.0.1:{broker.port}", speedup=250, batch=5, limit=1500, devices=3,
-                ack_timeout=60)))
+            result.append(
+                replay(
+                    "skab",
+                    ReplayConfig(
+                        broker=f"127.0.0.1:{broker.port}",
+                        speedup=250,
+                        batch=5,
+                        limit=1500,
+                        devices=3,
+                        ack_timeout=60,
+                    ),
+                )
+            )
         except BaseException as exc:  # surfaced in the main thread
             errors.append(exc)
 

@@ -49,10 +49,18 @@ class ReconcileSettings:
 
 
 class Context:
-    def __init__(self, store: ResourceStore, fleet: Fleet, publisher: DesiredPublisher,
-                 throttle: StatusThrottle, settings: ReconcileSettings, *,
-                 ref_for: RefFor = default_ref, artifact_check: ArtifactCheck = no_artifact_check,
-                 wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: ResourceStore,
+        fleet: Fleet,
+        publisher: DesiredPublisher,
+        throttle: StatusThrottle,
+        settings: ReconcileSettings,
+        *,
+        ref_for: RefFor = default_ref,
+        artifact_check: ArtifactCheck = no_artifact_check,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.fleet = fleet
         self.publisher = publisher
@@ -124,7 +132,9 @@ class Context:
         if ctl is None:
             return
         for obj in ctl.informer.list():
-            ctl.queue.add(f"{obj['metadata'].get('namespace', self.settings.namespace)}/{obj['metadata']['name']}")
+            ctl.queue.add(
+                f"{obj['metadata'].get('namespace', self.settings.namespace)}/{obj['metadata']['name']}"
+            )
 
     def enqueue_active_rollouts(self) -> None:
         ctl = self.controllers.get("ModelRollout")
@@ -149,7 +159,10 @@ def conditions_differ(existing: list[Obj], wanted: Iterable[Any]) -> bool:
     for c in wanted:
         old = by_type.get(c.type)
         if old is None or (old.get("status"), old.get("reason"), old.get("message")) != (
-                c.status, c.reason, c.message):
+            c.status,
+            c.reason,
+            c.message,
+        ):
             return True
     return False
 

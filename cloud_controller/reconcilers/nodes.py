@@ -43,9 +43,14 @@ def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(int(ts), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def compute_status(node: EdgeNode, state: NodeState | None, rec: DesiredRecord | None, now: float,
-                   heartbeat_timeout_s: float, traffic_from_status: bool = False
-                   ) -> tuple[dict[str, Any], list[Condition], float | None]:
+def compute_status(
+    node: EdgeNode,
+    state: NodeState | None,
+    rec: DesiredRecord | None,
+    now: float,
+    heartbeat_timeout_s: float,
+    traffic_from_status: bool = False,
+) -> tuple[dict[str, Any], list[Condition], float | None]:
     """(status fields, conditions, seconds until the phase may change by time alone)."""
     fields: dict[str, Any] = {}
     next_check: float | None = None
@@ -53,12 +58,22 @@ def compute_status(node: EdgeNode, state: NodeState | None, rec: DesiredRecord |
         phase, ready = "Pending", Condition("Ready", "False", "NotApproved", "enrollment not approved")
     elif state is None or state.last_seen is None:
         phase, ready = "Offline", Condition("Ready", "False", "NeverSeen", "no status or summary received")
-    elif (state.status is not None and not state.status.online
-          and (state.status_received or 0.0) >= state.last_seen):
+    elif (
+        state.status is not None
+        and not state.status.online
+        and (state.status_received or 0.0) >= state.last_seen
+    ):
         phase, ready = "Offline", Condition("Ready", "False", "Disconnected", "the node reported offline")
     elif now - state.last_seen > heartbeat_timeout_s:
-        phase, ready = "Offline", Condition(
-            "Ready", "False", "HeartbeatTimeout", f"no status or summary for more than {heartbeat_timeout_s:g}s")
+        phase, ready = (
+            "Offline",
+            Condition(
+                "Ready",
+                "False",
+                "HeartbeatTimeout",
+                f"no status or summary for more than {heartbeat_timeout_s:g}s",
+            ),
+        )
     else:
         phase, ready = "Online", Condition("Ready", "True", "Heartbeat", "status received within the timeout")
         next_check = max(0.01, state.last_seen + heartbeat_timeout_s - now + 0.01)
@@ -79,8 +94,9 @@ def compute_status(node: EdgeNode, state: NodeState | None, rec: DesiredRecord |
         fields["escalations"] = sum(m.escalated for m in st.models.values())
         fields["appliedGeneration"] = st.applied_generation
     if traffic_from_status:
-        traffic = Traffic.from_counts(int(state.counter("readings_in")), state.raw_equivalent_bytes,
-                                      int(state.counter("bytes_sent")))
+        traffic = Traffic.from_counts(
+            int(state.counter("readings_in")), state.raw_equivalent_bytes, int(state.counter("bytes_sent"))
+        )
     else:
         traffic = Traffic.from_counts(state.readings, state.raw_equivalent_bytes, state.bytes_sent)
     if traffic.reduction is not None:
@@ -93,14 +109,22 @@ def compute_status(node: EdgeNode, state: NodeState | None, rec: DesiredRecord |
         if node.spec.enrollment.approved:
             conditions.append(Condition("Synced", "Unknown", "NoDesiredState", "nothing published yet"))
     else:
-        fields["appliedPipeline"] = (rec.pipeline_name if rec.pipeline_name and applied >= rec.pipeline_since_gen
-                                     else None)
+        fields["appliedPipeline"] = (
+            rec.pipeline_name if rec.pipeline_name and applied >= rec.pipeline_since_gen else None
+        )
         if applied >= rec.generation:
-            conditions.append(Condition("Synced", "True", "Applied",
-                                        f"desired generation {rec.generation} applied"))
+            conditions.append(
+                Condition("Synced", "True", "Applied", f"desired generation {rec.generation} applied")
+            )
         else:
-            conditions.append(Condition("Synced", "False", "Applying",
-                                        f"desired generation {rec.generation} published, node at {applied}"))
+            conditions.append(
+                Condition(
+                    "Synced",
+                    "False",
+                    "Applying",
+                    f"desired generation {rec.generation} published, node at {applied}",
+                )
+            )
     return fields, conditions, next_check
 
 
@@ -120,12 +144,15 @@ def make_node_reconciler(ctx: Context) -> ReconcileFn:
 
         now = ctx.wall()
         fields, conditions, next_check = compute_status(
-            node, state, rec, now, ctx.settings.heartbeat_timeout_s, ctx.settings.traffic_from_status)
+            node, state, rec, now, ctx.settings.heartbeat_timeout_s, ctx.settings.traffic_from_status
+        )
         current: Obj = obj.get("status") or {}
         gen = (obj.get("metadata") or {}).get("generation")
-        changed = (fields_differ(current, {k: v for k, v in fields.items() if v is not None or k in current})
-                   or conditions_differ(current.get("conditions") or [], conditions)
-                   or current.get("observedGeneration") != gen)
+        changed = (
+            fields_differ(current, {k: v for k, v in fields.items() if v is not None or k in current})
+            or conditions_differ(current.get("conditions") or [], conditions)
+            or current.get("observedGeneration") != gen
+        )
         if not changed:
             return Result(requeue_after=next_check)
         old_phase = current.get("phase")
@@ -139,14 +166,22 @@ def make_node_reconciler(ctx: Context) -> ReconcileFn:
             gone = {m: None for m in current["models"] if m not in fields["models"]}
             patch["models"] = {**fields["models"], **gone}
         try:
-            await patch_status_with_observed_generation(ctx.store, obj, patch, *conditions,
-                                                        use_resource_version=False)
+            await patch_status_with_observed_generation(
+                ctx.store, obj, patch, *conditions, use_resource_version=False
+            )
         except NotFound:
             return None
         if urgent and old_phase != fields["phase"]:
-            reason = {"Online": "NodeOnline", "Offline": "NodeOffline", "Pending": "NodePending"}[fields["phase"]]
-            await emit(ctx.store, obj, reason, conditions[0].message,
-                       "Warning" if fields["phase"] == "Offline" and old_phase == "Online" else "Normal")
+            reason = {"Online": "NodeOnline", "Offline": "NodeOffline", "Pending": "NodePending"}[
+                fields["phase"]
+            ]
+            await emit(
+                ctx.store,
+                obj,
+                reason,
+                conditions[0].message,
+                "Warning" if fields["phase"] == "Offline" and old_phase == "Online" else "Normal",
+            )
         return Result(requeue_after=next_check)
 
     return reconcile

@@ -67,16 +67,26 @@ def make_pipeline_reconciler(ctx: Context) -> ReconcileFn:
         if stale == 0:
             status["pushedGeneration"] = gen
         conditions = [
-            Condition("Pushed", "True" if stale == 0 else "False", "Published" if stale == 0 else "Publishing",
-                      f"{len(selected) - stale}/{len(selected)} selected nodes have the current config"),
-            Condition("Applied", "True" if applied == len(selected) else "False",
-                      "AllApplied" if applied == len(selected) else "Progressing",
-                      f"{applied}/{len(selected)} selected nodes applied it"),
+            Condition(
+                "Pushed",
+                "True" if stale == 0 else "False",
+                "Published" if stale == 0 else "Publishing",
+                f"{len(selected) - stale}/{len(selected)} selected nodes have the current config",
+            ),
+            Condition(
+                "Applied",
+                "True" if applied == len(selected) else "False",
+                "AllApplied" if applied == len(selected) else "Progressing",
+                f"{applied}/{len(selected)} selected nodes applied it",
+            ),
         ]
         settled = stale == 0 and applied == len(selected)
         again = Result(requeue_after=ctx.settings.resync_s if settled else ctx.settings.poll_s)
-        if not (fields_differ(current, status) or conditions_differ(current.get("conditions") or [], conditions)
-                or current.get("observedGeneration") != gen):
+        if not (
+            fields_differ(current, status)
+            or conditions_differ(current.get("conditions") or [], conditions)
+            or current.get("observedGeneration") != gen
+        ):
             return again
         try:
             await patch_status_with_observed_generation(ctx.store, obj, status, *conditions)

@@ -36,6 +36,7 @@ failed or rolled back by itself fails the rollout at once.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import re
@@ -87,15 +88,25 @@ def analyze(analysis: Analysis, stats: Sequence[wire.ModelStatus]) -> Verdict:
     esc = sum(s.escalated for s in stats) / samples
     conf = sum(s.confidence_sum for s in stats) / samples
     err = sum(s.errors for s in stats) / samples
-    measured = f"escalation rate {esc:.4f}, mean confidence {conf:.4f}, error rate {err:.4f} over {samples} samples"
+    measured = (
+        f"escalation rate {esc:.4f}, mean confidence {conf:.4f}, error rate {err:.4f} over {samples} samples"
+    )
     if analysis.max_error_rate is not None and err > analysis.max_error_rate:
-        return Verdict(False, "ErrorRateTooHigh", f"error rate {err:.4f} > {analysis.max_error_rate} ({measured})")
+        return Verdict(
+            False, "ErrorRateTooHigh", f"error rate {err:.4f} > {analysis.max_error_rate} ({measured})"
+        )
     if analysis.max_escalation_rate is not None and esc > analysis.max_escalation_rate:
-        return Verdict(False, "EscalationRateTooHigh",
-                       f"escalation rate {esc:.4f} > {analysis.max_escalation_rate} ({measured})")
+        return Verdict(
+            False,
+            "EscalationRateTooHigh",
+            f"escalation rate {esc:.4f} > {analysis.max_escalation_rate} ({measured})",
+        )
     if analysis.min_mean_confidence is not None and conf < analysis.min_mean_confidence:
-        return Verdict(False, "ConfidenceTooLow",
-                       f"mean confidence {conf:.4f} < {analysis.min_mean_confidence} ({measured})")
+        return Verdict(
+            False,
+            "ConfidenceTooLow",
+            f"mean confidence {conf:.4f} < {analysis.min_mean_confidence} ({measured})",
+        )
     return Verdict(True, "AnalysisPassed", measured)
 
 
@@ -110,8 +121,11 @@ def _order_key(rollout: str, node: str) -> str:
 async def _write(ctx: Context, obj: Obj, fields: Obj, *conditions: Condition) -> bool:
     current: Obj = obj.get("status") or {}
     gen = (obj.get("metadata") or {}).get("generation")
-    if not (fields_differ(current, fields) or conditions_differ(current.get("conditions") or [], conditions)
-            or current.get("observedGeneration") != gen):
+    if not (
+        fields_differ(current, fields)
+        or conditions_differ(current.get("conditions") or [], conditions)
+        or current.get("observedGeneration") != gen
+    ):
         return False
     await patch_status_with_observed_generation(ctx.store, obj, fields, *conditions)
     return True
@@ -141,23 +155,43 @@ def make_rollout_reconciler(ctx: Context) -> ReconcileFn:
 
     async def assign_seq(ro: ModelRollout) -> None:
         objs, _rv = await ctx.store.list("ModelRollout", ro.metadata.namespace)
-        seqs = [int(v) for o in objs
-                if (v := ((o.get("metadata") or {}).get("annotations") or {}).get(SEQ_ANNOTATION, "")).isdigit()]
-        await ctx.store.patch("ModelRollout", ro.metadata.namespace, ro.metadata.name,
-                              {"metadata": {"annotations": {SEQ_ANNOTATION: str(max(seqs, default=0) + 1)}}})
+        seqs = [
+            int(v)
+            for o in objs
+            if (v := ((o.get("metadata") or {}).get("annotations") or {}).get(SEQ_ANNOTATION, "")).isdigit()
+        ]
+        await ctx.store.patch(
+            "ModelRollout",
+            ro.metadata.namespace,
+            ro.metadata.name,
+            {"metadata": {"annotations": {SEQ_ANNOTATION: str(max(seqs, default=0) + 1)}}},
+        )
 
     async def finish_failed(obj: Obj, ro: ModelRollout, counts: Obj, reason: str, message: str) -> None:
         automatic = ro.spec.rollback_policy == "Automatic"
         phase = "RolledBack" if automatic else "Failed"
         n = len(ro.status.previous_versions)
-        await _write(ctx, obj, {"phase": phase, **counts},
-                     Condition("Analysis", "False", reason, message),
-                     Condition("Progressing", "False", "RolledBack" if automatic else "AnalysisFailed",
-                               f"rolling back {n} updated node(s)" if automatic
-                               else f"{n} updated node(s) left as they are (rollbackPolicy Manual)"))
-        await emit(ctx.store, obj, "RolledBack" if automatic else "AnalysisFailed",
-                   f"{reason}: {message}; {'rolling back' if automatic else 'not rolling back'} {n} node(s)",
-                   "Warning")
+        await _write(
+            ctx,
+            obj,
+            {"phase": phase, **counts},
+            Condition("Analysis", "False", reason, message),
+            Condition(
+                "Progressing",
+                "False",
+                "RolledBack" if automatic else "AnalysisFailed",
+                f"rolling back {n} updated node(s)"
+                if automatic
+                else f"{n} updated node(s) left as they are (rollbackPolicy Manual)",
+            ),
+        )
+        await emit(
+            ctx.store,
+            obj,
+            "RolledBack" if automatic else "AnalysisFailed",
+            f"{reason}: {message}; {'rolling back' if automatic else 'not rolling back'} {n} node(s)",
+            "Warning",
+        )
 
     async def reconcile(key: str, obj: Obj | None) -> Result | None:
         _ns, name = split_key(key)
@@ -177,8 +211,12 @@ def make_rollout_reconciler(ctx: Context) -> ReconcileFn:
             return None
         if em is None or em.status.phase != "Available":
             why = "ModelNotFound" if em is None else "ModelNotAvailable"
-            await _write(ctx, obj, {"phase": st.phase or "Pending"},
-                         Condition("ModelAvailable", "False", why, f"EdgeModel {spec.model}@{spec.version}: {why}"))
+            await _write(
+                ctx,
+                obj,
+                {"phase": st.phase or "Pending"},
+                Condition("ModelAvailable", "False", why, f"EdgeModel {spec.model}@{spec.version}: {why}"),
+            )
             return Result(requeue_after=ctx.settings.poll_s)
         assert task is not None
         seq = rollout_seq(ro)
@@ -192,15 +230,28 @@ def make_rollout_reconciler(ctx: Context) -> ReconcileFn:
                 continue
             oem = find_model(models, other.spec.model, other.spec.version)
             if other.spec.model == spec.model or (oem is not None and oem.spec.task == task):
-                await _write(ctx, obj, {"phase": "Failed"},
-                             Condition("Progressing", "False", "Superseded",
-                                       f"superseded by ModelRollout {other.metadata.name}"))
+                await _write(
+                    ctx,
+                    obj,
+                    {"phase": "Failed"},
+                    Condition(
+                        "Progressing",
+                        "False",
+                        "Superseded",
+                        f"superseded by ModelRollout {other.metadata.name}",
+                    ),
+                )
                 await emit(ctx.store, obj, "Superseded", f"superseded by {other.metadata.name}")
                 return None
 
-        selected = sorted((o["metadata"]["name"] for o in ctx.raw("EdgeNode")
-                           if approved(o) and spec.selector.matches(labels_of(o))),
-                          key=lambda n: _order_key(name, n))
+        selected = sorted(
+            (
+                o["metadata"]["name"]
+                for o in ctx.raw("EdgeNode")
+                if approved(o) and spec.selector.matches(labels_of(o))
+            ),
+            key=lambda n: _order_key(name, n),
+        )
         total = len(selected)
         prev = dict(st.previous_versions)
         steps = spec.steps
@@ -211,63 +262,115 @@ def make_rollout_reconciler(ctx: Context) -> ReconcileFn:
             state = ctx.fleet.get(node)
             return state.model(task) if state is not None else None
 
-        ready = [n for n in prev if (ms := node_model(n)) is not None and ms.name == spec.model
-                 and ms.version == spec.version and ms.state == "active"]
-        counts: Obj = {"updatedNodes": len(prev), "readyNodes": len(ready), "totalNodes": total,
-                       "updatedRatio": f"{len(prev)}/{total}", "currentStep": i,
-                       "currentWeight": step.set_weight}
+        ready = [
+            n
+            for n in prev
+            if (ms := node_model(n)) is not None
+            and ms.name == spec.model
+            and ms.version == spec.version
+            and ms.state == "active"
+        ]
+        counts: Obj = {
+            "updatedNodes": len(prev),
+            "readyNodes": len(ready),
+            "totalNodes": total,
+            "updatedRatio": f"{len(prev)}/{total}",
+            "currentStep": i,
+            "currentWeight": step.set_weight,
+        }
 
         failed = []
         for n in prev:
             ms, state, rec = node_model(n), ctx.fleet.get(n), ctx.fleet.desired(n)
-            if (ms is not None and ms.state in ("failed", "rolled_back")
-                    and spec.version in (ms.version, ms.previous)
-                    and state is not None and rec is not None
-                    and rec.models.get(task) == f"{spec.model}@{spec.version}"
-                    and state.applied_generation >= rec.generation):
+            if (
+                ms is not None
+                and ms.state in ("failed", "rolled_back")
+                and spec.version in (ms.version, ms.previous)
+                and state is not None
+                and rec is not None
+                and rec.models.get(task) == f"{spec.model}@{spec.version}"
+                and state.applied_generation >= rec.generation
+            ):
                 failed.append(n)
         if failed:
-            await finish_failed(obj, ro, counts, "ActivationFailed",
-                                f"{len(failed)} node(s) could not activate {spec.version}: "
-                                f"{', '.join(sorted(failed)[:5])}")
+            await finish_failed(
+                obj,
+                ro,
+                counts,
+                "ActivationFailed",
+                f"{len(failed)} node(s) could not activate {spec.version}: {', '.join(sorted(failed)[:5])}",
+            )
             return None
 
         wake_stale_nodes(ro, task)
         phase = st.phase
         if phase in (None, "Pending", "Progressing"):
             if total == 0:
-                await _write(ctx, obj, {"phase": "Progressing", **counts},
-                             Condition("ModelAvailable", "True", "Available", f"{spec.model}@{spec.version}"),
-                             Condition("Progressing", "True", "NoNodesSelected", "no approved node matches"))
+                await _write(
+                    ctx,
+                    obj,
+                    {"phase": "Progressing", **counts},
+                    Condition("ModelAvailable", "True", "Available", f"{spec.model}@{spec.version}"),
+                    Condition("Progressing", "True", "NoNodesSelected", "no approved node matches"),
+                )
                 return Result(requeue_after=ctx.settings.poll_s)
             need = math.ceil(step.set_weight * total / 100)
             have = sum(1 for n in selected if n in prev)
-            new = [n for n in selected if n not in prev][:max(0, need - have)]
+            new = [n for n in selected if n not in prev][: max(0, need - have)]
             if new:
                 add = {n: format_prev(current_for(n, task, name), spec.model) for n in new}
-                counts.update(updatedNodes=len(prev) + len(new), updatedRatio=f"{len(prev) + len(new)}/{total}")
+                counts.update(
+                    updatedNodes=len(prev) + len(new), updatedRatio=f"{len(prev) + len(new)}/{total}"
+                )
                 fields: Obj = {"phase": "Progressing", "previousVersions": add, **counts}
                 if phase != "Progressing":
                     fields["stepStartedAt"] = _ts(ctx)
-                await _write(ctx, obj, fields,
-                             Condition("ModelAvailable", "True", "Available", f"{spec.model}@{spec.version}"),
-                             Condition("Progressing", "True", "Updating",
-                                       f"step {i + 1}/{len(steps)} ({step.set_weight}%): "
-                                       f"{spec.version} to {len(new)} more node(s)"))
-                await emit(ctx.store, obj, "NodesUpdated",
-                           f"step {i + 1}/{len(steps)} ({step.set_weight}%): {spec.model}@{spec.version} "
-                           f"assigned to {len(new)} node(s), {len(prev) + len(new)}/{total} updated")
+                await _write(
+                    ctx,
+                    obj,
+                    fields,
+                    Condition("ModelAvailable", "True", "Available", f"{spec.model}@{spec.version}"),
+                    Condition(
+                        "Progressing",
+                        "True",
+                        "Updating",
+                        f"step {i + 1}/{len(steps)} ({step.set_weight}%): "
+                        f"{spec.version} to {len(new)} more node(s)",
+                    ),
+                )
+                await emit(
+                    ctx.store,
+                    obj,
+                    "NodesUpdated",
+                    f"step {i + 1}/{len(steps)} ({step.set_weight}%): {spec.model}@{spec.version} "
+                    f"assigned to {len(new)} node(s), {len(prev) + len(new)}/{total} updated",
+                )
                 return Result(requeue_after=ctx.settings.poll_s)
             if len(ready) < len(prev):
-                await _write(ctx, obj, {"phase": "Progressing", **counts},
-                             Condition("Progressing", "True", "WaitingForNodes",
-                                       f"step {i + 1}/{len(steps)}: waiting for updated nodes to run "
-                                       f"{spec.version}"))
+                await _write(
+                    ctx,
+                    obj,
+                    {"phase": "Progressing", **counts},
+                    Condition(
+                        "Progressing",
+                        "True",
+                        "WaitingForNodes",
+                        f"step {i + 1}/{len(steps)}: waiting for updated nodes to run {spec.version}",
+                    ),
+                )
                 return Result(requeue_after=ctx.settings.poll_s)
-            await _write(ctx, obj, {"phase": "Paused", "stepStartedAt": _ts(ctx), **counts},
-                         Condition("Progressing", "True", "StepPaused",
-                                   f"step {i + 1}/{len(steps)}: all {len(prev)} updated node(s) ready; "
-                                   f"pausing {step.pause_seconds}s before analysis"))
+            await _write(
+                ctx,
+                obj,
+                {"phase": "Paused", "stepStartedAt": _ts(ctx), **counts},
+                Condition(
+                    "Progressing",
+                    "True",
+                    "StepPaused",
+                    f"step {i + 1}/{len(steps)}: all {len(prev)} updated node(s) ready; "
+                    f"pausing {step.pause_seconds}s before analysis",
+                ),
+            )
             return Result(requeue_after=float(step.pause_seconds))
 
         # Paused: wait out the pause, then judge the step.
@@ -286,15 +389,36 @@ def make_rollout_reconciler(ctx: Context) -> ReconcileFn:
             return None
         analysis_ok = Condition("Analysis", "True", verdict.reason, f"step {i + 1}: {verdict.message}")
         if i >= len(steps) - 1:
-            await _write(ctx, obj, {"phase": "Succeeded", **counts}, analysis_ok,
-                         Condition("Progressing", "False", "Succeeded",
-                                   f"{len(prev)}/{total} node(s) run {spec.model}@{spec.version}"))
-            await emit(ctx.store, obj, "RolloutSucceeded", f"{spec.model}@{spec.version} on {len(prev)} node(s)")
+            await _write(
+                ctx,
+                obj,
+                {"phase": "Succeeded", **counts},
+                analysis_ok,
+                Condition(
+                    "Progressing",
+                    "False",
+                    "Succeeded",
+                    f"{len(prev)}/{total} node(s) run {spec.model}@{spec.version}",
+                ),
+            )
+            await emit(
+                ctx.store, obj, "RolloutSucceeded", f"{spec.model}@{spec.version} on {len(prev)} node(s)"
+            )
             return None
         nxt = steps[i + 1]
-        await _write(ctx, obj, {"phase": "Progressing", **counts, "currentStep": i + 1,
-                                "currentWeight": nxt.set_weight, "stepStartedAt": _ts(ctx)}, analysis_ok,
-                     Condition("Progressing", "True", "StepPassed", f"step {i + 1}/{len(steps)} passed"))
+        await _write(
+            ctx,
+            obj,
+            {
+                "phase": "Progressing",
+                **counts,
+                "currentStep": i + 1,
+                "currentWeight": nxt.set_weight,
+                "stepStartedAt": _ts(ctx),
+            },
+            analysis_ok,
+            Condition("Progressing", "True", "StepPassed", f"step {i + 1}/{len(steps)} passed"),
+        )
         await emit(ctx.store, obj, "StepPassed", f"step {i + 1}/{len(steps)} passed: {verdict.message}")
         return None
 
@@ -314,7 +438,7 @@ async def file_uri_check(model: EdgeModel) -> bool | None:
     parsed = urlparse(uri)
     if parsed.scheme != "file":
         return None
-    return Path(unquote(parsed.path)).exists()
+    return await asyncio.to_thread(Path(unquote(parsed.path)).exists)
 
 
 def make_model_reconciler(ctx: Context) -> ReconcileFn:
@@ -338,12 +462,18 @@ def make_model_reconciler(ctx: Context) -> ReconcileFn:
             found = await ctx.artifact_check(m)
             if found is False:
                 phase = "Invalid"
-                cond = Condition("Valid", "False", "ArtifactMissing", f"artifact {m.spec.uri or '?'} not found")
+                cond = Condition(
+                    "Valid", "False", "ArtifactMissing", f"artifact {m.spec.uri or '?'} not found"
+                )
                 again = Result(requeue_after=ctx.settings.resync_s)
             else:
                 phase = "Available"
-                cond = Condition("Valid", "True", "ArtifactFound" if found else "NotChecked",
-                                 "artifact present" if found else "artifact not checked by this controller")
+                cond = Condition(
+                    "Valid",
+                    "True",
+                    "ArtifactFound" if found else "NotChecked",
+                    "artifact present" if found else "artifact not checked by this controller",
+                )
         old = (obj.get("status") or {}).get("phase")
         try:
             await _write(ctx, obj, {"phase": phase}, cond)

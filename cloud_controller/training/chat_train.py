@@ -20,7 +20,6 @@ import json
 import random
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from cloud_controller.datasets.snips import Example, label_sets, load_snips
+from cloud_controller.training.chat_data import EncodedSet, augment_swap_slots, collate, encode_examples
 from cloud_controller.training.chat_models import StudentConfig, StudentTagger
 from cloud_controller.training.distill import (
     TeacherLogits,
@@ -52,7 +52,7 @@ from cloud_controller.training.teacher import (
     torch_threads,
 )
 from edge_agent.inference.bundle import write_bundle
-from edge_agent.inference.chat_runtime import bio_spans, bio_transitions, bio_viterbi, softmax
+from edge_agent.inference.chat_runtime import bio_transitions, bio_viterbi, softmax
 from edge_agent.inference.tokenizer import UNK_ID, Tokenizer
 
 __all__ = [
@@ -74,7 +74,7 @@ class ChatTrainConfig:
 
     name: str
     max_train: int | None = None
-    epochs: int = 5
+    epochs: int = 10
     batch_size: int = 64
     lr: float = 3e-3
     word_dim: int = 96
@@ -110,86 +110,6 @@ CONFIGS: dict[str, ChatTrainConfig] = {
 }
 
 
-# -- data -------------------------------------------------------------------------------------
-def augment_swap_slots(examples: Sequence[Example], copies: float, seed: int) -> list[Example]:
-    """New utterances made by swapping each slot value for another training value of the same slot type.
-
-    Teaches the student that context, not the memorized name, decides the tag:
-    the main cure for rare entity names without a pretrained encoder.
-    """
-    rng = random.Random(seed)
-    values: dict[str, list[tuple[str, ...]]] = defaultdict(list)
-    for ex in examples:
-        for typ, a, b in bio_spans(ex.tags):
-            values[typ].append(ex.tokens[a:b])
-    with_slots = [ex for ex in examples if any(t != "O" for t in ex.tags)]
-    out: list[Example] = []
-    for _ in range(int(len(examples) * copies)):
-        ex = rng.choice(with_slots)
-        toks: list[str] = []
-        tags: list[str] = []
-        pos = 0
-        for typ, a, b in bio_spans(ex.tags):
-            toks += ex.tokens[pos:a]
-            tags += ex.tags[pos:a]
-            new = rng.choice(values[typ])
-            toks += new
-            tags += [f"B-{typ}"] + [f"I-{typ}"] * (len(new) - 1)
-            pos = b
-        toks += ex.tokens[pos:]
-        tags += ex.tags[pos:]
-        out.append(Example(tuple(toks), tuple(tags), ex.intent))
-    return out
-
-
-@dataclass
-class Encoded:
-    """Per-example arrays (ragged), padded per batch."""
-
-    words: list[np.ndarray]
-    ngrams: list[np.ndarray]
-    intents: np.ndarray
-    tags: list[np.ndarray]
-
-
-def encode_examples(
-    tok: Tokenizer, examples: Sequence[Example], intents: list[str], tags: list[str]
-) -> Encoded:
-    ii = {n: i for i, n in enumerate(intents)}
-    ti = {n: i for i, n in enumerate(tags)}
-    words, ngrams, ys = [], [], []
-    for ex in examples:
-        enc = tok.to_ids(ex.tokens, max_len=10_000)
-        words.append(enc.word_ids[0])
-        ngrams.append(enc.ngram_ids[0])
-        ys.append(np.array([ti[t] for t in ex.tags], dtype=np.int64))
-    return Encoded(words, ngrams, np.array([ii[e.intent] for e in examples], dtype=np.int64), ys)
-
-
-def _collate(enc: Encoded, idx: Sequence[int], teacher: TeacherLogits | None) -> dict[str, torch.Tensor]:
-    width = max(len(enc.words[i]) for i in idx)
-    k = enc.ngrams[idx[0]].shape[1]
-    w = np.zeros((len(idx), width), np.int64)
-    g = np.zeros((len(idx), width, k), np.int64)
-    y = np.zeros((len(idx), width), np.int64)
-    for r, i in enumerate(idx):
-        n = len(enc.words[i])
-        w[r, :n], g[r, :n], y[r, :n] = enc.words[i], enc.ngrams[i], enc.tags[i]
-    batch = {
-        "word_ids": torch.from_numpy(w),
-        "ngram_ids": torch.from_numpy(g),
-        "slot_y": torch.from_numpy(y),
-        "intent_y": torch.from_numpy(enc.intents[list(idx)]),
-    }
-    if teacher is not None:
-        ts = np.zeros((len(idx), width, teacher.flat.shape[1]), np.float32)
-        for r, i in enumerate(idx):
-            ts[r, : len(enc.words[i])] = teacher.slots(i)
-        batch["t_intent"] = torch.from_numpy(teacher.intent[list(idx)])
-        batch["t_slots"] = torch.from_numpy(ts)
-    return batch
-
-
 # -- training / evaluation --------------------------------------------------------------------
 def _decode(
     intent_logits: np.ndarray,
@@ -211,7 +131,7 @@ def _decode(
 @torch.no_grad()
 def evaluate_torch(
     model: StudentTagger,
-    enc: Encoded,
+    enc: EncodedSet,
     examples: Sequence[Example],
     intents: list[str],
     tags: list[str],
@@ -222,7 +142,7 @@ def evaluate_torch(
     pt: list[list[str]] = []
     for b in range(0, len(examples), batch_size):
         idx = list(range(b, min(b + batch_size, len(examples))))
-        batch = _collate(enc, idx, None)
+        batch = collate(enc, idx, None)
         il, sl = model(batch["word_ids"], batch["ngram_ids"])
         a, c = _decode(il.numpy(), sl.numpy(), [len(enc.words[i]) for i in idx], intents, tags)
         pi += a
@@ -301,7 +221,7 @@ def train_student(
         batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
         rng.shuffle(batches)
         for idx in batches:
-            batch = _collate(enc, idx, teacher)
+            batch = collate(enc, idx, teacher)
             w = batch["word_ids"]
             if cfg.word_dropout > 0:  # teach the UNK vector + n-grams to carry unseen words
                 drop = (torch.rand(w.shape) < cfg.word_dropout) & (w != 0)

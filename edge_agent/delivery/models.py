@@ -277,6 +277,7 @@ class ModelManager:
     def _reject(self, task: str, ref: ModelRef, exc: ModelRejected) -> None:
         self.stats.rejected[exc.reason] = self.stats.rejected.get(exc.reason, 0) + 1
         self._refused[ref.digest] = str(exc)
+        shutil.rmtree(self._partial_dir(ref.digest), ignore_errors=True)
         log.error("refused %s model %s@%s: %s", task, ref.name, ref.version, exc)
         self._set_status(task, "failed", error=f"{ref.name}@{ref.version} {exc}", ref=ref)
 
@@ -308,6 +309,9 @@ class ModelManager:
             log.exception("installing %s model %s@%s failed", task, ref.name, ref.version)
             self._set_status(task, "failed", error=f"{ref.name}@{ref.version} {type(exc).__name__}: {exc}",
                              ref=ref)
+
+    def _partial_dir(self, digest: str) -> Path:
+        return self.root / ".partial" / digest.removeprefix("sha256:")
 
     def _history_path(self, name: str) -> Path:
         return self.root / name / "history.json"
@@ -371,7 +375,7 @@ class ModelManager:
             delay = min(delay * 2, self.client.cfg.reconnect_max_s)
 
     async def _fetch(self, task: str, ref: ModelRef) -> tuple[ReleaseManifest, Path]:
-        partial = self.root / ".partial" / ref.digest.removeprefix("sha256:")
+        partial = self._partial_dir(ref.digest)
         mpath = partial / "manifest.json"
         payload = mpath.read_bytes() if mpath.is_file() else b""
         if manifest_digest(payload) != ref.digest:
@@ -572,6 +576,11 @@ class ModelManager:
             for entry in (ptr, ptr.get("previous") or {}):
                 if "name" in entry:
                     keep.add(self.root / entry["name"] / entry["version"])
+        wanted = {self._partial_dir(d) for d, t in self._transfers.values() if not t.done()}
+        pdir = self.root / ".partial"
+        for partial in pdir.iterdir() if pdir.is_dir() else []:
+            if partial not in wanted:  # superseded downloads; the running one keeps its chunks
+                shutil.rmtree(partial, ignore_errors=True)
         for name_dir in self.root.iterdir():
             if name_dir.name in {"active", ".partial"} or not name_dir.is_dir():
                 continue

@@ -30,8 +30,13 @@ class Publisher(Protocol):
     async def wait_connected(self, timeout: float | None = None) -> None: ...
 
     async def publish(
-        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
-        properties: object | None = None, timeout: float | None = None,
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        properties: object | None = None,
+        timeout: float | None = None,
     ) -> None: ...
 
 
@@ -109,8 +114,10 @@ class Uplink:
                 done.append(row)
             elif isinstance(res, PublishDenied):
                 self.stats.denied += 1
-                log.error("broker refused uplink record; removing it", extra={
-                    "seq": row.seq, "topic": row.topic, "reason_code": res.reason_code})
+                log.error(
+                    "broker refused uplink record; removing it",
+                    extra={"seq": row.seq, "topic": row.topic, "reason_code": res.reason_code},
+                )
                 refused.append(row.seq)
             elif isinstance(res, BaseException):
                 failed = True

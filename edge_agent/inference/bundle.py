@@ -29,6 +29,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edge_agent.errors import PermanentError
+
 __all__ = [
     "MANIFEST",
     "REQUIRED_FILES",
@@ -44,8 +46,12 @@ MANIFEST = "manifest.json"
 REQUIRED_FILES = ("model.onnx", "labels.json", "vocab.json")
 
 
-class BundleError(Exception):
-    """The bundle is unusable: missing file, digest mismatch, bad JSON or bad manifest."""
+class BundleError(PermanentError):
+    """The bundle is unusable: missing file, digest mismatch, bad JSON or bad manifest.
+
+    Permanent for *this copy* of the bundle: loading it again fails the same way;
+    the delivery layer decides whether to re-download or roll back.
+    """
 
 
 class BundleManifest(BaseModel):

@@ -63,6 +63,13 @@ def _dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_reference(args: argparse.Namespace) -> int:
+    from .config_reference import render
+
+    print(render(), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description="EdgeLoop edge agent")
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
@@ -79,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", required=True)
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=_dead_letters)
+    p = sub.add_parser("config-reference", help="print the configuration reference (Markdown)")
+    p.set_defaults(func=_config_reference)
     return parser
 
 

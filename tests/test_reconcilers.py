@@ -411,19 +411,29 @@ async def test_controller_restart_mid_rollout_resumes(h: Harness) -> None:
                             lambda o: status_of(o).get("phase") == "Paused" and status_of(o).get("currentStep") == 1)
     prev_before = dict(status_of(before)["previousVersions"])
     assert len(prev_before) == 5
+    t_stop = time.monotonic()
     await h.stop_app()
     gens_before = {n.name: {d.generation for d in n.desired if d.models} for n in nodes}
 
     await h.start()
     assert h.store is not None
+    mid = status_of(await h.store.get("ModelRollout", NS, "r2"))
+    if time.monotonic() - t_stop < 1.5:  # restarted well inside the 2 s pause: it must still be pausing
+        assert (mid["phase"], mid["currentStep"]) == ("Paused", 1), mid
     seen: list[Obj] = []
     ro = await wait_obj(h.store, "ModelRollout", "r2", lambda o: status_of(o).get("phase") == "Succeeded",
                         seen=seen)
     st = status_of(ro)
-    # Resumed from step 2's pause: never back to step 0, went through analysis of step 2, then step 3.
+    # Resumed in step 2: never back to step 0; every step's assignment and analysis happened exactly once.
     steps = [status_of(o).get("currentStep") for o in seen]
-    assert 0 not in steps and steps[0] == 1 and 2 in steps, steps
-    assert [o for o in seen if status_of(o).get("currentStep") == 1][-1]["status"]["phase"] == "Paused"
+    assert 0 not in steps and 2 in steps, steps
+    events = await h.store.list_events("ModelRollout", NS, "r2")
+    by_reason: dict[str, list[tuple[str, int]]] = {}
+    for e in events:
+        by_reason.setdefault(e["reason"], []).append((e["message"].split(":")[0], e["count"]))
+    assert sorted(by_reason["NodesUpdated"]) == [("step 1/3 (10%)", 1), ("step 2/3 (50%)", 1),
+                                                 ("step 3/3 (100%)", 1)], by_reason
+    assert sorted(by_reason["StepPassed"]) == [("step 1/3 passed", 1), ("step 2/3 passed", 1)], by_reason
     # The nodes updated before the restart were not re-done (same previous version, no new generation).
     assert all(st["previousVersions"][n] == v for n, v in prev_before.items())
     assert st["updatedNodes"] == 10

@@ -250,7 +250,7 @@ async def _agent_main(args: argparse.Namespace) -> int:
         prof.disable()
         prof.dump_stats(args.profile)
     res = {"t_start": t_start, "t_first": t_first, "t_readings": t_read, "t_end": t_end,
-           "messages": mq.received, "acks": mq.acks, "readings": c.readings, "summaries": c.summaries,
+           "messages": mq.received, "acks": mq.acks, "stale_acks": mq.stale_acks, "readings": c.readings, "summaries": c.summaries,
            "acked": up.acked, "windows": c.windows_emitted, "uplink_bytes": up.bytes,
            "rejected": dict(c.rejected)}
     agent.request_stop()

@@ -133,6 +133,12 @@ command(
     configure_release_command,
 )(run_release_command)
 
+from .app import configure_run_args as _run_args  # noqa: E402
+from .app import run_command as _run_command  # noqa: E402
+
+command("run", "run the controller: ingest, reconcilers, desired state, /healthz /readyz /metrics",
+        _run_args)(_run_command)
+
 # --------------------------------------------------------------------------- main
 
 

@@ -235,7 +235,12 @@ class Ingest:
                 self.on_summary(node)
 
     def _maybe_register(self, node: str) -> None:
-        if node in self._known or self._registrations is None or self.store is None or not self.cfg.auto_register:
+        if (
+            node in self._known
+            or self._registrations is None
+            or self.store is None
+            or not self.cfg.auto_register
+        ):
             return
         self._known.add(node)
         self._registrations.put_nowait(node)

@@ -35,26 +35,47 @@ BAD = (50, 25, 0, 30.0)  # 50% escalations
 
 
 class FakeNode:
-    def __init__(self, cfg: MqttConfig, name: str, *, models: dict[str, tuple[str, str]] | None = None,
-                 behaviour: dict[str, tuple[int, int, int, float]] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        name: str,
+        *,
+        models: dict[str, tuple[str, str]] | None = None,
+        behaviour: dict[str, tuple[int, int, int, float]] | None = None,
+    ) -> None:
         self.name = name
         self.behaviour = behaviour or {}
         self.models: dict[str, wire.ModelStatus] = {
-            task: self._model(n, v, None) for task, (n, v) in (models or {}).items()}
+            task: self._model(n, v, None) for task, (n, v) in (models or {}).items()
+        }
         self.applied = 0
         self.counter = 0
         self.desired: list[wire.DesiredState] = []
         self.clears = 0
         self._changed = asyncio.Condition()
         offline = wire.dumps(wire.Status(node=name, online=False, ts=0.0))
-        self.client = MqttClient(cfg, f"fake-{name}", subscriptions=[(topics.desired(name), 1)],
-                                 will=Will(topics.status(name), offline), clean_start=True, name=f"fake-{name}")
+        self.client = MqttClient(
+            cfg,
+            f"fake-{name}",
+            subscriptions=[(topics.desired(name), 1)],
+            will=Will(topics.status(name), offline),
+            clean_start=True,
+            name=f"fake-{name}",
+        )
         self._task: asyncio.Task[None] | None = None
 
     def _model(self, name: str, version: str, previous: str | None) -> wire.ModelStatus:
         s, e, err, c = self.behaviour.get(version, GOOD)
-        return wire.ModelStatus(name=name, version=version, state="active", previous=previous,
-                                samples=s, escalated=e, errors=err, confidence_sum=c)
+        return wire.ModelStatus(
+            name=name,
+            version=version,
+            state="active",
+            previous=previous,
+            samples=s,
+            escalated=e,
+            errors=err,
+            confidence_sum=c,
+        )
 
     async def start(self) -> None:
         await self.client.start()
@@ -71,10 +92,15 @@ class FakeNode:
 
     async def publish_status(self, online: bool = True) -> None:
         self.counter += 1
-        status = wire.Status(node=self.name, online=online, ts=time.time(), agent_version="test",
-                             models=dict(self.models), applied_generation=self.applied,
-                             counters={"raw_equivalent_bytes": 1000.0 * self.counter,
-                                       "readings_in": float(self.counter)})
+        status = wire.Status(
+            node=self.name,
+            online=online,
+            ts=time.time(),
+            agent_version="test",
+            models=dict(self.models),
+            applied_generation=self.applied,
+            counters={"raw_equivalent_bytes": 1000.0 * self.counter, "readings_in": float(self.counter)},
+        )
         await self.client.publish(topics.status(self.name), wire.dumps(status), qos=1, retain=True, timeout=5)
 
     async def _run(self) -> None:
@@ -105,8 +131,14 @@ class FakeNode:
 # --------------------------------------------------------------------------- helpers
 
 
-async def wait_obj(store: SqliteResourceStore, kind: str, name: str, pred: Callable[[Obj], bool],
-                   timeout: float = 10.0, seen: list[Obj] | None = None) -> Obj:  # noqa: ASYNC109
+async def wait_obj(
+    store: SqliteResourceStore,
+    kind: str,
+    name: str,
+    pred: Callable[[Obj], bool],
+    timeout: float = 10.0,  # noqa: ASYNC109
+    seen: list[Obj] | None = None,
+) -> Obj:
     """Wait (on the store's watch, not by polling) until object ``name`` satisfies ``pred``."""
     async with asyncio.timeout(timeout):
         objs, rv = await store.list(kind, NS)
@@ -132,23 +164,44 @@ def cond(obj: Obj, type_: str) -> dict[str, Any]:
 
 
 def node_obj(name: str, labels: dict[str, str], approved: bool = True) -> Obj:
-    return {"apiVersion": API_VERSION, "kind": "EdgeNode",
-            "metadata": {"name": name, "namespace": NS, "labels": labels},
-            "spec": {"enrollment": {"approved": approved}}}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "EdgeNode",
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "spec": {"enrollment": {"approved": approved}},
+    }
 
 
 def model_obj(version: str, model: str = "sensor-ae") -> Obj:
-    return {"apiVersion": API_VERSION, "kind": "EdgeModel",
-            "metadata": {"name": f"{model}-{version}", "namespace": NS},
-            "spec": {"model": model, "task": "sensor", "version": version, "digest": DIGEST,
-                     "sizeBytes": 1000, "signature": "A" * 86 + "==", "keyId": "test"}}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "EdgeModel",
+        "metadata": {"name": f"{model}-{version}", "namespace": NS},
+        "spec": {
+            "model": model,
+            "task": "sensor",
+            "version": version,
+            "digest": DIGEST,
+            "sizeBytes": 1000,
+            "signature": "A" * 86 + "==",
+            "keyId": "test",
+        },
+    }
 
 
 def rollout_obj(name: str, version: str, steps: list[tuple[int, int]], **analysis: Any) -> Obj:
-    return {"apiVersion": API_VERSION, "kind": "ModelRollout", "metadata": {"name": name, "namespace": NS},
-            "spec": {"model": "sensor-ae", "version": version, "selector": {"matchLabels": {"fleet": "x"}},
-                     "steps": [{"setWeight": w, "pauseSeconds": p} for w, p in steps],
-                     "analysis": {"minSamples": 10, **analysis}}}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ModelRollout",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "model": "sensor-ae",
+            "version": version,
+            "selector": {"matchLabels": {"fleet": "x"}},
+            "steps": [{"setWeight": w, "pauseSeconds": p} for w, p in steps],
+            "analysis": {"minSamples": 10, **analysis},
+        },
+    }
 
 
 class Harness:
@@ -163,10 +216,18 @@ class Harness:
         self.store: SqliteResourceStore | None = None
 
     def settings(self, **kw: Any) -> ControllerSettings:
-        base: dict[str, Any] = dict(mqtt=self.cfg, store_path=self.tmp / "resources.db",
-                                    data_dir=self.tmp / "controller", http_port=0, http_host="127.0.0.1",
-                                    heartbeat_timeout_s=30.0, status_min_interval_s=0.0, poll_s=0.1,
-                                    shutdown_timeout_s=2.0, client_id="controller-test")
+        base: dict[str, Any] = dict(
+            mqtt=self.cfg,
+            store_path=self.tmp / "resources.db",
+            data_dir=self.tmp / "controller",
+            http_port=0,
+            http_host="127.0.0.1",
+            heartbeat_timeout_s=30.0,
+            status_min_interval_s=0.0,
+            poll_s=0.1,
+            shutdown_timeout_s=2.0,
+            client_id="controller-test",
+        )
         base.update(kw)
         return ControllerSettings(**base)
 
@@ -228,18 +289,26 @@ async def test_auto_registration_heartbeat_online_offline(h: Harness) -> None:
     assert cond(obj, "Ready")["reason"] == "Heartbeat"
     # Approved: it got a desired state (no pipeline, no models yet) and reports it applied.
     await n1.wait_for(lambda: n1.applied >= 1)
-    await wait_obj(h.store, "EdgeNode", "n1",
-                   lambda o: cond(o, "Synced").get("status") == "True" and status_of(o)["appliedGeneration"] >= 1)
+    await wait_obj(
+        h.store,
+        "EdgeNode",
+        "n1",
+        lambda o: cond(o, "Synced").get("status") == "True" and status_of(o)["appliedGeneration"] >= 1,
+    )
     # Silence: Offline by heartbeat timeout, with no message from anyone (the reconciler's own timer).
     t0 = time.monotonic()
-    obj = await wait_obj(h.store, "EdgeNode", "n1", lambda o: status_of(o).get("phase") == "Offline", timeout=5)
+    obj = await wait_obj(
+        h.store, "EdgeNode", "n1", lambda o: status_of(o).get("phase") == "Offline", timeout=5
+    )
     assert cond(obj, "Ready")["reason"] == "HeartbeatTimeout"
     assert time.monotonic() - t0 < 3
     # Back, then a clean "offline" status (what the agent's last will says): Offline at once.
     await n1.publish_status()
     await wait_obj(h.store, "EdgeNode", "n1", lambda o: status_of(o).get("phase") == "Online")
     await n1.publish_status(online=False)
-    obj = await wait_obj(h.store, "EdgeNode", "n1", lambda o: status_of(o).get("phase") == "Offline", timeout=0.7)
+    obj = await wait_obj(
+        h.store, "EdgeNode", "n1", lambda o: status_of(o).get("phase") == "Offline", timeout=0.7
+    )
     assert cond(obj, "Ready")["reason"] == "Disconnected"
     assert app.ingest is not None and app.ingest.stats.registered == 1
 
@@ -255,16 +324,25 @@ async def test_manual_enrollment_pending_gets_nothing_until_approved(h: Harness)
 
     await h.start(enrollment="manual")
     assert h.store is not None
-    await h.store.create({"apiVersion": API_VERSION, "kind": "EdgePipeline",
-                          "metadata": {"name": "all", "namespace": NS},
-                          "spec": {"selector": {}, "window": {"lengthSeconds": 5}}})
+    await h.store.create(
+        {
+            "apiVersion": API_VERSION,
+            "kind": "EdgePipeline",
+            "metadata": {"name": "all", "namespace": NS},
+            "spec": {"selector": {}, "window": {"lengthSeconds": 5}},
+        }
+    )
     n2 = await h.node("n2")
     obj = await wait_obj(h.store, "EdgeNode", "n2", lambda o: status_of(o).get("phase") == "Pending")
     assert obj["spec"]["enrollment"]["approved"] is False
     assert cond(obj, "Ready")["reason"] == "NotApproved"
     await n2.wait_for(lambda: n2.clears >= 1)
-    await wait_obj(h.store, "EdgePipeline", "all", lambda o: status_of(o).get("nodesSelected") == 0
-                   and status_of(o).get("observedGeneration") == 1)
+    await wait_obj(
+        h.store,
+        "EdgePipeline",
+        "all",
+        lambda o: status_of(o).get("nodesSelected") == 0 and status_of(o).get("observedGeneration") == 1,
+    )
     # The stale retained message may have reached the node before the clear; nothing after it.
     assert [d.generation for d in n2.desired] in ([], [7])
     before = len(n2.desired)
@@ -287,8 +365,13 @@ async def test_status_writes_are_throttled_and_coalesced(h: Harness) -> None:
     for _ in range(40):  # a burst: every status changes the counters
         await n1.publish_status()
     final_raw = 1000 * n1.counter
-    await wait_obj(h.store, "EdgeNode", "n1",
-                   lambda o: status_of(o).get("traffic", {}).get("bytesRaw") == final_raw, seen=writes)
+    await wait_obj(
+        h.store,
+        "EdgeNode",
+        "n1",
+        lambda o: status_of(o).get("traffic", {}).get("bytesRaw") == final_raw,
+        seen=writes,
+    )
     elapsed = time.monotonic() - t0
     assert 1 <= len(writes) <= 1 + int(elapsed / 1.0) + 1, (len(writes), elapsed)
     assert app.throttle.metrics.coalesced > 0
@@ -303,13 +386,24 @@ async def test_pipeline_desired_generation_and_applied_count(h: Harness) -> None
     for name, site in (("a1", "a"), ("a2", "a"), ("b1", "b")):
         await h.store.create(node_obj(name, {"site": site}))
     a1, a2, b1 = await gather(h.node("a1"), h.node("a2"), h.node("b1"))
-    await h.store.create({"apiVersion": API_VERSION, "kind": "EdgePipeline",
-                          "metadata": {"name": "site-a", "namespace": NS},
-                          "spec": {"selector": {"matchLabels": {"site": "a"}},
-                                   "window": {"lengthSeconds": 10, "deadband": 0.5},
-                                   "escalation": {"threshold": 0.6}}})
-    p = await wait_obj(h.store, "EdgePipeline", "site-a",
-                       lambda o: status_of(o).get("nodesApplied") == 2 and status_of(o).get("pushedGeneration") == 1)
+    await h.store.create(
+        {
+            "apiVersion": API_VERSION,
+            "kind": "EdgePipeline",
+            "metadata": {"name": "site-a", "namespace": NS},
+            "spec": {
+                "selector": {"matchLabels": {"site": "a"}},
+                "window": {"lengthSeconds": 10, "deadband": 0.5},
+                "escalation": {"threshold": 0.6},
+            },
+        }
+    )
+    p = await wait_obj(
+        h.store,
+        "EdgePipeline",
+        "site-a",
+        lambda o: status_of(o).get("nodesApplied") == 2 and status_of(o).get("pushedGeneration") == 1,
+    )
     assert status_of(p)["nodesSelected"] == 2 and cond(p, "Applied")["status"] == "True"
     for n in (a1, a2):
         d = n.desired[-1]
@@ -320,26 +414,35 @@ async def test_pipeline_desired_generation_and_applied_count(h: Harness) -> None
     gen_before = a1.desired[-1].generation
 
     await h.store.patch("EdgePipeline", NS, "site-a", {"spec": {"window": {"lengthSeconds": 30}}})
-    p = await wait_obj(h.store, "EdgePipeline", "site-a",
-                       lambda o: status_of(o).get("pushedGeneration") == 2 and status_of(o).get("nodesApplied") == 2)
+    p = await wait_obj(
+        h.store,
+        "EdgePipeline",
+        "site-a",
+        lambda o: status_of(o).get("pushedGeneration") == 2 and status_of(o).get("nodesApplied") == 2,
+    )
     assert a1.desired[-1].generation == gen_before + 1
     assert a1.desired[-1].pipeline["windows"]["length_s"] == 30
-    n = await wait_obj(h.store, "EdgeNode", "a1", lambda o: status_of(o).get("appliedGeneration") == gen_before + 1)
+    n = await wait_obj(
+        h.store, "EdgeNode", "a1", lambda o: status_of(o).get("appliedGeneration") == gen_before + 1
+    )
     assert status_of(n)["appliedPipeline"] == "site-a"
 
 
 # --------------------------------------------------------------------------- ModelRollout
 
 
-async def fleet_of(h: Harness, count: int, behaviour: dict[str, tuple[int, int, int, float]] | None = None
-                   ) -> list[FakeNode]:
+async def fleet_of(
+    h: Harness, count: int, behaviour: dict[str, tuple[int, int, int, float]] | None = None
+) -> list[FakeNode]:
     assert h.store is not None
     for v in ("1", "2", "3"):
         await h.store.create(model_obj(v))
     names = [f"x{i:02d}" for i in range(count)]
     for name in names:
         await h.store.create(node_obj(name, {"fleet": "x"}))
-    return await gather(*(h.node(n, models={"sensor": ("sensor-ae", "1")}, behaviour=behaviour) for n in names))
+    return await gather(
+        *(h.node(n, models={"sensor": ("sensor-ae", "1")}, behaviour=behaviour) for n in names)
+    )
 
 
 def v2_counts(nodes: list[FakeNode], version: str = "2") -> int:
@@ -350,13 +453,20 @@ async def test_rollout_succeeds_through_three_steps(h: Harness) -> None:
     await h.start()
     assert h.store is not None
     nodes = await fleet_of(h, 10)
-    await h.store.create(rollout_obj("r2", "2", [(10, 0), (50, 0), (100, 0)], maxEscalationRate=0.1,
-                                     minMeanConfidence=0.8))
+    await h.store.create(
+        rollout_obj("r2", "2", [(10, 0), (50, 0), (100, 0)], maxEscalationRate=0.1, minMeanConfidence=0.8)
+    )
     seen: list[Obj] = []
-    ro = await wait_obj(h.store, "ModelRollout", "r2", lambda o: status_of(o).get("phase") == "Succeeded",
-                        seen=seen)
+    ro = await wait_obj(
+        h.store, "ModelRollout", "r2", lambda o: status_of(o).get("phase") == "Succeeded", seen=seen
+    )
     st = status_of(ro)
-    assert (st["updatedNodes"], st["readyNodes"], st["totalNodes"], st["updatedRatio"]) == (10, 10, 10, "10/10")
+    assert (st["updatedNodes"], st["readyNodes"], st["totalNodes"], st["updatedRatio"]) == (
+        10,
+        10,
+        10,
+        "10/10",
+    )
     assert st["previousVersions"] == {n.name: "1" for n in nodes}
     assert cond(ro, "Analysis")["status"] == "True"
     # 10% -> 50% -> 100% of 10 nodes: 1, 5, 10 updated, in step order, never going back.
@@ -407,8 +517,12 @@ async def test_controller_restart_mid_rollout_resumes(h: Harness) -> None:
     assert h.store is not None
     nodes = await fleet_of(h, 10)
     await h.store.create(rollout_obj("r2", "2", [(10, 0), (50, 2), (100, 0)], maxEscalationRate=0.1))
-    before = await wait_obj(h.store, "ModelRollout", "r2",
-                            lambda o: status_of(o).get("phase") == "Paused" and status_of(o).get("currentStep") == 1)
+    before = await wait_obj(
+        h.store,
+        "ModelRollout",
+        "r2",
+        lambda o: status_of(o).get("phase") == "Paused" and status_of(o).get("currentStep") == 1,
+    )
     prev_before = dict(status_of(before)["previousVersions"])
     assert len(prev_before) == 5
     t_stop = time.monotonic()
@@ -421,8 +535,9 @@ async def test_controller_restart_mid_rollout_resumes(h: Harness) -> None:
     if time.monotonic() - t_stop < 1.5:  # restarted well inside the 2 s pause: it must still be pausing
         assert (mid["phase"], mid["currentStep"]) == ("Paused", 1), mid
     seen: list[Obj] = []
-    ro = await wait_obj(h.store, "ModelRollout", "r2", lambda o: status_of(o).get("phase") == "Succeeded",
-                        seen=seen)
+    ro = await wait_obj(
+        h.store, "ModelRollout", "r2", lambda o: status_of(o).get("phase") == "Succeeded", seen=seen
+    )
     st = status_of(ro)
     # Resumed in step 2: never back to step 0; every step's assignment and analysis happened exactly once.
     steps = [status_of(o).get("currentStep") for o in seen]
@@ -431,8 +546,11 @@ async def test_controller_restart_mid_rollout_resumes(h: Harness) -> None:
     by_reason: dict[str, list[tuple[str, int]]] = {}
     for e in events:
         by_reason.setdefault(e["reason"], []).append((e["message"].split(":")[0], e["count"]))
-    assert sorted(by_reason["NodesUpdated"]) == [("step 1/3 (10%)", 1), ("step 2/3 (50%)", 1),
-                                                 ("step 3/3 (100%)", 1)], by_reason
+    assert sorted(by_reason["NodesUpdated"]) == [
+        ("step 1/3 (10%)", 1),
+        ("step 2/3 (50%)", 1),
+        ("step 3/3 (100%)", 1),
+    ], by_reason
     assert sorted(by_reason["StepPassed"]) == [("step 1/3 passed", 1), ("step 2/3 passed", 1)], by_reason
     # The nodes updated before the restart were not re-done (same previous version, no new generation).
     assert all(st["previousVersions"][n] == v for n, v in prev_before.items())
@@ -451,9 +569,13 @@ async def test_edge_model_available_and_health_endpoints(h: Harness, tmp_path: P
     missing["spec"]["uri"] = f"file://{tmp_path}/nope.tar"
     await h.store.create(model_obj("1"))
     await h.store.create(missing)
-    ok = await wait_obj(h.store, "EdgeModel", "sensor-ae-1", lambda o: status_of(o).get("phase") == "Available")
+    ok = await wait_obj(
+        h.store, "EdgeModel", "sensor-ae-1", lambda o: status_of(o).get("phase") == "Available"
+    )
     assert cond(ok, "Valid")["reason"] == "NotChecked"
-    bad = await wait_obj(h.store, "EdgeModel", "sensor-ae-9", lambda o: status_of(o).get("phase") == "Invalid")
+    bad = await wait_obj(
+        h.store, "EdgeModel", "sensor-ae-9", lambda o: status_of(o).get("phase") == "Invalid"
+    )
     assert cond(bad, "Valid")["reason"] == "ArtifactMissing"
 
     async def get(path: str) -> tuple[int, bytes]:

@@ -37,7 +37,7 @@ import tempfile
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +105,7 @@ def batched_messages(n_msgs: int, start: float, batch: int = BATCH) -> dict[str,
     """``n_msgs`` messages of ``batch`` one-value readings each (``{"readings":[...]}``)."""
     out: dict[str, list[bytes]] = defaultdict(list)
     k = 0
-    for topic, rows in _skab_rows(n_msgs * batch, start).items():
+    for topic, rows in _skab_rows(int(n_msgs * batch * 1.1) + 2000, start).items():
         flat = [{"ts": ts, "values": {m: v}} for ts, values in rows for m, v in values.items()]
         for i in range(0, len(flat) - batch + 1, batch):
             if k >= n_msgs:
@@ -219,9 +219,8 @@ async def _agent_main(args: argparse.Namespace) -> int:
     if args.phase == "prime":
         await agent.start()
         await agent.client.wait_connected(timeout=20)  # connected == subscribed (see MqttClient._establish)
-        agent.request_stop()
-        await agent.shutdown()
         print(json.dumps({"ok": True}), flush=True)
+        await _shutdown(agent)
         return 0
     c, up, mq = agent.pipeline.counters, agent.uplink.stats, agent.client.stats
     prof = None
@@ -233,16 +232,18 @@ async def _agent_main(args: argparse.Namespace) -> int:
     if prof is not None:
         prof.enable()
     await agent.start()
-    await agent.client.wait_connected(timeout=20)
-    print("READY", flush=True)
     t_first = t_read = t_end = None
+    ready = False
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
+        if not ready and agent.client.connected:
+            ready = True
+            print("READY", flush=True)
         if t_first is None and c.readings:
             t_first = time.perf_counter()
         if t_read is None and c.readings >= args.n_readings:
             t_read = time.perf_counter()
-        if t_read is not None and mq.acks >= args.n_msgs and c.summaries == up.acked:
+        if t_read is not None and mq.acks + mq.stale_acks >= args.n_msgs and c.summaries == up.acked:
             t_end = time.perf_counter()
             break
         await asyncio.sleep(0.005)
@@ -253,16 +254,43 @@ async def _agent_main(args: argparse.Namespace) -> int:
            "messages": mq.received, "acks": mq.acks, "stale_acks": mq.stale_acks, "readings": c.readings, "summaries": c.summaries,
            "acked": up.acked, "windows": c.windows_emitted, "uplink_bytes": up.bytes,
            "rejected": dict(c.rejected)}
-    agent.request_stop()
-    await agent.shutdown()
     print(json.dumps(res), flush=True)
+    await _shutdown(agent)
     return 0 if t_end is not None else 1
+
+
+async def _shutdown(agent: Any, limit: float = 20.0) -> None:
+    """Stop the agent; a shutdown that hangs is reported (stderr, exit code 4) instead of stalling the bench."""
+    agent.request_stop()
+    task = asyncio.ensure_future(agent.shutdown())
+    done, _ = await asyncio.wait({task}, timeout=limit)
+    if task not in done:
+        print(f"SHUTDOWN-HANG: Agent.shutdown() still running after {limit}s; tasks:", file=sys.stderr)
+        for t in asyncio.all_tasks():
+            print(f"--- task {t.get_name()}", file=sys.stderr)
+            t.print_stack(file=sys.stderr)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(4)
+
+
+async def _agent_main_guarded(args: argparse.Namespace) -> int:
+    """The agent child with a deadline; on a hang, every task's stack goes to stderr for the bug report."""
+    main = asyncio.ensure_future(_agent_main(args))
+    done, _ = await asyncio.wait({main}, timeout=args.timeout + 30)
+    if main in done:
+        return main.result()
+    for t in asyncio.all_tasks():
+        print(f"--- task {t.get_name()}", file=sys.stderr)
+        t.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(3)
 
 
 def child_main(args: argparse.Namespace) -> int:
     if args.child == "baseline":
         return _child_baseline(args)
-    return asyncio.run(_agent_main(args))
+    return asyncio.run(_agent_main_guarded(args))
 
 
 # ============================================================================ driver side
@@ -284,9 +312,17 @@ def _child_cmd(kind: str, phase: str, port: int, client_id: str, state: Path, n_
     return cmd
 
 
+SHUTDOWN_HANGS: list[str] = []
+AGENT_CHILDREN = [0]
+
+
 def _run_child(cmd: list[str], timeout: float) -> dict[str, Any]:
-    p = subprocess.run(cmd, capture_output=True, timeout=timeout + 60, cwd=REPO)
+    AGENT_CHILDREN[0] += cmd[3] == "agent"
+    p = subprocess.run(cmd, capture_output=True, timeout=timeout + 90, cwd=REPO)
     lines = [ln for ln in p.stdout.decode().splitlines() if ln.startswith("{")]
+    if p.returncode == 4 and lines:  # result printed, then Agent.shutdown() hung: an agent bug, counted
+        SHUTDOWN_HANGS.append(p.stderr.decode()[-3000:])
+        return json.loads(lines[-1])
     if p.returncode != 0 or not lines:
         raise RuntimeError(f"child {cmd[3]} {cmd[5]} failed ({p.returncode}): "
                            f"{p.stdout.decode()[-800:]} {p.stderr.decode()[-1500:]}")
@@ -308,6 +344,7 @@ def measure_consumer(kind: str, port: int, tmp: Path, msgs: dict[str, list[bytes
         res = _run_child(cmd, timeout)
         span = res["t_end"] - res["t_start"]
     else:
+        AGENT_CHILDREN[0] += kind == "agent"
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
         assert proc.stdout is not None and proc.stderr is not None
         line = proc.stdout.readline().decode()
@@ -315,9 +352,11 @@ def measure_consumer(kind: str, port: int, tmp: Path, msgs: dict[str, list[bytes
             proc.kill()
             raise RuntimeError(f"{kind} did not get ready: {line} {proc.stderr.read().decode()[-1000:]}")
         pub_s = publish_lines(port, msgs, parallel=True)
-        out, err = proc.communicate(timeout=timeout + 60)
+        out, err = proc.communicate(timeout=timeout + 90)
         lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
-        if proc.returncode != 0 or not lines:
+        if proc.returncode == 4 and lines:
+            SHUTDOWN_HANGS.append(err.decode()[-3000:])
+        elif proc.returncode != 0 or not lines:
             raise RuntimeError(f"{kind} live run failed: {out.decode()[-500:]} {err.decode()[-1500:]}")
         res = json.loads(lines[-1])
         span = res["t_end"] - res["t_first"]
@@ -336,6 +375,7 @@ def bench_throughput(port: int, tmp: Path, n: int, n_batched: int, repeats: int,
     modes = [("offline", False)] + ([("live", True)] if live else [])
     for mode, is_live in modes:
         base_runs, agent_runs, ratios = [], [], []
+        details: list[dict[str, Any]] = []
         for r in range(repeats):
             b = measure_consumer("baseline", port, tmp, single, 1, live=is_live, tag=f"s-{mode}-{r}", timeout=timeout)
             prof = str(profile_dir / f"agent-single-{mode}.prof") if profile_dir and r == 0 else None
@@ -343,11 +383,13 @@ def bench_throughput(port: int, tmp: Path, n: int, n_batched: int, repeats: int,
                                  timeout=timeout, profile=prof)
             base_runs.append(b.rate)
             agent_runs.append(a.rate)
+            details.append(a.detail)
             ratios.append(a.rate / b.rate)
             print(f"  single/{mode} run {r + 1}: baseline {b.rate:,.0f}/s, agent {a.rate:,.0f}/s, "
                   f"ratio {a.rate / b.rate:.3f} (summaries {a.detail['summaries']}, "
                   f"readings {a.detail['readings']})", flush=True)
         out[f"single_{mode}"] = {"baseline": base_runs, "agent": agent_runs, "ratio": ratios}
+        out[f"details_{mode}"] = details
     b_runs, a_runs = [], []
     for r in range(repeats):
         b = measure_consumer("baseline", port, tmp, batched, BATCH, live=False, tag=f"b-{r}", timeout=timeout)
@@ -392,7 +434,10 @@ def simulate_uplink(source: str, window_s: float, tick_s: float = 1.0, limit: in
     from edgeloop_sim.replay import ReplayConfig, iter_messages, raw_reading_bytes
 
     node = "bench-bw"
-    cfg = parse_config({"node_id": node, "state_dir": "/nonexistent", "windows": {"length_s": window_s}})
+    # idle_close_s must exceed the sampling interval, or every sparse stream's window is closed
+    # by wall-clock idleness after one point (NAB samples every 5 min): the window length is a safe value.
+    cfg = parse_config({"node_id": node, "state_dir": "/nonexistent",
+                        "windows": {"length_s": window_s, "idle_close_s": max(15.0, window_s)}})
     p = Pipeline(cfg)
     up_topic = topics.summaries(node)
     raw_topic = topics.node_topic(node, "readings")  # where a forward-everything agent would publish
@@ -482,7 +527,7 @@ def bandwidth_via_agent(port: int, tmp: Path) -> dict[str, Any]:
         agent.start()
         publish_lines(port, by_topic, parallel=True)
         # SIGTERM flushes every open window and drains the outbox before exiting.
-        time.sleep(0)  # noqa: ASYNC251
+        time.sleep(0)
         wait_until(lambda: _metric(agent, "readings_in_total") >= readings, 300, "agent to absorb SKAB")
         rc = agent.terminate(60)
         wait_until(lambda: got["readings"] >= readings, 30, "all readings in uplink summaries")
@@ -734,6 +779,13 @@ def build_report(res: dict[str, Any], cmd: str, quick: bool) -> tuple[str, list[
         "period after the last round was absorbed.",
     ]
     body += [f"- {n}" for n in notes]
+    if tp:
+        stale = [r.get("stale_acks", 0) for mode in ("offline", "live") for r in tp.get(f"details_{mode}", [])]
+        body.append(f"- Agent findings seen in this run: inbound acks dropped as stale per offline run: {stale} "
+                    f"(messages delivered from the persistent session before SUBACK are never PUBACKed on that "
+                    f"connection); `Agent.shutdown()` hangs: {res.get('shutdown_hangs', 0)} of "
+                    f"{res.get('agent_children', 0)} agent processes (Python 3.11 `asyncio.wait_for` swallowing "
+                    "a cancellation in `Uplink.run`). See the report for fixes.")
     return "\n".join(body), [header, *rows]
 
 
@@ -765,8 +817,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return child_main(args)
 
     quick = args.quick
-    n = args.n or (3000 if quick else 50_000)
-    n_batched = args.n_batched or (300 if quick else 5_000)
+    n = args.n or (2000 if quick else 50_000)
+    n_batched = args.n_batched or (200 if quick else 5_000)
     repeats = args.repeats or (1 if quick else 3)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     if quick:
@@ -780,15 +832,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp = Path(d)
         with Broker(tmp / "broker") as broker:
             if "throughput" in only:
-                print("throughput ...", flush=True)
+                print(f"throughput ... ({time.perf_counter() - t_all:.1f} s)", flush=True)
                 if args.profile_dir:
                     args.profile_dir.mkdir(parents=True, exist_ok=True)
                 res["throughput"] = bench_throughput(broker.port, tmp, n, n_batched, repeats,
                                                      live=not (quick or args.no_live), profile_dir=args.profile_dir)
             if "bandwidth" in only:
-                print("bandwidth ...", flush=True)
+                print(f"bandwidth ... ({time.perf_counter() - t_all:.1f} s)", flush=True)
                 bw: dict[str, Any] = {}
-                lim = 300 if quick else None
+                lim = 100 if quick else None
                 bw["skab-10s"] = simulate_uplink("skab", 10.0, limit=lim)
                 bw["nab-10s"] = simulate_uplink("nab", 10.0, limit=lim)
                 bw["nab-1h"] = simulate_uplink("nab", 3600.0, limit=lim)
@@ -796,13 +848,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     bw["agent"] = bandwidth_via_agent(broker.port, tmp)
                 res["bandwidth"] = bw
             if "memory" in only:
-                print("memory ...", flush=True)
-                res["memory"] = bench_memory(broker.port, tmp, 200 if quick else 3000, 2 if quick else 3,
-                                             1.0 if quick else 5.0)
+                print(f"memory ... ({time.perf_counter() - t_all:.1f} s)", flush=True)
+                res["memory"] = bench_memory(broker.port, tmp, 100 if quick else 3000, 1 if quick else 3,
+                                             0.5 if quick else 5.0)
         if "install" in only:
             print("install size ...", flush=True)
             res["install"] = bench_install(tmp)
     res["elapsed_s"] = time.perf_counter() - t_all
+    res["shutdown_hangs"] = len(SHUTDOWN_HANGS)
+    res["agent_children"] = AGENT_CHILDREN[0]
     body, table = build_report(res, cmd, quick)
     widths = [max(len(str(r[i])) for r in table) for i in range(len(table[0]))]
     print()
@@ -815,12 +869,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_write:
         write_block(NAME, body, args.doc)
         print(f"wrote bench:{NAME} block of {args.doc}")
-    failed = [r for r in table[1:] if str(r[3]).startswith("FAIL")]
-    return 0 if not failed or quick else 0
-
-
-def _unused(_: Iterable[Any]) -> None:  # keeps the import list honest for type checkers
-    return None
+    # A missed target is a result, not a crash: the exit code says whether the bench itself ran.
+    return 0
 
 
 if __name__ == "__main__":

@@ -255,4 +255,6 @@ def setup_logging(
             old.close()
     root.addHandler(handler)
     root.setLevel(cfg.level)
+    # aiosqlite logs every statement with its parameters at DEBUG: dead-letter payloads (raw PII) included.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.getLevelName(cfg.level)))
     return handler

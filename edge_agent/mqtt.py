@@ -414,6 +414,7 @@ class MqttClient:
         self._misc_task = asyncio.create_task(self._misc_loop(conn), name=f"{self.name}-keepalive")
         if self.subscriptions:
             await self._subscribe(conn, self.subscriptions)
+            log.info("%s: subscribed to %d topic filter(s)", self.name, len(self.subscriptions))
         self.stats.connects += 1
         self._disconnected.clear()
         self._connected.set()

@@ -179,6 +179,7 @@ class Pipeline:
         for r in readings:
             ts = r.ts
             for metric, value in r.values.items():
+                # The schema bounds timestamps and values, so the aggregator accepts all of them.
                 add(device, metric, ts, value, now)
                 raw += 42 + len(device) + len(metric) + len(repr(ts)) + len(repr(value))
                 n += 1

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from cloud_controller.receiver import NodeTotals, SummaryStore
+from tests.support import wait_until
 
 
 class ReceiverProcess:

@@ -363,7 +363,7 @@ def run(
         }
 
     fp32 = export_onnx(model, out / "student_fp32.onnx", tok.max_ngrams)
-    int8 = quantize_int8(fp32, out / "student_int8.onnx")
+    int8 = quantize_int8(fp32, out / "student_int8.onnx", per_channel=True)
     m_fp32 = evaluate_onnx(fp32, tok, test, intents, tags)
     m_int8 = evaluate_onnx(int8, tok, test, intents, tags)
     report[key].update(

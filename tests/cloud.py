@@ -18,6 +18,7 @@ class ReceiverProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -33,6 +34,10 @@ class ReceiverProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        # Subscribed (SUBACK received): from here on the broker keeps what is published for it.
+        wait_until(
+            lambda: "subscribed to" in self.log.read_text(errors="replace")[offset:], 15, "receiver subscription"
+        )
 
     def totals(self) -> dict[str, NodeTotals]:
         if not self.db.exists():

@@ -412,7 +412,8 @@ class ModelManager:
         def take(window: set[int]) -> Callable[[Message], bool]:
             def on_message(msg: Message) -> bool:
                 idx_s = msg.topic.removeprefix(prefix)
-                if not msg.topic.startswith(prefix) or not (idx_s.isascii() and idx_s.isdigit()) or not msg.payload:
+                digits = idx_s.isascii() and idx_s.isdigit()
+                if not msg.topic.startswith(prefix) or not digits or not msg.payload:
                     return False
                 idx = int(idx_s)
                 if idx >= total:

@@ -271,7 +271,7 @@ class Ingest:
                 log.exception("registering %s failed; it will be retried on its next message", node)
                 self._known.discard(node)
 
-    async def wait_processed(self, n: int, timeout: float) -> None:  # noqa: ASYNC109
+    async def wait_processed(self, n: int, timeout: float) -> None:
         """Wait until ``n`` messages were processed in total (tests, benchmarks)."""
         async with asyncio.timeout(timeout), self._progress:
             await self._progress.wait_for(lambda: self.stats.messages >= n)

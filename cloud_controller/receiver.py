@@ -245,6 +245,6 @@ class Receiver:
             raise RejectedMessage("node_mismatch", f"topic node {node!r} != status node {status.node!r}")
         self.statuses[node] = status
 
-    async def wait_processed(self, n: int, timeout: float) -> None:  # noqa: ASYNC109
+    async def wait_processed(self, n: int, timeout: float) -> None:
         async with asyncio.timeout(timeout), self._progress:
             await self._progress.wait_for(lambda: self.processed >= n)

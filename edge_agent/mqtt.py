@@ -173,7 +173,7 @@ class MqttClient:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._supervise(), name=f"{self.name}-supervisor")
 
-    async def wait_connected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+    async def wait_connected(self, timeout: float | None = None) -> None:
         waiter = asyncio.ensure_future(self._connected.wait())
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout)
@@ -187,7 +187,7 @@ class MqttClient:
         finally:
             waiter.cancel()
 
-    async def wait_disconnected(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+    async def wait_disconnected(self, timeout: float | None = None) -> None:
         """Wait until the connection is down (tests, and callers that pause work while offline)."""
         try:
             await asyncio.wait_for(self._disconnected.wait(), timeout)
@@ -201,7 +201,7 @@ class MqttClient:
         qos: int = 1,
         retain: bool = False,
         properties: object | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - part of the contract
+        timeout: float | None = None,
     ) -> None:
         conn = self._conn
         if conn is None or not self._connected.is_set():
@@ -234,7 +234,7 @@ class MqttClient:
             msg = await self.receive()
             yield msg
 
-    async def receive(self, timeout: float | None = None) -> Message:  # noqa: ASYNC109
+    async def receive(self, timeout: float | None = None) -> Message:
         try:
             msg = await asyncio.wait_for(self._incoming.get(), timeout)
         except TimeoutError:
@@ -257,7 +257,7 @@ class MqttClient:
         conn.client.ack(msg.mid, msg.qos)
         self.stats.acks += 1
 
-    async def stop(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def stop(self, timeout: float = 5.0) -> None:
         if self._stopped:
             return
         self._stopping = True
@@ -281,7 +281,7 @@ class MqttClient:
     # ------------------------------------------------------------------ request/response
 
     async def request(
-        self, topic: str, payload: bytes, timeout: float = 5.0, qos: int = 1,  # noqa: ASYNC109
+        self, topic: str, payload: bytes, timeout: float = 5.0, qos: int = 1,
         response_topic: str | None = None,
     ) -> Message:
         """MQTT 5 request/response: returns the response message (correlated by id).

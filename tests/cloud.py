@@ -36,7 +36,9 @@ class ReceiverProcess:
             )
         # Subscribed (SUBACK received): from here on the broker keeps what is published for it.
         wait_until(
-            lambda: "subscribed to" in self.log.read_text(errors="replace")[offset:], 15, "receiver subscription"
+            lambda: "subscribed to" in self.log.read_text(errors="replace")[offset:],
+            15,
+            "receiver subscription",
         )
 
     def totals(self) -> dict[str, NodeTotals]:

@@ -123,7 +123,7 @@ class FakeNode:
         m = self.models.get(task)
         return m.version if m else None
 
-    async def wait_for(self, pred: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    async def wait_for(self, pred: Callable[[], bool], timeout: float = 10.0) -> None:
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(pred)
 
@@ -136,7 +136,7 @@ async def wait_obj(
     kind: str,
     name: str,
     pred: Callable[[Obj], bool],
-    timeout: float = 10.0,  # noqa: ASYNC109
+    timeout: float = 10.0,
     seen: list[Obj] | None = None,
 ) -> Obj:
     """Wait (on the store's watch, not by polling) until object ``name`` satisfies ``pred``."""

@@ -10,9 +10,14 @@ PYTEST_ARGS ?=
 .PHONY: setup test test-fast lint demo bench clean
 
 $(STAMP): pyproject.toml
-	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
-	  echo ">> installing mosquitto (apt)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; }
+	@missing=""; \
+	  { command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto; } || missing="$$missing mosquitto mosquitto-clients"; \
+	  command -v ip >/dev/null 2>&1 || test -x /usr/sbin/ip || test -x /sbin/ip || missing="$$missing iproute2"; \
+	  command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	  if [ -n "$$missing" ]; then \
+	    echo ">> installing$$missing (apt)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'

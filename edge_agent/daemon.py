@@ -92,17 +92,31 @@ class Agent:
         self.store = AgentStore(cfg.db_path, cfg.outbox)
         self.pipeline = Pipeline(cfg)
         self.redelivery = RedeliveryGuard()
+        will = Will(topics.status(cfg.node_id), self._status_payload(online=False))
+        desired_sub = (topics.desired(cfg.node_id), 1)
+        separate = cfg.uplink.mqtt is not None
+        # Devices talk to the edge's local broker; the cloud may be another broker (uplink.mqtt).
         self.client = MqttClient(
             cfg.mqtt,
             cfg.client_id,
-            subscriptions=[*device_subscriptions(cfg), (topics.desired(cfg.node_id), 1)],
-            will=Will(topics.status(cfg.node_id), self._status_payload(online=False)),
+            subscriptions=device_subscriptions(cfg) + ([] if separate else [desired_sub]),
+            will=None if separate else will,
             manual_ack=True,
             name="edge",
         )
+        self.cloud = self.client
+        if cfg.uplink.mqtt is not None:
+            self.cloud = MqttClient(
+                cfg.uplink.mqtt,
+                cfg.uplink.mqtt.client_id or f"{cfg.client_id}-uplink",
+                subscriptions=[desired_sub],
+                will=will,
+                manual_ack=True,
+                name="cloud",
+            )
         self.uplink = Uplink(
             self.store,
-            self.client,
+            self.cloud,
             max_inflight=cfg.uplink.max_inflight,
             publish_timeout_s=cfg.uplink.publish_timeout_s,
         )
@@ -110,7 +124,7 @@ class Agent:
         self.escalator: Escalator | None = None
         if esc.enabled:
             self.escalator = Escalator(
-                self.client,
+                self.cloud,
                 cfg.node_id,
                 EscalationBudget(
                     max_rate=esc.max_rate, window=esc.window, threshold_fallback=esc.threshold, mode=esc.mode
@@ -119,7 +133,7 @@ class Agent:
                 timeout_s=esc.timeout_s,
             )
         self.models = ModelManager(
-            cfg.state_dir, self.client, _trusted_keys(cfg), default_loaders(), default_health_check
+            cfg.state_dir, self.cloud, _trusted_keys(cfg), default_loaders(), default_health_check
         )
         self._desired_topic = topics.desired(cfg.node_id)
         self._file_cfg = cfg
@@ -177,6 +191,10 @@ class Agent:
         self._sync_models()
         self.client.add_on_connect(self._on_connect)
         await self.client.start()
+        if self.cloud is not self.client:
+            self.cloud.add_on_connect(self._on_cloud_connect)
+            await self.cloud.start()
+            self.tasks.spawn("cloud-ingest", self._cloud_ingest)
         if self.escalator is not None:
             await self.escalator.start()
         for i in range(self.cfg.chat.workers):
@@ -208,12 +226,12 @@ class Agent:
         except OutboxError:
             log.exception("final commit failed; unacknowledged input will be redelivered")
         drained = True
-        if self.client.connected:
+        if self.cloud.connected:
             drained = await self.uplink.wait_idle(max(0.0, deadline - time.monotonic()))
-        if self.client.connected:
+        if self.cloud.connected:
             with contextlib.suppress(MqttError, TimeoutError):
                 await asyncio.wait_for(
-                    self.client.publish(
+                    self.cloud.publish(
                         topics.status(self.cfg.node_id),
                         self._status_payload(online=False),
                         qos=1,
@@ -226,6 +244,8 @@ class Agent:
         if self.escalator is not None:
             await self.escalator.stop()
         await self.client.stop()
+        if self.cloud is not self.client:
+            await self.cloud.stop()
         await self.store.close()
         self.metrics.stop_http()
         log.info("stopped", extra={"outbox_drained": drained})
@@ -266,6 +286,9 @@ class Agent:
             if msg.topic == self._desired_topic:
                 self._on_desired(msg)
                 self.client.ack(msg)  # retained: the current desired state comes again after any reconnect
+                continue
+            if msg.topic.startswith(topics.API):
+                self.client.ack(msg)  # a cloud topic on the device connection: not ours to process
                 continue
             if not guard.is_duplicate(msg.mid, msg.dup, msg.topic, msg.payload):
                 job = handle(msg.topic, msg.payload)
@@ -479,12 +502,23 @@ class Agent:
             f"connected: node {self.cfg.node_id}, broker {self.cfg.mqtt.host}:{self.cfg.mqtt.port}, "
             f"metrics port {self.metrics_port}"
         )
+        if self.cloud is self.client:
+            await self._on_cloud_connect()
+
+    async def _on_cloud_connect(self) -> None:
         await self._publish_status()
         self.uplink.wake()
 
+    async def _cloud_ingest(self) -> None:
+        """With a separate cloud connection, the only inbound cloud message is the desired state."""
+        async for msg in self.cloud.messages():
+            if msg.topic == self._desired_topic:
+                self._on_desired(msg)
+            self.cloud.ack(msg)
+
     async def _publish_status(self) -> None:
         with contextlib.suppress(MqttError, TimeoutError):
-            await self.client.publish(
+            await self.cloud.publish(
                 topics.status(self.cfg.node_id),
                 self._status_payload(online=True),
                 qos=1,
@@ -571,7 +605,7 @@ class Agent:
         m.outbox_bytes.set(st.bytes)
         m.outbox_oldest_age.set(time.time() - st.oldest_created if st.oldest_created else 0.0)
         m.uplink_inflight.set(u.inflight)
-        m.mqtt_connected.set(1 if self.client.connected else 0)
+        m.mqtt_connected.set(1 if self.client.connected and self.cloud.connected else 0)
 
     async def _watchdog(self, interval: float) -> None:
         """Ping systemd only while commits make progress: a wedged loop must get restarted."""

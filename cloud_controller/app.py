@@ -46,7 +46,9 @@ from cloud_controller.reconcilers.rollouts import (
 from cloud_controller.resources.store import ResourceStore
 from cloud_controller.runtime.controller import Controller, Manager
 from cloud_controller.runtime.leader import Leadership, LocalLeader
+from cloud_controller.teacher import TeacherService, load_teacher
 from edge_agent.config import MqttConfig, TlsConfig
+from edge_agent.mqtt import MqttClient
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ class ControllerSettings(BaseModel):
     node_workers: int = Field(default=4, ge=1, le=64)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     log_format: Literal["json", "text"] = "text"
+    # "KIND:PATH", e.g. "onnx-chat:var/teacher-bundle": answer escalations with this teacher.
+    teacher: str | None = None
 
     @property
     def identity(self) -> str:
@@ -124,6 +128,7 @@ class ControllerSettings(BaseModel):
             "EDGELOOP_HEARTBEAT_TIMEOUT_S": "heartbeat_timeout_s",
             "EDGELOOP_STATUS_MIN_INTERVAL_S": "status_min_interval_s",
             "EDGELOOP_STATUS_MAX_WRITES_PER_S": "status_max_writes_per_s",
+            "EDGELOOP_TEACHER": "teacher",
         }
         for var, fld in simple.items():
             if e.get(var):
@@ -161,6 +166,7 @@ class ControllerApp:
         self.http_port: int | None = None
         # Built in run():
         self.store: ResourceStore | None = None
+        self.teacher: TeacherService | None = None
         self.fleet: Fleet | None = None
         self.ingest: Ingest | None = None
         self.ctx: Context | None = None
@@ -279,6 +285,7 @@ class ControllerApp:
         self.http_port = int(server.sockets[0].getsockname()[1])
         ingest_task = asyncio.create_task(self.ingest.run(), name="ingest")
         manager_task = asyncio.create_task(self.manager.run(), name="manager")
+        teacher = await self._start_teacher()
         self._tasks = [ingest_task, manager_task]
         stop_task = asyncio.create_task(self._stop.wait(), name="app-stop")
         log.info(
@@ -303,12 +310,35 @@ class ControllerApp:
             for t in (manager_task, ingest_task):
                 t.cancel()
             await asyncio.gather(manager_task, ingest_task, stop_task, return_exceptions=True)
+            if teacher is not None:
+                await teacher.stop()
+                await teacher.client.stop()
             server.close()
             await server.wait_closed()
             self.fleet.close()
             if self._given_store is None:
                 await store.close()
             log.info("controller stopped")
+
+    async def _start_teacher(self) -> TeacherService | None:
+        """Escalations are answered on a connection of their own, so ingest bursts never delay them."""
+        spec = self.settings.teacher
+        if not spec:
+            return None
+        kind, _, path = spec.partition(":")
+        model = await asyncio.to_thread(load_teacher, kind, path)
+        client = MqttClient(
+            self.settings.mqtt,
+            f"{self.settings.client_id or 'edgeloop-controller-' + self.settings.identity}-teacher",
+            clean_start=True,
+            name="teacher",
+        )
+        await client.start()
+        service = TeacherService(client, model)
+        await service.start()
+        self.teacher = service
+        log.info("teacher %s (%s) answers escalations", kind, model.version)
+        return service
 
     # ------------------------------------------------------------------ HTTP
 
@@ -458,6 +488,7 @@ def configure_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--status-max-writes", type=float, default=None, help="EdgeNode status writes per second, total"
     )
+    p.add_argument("--teacher", default=None, help="KIND:PATH of a teacher that answers escalations")
 
 
 def settings_from_args(
@@ -475,6 +506,7 @@ def settings_from_args(
         "heartbeat_timeout_s": args.heartbeat_timeout,
         "status_min_interval_s": args.status_interval,
         "status_max_writes_per_s": args.status_max_writes,
+        "teacher": args.teacher,
     }
     settings = ControllerSettings.from_env(environ, **overrides)
     if args.broker:

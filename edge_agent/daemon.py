@@ -596,6 +596,11 @@ class Agent:
         bump(m.uplink_published, "pub", u.published)
         bump(m.uplink_acked, "acked", u.acked)
         bump(m.uplink_bytes, "ubytes", u.bytes)
+        for source, n in c.chat_by_source.items():
+            bump(m.chat_messages.labels(source=source), f"chat:{source}", n)
+        if self.escalator is not None:
+            for outcome, n in self.escalator.stats.as_dict().items():
+                bump(m.escalations.labels(outcome=outcome), f"esc:{outcome}", n)
         st = await self.store.stats()
         bump(m.outbox_dropped.labels(reason="full"), "drop:full", st.dropped_full_total)
         bump(m.outbox_dropped.labels(reason="age"), "drop:age", st.dropped_age_total)

@@ -64,13 +64,18 @@ def machine_info() -> dict[str, str]:
         "paho-mqtt": _version("paho-mqtt"),
         "os": f"{platform.system()} {platform.release()}",
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        # Other work on a shared machine skews every timing: say how busy it was.
+        "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
 
 
 def machine_line(info: dict[str, str] | None = None) -> str:
     i = info or machine_info()
-    return (f"{i['cpu']}, {i['cores']} cores, {i['ram']} RAM, Python {i['python']}, "
-            f"onnxruntime {i['onnxruntime']}, paho-mqtt {i['paho-mqtt']}, {i['os']}; measured {i['date']}")
+    return (
+        f"{i['cpu']}, {i['cores']} cores, {i['ram']} RAM, Python {i['python']}, "
+        f"onnxruntime {i['onnxruntime']}, paho-mqtt {i['paho-mqtt']}, {i['os']}; measured {i['date']}"
+        + (f", load average {i['load']} (1/5/15 min) at start" if i.get("load") else "")
+    )
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
@@ -115,7 +120,7 @@ def write_block(name: str, body: str, doc: Path = DOC) -> Path:
         j = text.find(end, i)
         if j < 0:
             raise ValueError(f"{doc}: {start} without {end}; fix the file by hand")
-        text = text[:i] + block + text[j + len(end):]
+        text = text[:i] + block + text[j + len(end) :]
     doc.parent.mkdir(parents=True, exist_ok=True)
     tmp = doc.with_name(f".{doc.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")

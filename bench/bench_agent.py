@@ -72,8 +72,9 @@ def _skab_rows(n_readings: int, start: float) -> dict[str, list[tuple[float, dic
 
     cfg = ReplayConfig(batch=1, speedup=0, start_time=start)
     for dev in select_devices("skab", cfg):
-        for topic, payload, _n in iter_messages("skab", ReplayConfig(batch=1, speedup=0, start_time=start,
-                                                                      devices=[dev])):
+        for topic, payload, _n in iter_messages(
+            "skab", ReplayConfig(batch=1, speedup=0, start_time=start, devices=[dev])
+        ):
             row = json.loads(payload)
             out[topic].append((row["ts"], row["values"]))
             got += len(row["values"])
@@ -96,7 +97,9 @@ def single_messages(n: int, start: float) -> dict[str, list[bytes]]:
             for metric, v in values.items():
                 if k >= n:
                     return dict(out)
-                out[topic].append(json.dumps({"ts": ts, "values": {metric: v}}, separators=(",", ":")).encode())
+                out[topic].append(
+                    json.dumps({"ts": ts, "values": {metric: v}}, separators=(",", ":")).encode()
+                )
                 k += 1
     return dict(out)
 
@@ -110,7 +113,7 @@ def batched_messages(n_msgs: int, start: float, batch: int = BATCH) -> dict[str,
         for i in range(0, len(flat) - batch + 1, batch):
             if k >= n_msgs:
                 return dict(out)
-            out[topic].append(json.dumps({"readings": flat[i:i + batch]}, separators=(",", ":")).encode())
+            out[topic].append(json.dumps({"readings": flat[i : i + batch]}, separators=(",", ":")).encode())
             k += 1
     if k < n_msgs:
         raise RuntimeError(f"only {k} batched messages could be built, wanted {n_msgs}")
@@ -128,9 +131,26 @@ def publish_lines(port: int, by_topic: dict[str, list[bytes]], *, parallel: bool
     procs: list[tuple[subprocess.Popen[bytes], str]] = []
     for i, (topic, lines) in enumerate(by_topic.items()):
         p = subprocess.Popen(
-            [exe, "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv5", "-q", "1", "-t", topic, "-l",
-             "-i", f"bench-pub-{os.getpid()}-{i}"],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                exe,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-V",
+                "mqttv5",
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-l",
+                "-i",
+                f"bench-pub-{os.getpid()}-{i}",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         assert p.stdin is not None
         if parallel:
             procs.append((p, topic))
@@ -195,21 +215,33 @@ def _child_baseline(args: argparse.Namespace) -> int:
     while state["t_end"] is None and time.monotonic() < deadline:
         c.loop(0.05)
     c.disconnect()
-    print(json.dumps({"t_start": t_start, "t_first": state["t_first"], "t_end": state["t_end"],
-                      "messages": state["n"], "readings": state["n"] * args.per_msg}), flush=True)
+    print(
+        json.dumps(
+            {
+                "t_start": t_start,
+                "t_first": state["t_first"],
+                "t_end": state["t_end"],
+                "messages": state["n"],
+                "readings": state["n"] * args.per_msg,
+            }
+        ),
+        flush=True,
+    )
     return 0 if state["t_end"] is not None else 1
 
 
 def _agent_cfg(args: argparse.Namespace) -> Any:
     from edge_agent.config import parse_config
 
-    return parse_config({
-        "node_id": args.client_id,
-        "state_dir": args.state,
-        "mqtt": {"host": "127.0.0.1", "port": args.port},
-        "metrics": {"enabled": True, "port": 0},
-        "log": {"level": "WARNING"},
-    })
+    return parse_config(
+        {
+            "node_id": args.client_id,
+            "state_dir": args.state,
+            "mqtt": {"host": "127.0.0.1", "port": args.port},
+            "metrics": {"enabled": True, "port": 0},
+            "log": {"level": "WARNING"},
+        }
+    )
 
 
 async def _agent_main(args: argparse.Namespace) -> int:
@@ -250,17 +282,28 @@ async def _agent_main(args: argparse.Namespace) -> int:
     if prof is not None:
         prof.disable()
         prof.dump_stats(args.profile)
-    res = {"t_start": t_start, "t_first": t_first, "t_readings": t_read, "t_end": t_end,
-           "messages": mq.received, "acks": mq.acks, "stale_acks": mq.stale_acks, "readings": c.readings, "summaries": c.summaries,
-           "acked": up.acked, "windows": c.windows_emitted, "uplink_bytes": up.bytes,
-           "rejected": dict(c.rejected)}
+    res = {
+        "t_start": t_start,
+        "t_first": t_first,
+        "t_readings": t_read,
+        "t_end": t_end,
+        "messages": mq.received,
+        "acks": mq.acks,
+        "stale_acks": mq.stale_acks,
+        "readings": c.readings,
+        "summaries": c.summaries,
+        "acked": up.acked,
+        "windows": c.windows_emitted,
+        "uplink_bytes": up.bytes,
+        "rejected": dict(c.rejected),
+    }
     print(json.dumps(res), flush=True)
     await _shutdown(agent)
     return 0 if t_end is not None else 1
 
 
 async def _shutdown(agent: Any, limit: float = 20.0) -> None:
-    """Stop the agent; a shutdown that hangs is reported (stderr, exit code 4) instead of stalling the bench."""
+    """Stop the agent; a hanging shutdown is reported (stderr, exit code 4) instead of stalling the bench."""
     agent.request_stop()
     task = asyncio.ensure_future(agent.shutdown())
     done, _ = await asyncio.wait({task}, timeout=limit)
@@ -302,11 +345,40 @@ class Run:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-def _child_cmd(kind: str, phase: str, port: int, client_id: str, state: Path, n_msgs: int, n_readings: int,
-               per_msg: int, timeout: float, profile: str | None = None) -> list[str]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--phase", phase, "--port", str(port),
-           "--client-id", client_id, "--state", str(state), "--n-msgs", str(n_msgs),
-           "--n-readings", str(n_readings), "--per-msg", str(per_msg), "--timeout", str(timeout)]
+def _child_cmd(
+    kind: str,
+    phase: str,
+    port: int,
+    client_id: str,
+    state: Path,
+    n_msgs: int,
+    n_readings: int,
+    per_msg: int,
+    timeout: float,
+    profile: str | None = None,
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        kind,
+        "--phase",
+        phase,
+        "--port",
+        str(port),
+        "--client-id",
+        client_id,
+        "--state",
+        str(state),
+        "--n-msgs",
+        str(n_msgs),
+        "--n-readings",
+        str(n_readings),
+        "--per-msg",
+        str(per_msg),
+        "--timeout",
+        str(timeout),
+    ]
     if profile:
         cmd += ["--profile", profile]
     return cmd
@@ -324,14 +396,26 @@ def _run_child(cmd: list[str], timeout: float) -> dict[str, Any]:
         SHUTDOWN_HANGS.append(p.stderr.decode()[-3000:])
         return json.loads(lines[-1])
     if p.returncode != 0 or not lines:
-        raise RuntimeError(f"child {cmd[3]} {cmd[5]} failed ({p.returncode}): "
-                           f"{p.stdout.decode()[-800:]} {p.stderr.decode()[-1500:]}")
+        raise RuntimeError(
+            f"child {cmd[3]} {cmd[5]} failed ({p.returncode}): "
+            f"{p.stdout.decode()[-800:]} {p.stderr.decode()[-1500:]}"
+        )
     return json.loads(lines[-1])
 
 
-def measure_consumer(kind: str, port: int, tmp: Path, msgs: dict[str, list[bytes]], per_msg: int, *,
-                     live: bool, tag: str, timeout: float, profile: str | None = None) -> Run:
-    """Prime a session, then either pre-queue N messages (offline) or publish while the consumer runs (live)."""
+def measure_consumer(
+    kind: str,
+    port: int,
+    tmp: Path,
+    msgs: dict[str, list[bytes]],
+    per_msg: int,
+    *,
+    live: bool,
+    tag: str,
+    timeout: float,
+    profile: str | None = None,
+) -> Run:
+    """Prime a session, then pre-queue N messages (offline) or publish while the consumer runs (live)."""
     n_msgs = sum(len(v) for v in msgs.values())
     n_readings = n_msgs * per_msg
     cid = f"bench-{kind}-{tag}"
@@ -365,8 +449,9 @@ def measure_consumer(kind: str, port: int, tmp: Path, msgs: dict[str, list[bytes
     return Run(n_readings / span, res)
 
 
-def bench_throughput(port: int, tmp: Path, n: int, n_batched: int, repeats: int, live: bool,
-                     profile_dir: Path | None) -> dict[str, Any]:
+def bench_throughput(
+    port: int, tmp: Path, n: int, n_batched: int, repeats: int, live: bool, profile_dir: Path | None
+) -> dict[str, Any]:
     start = time.time()
     single = single_messages(n, start)
     batched = batched_messages(n_batched, start)
@@ -377,29 +462,47 @@ def bench_throughput(port: int, tmp: Path, n: int, n_batched: int, repeats: int,
         base_runs, agent_runs, ratios = [], [], []
         details: list[dict[str, Any]] = []
         for r in range(repeats):
-            b = measure_consumer("baseline", port, tmp, single, 1, live=is_live, tag=f"s-{mode}-{r}", timeout=timeout)
+            b = measure_consumer(
+                "baseline", port, tmp, single, 1, live=is_live, tag=f"s-{mode}-{r}", timeout=timeout
+            )
             prof = str(profile_dir / f"agent-single-{mode}.prof") if profile_dir and r == 0 else None
-            a = measure_consumer("agent", port, tmp, single, 1, live=is_live, tag=f"s-{mode}-{r}",
-                                 timeout=timeout, profile=prof)
+            a = measure_consumer(
+                "agent",
+                port,
+                tmp,
+                single,
+                1,
+                live=is_live,
+                tag=f"s-{mode}-{r}",
+                timeout=timeout,
+                profile=prof,
+            )
             base_runs.append(b.rate)
             agent_runs.append(a.rate)
             details.append(a.detail)
             ratios.append(a.rate / b.rate)
-            print(f"  single/{mode} run {r + 1}: baseline {b.rate:,.0f}/s, agent {a.rate:,.0f}/s, "
-                  f"ratio {a.rate / b.rate:.3f} (summaries {a.detail['summaries']}, "
-                  f"readings {a.detail['readings']})", flush=True)
+            print(
+                f"  single/{mode} run {r + 1}: baseline {b.rate:,.0f}/s, agent {a.rate:,.0f}/s, "
+                f"ratio {a.rate / b.rate:.3f} (summaries {a.detail['summaries']}, "
+                f"readings {a.detail['readings']})",
+                flush=True,
+            )
         out[f"single_{mode}"] = {"baseline": base_runs, "agent": agent_runs, "ratio": ratios}
         out[f"details_{mode}"] = details
     b_runs, a_runs = [], []
     for r in range(repeats):
         b = measure_consumer("baseline", port, tmp, batched, BATCH, live=False, tag=f"b-{r}", timeout=timeout)
         prof = str(profile_dir / "agent-batched.prof") if profile_dir and r == 0 else None
-        a = measure_consumer("agent", port, tmp, batched, BATCH, live=False, tag=f"b-{r}", timeout=timeout,
-                             profile=prof)
+        a = measure_consumer(
+            "agent", port, tmp, batched, BATCH, live=False, tag=f"b-{r}", timeout=timeout, profile=prof
+        )
         b_runs.append(b.rate)
         a_runs.append(a.rate)
-        print(f"  batched run {r + 1}: agent {a.rate:,.0f} readings/s "
-              f"(bare subscriber {b.rate / BATCH:,.0f} msg/s)", flush=True)
+        print(
+            f"  batched run {r + 1}: agent {a.rate:,.0f} readings/s "
+            f"(bare subscriber {b.rate / BATCH:,.0f} msg/s)",
+            flush=True,
+        )
     out["batched"] = {"baseline": b_runs, "agent": a_runs}
     return out
 
@@ -416,12 +519,14 @@ def _varint_len(n: int) -> int:
 
 
 def publish_wire_bytes(topic: str, payload_len: int) -> int:
-    """Bytes of one MQTT 5 QoS 1 PUBLISH without properties: fixed header + topic + packet id + props length."""
+    """One MQTT 5 QoS 1 PUBLISH without properties: fixed header + topic + packet id + props length."""
     remaining = 2 + len(topic.encode()) + 2 + 1 + payload_len
     return 1 + _varint_len(remaining) + remaining
 
 
-def simulate_uplink(source: str, window_s: float, tick_s: float = 1.0, limit: int | None = None) -> dict[str, Any]:
+def simulate_uplink(
+    source: str, window_s: float, tick_s: float = 1.0, limit: int | None = None
+) -> dict[str, Any]:
     """Run the agent's Pipeline over a whole replay with live pacing (event time = wall time).
 
     The pipeline is the pure core the daemon drives; here the daemon's tick
@@ -436,15 +541,18 @@ def simulate_uplink(source: str, window_s: float, tick_s: float = 1.0, limit: in
     node = "bench-bw"
     # idle_close_s must exceed the sampling interval, or every sparse stream's window is closed
     # by wall-clock idleness after one point (NAB samples every 5 min): the window length is a safe value.
-    cfg = parse_config({"node_id": node, "state_dir": "/nonexistent",
-                        "windows": {"length_s": window_s, "idle_close_s": max(15.0, window_s)}})
+    cfg = parse_config(
+        {
+            "node_id": node,
+            "state_dir": "/nonexistent",
+            "windows": {"length_s": window_s, "idle_close_s": max(15.0, window_s)},
+        }
+    )
     p = Pipeline(cfg)
-    up_topic = topics.summaries(node)
     raw_topic = topics.node_topic(node, "readings")  # where a forward-everything agent would publish
     seq = iter(range(1, 1 << 62))
     up = {"messages": 0, "payload": 0, "wire": 0, "windows": 0, "readings_in_summaries": 0}
     raw_wire = raw_payload = readings = 0
-    next_tick: float | None = None
 
     def take(now: float, force: bool) -> None:
         from edge_agent.wire import decode_summary
@@ -459,35 +567,69 @@ def simulate_uplink(source: str, window_s: float, tick_s: float = 1.0, limit: in
             up["readings_in_summaries"] += batch.readings
         p.take_state()
 
+    # The daemon ticks every 50 ms, but between readings a tick can only do two things: cut a batch
+    # batch_max_delay_s after windows became pending, or close a window idle for idle_close_s. So the
+    # ticks that matter are scheduled from each reading's time instead of walking months of quiet
+    # event time second by second (NAB spans a year at 5 min per point).
+    import heapq
+    import math
+
+    delay = cfg.outbox.batch_max_delay_s
+    idle = cfg.windows.idle_close_s
+    due: list[float] = []
+    scheduled: set[float] = set()
+
+    def schedule(t: float) -> None:
+        t = math.ceil(t / tick_s) * tick_s  # on the tick grid
+        if t not in scheduled:
+            scheduled.add(t)
+            heapq.heappush(due, t)
+
     now = 0.0
     rcfg = ReplayConfig(batch=1, speedup=0, start_time=1_700_000_000.0, limit=limit)
     for topic, payload, _n in iter_messages(source, rcfg):  # type: ignore[arg-type]
         row = json.loads(payload)
         now = float(row["ts"])
-        if next_tick is None:
-            next_tick = now + tick_s
-        while now >= next_tick:
-            take(next_tick, False)
-            next_tick += tick_s
+        while due and due[0] <= now:
+            t = heapq.heappop(due)
+            scheduled.discard(t)
+            take(t, False)
+        take(now, False)  # the tick right before this reading (at most 50 ms earlier in the daemon)
         device = topic.split("/")[1]
         p.handle(topic, payload, now=now)
+        for k in (1, 2):
+            schedule(now + k * tick_s)
+            schedule(now + k * tick_s + delay)
+            schedule(now + idle + k * tick_s)
+            schedule(now + idle + k * tick_s + delay)
         for metric, v in row["values"].items():
             size = raw_reading_bytes(device, metric, row["ts"], v)
             raw_payload += size
             raw_wire += publish_wire_bytes(raw_topic, size)
             readings += 1
+    while due:
+        take(heapq.heappop(due), False)
     take(now + 10 * window_s, False)
     take(now + 10 * window_s, True)
     if up["readings_in_summaries"] != readings or p.counters.readings != readings:
-        raise AssertionError(f"count mismatch: {readings} sent, {p.counters.readings} absorbed, "
-                             f"{up['readings_in_summaries']} in summaries")
-    return {"source": source, "window_s": window_s, "readings": readings, "raw_wire": raw_wire,
-            "raw_payload": raw_payload, "uplink": up, "ratio": raw_wire / up["wire"],
-            "rejected": dict(p.counters.rejected)}
+        raise AssertionError(
+            f"count mismatch: {readings} sent, {p.counters.readings} absorbed, "
+            f"{up['readings_in_summaries']} in summaries"
+        )
+    return {
+        "source": source,
+        "window_s": window_s,
+        "readings": readings,
+        "raw_wire": raw_wire,
+        "raw_payload": raw_payload,
+        "uplink": up,
+        "ratio": raw_wire / up["wire"],
+        "rejected": dict(p.counters.rejected),
+    }
 
 
 def bandwidth_via_agent(port: int, tmp: Path) -> dict[str, Any]:
-    """Cross-check on the real path: SKAB at full speed through an agent process; count what reaches the uplink."""
+    """Cross-check on the real path: SKAB at full speed through an agent process, counted on the uplink."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -503,7 +645,9 @@ def bandwidth_via_agent(port: int, tmp: Path) -> dict[str, Any]:
         by_topic[topic].append(payload)
         row = json.loads(payload)
         for metric, v in row["values"].items():
-            raw_wire += publish_wire_bytes(raw_topic, raw_reading_bytes(topic.split("/")[1], metric, row["ts"], v))
+            raw_wire += publish_wire_bytes(
+                raw_topic, raw_reading_bytes(topic.split("/")[1], metric, row["ts"], v)
+            )
             readings += 1
     got = {"messages": 0, "wire": 0, "payload": 0, "readings": 0, "windows": 0}
 
@@ -520,8 +664,14 @@ def bandwidth_via_agent(port: int, tmp: Path) -> dict[str, Any]:
     sub.connect("127.0.0.1", port)
     sub.subscribe(topics.summaries(node), qos=1)
     sub.loop_start()
-    cfg = agent_config(tmp, node, port, windows={"length_s": 10.0, "idle_close_s": 15.0},
-                       outbox={"batch_max_delay_s": 1.0}, log={"level": "WARNING", "format": "json"})
+    cfg = agent_config(
+        tmp,
+        node,
+        port,
+        windows={"length_s": 10.0, "idle_close_s": 15.0},
+        outbox={"batch_max_delay_s": 1.0},
+        log={"level": "WARNING", "format": "json"},
+    )
     agent = AgentProcess(tmp, cfg)
     try:
         agent.start()
@@ -535,7 +685,13 @@ def bandwidth_via_agent(port: int, tmp: Path) -> dict[str, Any]:
         agent.close()
         sub.loop_stop()
         sub.disconnect()
-    return {"readings": readings, "raw_wire": raw_wire, "uplink": got, "ratio": raw_wire / got["wire"], "rc": rc}
+    return {
+        "readings": readings,
+        "raw_wire": raw_wire,
+        "uplink": got,
+        "ratio": raw_wire / got["wire"],
+        "rc": rc,
+    }
 
 
 def _metric(agent: Any, name: str) -> float:
@@ -586,9 +742,15 @@ def bench_memory(port: int, tmp: Path, n_msgs: int, rounds: int, settle_s: float
     from tests.support import AgentProcess, agent_config, wait_until
 
     node = "bench-mem"
-    cfg = agent_config(tmp, node, port, windows={"length_s": 10.0, "idle_close_s": 15.0},
-                       outbox={"batch_max_delay_s": 1.0}, metrics={"enabled": True, "port": free_port()},
-                       log={"level": "INFO", "format": "json"})
+    cfg = agent_config(
+        tmp,
+        node,
+        port,
+        windows={"length_s": 10.0, "idle_close_s": 15.0},
+        outbox={"batch_max_delay_s": 1.0},
+        metrics={"enabled": True, "port": free_port()},
+        log={"level": "INFO", "format": "json"},
+    )
     agent = AgentProcess(tmp, cfg)
     samples: list[tuple[float, int, str]] = []
     phase = ["start"]
@@ -624,10 +786,15 @@ def bench_memory(port: int, tmp: Path, n_msgs: int, rounds: int, settle_s: float
         agent.close()
     last_load = [kb for _, kb, ph in samples if ph == f"load{rounds - 1}"]
     idle = [kb for _, kb, ph in samples if ph == "idle"]
-    return {"rss_start_mb": rss0 / 1024, "load_median_mb": statistics.median(last_load) / 1024 if last_load else None,
-            "load_max_mb": max(last_load) / 1024 if last_load else None,
-            "steady_mb": statistics.median(idle) / 1024 if idle else rss / 1024, "peak_mb": hwm / 1024,
-            "readings": total, "rounds": rounds}
+    return {
+        "rss_start_mb": rss0 / 1024,
+        "load_median_mb": statistics.median(last_load) / 1024 if last_load else None,
+        "load_max_mb": max(last_load) / 1024 if last_load else None,
+        "steady_mb": statistics.median(idle) / 1024 if idle else rss / 1024,
+        "peak_mb": hwm / 1024,
+        "readings": total,
+        "rounds": rounds,
+    }
 
 
 # ---------------------------------------------------------------------------- install size
@@ -655,7 +822,7 @@ def _top_entries(sp: Path, k: int = 8) -> list[tuple[str, float]]:
 
 
 def bench_install(tmp: Path) -> dict[str, Any]:
-    """``pip install .`` (no extras) into a fresh venv; the source is copied so no build/ lands in the repo."""
+    """``pip install .`` (no extras) into a fresh venv; sources copied so no build/ lands in the repo."""
     src = tmp / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -665,17 +832,26 @@ def bench_install(tmp: Path) -> dict[str, Any]:
     venv = tmp / "edge-venv"
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    p = subprocess.run([str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "-q", str(src)],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "--disable-pip-version-check", "-q", str(src)],
+        capture_output=True,
+        text=True,
+    )
     if p.returncode != 0:
         raise RuntimeError(f"pip install failed: {p.stderr[-2000:]}")
     secs = time.perf_counter() - t0
     sp = _site_packages(venv)
     names = {e.name.lower() for e in sp.iterdir()}
-    heavy = sorted(n for n in ("torch", "transformers", "kubernetes", "sentence_transformers", "aiohttp")
-                   if n in names)
-    res: dict[str, Any] = {"edge_mb": _du_kb(sp) / 1024, "edge_venv_mb": _du_kb(venv) / 1024,
-                           "top": _top_entries(sp), "heavy": heavy, "install_s": secs}
+    heavy = sorted(
+        n for n in ("torch", "transformers", "kubernetes", "sentence_transformers", "aiohttp") if n in names
+    )
+    res: dict[str, Any] = {
+        "edge_mb": _du_kb(sp) / 1024,
+        "edge_venv_mb": _du_kb(venv) / 1024,
+        "top": _top_entries(sp),
+        "heavy": heavy,
+        "install_s": secs,
+    }
     full = REPO / ".venv"
     if full.exists():
         fsp = _site_packages(full)
@@ -701,91 +877,152 @@ def build_report(res: dict[str, Any], cmd: str, quick: bool) -> tuple[str, list[
             if not d:
                 continue
             ratio = statistics.median(d["ratio"])
-            rows.append([f"Single-reading msgs, {mode}: agent / bare paho subscriber", f"{ratio:.3f}",
-                         f">= {TARGET_SINGLE_RATIO:.2f}" if mode == "offline" else "(info)",
-                         ("PASS" if ratio >= TARGET_SINGLE_RATIO else "FAIL") if mode == "offline" else "-",
-                         f"agent {_fmt_rate(statistics.median(d['agent']))} readings/s vs subscriber "
-                         f"{_fmt_rate(statistics.median(d['baseline']))} msg/s"])
+            rows.append(
+                [
+                    f"Single-reading msgs, {mode}: agent / bare paho subscriber",
+                    f"{ratio:.3f}",
+                    f">= {TARGET_SINGLE_RATIO:.2f}" if mode == "offline" else "(info)",
+                    ("PASS" if ratio >= TARGET_SINGLE_RATIO else "FAIL") if mode == "offline" else "-",
+                    f"agent {_fmt_rate(statistics.median(d['agent']))} readings/s vs subscriber "
+                    f"{_fmt_rate(statistics.median(d['baseline']))} msg/s",
+                ]
+            )
         b = tp["batched"]
         rate = statistics.median(b["agent"])
-        rows.append([f"Batched msgs ({BATCH} readings): readings/s", _fmt_rate(rate), f">= {TARGET_BATCHED_RPS:,.0f}",
-                     "PASS" if rate >= TARGET_BATCHED_RPS else "FAIL",
-                     f"bare subscriber {_fmt_rate(statistics.median(b['baseline']) / BATCH)} msg/s "
-                     f"(= {_fmt_rate(statistics.median(b['baseline']))} readings/s if it parsed nothing)"])
-        notes.append(f"Throughput: {tp['n_single']:,} single-reading messages and {tp['n_batched_msgs']:,} messages "
-                     f"of {BATCH} readings (SKAB values, QoS 1), median of {tp['repeats']} runs; per-run values: "
-                     + "; ".join(f"{k}: " + ", ".join(f"{x:,.0f}" if x > 10 else f"{x:.3f}" for x in v)
-                                 for m, d in tp.items() if isinstance(d, dict) for k, v in
-                                 ((f"{m}.{kk}", vv) for kk, vv in d.items())))
+        rows.append(
+            [
+                f"Batched msgs ({BATCH} readings): readings/s",
+                _fmt_rate(rate),
+                f">= {TARGET_BATCHED_RPS:,.0f}",
+                "PASS" if rate >= TARGET_BATCHED_RPS else "FAIL",
+                f"bare subscriber {_fmt_rate(statistics.median(b['baseline']) / BATCH)} msg/s "
+                f"(= {_fmt_rate(statistics.median(b['baseline']))} readings/s if it parsed nothing)",
+            ]
+        )
+        notes.append(
+            f"Throughput: {tp['n_single']:,} single-reading messages and {tp['n_batched_msgs']:,} messages "
+            f"of {BATCH} readings (SKAB values, QoS 1), median of {tp['repeats']} runs; per-run values: "
+            + "; ".join(
+                f"{k}: " + ", ".join(f"{x:,.0f}" if x > 10 else f"{x:.3f}" for x in v)
+                for m, d in tp.items()
+                if isinstance(d, dict)
+                for k, v in ((f"{m}.{kk}", vv) for kk, vv in d.items())
+            )
+        )
     bw = res.get("bandwidth")
     if bw:
         for key, d in bw.items():
             if key == "agent":
                 continue
             target = f">= {TARGET_BANDWIDTH_RATIO:.0f}x" if key == "skab-10s" else "(info)"
-            verdict = ("PASS" if d["ratio"] >= TARGET_BANDWIDTH_RATIO else "FAIL") if key == "skab-10s" else "-"
-            rows.append([f"Uplink bytes, {d['source'].upper()} {d['window_s']:g} s windows: raw / agent",
-                         f"{d['ratio']:.1f}x", target, verdict,
-                         f"raw {d['raw_wire'] / 1e6:.2f} MB for {d['readings']:,} readings vs "
-                         f"{d['uplink']['wire'] / 1e3:.1f} kB in {d['uplink']['messages']} summaries "
-                         f"({d['uplink']['windows']:,} windows)"])
+            verdict = (
+                ("PASS" if d["ratio"] >= TARGET_BANDWIDTH_RATIO else "FAIL") if key == "skab-10s" else "-"
+            )
+            rows.append(
+                [
+                    f"Uplink bytes, {d['source'].upper()} {d['window_s']:g} s windows: raw / agent",
+                    f"{d['ratio']:.1f}x",
+                    target,
+                    verdict,
+                    f"raw {d['raw_wire'] / 1e6:.2f} MB for {d['readings']:,} readings vs "
+                    f"{d['uplink']['wire'] / 1e3:.1f} kB in {d['uplink']['messages']} summaries "
+                    f"({d['uplink']['windows']:,} windows)",
+                ]
+            )
         if "agent" in bw:
             d = bw["agent"]
-            rows.append(["Uplink bytes, SKAB 10 s, real agent at full replay speed: raw / agent",
-                         f"{d['ratio']:.1f}x", "(cross-check)", "-",
-                         f"{d['uplink']['messages']} summaries, {d['uplink']['windows']:,} windows, "
-                         f"{d['uplink']['readings']:,} of {d['readings']:,} readings counted in them"])
+            rows.append(
+                [
+                    "Uplink bytes, SKAB 10 s, real agent at full replay speed: raw / agent",
+                    f"{d['ratio']:.1f}x",
+                    "(cross-check)",
+                    "-",
+                    f"{d['uplink']['messages']} summaries, {d['uplink']['windows']:,} windows, "
+                    f"{d['uplink']['readings']:,} of {d['readings']:,} readings counted in them",
+                ]
+            )
     mem = res.get("memory")
     if mem:
-        rows.append(["Steady RSS of one agent (no model), idle after load", f"{mem['steady_mb']:.1f} MB",
-                     f"<= {TARGET_RSS_MB:.0f} MB", "PASS" if mem["steady_mb"] <= TARGET_RSS_MB else "FAIL",
-                     f"peak (VmHWM) {mem['peak_mb']:.1f} MB; under load median {mem['load_median_mb']:.1f} MB; "
-                     f"right after start {mem['rss_start_mb']:.1f} MB"])
+        rows.append(
+            [
+                "Steady RSS of one agent (no model), idle after load",
+                f"{mem['steady_mb']:.1f} MB",
+                f"<= {TARGET_RSS_MB:.0f} MB",
+                "PASS" if mem["steady_mb"] <= TARGET_RSS_MB else "FAIL",
+                f"peak (VmHWM) {mem['peak_mb']:.1f} MB; under load median {mem['load_median_mb']:.1f} MB; "
+                f"right after start {mem['rss_start_mb']:.1f} MB",
+            ]
+        )
     inst = res.get("install")
     if inst:
-        rows.append(["Edge-only install (`pip install .`), site-packages", f"{inst['edge_mb']:.0f} MB",
-                     "no torch/transformers/kubernetes", "PASS" if not inst["heavy"] else
-                     f"FAIL ({', '.join(inst['heavy'])})",
-                     f"full dev venv (cloud, train, dev extras) {inst.get('full_mb', float('nan')):.0f} MB"])
-        notes.append("Edge install, largest entries: " + ", ".join(f"{n} {mb:.1f} MB" for n, mb in inst["top"])
-                     + f"; whole venv {inst['edge_venv_mb']:.0f} MB, pip took {inst['install_s']:.0f} s."
-                     + (" Full venv largest: " + ", ".join(f"{n} {mb:.0f} MB" for n, mb in inst["full_top"])
-                        if inst.get("full_top") else ""))
+        rows.append(
+            [
+                "Edge-only install (`pip install .`), site-packages",
+                f"{inst['edge_mb']:.0f} MB",
+                "no torch/transformers/kubernetes",
+                "PASS" if not inst["heavy"] else f"FAIL ({', '.join(inst['heavy'])})",
+                f"full dev venv (cloud, train, dev extras) {inst.get('full_mb', float('nan')):.0f} MB",
+            ]
+        )
+        notes.append(
+            "Edge install, largest entries: "
+            + ", ".join(f"{n} {mb:.1f} MB" for n, mb in inst["top"])
+            + f"; whole venv {inst['edge_venv_mb']:.0f} MB, pip took {inst['install_s']:.0f} s."
+            + (
+                " Full venv largest: " + ", ".join(f"{n} {mb:.0f} MB" for n, mb in inst["full_top"])
+                if inst.get("full_top")
+                else ""
+            )
+        )
     header = ["Measure", "Value", "Target", "Result", "Baseline / detail"]
-    body = ["## Edge agent: throughput, uplink bandwidth, memory, install size", "",
-            f"Command: `{cmd}`  ", f"Machine: {machine_line(res['machine'])}" + ("  \n**Quick mode: small N, "
-                                                                                 "numbers are indicative only.**"
-                                                                                 if quick else ""), "",
-            markdown_table(header, rows), ""]
+    body = [
+        "## Edge agent: throughput, uplink bandwidth, memory, install size",
+        "",
+        f"Command: `{cmd}`  ",
+        f"Machine: {machine_line(res['machine'])}"
+        + ("  \n**Quick mode: small N, numbers are indicative only.**" if quick else ""),
+        "",
+        markdown_table(header, rows),
+        "",
+    ]
     body += [
-        "- Throughput method: the consumer's persistent session (clean_start=False) is created, it disconnects, "
+        "- Throughput method: the consumer's persistent session (clean_start=False) is created, it "
+        "disconnects, "
         "`mosquitto_pub -l` queues N QoS 1 messages at the broker, then the consumer connects and is timed "
         "from CONNECT to done, inside its own process. Bare subscriber: paho 2.2, counts in `on_message`, "
-        "auto-ack. Agent (`Agent` in its own process, default config: 10 s windows, 50 ms commit ticks): done = "
+        "auto-ack. Agent (`Agent` in its own process, default config: 10 s windows, 50 ms commit ticks): "
+        "done = "
         "every reading counted, every inbound message PUBACKed (only after its SQLite commit, "
         "`synchronous=FULL`) and every summary batch produced so far PUBACKed by the broker. `live`: the "
         "consumer is connected while `mosquitto_pub` publishes (timed first message to done; the publisher "
         "competes for the same 2 cores).",
         "- Bandwidth: per message, MQTT 5 QoS 1 PUBLISH bytes = fixed header + topic + packet id + property "
         "length + payload, for both sides; raw = every reading alone as compact JSON "
-        "`{\"device\",\"metric\",\"ts\",\"value\"}` on `edgeloop/v1/nodes/{node}/readings`. Rows `SKAB`/`NAB`: "
-        "the agent's own `Pipeline` over the whole replay (all files) with the daemon's tick every 1 s of event "
-        "time, i.e. live pacing, summaries zlib-compressed as on the wire; readings in summaries are checked to "
-        "equal readings sent. NAB samples every 5 min (one series hourly), so a 10 s window holds one point "
-        "and a summary (13 statistics) is larger than the raw reading: the ratio is below 1 by construction. "
-        "1 h windows hold 12 points, the shortest window that aggregates anything at NAB's rate.",
+        '`{"device","metric","ts","value"}` on `edgeloop/v1/nodes/{node}/readings`. Rows `SKAB`/`NAB`: '
+        "the agent's own `Pipeline` over the whole replay (all files), driven with live pacing (event time "
+        "as the clock, the daemon's tick work done when it is due: batch cut 1 s after windows pend, idle "
+        "close), summaries zlib-compressed as on the wire; readings in summaries are checked to equal "
+        "readings sent. NAB samples every 5 min (one series hourly), so a 10 s window holds one point: each "
+        "summary window carries one reading with 13 statistics and the ratio is about 1 by construction. "
+        "1 h windows hold up to 12 points, the shortest window that aggregates anything at NAB's rate; "
+        "`idle_close_s` is set to the window length there, otherwise the default 15 s idle close would "
+        "close every sparse window after its first point.",
         "- Memory: `edge-agent run` as a subprocess (metrics endpoint on, JSON logs at INFO), VmRSS from "
         "/proc every 20 ms; rounds of batched load, the first being warm-up; steady = median over the idle "
         "period after the last round was absorbed.",
     ]
     body += [f"- {n}" for n in notes]
     if tp:
-        stale = [r.get("stale_acks", 0) for mode in ("offline", "live") for r in tp.get(f"details_{mode}", [])]
-        body.append(f"- Agent findings seen in this run: inbound acks dropped as stale per offline run: {stale} "
-                    f"(messages delivered from the persistent session before SUBACK are never PUBACKed on that "
-                    f"connection); `Agent.shutdown()` hangs: {res.get('shutdown_hangs', 0)} of "
-                    f"{res.get('agent_children', 0)} agent processes (Python 3.11 `asyncio.wait_for` swallowing "
-                    "a cancellation in `Uplink.run`). See the report for fixes.")
+        stale = [
+            r.get("stale_acks", 0) for mode in ("offline", "live") for r in tp.get(f"details_{mode}", [])
+        ]
+        body.append(
+            f"- Agent findings seen in this run: inbound acks dropped as stale per offline run: {stale} "
+            f"(messages delivered from the persistent session before SUBACK are never PUBACKed on that "
+            f"connection); `Agent.shutdown()` hangs: {res.get('shutdown_hangs', 0)} of "
+            f"{res.get('agent_children', 0)} agent processes (Python 3.11 `asyncio.wait_for` swallowing "
+            "a cancellation in `Uplink.run`). See the report for fixes."
+        )
     return "\n".join(body), [header, *rows]
 
 
@@ -797,7 +1034,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--only", default="throughput,bandwidth,memory,install")
     ap.add_argument("--no-live", action="store_true", help="skip the live (concurrent publish) variant")
-    ap.add_argument("--profile-dir", type=Path, default=None, help="cProfile the first agent run of each kind")
+    ap.add_argument(
+        "--profile-dir", type=Path, default=None, help="cProfile the first agent run of each kind"
+    )
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw results here")
@@ -835,8 +1074,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"throughput ... ({time.perf_counter() - t_all:.1f} s)", flush=True)
                 if args.profile_dir:
                     args.profile_dir.mkdir(parents=True, exist_ok=True)
-                res["throughput"] = bench_throughput(broker.port, tmp, n, n_batched, repeats,
-                                                     live=not (quick or args.no_live), profile_dir=args.profile_dir)
+                res["throughput"] = bench_throughput(
+                    broker.port,
+                    tmp,
+                    n,
+                    n_batched,
+                    repeats,
+                    live=not (quick or args.no_live),
+                    profile_dir=args.profile_dir,
+                )
             if "bandwidth" in only:
                 print(f"bandwidth ... ({time.perf_counter() - t_all:.1f} s)", flush=True)
                 bw: dict[str, Any] = {}
@@ -849,8 +1095,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 res["bandwidth"] = bw
             if "memory" in only:
                 print(f"memory ... ({time.perf_counter() - t_all:.1f} s)", flush=True)
-                res["memory"] = bench_memory(broker.port, tmp, 100 if quick else 3000, 1 if quick else 3,
-                                             0.5 if quick else 5.0)
+                res["memory"] = bench_memory(
+                    broker.port, tmp, 100 if quick else 3000, 1 if quick else 3, 0.5 if quick else 5.0
+                )
         if "install" in only:
             print("install size ...", flush=True)
             res["install"] = bench_install(tmp)

@@ -38,8 +38,9 @@ def discover(only: set[str] | None = None) -> list[Path]:
 
 def supports(script: Path, flag: str) -> bool:
     try:
-        p = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
-                           timeout=120, cwd=REPO)
+        p = subprocess.run(
+            [sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120, cwd=REPO
+        )
     except subprocess.TimeoutExpired:
         return False
     return p.returncode == 0 and flag in p.stdout

@@ -99,6 +99,9 @@ class ControllerSettings(BaseModel):
             mqtt["host"] = e["EDGELOOP_MQTT_HOST"]
         if "EDGELOOP_MQTT_PORT" in e:
             mqtt["port"] = int(e["EDGELOOP_MQTT_PORT"])
+        # A controller should come back quickly after a broker restart: cap the reconnect backoff low.
+        mqtt["reconnect_min_s"] = float(e.get("EDGELOOP_MQTT_RECONNECT_MIN_S", 0.2))
+        mqtt["reconnect_max_s"] = float(e.get("EDGELOOP_MQTT_RECONNECT_MAX_S", 2.0))
         if e.get("EDGELOOP_MQTT_CA_FILE"):
             mqtt["tls"] = TlsConfig(
                 ca_file=Path(e["EDGELOOP_MQTT_CA_FILE"]),
@@ -172,6 +175,8 @@ class ControllerApp:
         self.ctx: Context | None = None
         self.manager: Manager | None = None
         self.controllers: dict[str, Controller] = {}
+        self.desired_client: MqttClient | None = None
+        self._summary_woken: dict[str, float] = {}  # EdgeNode key -> last wake by a summary (monotonic)
         self.throttle = StatusThrottle(settings.status_min_interval_s, settings.status_max_writes_per_s)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -230,7 +235,16 @@ class ControllerApp:
             on_status=self._on_status,
             on_summary=self._on_summary,
         )
-        publisher = DesiredPublisher(self.fleet, self.ingest.client)
+        # Own connection for desired states: on the ingest connection their PUBACKs queue behind up to
+        # receive_max summaries, and not at all while ingest pauses reading (backpressure), so
+        # publishes timed out under load and node reconciles backed off (bench_fleet).
+        self.desired_client = MqttClient(
+            s.mqtt,
+            f"{s.client_id or f'edgeloop-controller-{s.identity}'}-desired",
+            clean_start=True,
+            name="desired",
+        )
+        publisher = DesiredPublisher(self.fleet, self.desired_client)
         rs = ReconcileSettings(
             namespace=s.namespace,
             heartbeat_timeout_s=s.heartbeat_timeout_s,
@@ -268,10 +282,17 @@ class ControllerApp:
 
     def _on_summary(self, node: str) -> None:
         # Summaries only move lastSeen and counters: wake the node at most once per write interval.
+        # Keyed on the last wake too, not only the last write: a node whose write is deferred (rate
+        # limit, or status unchanged) was otherwise re-reconciled on every summary (bench_fleet).
         assert self.ctx is not None
-        last = self.throttle.last_write(self.ctx.key(node))
-        if last is None or time.monotonic() - last >= self.settings.status_min_interval_s:
-            self.ctx.enqueue("EdgeNode", node)
+        key = self.ctx.key(node)
+        if not self.throttle.due(key):
+            return
+        now = time.monotonic()
+        if now - self._summary_woken.get(key, -1e18) < self.settings.status_min_interval_s:
+            return
+        self._summary_woken[key] = now
+        self.ctx.enqueue("EdgeNode", node)
 
     # ------------------------------------------------------------------ run
 
@@ -282,6 +303,8 @@ class ControllerApp:
         assert self.fleet is not None and self.ingest is not None and self.manager is not None
         self.fleet.open()
         server = await asyncio.start_server(self._http, self.settings.http_host, self.settings.http_port)
+        assert self.desired_client is not None
+        await self.desired_client.start()
         self.http_port = int(server.sockets[0].getsockname()[1])
         ingest_task = asyncio.create_task(self.ingest.run(), name="ingest")
         manager_task = asyncio.create_task(self.manager.run(), name="manager")
@@ -310,6 +333,7 @@ class ControllerApp:
             for t in (manager_task, ingest_task):
                 t.cancel()
             await asyncio.gather(manager_task, ingest_task, stop_task, return_exceptions=True)
+            await self.desired_client.stop()
             if teacher is not None:
                 await teacher.stop()
                 await teacher.client.stop()
@@ -345,6 +369,8 @@ class ControllerApp:
     def is_ready(self) -> bool:
         """Ingest connected; and, when leading, every controller's cache synced."""
         if self.ingest is None or not self.ingest.client.connected or self.manager is None:
+            return False
+        if self.desired_client is not None and not self.desired_client.connected:
             return False
         if self.manager.leader.is_leader:
             return self.manager.controllers_running.is_set() and all(

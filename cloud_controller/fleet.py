@@ -300,9 +300,18 @@ class StatusThrottle:
         self._burst = max(1.0, max_writes_per_s)  # one second's worth
         self._tokens = self._burst
         self._refilled: float | None = None
+        self._reserved: dict[str, float] = {}  # key -> when its reserved write is due
 
     def admit(self, key: str, *, urgent: bool = False) -> float:
         now = self.clock()
+        slot = self._reserved.pop(key, None)
+        if slot is not None:  # deferred by the global rate earlier: its token is already paid for
+            if now >= slot - 1e-3:
+                return self._admitted(key, now)
+            self._reserved[key] = slot
+            self.metrics.coalesced += 1
+            self.metrics.rate_limited += 1
+            return slot - now
         if not urgent:
             last = self._last.get(key)
             if last is not None and now - last < self.min_interval_s:
@@ -311,17 +320,35 @@ class StatusThrottle:
         if self._refilled is not None:
             self._tokens = min(self._burst, self._tokens + (now - self._refilled) * self.max_writes_per_s)
         self._refilled = now
-        if self._tokens < 1.0:
-            self.metrics.coalesced += 1
-            self.metrics.rate_limited += 1
-            return (1.0 - self._tokens) / self.max_writes_per_s
         self._tokens -= 1.0
+        if self._tokens >= 0.0:
+            return self._admitted(key, now)
+        # Over the rate: reserve this key its own future turn (the bucket goes into debt). Answering
+        # every deferred key "retry when the next token is due" made them all retry together every
+        # 1/max_writes_per_s, one winning each time: with 1,000 nodes that was ~100x more reconciles
+        # than writes (bench_fleet). A key holds at most one reservation, so the debt stays bounded.
+        wait = -self._tokens / self.max_writes_per_s
+        self._reserved[key] = now + wait
+        self.metrics.coalesced += 1
+        self.metrics.rate_limited += 1
+        return wait
+
+    def _admitted(self, key: str, now: float) -> float:
         self._last[key] = now
         self.metrics.writes += 1
         return 0.0
+
+    def due(self, key: str) -> bool:
+        """Could a non-urgent write of ``key`` be considered now (not inside its interval, no reservation)?"""
+        slot = self._reserved.get(key)
+        if slot is not None:
+            return self.clock() >= slot
+        last = self._last.get(key)
+        return last is None or self.clock() - last >= self.min_interval_s
 
     def last_write(self, key: str) -> float | None:
         return self._last.get(key)
 
     def forget(self, key: str) -> None:
         self._last.pop(key, None)
+        self._reserved.pop(key, None)

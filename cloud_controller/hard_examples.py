@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -137,16 +138,22 @@ def teacher_confidence(teacher: dict[str, Any] | None) -> float | None:
 
 
 class HardExampleStore:
-    """Plain sqlite3 in WAL mode, opened lazily (constructors do no I/O); one writer (ingest)."""
+    """Plain sqlite3 in WAL mode, opened lazily (constructors do no I/O).
+
+    Ingest writes on the event loop; the distillation reconciler reads from a
+    worker thread (``asyncio.to_thread``), so the one connection is shared across
+    threads and every use holds ``_lock``.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
 
     def open(self) -> HardExampleStore:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path)
+            db = sqlite3.connect(self.path, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
@@ -159,9 +166,10 @@ class HardExampleStore:
         return self.open()._db  # type: ignore[return-value]
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def __enter__(self) -> HardExampleStore:
         return self.open()
@@ -174,7 +182,7 @@ class HardExampleStore:
     def add_many(self, items: Sequence[tuple[wire.HardExample, float]]) -> list[bool]:
         """Store ``(example, received)`` pairs in ONE transaction; per item: new (True) or duplicate."""
         out: list[bool] = []
-        with self.db:
+        with self._lock, self.db:
             for ex, received in items:
                 cur = self.db.execute(
                     "INSERT OR IGNORE INTO hard_examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -205,7 +213,7 @@ class HardExampleStore:
 
     def prune(self, older_than: float) -> int:
         """Delete rows received before ``older_than`` (retention); returns how many."""
-        with self.db:
+        with self._lock, self.db:
             return self.db.execute("DELETE FROM hard_examples WHERE received < ?", (older_than,)).rowcount
 
     # ------------------------------------------------------------------ reads
@@ -229,20 +237,31 @@ class HardExampleStore:
         if min_confidence is not None:
             sql += " AND confidence >= ?"
             args.append(min_confidence)
-        sql += " ORDER BY received DESC, id"
+        sql += " ORDER BY received DESC, id DESC"
         if limit is not None:
             sql += " LIMIT ?"
             args.append(int(limit))
-        rows = self.db.execute(sql, args).fetchall()
+        with self._lock:
+            rows = self.db.execute(sql, args).fetchall()
         return [_row(r) for r in reversed(rows)]
 
     def count(self, task: str | None = None) -> int:
+        with self._lock:
+            return self._count(task)
+
+    def _count(self, task: str | None) -> int:
         if task is None:
             return int(self.db.execute("SELECT COUNT(*) FROM hard_examples").fetchone()[0])
-        return int(self.db.execute("SELECT COUNT(*) FROM hard_examples WHERE task = ?", (task,)).fetchone()[0])
+        return int(
+            self.db.execute("SELECT COUNT(*) FROM hard_examples WHERE task = ?", (task,)).fetchone()[0]
+        )
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{"by_task": {...}, "by_node": {...}, "duplicates": {node: n}}`` for status and metrics."""
+        with self._lock:
+            return self._counts()
+
+    def _counts(self) -> dict[str, dict[str, int]]:
         by_task = dict(self.db.execute("SELECT task, COUNT(*) FROM hard_examples GROUP BY task").fetchall())
         by_node = dict(self.db.execute("SELECT node, COUNT(*) FROM hard_examples GROUP BY node").fetchall())
         dups = dict(self.db.execute("SELECT node, count FROM hard_example_duplicates").fetchall())
@@ -279,7 +298,9 @@ class HandleResult:
         return sum(self.rejected.values())
 
 
-def parse_hard_example(topic: str, payload: bytes, max_bytes: int = MAX_HARD_EXAMPLE_BYTES) -> wire.HardExample:
+def parse_hard_example(
+    topic: str, payload: bytes, max_bytes: int = MAX_HARD_EXAMPLE_BYTES
+) -> wire.HardExample:
     """Validate one message; RejectedMessage with a stable reason otherwise.
 
     The broker ACL lets a node publish only under its own ``nodes/{node}/``, so

@@ -58,6 +58,10 @@ class IngestConfig(BaseModel):
     max_payload_bytes: int = 8 * wire.DEFAULT_MAX_PAYLOAD
     batch_max: int = Field(default=1000, ge=1, le=50_000)
     linger_s: float = Field(default=0.002, ge=0, le=1)
+    # MQTT Receive Maximum (= the client's inbound queue bound). On a reconnect with a session
+    # backlog the broker sends this many messages ahead of the SUBACK, which must arrive within
+    # connect_timeout_s: 10,000 at a loaded controller's ~1k/s missed it and looped (bench_fleet).
+    receive_max: int = Field(default=2000, ge=1, le=65535)
     auto_register: bool = True
 
 
@@ -103,6 +107,7 @@ class Ingest:
             cfg.client_id,
             subscriptions=[(self._summaries_filter(), 1), (topics.all_nodes("status"), 1)],
             manual_ack=True,
+            max_incoming=cfg.receive_max,
             name="ingest",
         )
         self._known: set[str] = set()

@@ -1,6 +1,12 @@
 """``make demo``: the whole system on this machine, fed from real data.
 
-A mosquitto broker, the cloud receiver and three edge agents run as real
+Default flow (``--flow loop``, :mod:`edgeloop_sim.demo_loop`): the closed loop:
+cached first students and teacher, the controller with its embedded store,
+3 agents, v1 deployed by EdgeModel + ModelRollout, labelled SNIPS traffic that
+escalates and yields hard examples, a DistillationJob, a canary rollout of v2,
+then a report with tables and a PNG (``docs/demo.md``).
+
+``--flow basic`` is the first demo, kept as a fallback: a mosquitto broker, the cloud receiver and three edge agents run as real
 processes under a small supervisor; SKAB pump sensors, NAB streams and SNIPS
 chat utterances are replayed into them as device traffic. At the end a report
 compares the bytes that forwarding every reading would have cost with the bytes
@@ -67,7 +73,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speedup", type=float, default=0.0, help="replay speed-up; 0 = as fast as possible")
     ap.add_argument("--limit", type=int, default=None, help="rows per device (default: all)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the cloud to catch up")
+    ap.add_argument("--flow", choices=["loop", "basic"], default="loop", help="loop (default) or basic")
+    ap.add_argument("--config", choices=["full", "tiny"], default="full", help="model recipe (tiny: tests)")
+    ap.add_argument("--threshold", type=float, default=0.8, help="chat escalation threshold on the agents")
+    ap.add_argument(
+        "--collect", type=int, default=600, help="SNIPS train utterances sent to v1 (hard examples)"
+    )
+    ap.add_argument("--chat-rate", type=float, default=25.0, help="utterances per second in the chat phases")
+    ap.add_argument(
+        "--trickle-rate", type=float, default=3.0, help="utterances per second during job/rollout"
+    )
+    ap.add_argument("--pause", type=int, default=5, help="canary pause between rollout steps (s)")
+    ap.add_argument(
+        "--max-regression", type=float, default=1.0, help="gate: allowed intent-acc drop (points)"
+    )
+    ap.add_argument("--job-timeout", type=float, default=900.0, help="seconds to wait for job and rollout")
     args = ap.parse_args(argv)
+    if args.flow == "loop":
+        return run_loop(args)
 
     out = Path(args.out).resolve()
     if out.exists():
@@ -151,6 +174,51 @@ def main(argv: list[str] | None = None) -> int:
         say("stopping agents, controller and broker")
         sup.stop_all()
         broker.stop()
+
+
+def run_loop(args: argparse.Namespace) -> int:
+    """The closed loop (see :mod:`edgeloop_sim.demo_loop`), then the exactly-once check and the report."""
+    from edgeloop_sim import demo_report
+    from edgeloop_sim.demo_loop import Loop
+
+    out = Path(args.out).resolve()
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    t0 = time.time()
+    loop = Loop(args, out)
+    try:
+        report = loop.run()
+        sent = sum(s["readings"] for s in report["sensors"].values())
+        raw = sum(s["raw_json_bytes"] for s in report["sensors"].values())
+        db = out / "controller" / "summaries.db"
+        deadline = time.monotonic() + args.timeout
+        while _cloud_readings(db) < sent and time.monotonic() < deadline:
+            time.sleep(0.5)
+        with SummaryStore(db) as s:
+            totals = s.totals()
+        counted = sum(t.readings for t in totals)
+        report["check"] = {
+            "readings_sent": sent,
+            "readings_counted_by_cloud": counted,
+            "bytes_raw": raw,
+            "bytes_sent": sum(t.bytes for t in totals),
+            "duplicates_dropped": sum(t.duplicates for t in totals),
+            "exactly_once": counted == sent,
+        }
+        report["wall_seconds"] = round(time.time() - t0, 1)
+        assert loop.traffic is not None
+        md = demo_report.write(out, report, loop.traffic.utterances, loop.traffic.statuses, loop.timeline, t0)
+        print(md)
+        say(f"report: {out / 'report.md'}, {out / 'report.png'}")
+        nodes = report.get("nodes_final", {})
+        on_new = all(v["chat_version"] == report["chat"]["after_version"] for v in nodes.values())
+        return 0 if counted == sent and on_new else 1
+    finally:
+        say("stopping agents, controller and broker")
+        loop.close()
 
 
 def _with(base: ReplayConfig, **kw: Any) -> ReplayConfig:

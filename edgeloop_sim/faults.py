@@ -11,11 +11,13 @@ stream with seeded jitter, so kill points land at different moments of the
 agents' commit cycle) and only after the previous fault has recovered. The one
 exception is the outage, whose *length* is the fault's definition.
 
-The cloud outage is "the controller is down": the agent's device side and its
-uplink share one broker connection (``uplink.mqtt`` is not wired in the daemon,
-see ``docs/reliability.md``), so summaries queue in the broker for the
-controller's persistent session while the agents keep ingesting. The agents'
-outboxes are therefore exercised by the broker restarts, not by the outage.
+Two brokers (``split_uplink``, the default): devices and agents meet on the
+edge broker; the agents' uplink connection (``uplink.mqtt``) and the controller
+use the cloud broker. The cloud outage stops the cloud broker and kills the
+controller while devices keep publishing and agents keep ingesting, so the
+summaries pile up in the agents' outboxes (one agent is SIGKILLed in the middle
+of it, with a non-empty outbox). With one broker the outage can only be
+"controller down": summaries then wait in the broker, not in the outbox.
 
 What counts is the controller's own summary database (``summaries.db`` in its
 data dir, batches keyed by id, duplicates counted in their own table).
@@ -216,11 +218,15 @@ class CrashScenario:
     rows_per_device: int = 1100  # SKAB rows; 8 readings each
     batch: int = 5  # rows per device message
     speedup: float = 25.0  # data seconds per wall second
-    agent_kills: int = 10
+    agent_kills: int = 10  # one of them inside the outage (when there is one and the uplink is split)
     controller_kills: int = 2
-    broker_restarts: int = 3
+    broker_restarts: int = 3  # alternating edge and cloud broker when split
     outage_s: float = 10.0
     outage_at: float = 0.55  # share of the stream counted by the cloud when the outage starts
+    # Two brokers: devices and agents on the edge broker, the agents' uplink (uplink.mqtt) and the
+    # controller on the cloud broker; the outage stops the cloud broker. False: one broker, and the
+    # outage is "controller down" (summaries queue in the broker, the outbox is not exercised).
+    split_uplink: bool = True
     seed: int = 20240605
     settle_timeout_s: float = 90.0
 
@@ -231,7 +237,8 @@ class FaultRecord:
     target: str
     at_readings: int  # counted by the cloud when the fault was injected
     streaming: bool  # the devices were still publishing
-    recovery_s: float  # fault until the process was ready again (outage: its length + restart)
+    recovery_s: float  # fault until the process/broker was up again (outage: its length + restart)
+    progress_s: float  # fault until the cloud counted more readings again
 
 
 @dataclass
@@ -249,9 +256,10 @@ class CrashReport:
     outbox_rows: dict[str, int] = field(default_factory=dict)
     agent_exit_codes: dict[str, int] = field(default_factory=dict)
     faults: list[FaultRecord] = field(default_factory=list)
-    outage_batches: int = 0  # summaries the agents created while the cloud was down
+    outage_batches: int = 0  # summaries the agents created while the cloud was unreachable
     outage_readings: int = 0
-    outage_drain_s: float | None = None  # controller back -> last of those stored
+    outage_outbox_peak: dict[str, int] = field(default_factory=dict)  # rows held per agent
+    outage_drain_s: float | None = None  # cloud back -> every outbox empty (split) / backlog stored
     replay_reconnects: int = 0
     settle_s: float = 0.0  # stream end -> cloud count == sent
     wall_s: float = 0.0
@@ -263,29 +271,36 @@ class CrashReport:
         return asdict(self)
 
 
-def _plan(sc: CrashScenario, nodes: list[str]) -> list[tuple[float, FaultKind, str]]:
+def _plan(sc: CrashScenario, nodes: list[str], brokers: list[str]) -> list[tuple[float, FaultKind, str]]:
     """Fault thresholds (share of the stream counted by the cloud), in order, with seeded jitter."""
     rng = random.Random(sc.seed)
+    outage_kill = 1 if sc.outage_s > 0 and sc.split_uplink and sc.agent_kills > 0 else 0
     kinds: list[tuple[FaultKind, str]] = []
-    kinds += [("agent_kill", nodes[i % len(nodes)]) for i in range(sc.agent_kills)]
+    kinds += [("agent_kill", nodes[i % len(nodes)]) for i in range(outage_kill, sc.agent_kills)]
     kinds += [("controller_kill", "controller")] * sc.controller_kills
-    kinds += [("broker_restart", "broker")] * sc.broker_restarts
+    kinds += [("broker_restart", brokers[i % len(brokers)]) for i in range(sc.broker_restarts)]
     rng.shuffle(kinds)
     k = len(kinds)
     lo, hi = 0.04, 0.92
     step = (hi - lo) / max(1, k)
     plan = [(lo + (i + rng.random()) * step, kind, target) for i, (kind, target) in enumerate(kinds)]
     if sc.outage_s > 0:
-        plan.append((sc.outage_at, "cloud_outage", "controller"))
+        plan.append((sc.outage_at, "cloud_outage", "cloud-broker" if sc.split_uplink else "controller"))
     plan.sort(key=lambda p: p[0])
     return plan
 
 
-def _agent_cfg(workdir: Path, node: str, port: int, devices: list[str]) -> dict[str, Any]:
-    return {
+def _mqtt(port: int) -> dict[str, Any]:
+    return {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5}
+
+
+def _agent_cfg(
+    workdir: Path, node: str, port: int, cloud_port: int | None, devices: list[str]
+) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
         "node_id": node,
         "state_dir": str(workdir / f"state-{node}"),
-        "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
+        "mqtt": _mqtt(port),
         # Several agents on one broker: each subscribes to its own devices only.
         "devices": {"allowed": devices, "allow_unknown": False, "subscribe_enrolled_only": True},
         "windows": {"length_s": 10.0, "idle_close_s": 1.0},
@@ -295,6 +310,21 @@ def _agent_cfg(workdir: Path, node: str, port: int, devices: list[str]) -> dict[
         "log": {"level": "INFO", "format": "json"},
         "shutdown_timeout_s": 20.0,
     }
+    if cloud_port is not None:
+        cfg["uplink"] = {"mqtt": _mqtt(cloud_port)}
+    return cfg
+
+
+def _outbox_rows_live(db: Path, created_before: float | None = None) -> int:
+    """Rows in a running agent's outbox: a read-only look at its WAL database (changes nothing)."""
+    if not db.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as c:
+        if created_before is None:
+            return int(c.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        return int(
+            c.execute("SELECT COUNT(*) FROM outbox WHERE created <= ?", (created_before,)).fetchone()[0]
+        )
 
 
 def run_crash_scenario(
@@ -309,16 +339,23 @@ def run_crash_scenario(
     nodes = [f"crash-{i}" for i in range(sc.agents)]
     owner = {d: nodes[i % len(nodes)] for i, d in enumerate(device_ids)}
     expected = 0
-    for topic, _payload, n in iter_messages("skab", rcfg_base):
+    for topic, _payload, count in iter_messages("skab", rcfg_base):
         node = owner[topic.split("/")[1]]
-        report.per_node_sent[node] = report.per_node_sent.get(node, 0) + n
-        expected += n
+        report.per_node_sent[node] = report.per_node_sent.get(node, 0) + count
+        expected += count
 
-    broker = Broker(workdir / "broker")
-    broker.start()
-    controller = ControllerProc(workdir, broker.port)
+    edge_broker = Broker(workdir / "broker-edge")
+    cloud_broker = Broker(workdir / "broker-cloud") if sc.split_uplink else edge_broker
+    brokers = {"edge-broker": edge_broker, "cloud-broker": cloud_broker}
+    edge_broker.start()
+    cloud_broker.start()
+    controller = ControllerProc(workdir, cloud_broker.port)
+    cloud_port = cloud_broker.port if sc.split_uplink else None
     agents = {
-        n: AgentProc(workdir, _agent_cfg(workdir, n, broker.port, [d for d in device_ids if owner[d] == n]))
+        n: AgentProc(
+            workdir,
+            _agent_cfg(workdir, n, edge_broker.port, cloud_port, [d for d in device_ids if owner[d] == n]),
+        )
         for n in nodes
     }
     result: list[ReplayResult] = []
@@ -331,7 +368,7 @@ def run_crash_scenario(
                 replay(
                     "skab",
                     ReplayConfig(
-                        broker=f"127.0.0.1:{broker.port}",
+                        broker=f"127.0.0.1:{edge_broker.port}",
                         speedup=sc.speedup,
                         batch=sc.batch,
                         limit=sc.rows_per_device,
@@ -346,7 +383,77 @@ def run_crash_scenario(
         except BaseException as exc:  # surfaced in the caller's thread
             errors.append(exc)
 
-    outage_wall0 = outage_wall1 = back = 0.0
+    def counted() -> int:
+        if errors:
+            raise errors[0]
+        return controller.readings()
+
+    def outage() -> tuple[float, float]:
+        """The cloud is unreachable for ``outage_s``; agents keep ingesting and hold summaries.
+
+        Returns the outage's wall-clock window (the agents stamp summaries with wall time).
+        """
+        wall0 = time.time()
+        t0 = time.monotonic()
+        if not sc.split_uplink:
+            controller.kill()
+            stop.wait(sc.outage_s)  # the outage's length is what this fault is
+            wall1 = time.time()
+            back = time.monotonic()
+            controller.start()
+            wait_for(lambda: counted() > 0, sc.settle_timeout_s, "the backlog after the outage")
+            report.outage_drain_s = time.monotonic() - back
+        else:
+            # The whole cloud side goes: its broker (sessions saved) and the controller (killed).
+            # Restarting the controller with the broker keeps the controller's own reconnect
+            # backoff (up to 30 s, not configurable) out of what is measured here.
+            controller.kill()
+            cloud_broker.stop()
+            peak = dict.fromkeys(nodes, 0)
+
+            def held(min_rows: int) -> bool:
+                for n, a in agents.items():
+                    peak[n] = max(peak[n], _outbox_rows_live(a.db_path))
+                return all(v >= min_rows for v in peak.values())
+
+            # Progress inside the outage: every agent holds summaries; then one is SIGKILLed with a
+            # non-empty outbox and must come back without the cloud.
+            wait_for(lambda: held(3), sc.outage_s + 30, "summaries held in every outbox")
+            if sc.agent_kills > 0:
+                victim = nodes[-1]
+                k0 = time.monotonic()
+                agents[victim].kill()
+                agents[victim].start()
+                report.faults.append(
+                    FaultRecord(
+                        "agent_kill",
+                        victim,
+                        counted(),
+                        replay_thread.is_alive(),
+                        time.monotonic() - k0,
+                        float("nan"),
+                    )
+                )
+                log(f"agent_kill       {victim:12s} inside the outage, outbox rows {peak[victim]}")
+            while time.monotonic() - t0 < sc.outage_s:
+                held(0)
+                stop.wait(min(0.2, max(0.0, sc.outage_s - (time.monotonic() - t0))))
+            wall1 = time.time()
+            held(0)
+            report.outage_outbox_peak = peak
+            cloud_broker.start()
+            back = time.monotonic()
+            controller.start()
+            # Drained: no summary made during the outage is still waiting in any outbox.
+            wait_for(
+                lambda: all(_outbox_rows_live(a.db_path, wall1) == 0 for a in agents.values()),
+                sc.settle_timeout_s,
+                "outboxes to drain after the outage",
+            )
+            report.outage_drain_s = time.monotonic() - back
+        return wall0, wall1
+
+    outage_wall = (0.0, 0.0)
     replay_thread = threading.Thread(target=run_replay, name="replay", daemon=True)
     try:
         controller.start()
@@ -354,20 +461,18 @@ def run_crash_scenario(
             a.start()
         replay_thread.start()
         last_at = 0
-        min_step = max(1, expected // (4 * (sc.agent_kills + sc.controller_kills + sc.broker_restarts + 2)))
-        for share, kind, target in _plan(sc, nodes):
-            threshold = min(int(share * expected), expected - 1)
-            threshold = max(threshold, min(last_at + min_step, expected - 1))
+        n_faults = sc.agent_kills + sc.controller_kills + sc.broker_restarts + 2
+        min_step = max(1, expected // (4 * n_faults))
+        plan = _plan(sc, nodes, list(brokers) if sc.split_uplink else ["edge-broker"])
+        for share, kind, target in plan:
+            threshold = min(max(int(share * expected), last_at + min_step), expected - 1)
             wait_for(
-                lambda th=threshold: errors or controller.readings() >= th,  # type: ignore[misc]
+                lambda th=threshold: counted() >= th,  # type: ignore[misc]
                 sc.settle_timeout_s,
                 f"{kind} of {target}: cloud count >= {threshold}",
                 interval=0.01,
             )
-            if errors:
-                raise errors[0]
-            at = controller.readings()
-            last_at = at
+            at = counted()
             streaming = replay_thread.is_alive()
             t0 = time.monotonic()
             if kind == "agent_kill":
@@ -377,18 +482,22 @@ def run_crash_scenario(
                 controller.kill()
                 controller.start()
             elif kind == "broker_restart":
-                broker.restart()
+                brokers[target].restart()
             else:
-                outage_wall0 = time.time()
-                controller.kill()
-                # The outage's length is what the fault is; devices and agents go on meanwhile.
-                stop.wait(sc.outage_s)
-                outage_wall1 = time.time()
-                controller.start()
-                back = time.time()
-            rec = FaultRecord(kind, target, at, streaming, time.monotonic() - t0)
+                outage_wall = outage()
+            recovered = time.monotonic() - t0
+            wait_for(
+                lambda a=at: counted() > a or counted() >= expected,  # type: ignore[misc]
+                sc.settle_timeout_s,
+                f"progress after {kind} of {target}",
+            )
+            rec = FaultRecord(kind, target, at, streaming, recovered, time.monotonic() - t0)
             report.faults.append(rec)
-            log(f"{kind:16s} {target:12s} at {at:6d}/{expected} readings, recovered in {rec.recovery_s:.2f}s")
+            last_at = counted()
+            log(
+                f"{kind:16s} {target:12s} at {at:6d}/{expected} readings: up in {rec.recovery_s:.2f}s, "
+                f"counting again after {rec.progress_s:.2f}s"
+            )
 
         replay_thread.join(sc.settle_timeout_s + 120)
         if errors:
@@ -401,17 +510,16 @@ def run_crash_scenario(
         report.replay_reconnects = rr.reconnects
         t_end = time.monotonic()
         try:
-            wait_for(lambda: controller.readings() >= rr.readings, sc.settle_timeout_s, "cloud count == sent")
+            wait_for(lambda: counted() >= rr.readings, sc.settle_timeout_s, "cloud count == sent")
         finally:
             report.settle_s = time.monotonic() - t_end
             for n, a in agents.items():
                 report.agent_exit_codes[n] = a.terminate()
         for n, a in agents.items():
             report.outbox_rows[n] = a.outbox_rows()
-        if sc.outage_s > 0 and any(f.kind == "cloud_outage" for f in report.faults):
-            b, r, last = controller.batches_created_between(outage_wall0, outage_wall1)
+        if outage_wall[1] > 0:
+            b, r, _last = controller.batches_created_between(*outage_wall)
             report.outage_batches, report.outage_readings = b, r
-            report.outage_drain_s = (last - back) if last is not None else None
     finally:
         stop.set()
         if replay_thread.is_alive():
@@ -419,7 +527,8 @@ def run_crash_scenario(
         for a in agents.values():
             a.kill()
         controller.terminate()
-        broker.stop()
+        edge_broker.stop()
+        cloud_broker.stop()
 
     totals = controller.totals()
     report.per_node_counted = {n: t.readings for n, t in totals.items()}
@@ -431,4 +540,3 @@ def run_crash_scenario(
         report.rejected = s.rejects()
     report.wall_s = time.monotonic() - t_start
     return report
-

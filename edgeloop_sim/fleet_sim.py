@@ -41,8 +41,8 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent import topics, wire
@@ -50,8 +50,8 @@ from edge_agent.delivery.verify import (
     ModelRejected,
     check_newer,
     chunks_filter,
-    load_public_key,
     key_id,
+    load_public_key,
     manifest_topic,
     verify_manifest,
 )
@@ -243,7 +243,9 @@ class SimNode:
             return
         self.fetching = ref.digest
         self.w.stats.fetches_started += 1
-        asyncio.ensure_future(self._fetch(ref, desired.generation))
+        t = self.w.loop.create_task(self._fetch(ref, desired.generation), name=f"fetch-{self.name}")
+        self.w.fetch_tasks.add(t)
+        t.add_done_callback(self.w.fetch_tasks.discard)
 
     def _applied(self, generation: int) -> None:
         if generation != self.applied_generation:
@@ -397,8 +399,13 @@ class SimNode:
         c.on_message = on_message
         c.on_disconnect = lambda *_a: fail(ConnectionError("transfer connection lost"))
         try:
-            c.connect(self.cfg.host, self.cfg.port, keepalive=30, clean_start=True,
-                      properties=_props(SessionExpiryInterval=0))
+            c.connect(
+                self.cfg.host,
+                self.cfg.port,
+                keepalive=30,
+                clean_start=True,
+                properties=_props(SessionExpiryInterval=0),
+            )
             self.w.transfers.add(c)
             async with asyncio.timeout(timeout_s):
                 return await done
@@ -423,8 +430,18 @@ def _template(cfg: SimConfig) -> wire.SummaryBatch:
     now = time.time()
     windows = [
         wire.WindowSummary(
-            device=f"dev-{i}", metric="temperature", start=now - 10, end=now, count=10,
-            min=20.0 + i, max=22.5 + i, mean=21.1 + i, std=0.4, first=20.2 + i, last=21.9 + i, slope=0.01,
+            device=f"dev-{i}",
+            metric="temperature",
+            start=now - 10,
+            end=now,
+            count=10,
+            min=20.0 + i,
+            max=22.5 + i,
+            mean=21.1 + i,
+            std=0.4,
+            first=20.2 + i,
+            last=21.9 + i,
+            slope=0.01,
             anomaly_score=0.05,
         )
         for i in range(cfg.windows_per_summary)
@@ -446,6 +463,7 @@ class Worker:
         self.rate = cfg.rate
         self.stopping = False
         self.transfers: set[paho.Client] = set()
+        self.fetch_tasks: set[asyncio.Task[None]] = set()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.nodes: list[SimNode] = []
         self._stop = asyncio.Event()
@@ -571,7 +589,9 @@ def _worker_main(names: list[str], cfg: SimConfig, conn: Connection, log_level: 
 class FleetSim:
     """``workers`` processes with ``len(names)/workers`` nodes each; start(), command, stop()."""
 
-    def __init__(self, names: list[str], cfg: SimConfig, workers: int = 4, log_level: str = "WARNING") -> None:
+    def __init__(
+        self, names: list[str], cfg: SimConfig, workers: int = 4, log_level: str = "WARNING"
+    ) -> None:
         self.names = names
         self.cfg = cfg
         self.workers = max(1, min(workers, len(names)))
@@ -584,8 +604,12 @@ class FleetSim:
         for k in range(self.workers):
             part = self.names[k :: self.workers]
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker_main, args=(part, self.cfg, child, self.log_level),
-                            name=f"fleet-sim-{k}", daemon=True)
+            p = ctx.Process(
+                target=_worker_main,
+                args=(part, self.cfg, child, self.log_level),
+                name=f"fleet-sim-{k}",
+                daemon=True,
+            )
             p.start()
             child.close()
             self._procs.append(p)
@@ -628,7 +652,9 @@ class FleetSim:
     def backlog(self, per_node: int) -> None:
         self._all("backlog", per_node)
 
-    def wait(self, pred: Callable[[dict[str, Any]], bool], timeout: float, poll_s: float = 0.5) -> dict[str, Any]:
+    def wait(
+        self, pred: Callable[[dict[str, Any]], bool], timeout: float, poll_s: float = 0.5
+    ) -> dict[str, Any]:
         """Poll the workers' counters until ``pred`` holds (a deadline, not a guessed sleep)."""
         deadline = time.monotonic() + timeout
         while True:

@@ -43,24 +43,29 @@ def test_write_block_refuses_a_dangling_start_marker(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bench_agent_quick_writes_its_block(tmp_path: Path) -> None:
     doc = tmp_path / "benchmarks.md"
-    original = (REPO / "docs" / "benchmarks.md").read_text() if (REPO / "docs" / "benchmarks.md").exists() else ""
+    original = (
+        (REPO / "docs" / "benchmarks.md").read_text() if (REPO / "docs" / "benchmarks.md").exists() else ""
+    )
     other = "<!-- bench:other:start -->\nkeep me\n<!-- bench:other:end -->\n"
     doc.write_text(original + "\n" + other)
     before = doc.read_text()
     p = subprocess.run(
         [sys.executable, str(REPO / "bench" / "bench_agent.py"), "--quick", "--doc", str(doc)],
-        capture_output=True, text=True, timeout=110, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        cwd=REPO,
     )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     text = doc.read_text()
     assert text.count(START) == 1 and text.count(END) == 1
-    block = text[text.index(START): text.index(END)]
+    block = text[text.index(START) : text.index(END)]
     for row in ("Single-reading msgs", "Batched msgs", "Uplink bytes, SKAB", "Steady RSS"):
         assert row in block, block
     assert "Machine:" in block and "Command:" in block and "--quick" in block
     # Everything outside our block is untouched.
-    outside = text[: text.index(START)] + text[text.index(END) + len(END):]
+    outside = text[: text.index(START)] + text[text.index(END) + len(END) :]
     if START in before:
-        before = before[: before.index(START)] + before[before.index(END) + len(END):]
+        before = before[: before.index(START)] + before[before.index(END) + len(END) :]
     assert outside.strip() == before.strip()
     assert "keep me" in outside

@@ -30,6 +30,9 @@ from edge_agent.errors import PermanentError, TransientError
 
 log = logging.getLogger(__name__)
 
+# Transient failures (broker away, API 5xx) back off from at least this, unlike conflicts.
+TRANSIENT_FLOOR_S = 1.0
+
 
 @dataclass(frozen=True)
 class Result:
@@ -150,8 +153,12 @@ class Controller:
         except TransientError as exc:
             self.metrics.transient_errors += 1
             delay = self.queue.add_rate_limited(key)
-            log.warning("reconcile %s %s: %s: %s; requeue in %.3fs",
-                        self.kind, key, type(exc).__name__, exc, delay)
+            if delay < TRANSIENT_FLOOR_S:
+                # A broker or API outage is not fixed in milliseconds: do not spin (or spam the log).
+                self.queue.add_after(key, TRANSIENT_FLOOR_S)
+                delay = TRANSIENT_FLOOR_S
+            log.log(logging.WARNING if self.queue.num_requeues(key) <= 3 else logging.DEBUG,
+                    "reconcile %s %s: %s: %s; requeue in %.3fs", self.kind, key, type(exc).__name__, exc, delay)
         except PermanentError as exc:
             self.metrics.permanent_errors += 1
             self.queue.forget(key)

@@ -1,0 +1,517 @@
+"""The closed loop of ``make demo``: first students, hard examples, a DistillationJob, a canary rollout.
+
+Phases (each prints progress lines):
+
+1. models: the first chat student (SNIPS without the held-back intents) and the
+   teacher (all of SNIPS), trained once and cached (:mod:`edgeloop_sim.demo_models`);
+2. fleet: mosquitto, ``cloud-controller run`` (embedded SQLite store, teacher
+   service) and 3 edge agents under the supervisor; the agents trust only the
+   demo's release key and get models only through desired state;
+3. v1: ``cloud-controller release`` signs and publishes v1, ``apply -f`` creates
+   its EdgeModel and a ModelRollout; the demo waits until every node runs it;
+4. traffic on v1: SKAB/NAB sensors replayed into the agents (for the whole run),
+   SNIPS utterances with their labels; unsure answers escalate to the teacher and
+   come back as hard examples;
+5. DistillationJob (when the controller has the reconciler): re-distils the
+   student with the hard examples, gates it against v1, signs v2 and starts a
+   canary ModelRollout; trickle traffic feeds the canary analysis;
+6. traffic on v2, then the report (:mod:`edgeloop_sim.demo_report`).
+
+Why the same SNIPS test split is cut in two halves for the before/after
+measurement: phase-4 utterances become training data (hard examples), so v2
+is scored on the other half, which neither version trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cloud_controller.datasets.snips import Example, load_snips
+from edgeloop_sim.broker import Broker
+from edgeloop_sim.demo_chat import ChatTraffic, Utterance, score
+from edgeloop_sim.demo_models import DEMO_EPOCHS, MODEL_NAME, DemoModels, base_spec, ensure_models
+from edgeloop_sim.replay import ReplayConfig, ReplayResult, replay, select_devices
+from edgeloop_sim.supervisor import Supervisor
+
+Say = Callable[[str], None]
+PY = sys.executable
+NODES = ("edge-pump-a", "edge-pump-b", "edge-city")
+
+
+def say(msg: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def cli(*args: str, check: bool = True) -> str:
+    """Run ``cloud-controller ARGS`` as the operator would; its stdout."""
+    p = subprocess.run(
+        [PY, "-m", "cloud_controller.cli", "--log-level", "WARNING", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if check and p.returncode != 0:
+        raise RuntimeError(f"cloud-controller {' '.join(args)} failed: {p.stderr.strip()[-800:]}")
+    return p.stdout
+
+
+def distillation_flags(artifacts: Path, key: Path, work: Path, config: str) -> list[str] | None:
+    """Flags that give ``cloud-controller run`` its DistillationJob reconciler; None if it has none.
+
+    Read from the controller's own parser, so the demo follows the controller
+    instead of guessing: until the reconciler is registered, the demo runs the
+    loop without step 5 and says so.
+    """
+    from cloud_controller.app import configure_run_args
+
+    ap = argparse.ArgumentParser()
+    configure_run_args(ap)
+    opts = {o for a in ap._actions for o in a.option_strings}
+    wanted = {
+        "artifacts": (("--artifacts", "--artifact-store", "--artifacts-dir"), str(artifacts)),
+        "key": (("--signing-key", "--release-key", "--key"), str(key)),
+        "work": (("--distill-work-dir", "--work-dir", "--jobs-dir"), str(work)),
+        "config": (("--distill-config", "--runner-config"), config),
+    }
+    flags: list[str] = []
+    found: set[str] = set()
+    for what, (names, value) in wanted.items():
+        for n in names:
+            if n in opts:
+                flags += [n, value]
+                found.add(what)
+                break
+    return flags if {"artifacts", "key"} <= found else None
+
+
+def agent_config(
+    out: Path, node: str, devices: list[str], port: int, pub: Path, window_s: float, threshold: float
+) -> dict[str, Any]:
+    return {
+        "node_id": node,
+        "state_dir": str(out / "state" / node),
+        "mqtt": {"host": "127.0.0.1", "port": port},
+        "devices": {"allowed": devices, "allow_unknown": False, "subscribe_enrolled_only": True},
+        "windows": {"length_s": window_s, "idle_close_s": 2.0},
+        "metrics": {"enabled": True, "port": 0},
+        "log": {"level": "INFO", "format": "json"},
+        "uplink": {"status_interval_s": 2.0},
+        "models": {"trusted_keys": [str(pub)]},
+        # A plain threshold (not the budget) so the escalation rate measures the student: with a
+        # budget it would sit at the budget whatever the student knows.
+        "chat": {"escalation": {"mode": "threshold", "threshold": threshold}},
+    }
+
+
+def chat_plan(
+    examples: list[Example], devices: list[str], held: tuple[str, ...]
+) -> list[tuple[str, Example, bool]]:
+    return [(devices[i % len(devices)], e, e.intent in held) for i, e in enumerate(examples)]
+
+
+class Loop:
+    """One run of the loop; every process it starts is stopped in ``close()``."""
+
+    def __init__(self, args: argparse.Namespace, out: Path) -> None:
+        self.args, self.out = args, out
+        self.broker = Broker(out / "broker")
+        self.sup = Supervisor(out / "logs")
+        self.traffic: ChatTraffic | None = None
+        self.timeline: list[dict[str, Any]] = []  # phase marks for the plot
+        self.report: dict[str, Any] = {"phases": {}, "wall": {}}
+        self.t0 = time.time()
+
+    def mark(self, name: str) -> None:
+        self.timeline.append({"t": time.time(), "phase": name})
+        say(f"== {name}")
+
+    def close(self) -> None:
+        if self.traffic is not None:
+            self.traffic.close()
+        self.sup.stop_all()
+        self.broker.stop()
+
+    # ------------------------------------------------------------------ resources
+
+    def get(self, kind: str, name: str | None = None) -> Any:
+        text = cli(
+            "get", kind, *([name] if name else []), "--store", str(self.store), "-o", "json", check=False
+        )
+        try:
+            return json.loads(text) if text.strip() else None
+        except ValueError:
+            return None
+
+    def apply(self, docs: list[dict[str, Any]], name: str) -> None:
+        path = self.out / "manifests" / f"{name}.yaml"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        cli("apply", "-f", str(path), "--store", str(self.store))
+        say(f"applied {path.relative_to(self.out)}")
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> dict[str, Any]:
+        a, out = self.args, self.out
+        self.mark("models")
+        t = time.monotonic()
+        models: DemoModels = ensure_models(
+            a.config, epochs=None if a.config == "tiny" else DEMO_EPOCHS, say=say
+        )
+        self.report["wall"]["models_s"] = round(time.monotonic() - t, 1)
+        self.report["models"] = {
+            "held_back_intents": list(models.held_back),
+            "first_student": str(models.student),
+            "teacher": f"onnx-chat:{models.teacher} (int8 student trained on all of SNIPS)",
+            "trained_now": models.trained,
+        }
+        self.mark("fleet")
+        from cloud_controller.signing import generate_keys
+
+        keys = generate_keys(out / "keys")
+        self.store = out / "controller" / "resources.db"
+        artifacts = out / "controller" / "artifacts"
+        self.broker.start()
+        say(f"mosquitto on 127.0.0.1:{self.broker.port}")
+        dflags = distillation_flags(artifacts, keys.private_path, out / "controller" / "jobs", a.config)
+        cmd = [
+            PY,
+            "-m",
+            "cloud_controller.cli",
+            "run",
+            "--broker",
+            f"127.0.0.1:{self.broker.port}",
+            "--store",
+            str(self.store),
+            "--data-dir",
+            str(out / "controller"),
+            "--http-port",
+            "0",
+            "--teacher",
+            f"onnx-chat:{models.teacher}",
+            "--status-interval",
+            "1",
+        ] + (dflags or [])
+        self.sup.start("cloud-controller", cmd)
+        self.report["distillation_available"] = dflags is not None
+        self.traffic = ChatTraffic("127.0.0.1", self.broker.port)
+        self.traffic.start()
+        base = ReplayConfig(broker=f"127.0.0.1:{self.broker.port}", speedup=a.speedup, limit=a.limit)
+        skab, nab = select_devices("skab", base), select_devices("nab", base)
+        chat_devs = [f"chat-{n.rsplit('-', 1)[-1]}" for n in NODES]
+        plan = {NODES[0]: skab[0::2], NODES[1]: skab[1::2], NODES[2]: nab}
+        for i, node in enumerate(NODES):
+            cfg = agent_config(
+                out,
+                node,
+                plan[node] + [chat_devs[i]],
+                self.broker.port,
+                keys.public_path,
+                3600.0 if node == "edge-city" else 10.0,
+                a.threshold,
+            )
+            path = out / f"{node}.yaml"
+            path.write_text(yaml.safe_dump(cfg))
+            self.sup.start(node, [PY, "-m", "edge_agent.cli", "run", "--config", str(path)])
+            say(f"edge agent {node}: {len(plan[node])} sensors + chat device {chat_devs[i]}")
+        self.wait_nodes(lambda s: s.online, "agents online")
+
+        self.mark("deploy v1")
+        ref = json.loads(
+            cli(
+                "release",
+                "--bundle",
+                str(models.student),
+                "--key",
+                str(keys.private_path),
+                "--store",
+                str(artifacts),
+                "--broker",
+                f"127.0.0.1:{self.broker.port}",
+            )
+        )
+        from cloud_controller.artifacts import ArtifactStore
+
+        rel = ArtifactStore(artifacts).get(ref["name"], ref["version"])
+        say(
+            f"released {rel.name}@{rel.version} {rel.digest[:19]}… ({rel.size:,} bytes, signed {keys.key_id})"
+        )
+        self.apply(
+            [edge_model(rel, artifacts), rollout(f"{MODEL_NAME}-v1", MODEL_NAME, rel.version, [100])], "v1"
+        )
+        self.wait_nodes(lambda s: s.chat_version == rel.version and s.chat_state == "active", "v1 active on")
+
+        # Sensors flow for the rest of the run (threads), chat phases run in this thread.
+        results: dict[str, ReplayResult] = {}
+        threads = [
+            threading.Thread(
+                target=lambda s=s, c=c: results.__setitem__(s, replay(s, c)),  # type: ignore[arg-type,misc]
+                name=f"replay-{s}",
+                daemon=True,
+            )
+            for s, c in (
+                ("skab", replace(base, batch=20, client_id="demo-skab")),
+                ("nab", replace(base, batch=20, client_id="demo-nab")),
+            )
+        ]
+        for th in threads:
+            th.start()
+        say("replaying SKAB (pump sensors) and NAB (streams) into the agents")
+
+        held = models.held_back
+        rng = random.Random(7)
+        train = load_snips("train")
+        test = load_snips("test")
+        rng.shuffle(test)
+        half_a, half_b = test[: len(test) // 2], test[len(test) // 2 :]
+        n_collect = a.collect
+        collect = rng.sample([e for e in train if e.intent in held], n_collect // 2) + rng.sample(
+            [e for e in train if e.intent not in held], n_collect - n_collect // 2
+        )
+        rng.shuffle(collect)
+        trickle_pool = [e for e in train if e not in collect]
+        rng.shuffle(trickle_pool)
+
+        self.mark("traffic on v1")
+        t = time.monotonic()
+        self.chat(chat_plan(collect, chat_devs, held), "v1-collect")
+        before = self.chat(chat_plan(half_a, chat_devs, held), "v1-test")
+        self.report["wall"]["traffic_v1_s"] = round(time.monotonic() - t, 1)
+
+        v2 = None
+        if dflags is not None:
+            self.mark("distillation")
+            t = time.monotonic()
+            stop = threading.Event()
+            trickle = threading.Thread(
+                target=self.trickle, args=(trickle_pool, chat_devs, held, stop), name="trickle", daemon=True
+            )
+            trickle.start()
+            try:
+                v2 = self.distill(models, rel.version)
+                self.report["wall"]["distillation_s"] = round(time.monotonic() - t, 1)
+                if v2 is not None:
+                    self.mark("canary rollout")
+                    t = time.monotonic()
+                    self.wait_rollout(v2)
+                    self.report["wall"]["rollout_s"] = round(time.monotonic() - t, 1)
+            finally:
+                stop.set()
+                trickle.join()
+        else:
+            say("this controller has no DistillationJob reconciler yet: skipping phase 5 (see docs/demo.md)")
+
+        self.mark("traffic on v2" if v2 else "traffic (still v1)")
+        after = self.chat(chat_plan(half_b, chat_devs, held), "v2-test" if v2 else "v1-test-b")
+        for th in threads:
+            th.join(a.timeout)
+        self.mark("report")
+        self.report["chat"] = {
+            "before": {
+                "held_back": score([u for u in before if u.held_back]),
+                "other": score([u for u in before if not u.held_back]),
+                "all": score(before),
+            },
+            "after": {
+                "held_back": score([u for u in after if u.held_back]),
+                "other": score([u for u in after if not u.held_back]),
+                "all": score(after),
+            },
+            "after_version": v2 or rel.version,
+        }
+        self.report["sensors"] = {
+            k: {"devices": r.devices, "readings": r.readings, "raw_json_bytes": r.raw_json_bytes}
+            for k, r in results.items()
+        }
+        self.report["nodes_final"] = {
+            n: {"chat_version": s.chat_version, "chat_state": s.chat_state} for n, s in self.latest().items()
+        }
+        return self.report
+
+    # ------------------------------------------------------------------ helpers
+
+    def latest(self) -> dict[str, Any]:
+        assert self.traffic is not None
+        return {n: s for n, s in self.traffic.latest().items() if n in NODES}
+
+    def wait_nodes(self, ok: Callable[[Any], bool], what: str, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = -1
+        while time.monotonic() < deadline:
+            done = [n for n, s in self.latest().items() if ok(s)]
+            if len(done) != last:
+                say(f"{what}: {len(done)}/{len(NODES)} nodes")
+                last = len(done)
+            if len(done) == len(NODES):
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"timed out waiting for {what} (see {self.out / 'logs'})")
+
+    def chat(self, plan: list[tuple[str, Example, bool]], phase: str) -> list[Utterance]:
+        assert self.traffic is not None
+
+        def progress(i: int, n: int, sent: list[Utterance]) -> None:
+            s = score([u for u in sent if u.answered is not None])
+            say(
+                f"{phase}: {i}/{n} utterances, accuracy {s.get('accuracy', 0)}%, "
+                f"escalated {s.get('escalation_rate', 0)}%"
+            )
+
+        us = self.traffic.drive(plan, phase, rate=self.args.chat_rate, on_progress=progress)
+        s = score(us)
+        say(
+            f"{phase}: {s['n']} utterances, accuracy {s['accuracy']}%, escalated {s['escalation_rate']}%, "
+            f"held-back intents accuracy {score([u for u in us if u.held_back]).get('accuracy')}%"
+        )
+        self.report["phases"][phase] = s
+        return us
+
+    def trickle(
+        self, pool: list[Example], devs: list[str], held: tuple[str, ...], stop: threading.Event
+    ) -> None:
+        """A few utterances a second while the job runs and the canary pauses: the analysis needs samples."""
+        assert self.traffic is not None
+        i = 0
+        while not stop.is_set() and i < len(pool):
+            self.traffic.drive(
+                chat_plan(pool[i : i + 10], devs, held), "during-loop", rate=self.args.trickle_rate
+            )
+            i += 10
+
+    def distill(self, models: DemoModels, parent: str) -> str | None:
+        a = self.args
+        job = {
+            "apiVersion": "edgeloop.io/v1alpha1",
+            "kind": "DistillationJob",
+            "metadata": {"name": "chat-snips-distill-1", "namespace": "default"},
+            "spec": {
+                "task": "chat",
+                "teacher": f"bundle:{models.teacher}",
+                "studentArch": "bilstm-tagger",
+                "temperature": 2.0,
+                "alpha": 0.5,
+                **({} if a.config == "tiny" else {"epochs": DEMO_EPOCHS}),
+                "data": {
+                    "base": base_spec(models.held_back),
+                    "minTeacherConfidence": 0.5,
+                    "maxHardExamples": 5000,
+                },
+                "gate": {"metric": "intent_acc", "maxRegression": a.max_regression, "minGain": 1.0},
+                "outputModel": MODEL_NAME,
+                "rollout": {
+                    "auto": True,
+                    "template": {
+                        "steps": [
+                            {"setWeight": 34, "pauseSeconds": a.pause},
+                            {"setWeight": 67, "pauseSeconds": a.pause},
+                            {"setWeight": 100},
+                        ],
+                        "analysis": {"maxEscalationRate": 0.9, "minSamples": 5},
+                    },
+                },
+            },
+        }
+        self.apply([job], "distillationjob")
+        deadline = time.monotonic() + a.job_timeout
+        last = ""
+        while time.monotonic() < deadline:
+            obj = self.get("distillationjobs", "chat-snips-distill-1") or {}
+            st = obj.get("status") or {}
+            line = (
+                f"DistillationJob: {st.get('stage')} {st.get('progress', 0) or 0:.0%} {st.get('message', '')}"
+            )
+            if line != last:
+                say(line[:200])
+                last = line
+            if st.get("stage") in ("Succeeded", "Rejected", "Failed"):
+                self.report["distillation"] = {
+                    k: st.get(k)
+                    for k in (
+                        "stage",
+                        "message",
+                        "metricsBefore",
+                        "metricsAfter",
+                        "producedVersion",
+                        "rolloutName",
+                        "examples",
+                    )
+                }
+                return st.get("producedVersion") if st.get("stage") == "Succeeded" else None
+            time.sleep(3.0)
+        say("DistillationJob did not finish in time")
+        return None
+
+    def wait_rollout(self, version: str) -> None:
+        deadline = time.monotonic() + self.args.job_timeout
+        last = ""
+        while time.monotonic() < deadline:
+            items = (self.get("modelrollouts") or {}).get("items", [])
+            ro = next((r for r in items if r["spec"].get("version") == version), None)
+            st = (ro or {}).get("status") or {}
+            line = (
+                f"rollout {version}: {st.get('phase')} step {st.get('currentStep')} "
+                f"weight {st.get('currentWeight')}% updated {st.get('updatedNodes')}/{st.get('totalNodes')} "
+                f"ready {st.get('readyNodes')}"
+            )
+            if line != last:
+                say(line)
+                last = line
+            if st.get("phase") in ("Succeeded", "RolledBack", "Failed"):
+                self.report["rollout"] = {
+                    "phase": st.get("phase"),
+                    "name": (ro or {}).get("metadata", {}).get("name"),
+                }
+                break
+            time.sleep(2.0)
+        self.wait_nodes(
+            lambda s: s.chat_version == version and s.chat_state == "active",
+            f"v{version} active on",
+            timeout=60,
+        )
+
+
+def edge_model(rel: Any, artifacts: Path) -> dict[str, Any]:
+    return {
+        "apiVersion": "edgeloop.io/v1alpha1",
+        "kind": "EdgeModel",
+        "metadata": {
+            "name": f"{rel.name}-{rel.version}",
+            "namespace": "default",
+            "labels": {"edgeloop.io/model": rel.name},
+        },
+        "spec": {
+            "model": rel.name,
+            "task": rel.task,
+            "version": rel.version,
+            "digest": rel.digest,
+            "sizeBytes": rel.size,
+            "uri": (artifacts / "releases" / rel.name / rel.version).resolve().as_uri(),
+            "signature": rel.parsed["signature"],
+            "keyId": rel.parsed["key_id"],
+            "metrics": {
+                k: float(v) for k, v in rel.parsed.get("metrics", {}).items() if isinstance(v, int | float)
+            },
+        },
+    }
+
+
+def rollout(name: str, model: str, version: str, weights: list[int], pause: int = 0) -> dict[str, Any]:
+    steps = [{"setWeight": w, **({"pauseSeconds": pause} if pause and w < 100 else {})} for w in weights]
+    return {
+        "apiVersion": "edgeloop.io/v1alpha1",
+        "kind": "ModelRollout",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"model": model, "version": version, "steps": steps},
+    }

@@ -1,0 +1,536 @@
+"""The DistillationJob loop: hard examples over a real broker, the runner as a real process, the gate,
+signing into a real artifact store, restart re-attachment, and the cluster path against the kmock emulator.
+
+The parent student (version 1) is trained once per module by the runner itself on SNIPS without
+the AddToPlaylist intent (the "held-back part"); hard examples are AddToPlaylist utterances labelled
+by a confident teacher (their gold labels), plus low-confidence ones with wrong labels that the
+job's threshold must drop. One turn of the loop must then raise accuracy on the new traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloud_controller.artifacts import ArtifactStore
+from cloud_controller.hard_examples import HardExampleStore, handle_hard_examples
+from cloud_controller.reconcilers.distillation import (
+    DEFAULT_TEMPLATE,
+    DistillationSettings,
+    JobRef,
+    KubeJobLauncher,
+    LocalJobLauncher,
+    evaluate_gate,
+    make_distillation_reconciler,
+    render_job,
+)
+from cloud_controller.resources.models import Gate
+from cloud_controller.resources.sqlite_store import SqliteResourceStore
+from cloud_controller.resources.store import API_VERSION, NotFound, Obj, ResourceStore
+from cloud_controller.runtime.controller import Controller
+from cloud_controller.signing import generate_keys, load_private_key, load_public_key_file
+from edge_agent import topics, wire
+from edge_agent.config import MqttConfig
+from edge_agent.delivery.verify import verify_manifest
+from edge_agent.mqtt import MqttClient
+
+NS = "default"
+BASE = "snips?exclude=AddToPlaylist"
+MODEL = "chat-snips"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def hard_examples(node: str = "n1", n_new: int = 40, n_low: int = 8) -> list[wire.HardExample]:
+    """Confident teacher answers on the held-back intent, then unsure (and wrong) ones to be filtered."""
+    from cloud_controller.datasets.snips import load_snips
+
+    held = [e for e in load_snips("train") if e.intent == "AddToPlaylist"][: n_new + n_low]
+    out = []
+    for i, e in enumerate(held):
+        low = i >= n_new
+        out.append(
+            wire.HardExample(
+                id=f"hx-{node}-{i}",
+                node=node,
+                created=1000.0 + i,
+                task="chat",
+                text=e.text,
+                student={"intent": "PlayMusic", "confidence": 0.31, "slots": {}},
+                teacher={
+                    "intent": "RateBook" if low else e.intent,
+                    "slots": {},
+                    "tags": ["O"] * len(e.tokens) if low else list(e.tags),
+                    "confidence": 0.4 if low else 0.97,
+                    "version": "teacher-test",
+                },
+            )
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def parent_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Student version 1, trained by the runner (in-process) without the held-back intent."""
+    pytest.importorskip("torch")
+    from cloud_controller.distill_job import Progress, RunnerSpec, run
+
+    out = tmp_path_factory.mktemp("parent")
+    spec = RunnerSpec(
+        job="parent", task="chat", base=BASE, config="tiny", output_model=MODEL, version="1", epochs=4
+    )
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    result = run(spec, out, Progress(out / "progress.jsonl"))
+    return out / result["bundle"]
+
+
+# --------------------------------------------------------------------------- (a) store + ingest hook
+
+
+async def test_hard_example_store_and_ingest_hook_over_a_real_broker(
+    tmp_path: Path, mqtt_cfg: MqttConfig
+) -> None:
+    store = HardExampleStore(tmp_path / "hard.db")
+    sub = MqttClient(
+        mqtt_cfg, "hx-ingest", subscriptions=[(topics.all_nodes("hard-examples"), 1)], name="sub"
+    )
+    pub = MqttClient(mqtt_cfg, "hx-node", clean_start=True, name="pub")
+    await sub.start()
+    await pub.start()
+    try:
+        await sub.wait_connected(5)  # connected = subscribed
+        await pub.wait_connected(5)
+        exs = hard_examples("n1", n_new=3, n_low=2)
+        payloads = [(topics.hard_examples("n1"), wire.dumps(e)) for e in exs]
+        payloads.append((topics.hard_examples("n1"), wire.dumps(exs[0])))  # QoS 1 redelivery
+        payloads.append((topics.hard_examples("n2"), wire.dumps(exs[1])))  # another node's name
+        payloads.append((topics.hard_examples("n1"), b"{not json"))
+        for topic, payload in payloads:
+            await pub.publish(topic, payload, qos=1, timeout=5)
+        msgs = [await sub.receive(timeout=5) for _ in payloads]
+        res = handle_hard_examples(store, msgs, received=5000.0)
+        assert (res.accepted, res.duplicates) == (5, 1)
+        assert res.rejected == {"node_mismatch": 1, "malformed_json": 1}
+        again = handle_hard_examples(store, msgs[:2], received=6000.0)  # a whole burst redelivered
+        assert (again.accepted, again.duplicates) == (0, 2)
+    finally:
+        await pub.stop()
+        await sub.stop()
+
+    assert store.count("chat") == 5
+    assert [h.id for h in store.since(None, "chat", 0.9)] == ["hx-n1-0", "hx-n1-1", "hx-n1-2"]
+    assert len(store.since(None, "chat")) == 5
+    assert store.since(5000.5, "chat") == []
+    assert [h.id for h in store.since(None, "chat", limit=2)] == [
+        "hx-n1-3",
+        "hx-n1-4",
+    ]  # newest, oldest first
+    h = store.since(None, "chat", 0.9)[0]
+    assert h.label == "AddToPlaylist" and h.confidence == 0.97 and h.node == "n1" and h.received == 5000.0
+    assert h.teacher is not None and h.teacher["tags"] and h.student["intent"] == "PlayMusic"
+    counts = store.counts()
+    assert counts["by_task"] == {"chat": 5} and counts["duplicates"] == {"n1": 3}
+    store.close()
+
+
+# --------------------------------------------------------------------------- harness
+
+
+def job_obj(
+    name: str,
+    *,
+    base: str = BASE,
+    min_gain: float | None = 10.0,
+    rollout: bool = True,
+    metric: str = "intent_acc",
+) -> Obj:
+    spec: dict[str, Any] = {
+        "task": "chat",
+        "teacher": "labels",
+        "studentArch": "bilstm-tagger",
+        "epochs": 4,
+        "data": {"base": base, "minTeacherConfidence": 0.9},
+        "gate": {
+            "metric": "intent_acc",
+            "maxRegression": 15.0,
+            **({"minGain": min_gain} if min_gain else {}),
+        },
+        "outputModel": MODEL,
+    }
+    if rollout:
+        spec["rollout"] = {
+            "auto": True,
+            "template": {
+                "selector": {"matchLabels": {"tier": "edge"}},
+                "steps": [{"setWeight": 50}, {"setWeight": 100}],
+            },
+        }
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "DistillationJob",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    }
+
+
+async def wait_job(store: ResourceStore, name: str, pred: Any, timeout: float = 120.0) -> Obj:
+    """Wait on the store's watch (no polling) until the job's object satisfies ``pred``."""
+    async with asyncio.timeout(timeout):
+        while True:  # a watch may end (server timeout): list again and resume
+            objs, rv = await store.list("DistillationJob", NS)
+            for o in objs:
+                if o["metadata"]["name"] == name and pred(o):
+                    return o
+            async for ev in store.watch("DistillationJob", NS, rv):
+                if ev.object["metadata"]["name"] == name and pred(ev.object):
+                    return ev.object
+
+
+def stage_is(*stages: str) -> Any:
+    return lambda o: (o.get("status") or {}).get("stage") in stages
+
+
+class Loop:
+    """One DistillationJob controller on a SQLite store; restartable (a new launcher forgets its children)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.store = SqliteResourceStore(tmp / "resources.db", poll_interval=0.05)
+        self.artifacts = ArtifactStore(tmp / "artifacts")
+        keys = generate_keys(tmp / "keys")
+        self.key = load_private_key(keys.private_path)
+        self.pub = dict([load_public_key_file(keys.public_path)])
+        self.hard = HardExampleStore(tmp / "hard.db")
+        self.settings = DistillationSettings(
+            work_dir=tmp / "work",
+            artifacts=self.artifacts,
+            signing_key=self.key,
+            hard_examples=self.hard,
+            runner_config="tiny",
+            poll_s=0.2,
+        )
+        self.ctl: Controller | None = None
+        self.launcher: LocalJobLauncher | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        def wake(ref: JobRef) -> None:
+            if self.ctl is not None:
+                self.ctl.queue.add(f"{ref.namespace}/{ref.name}")
+
+        self.launcher = LocalJobLauncher(on_exit=wake)
+        rec = make_distillation_reconciler(self.store, self.settings, self.launcher)
+        self.ctl = Controller(self.store, "DistillationJob", rec, namespace=NS)
+        self._task = asyncio.create_task(self.ctl.run(), name="dj-controller")
+        await self.ctl.wait_running()
+
+    async def stop(self) -> None:
+        if self.ctl is not None and self._task is not None:
+            await self.ctl.stop(2.0)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.launcher is not None:
+            await self.launcher.close()
+        self.ctl = self._task = None
+
+    def kill_all(self) -> None:
+        for pid_file in (self.tmp / "work").glob("*/pid"):
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text()), 9)
+
+
+@pytest.fixture
+async def loop(tmp_path: Path, parent_bundle: Path) -> AsyncIterator[Loop]:
+    lp = Loop(tmp_path)
+    lp.artifacts.put_bundle(parent_bundle, lp.key, task="chat")  # the release the job improves on
+    lp.hard.add_many([(e, 2000.0) for e in hard_examples()])
+    await lp.start()
+    try:
+        yield lp
+    finally:
+        await lp.stop()
+        lp.kill_all()
+        lp.hard.close()
+        await lp.store.close()
+
+
+# --------------------------------------------------------------------------- (b) (c) (d) (e) local runs
+
+
+@pytest.mark.slow
+@pytest.mark.train
+async def test_job_runs_through_stages_and_releases_a_signed_model_with_rollout(loop: Loop) -> None:
+    seen: list[str] = []
+    await loop.store.create(job_obj("dj-pass"))
+    obj = await wait_job(
+        loop.store,
+        "dj-pass",
+        lambda o: (
+            bool(seen.append(str((o.get("status") or {}).get("stage"))))
+            or stage_is("Succeeded", "Rejected", "Failed")(o)
+        ),
+    )
+    st = obj["status"]
+    assert st["stage"] == "Succeeded", st.get("message")
+    assert st["observedGeneration"] == 1 and st["progress"] == 1.0
+    times = st["stageTimes"]
+    order = ["Pending", "Collecting", "Training", "Evaluating", "Succeeded"]
+    assert all(k in times for k in order) and [times[k] for k in order] == sorted(times[k] for k in order)
+    before, after = st["metricsBefore"], st["metricsAfter"]
+    assert after["new_n"] >= 4 and after["new_intent_acc"] >= before["new_intent_acc"] + 10
+    assert after["new_escalation_rate"] <= before["new_escalation_rate"]
+    assert st["producedVersion"] == "2" and st["producedModel"] == "chat-snips-2"
+    # Only the confident teacher answers were trained on.
+    work = next((loop.tmp / "work").iterdir())
+    assert len((work / "hard_examples.jsonl").read_text().splitlines()) == 40
+    # The EdgeModel pins a real, signed release.
+    model = await loop.store.get("EdgeModel", NS, "chat-snips-2")
+    rel = loop.artifacts.get(MODEL, "2")
+    spec = model["spec"]
+    assert spec["digest"] == rel.digest and spec["sizeBytes"] == rel.size and spec["parentVersion"] == "1"
+    assert (
+        spec["producedBy"] == "dj-pass"
+        and spec["keyId"] in loop.pub
+        and spec["signature"] == rel.parsed["signature"]
+    )
+    verify_manifest(rel.manifest, loop.pub, spec["digest"])
+    assert b"".join(loop.artifacts.iter_chunks(rel))  # every blob is there
+    ro = await loop.store.get("ModelRollout", NS, st["rolloutName"])
+    assert ro["spec"]["model"] == MODEL and ro["spec"]["version"] == "2"
+    assert [s["setWeight"] for s in ro["spec"]["steps"]] == [50, 100]
+
+
+@pytest.mark.slow
+@pytest.mark.train
+async def test_gate_failure_is_rejected_with_metrics(loop: Loop) -> None:
+    # Gate on a metric that cannot gain 0.5: the escalation rate (a share) only falls with the new data.
+    # (min_gain=100 on intent_acc can pass: the parent scores 0 on the held-back intent.)
+    await loop.store.create(job_obj("dj-reject", min_gain=0.5, metric="escalation_rate"))
+    obj = await wait_job(loop.store, "dj-reject", stage_is("Succeeded", "Rejected", "Failed"))
+    st = obj["status"]
+    assert st["stage"] == "Rejected" and st["message"].startswith("InsufficientGain")
+    assert st["metricsAfter"]["fixed_intent_acc"] > 0 and "new_escalation_rate" in st["metricsBefore"]
+    assert "Rejected" in st["stageTimes"] and "producedVersion" not in st
+    with pytest.raises(NotFound):
+        await loop.store.get("EdgeModel", NS, "chat-snips-2")
+
+
+async def test_runner_that_crashes_ends_failed(tmp_path: Path) -> None:
+    lp = Loop(tmp_path)
+    await lp.start()
+    try:
+        await lp.store.create(job_obj("dj-crash", base="nosuchdata"))
+        obj = await wait_job(lp.store, "dj-crash", stage_is("Succeeded", "Rejected", "Failed"), timeout=60)
+        st = obj["status"]
+        assert st["stage"] == "Failed" and "unknown base data set" in st["message"]
+        assert "Pending" in st["stageTimes"] and "Failed" in st["stageTimes"]
+    finally:
+        await lp.stop()
+        lp.kill_all()
+        await lp.store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.train
+async def test_controller_restart_reattaches_to_the_running_job(loop: Loop) -> None:
+    await loop.store.create(job_obj("dj-restart", rollout=False))
+    await wait_job(loop.store, "dj-restart", stage_is("Collecting", "Training"), timeout=60)
+    await loop.stop()  # the runner lives on in its own session
+    work = next((loop.tmp / "work").iterdir())
+    pid = int((work / "pid").read_text())
+    await loop.start()
+    obj = await wait_job(loop.store, "dj-restart", stage_is("Succeeded", "Rejected", "Failed"))
+    assert obj["status"]["stage"] == "Succeeded", obj["status"].get("message")
+    assert (work / "attempts").read_text() == "1" and int((work / "pid").read_text()) == pid  # not restarted
+    assert obj["status"].get("rolloutName") is None
+
+
+@pytest.mark.slow
+@pytest.mark.train
+async def test_runner_killed_while_controller_is_down_is_restarted(loop: Loop) -> None:
+    await loop.store.create(job_obj("dj-kill", rollout=False, min_gain=None))
+    await wait_job(loop.store, "dj-kill", stage_is("Collecting", "Training"), timeout=60)
+    await loop.stop()
+    loop.kill_all()  # kill -9 with nobody watching: no result, no exit code
+    await loop.start()
+    obj = await wait_job(loop.store, "dj-kill", stage_is("Succeeded", "Rejected", "Failed"))
+    work = next((loop.tmp / "work").iterdir())
+    assert obj["status"]["stage"] == "Succeeded" and (work / "attempts").read_text() == "2"
+
+
+# --------------------------------------------------------------------------- gate and template
+
+
+def test_gate_rules() -> None:
+    before = {"fixed_intent_acc": 90.0, "new_intent_acc": 10.0, "new_n": 20.0}
+    ok = {"fixed_intent_acc": 89.6, "new_intent_acc": 60.0, "new_n": 20.0}
+    assert evaluate_gate(Gate(max_regression=0.5, min_gain=20), before, ok).passed
+    assert evaluate_gate(Gate(max_regression=0.1), before, ok).reason == "Regression"
+    assert evaluate_gate(Gate(max_regression=1, min_gain=60), before, ok).reason == "InsufficientGain"
+    assert evaluate_gate(Gate(min_gain=1), {}, {"fixed_intent_acc": 80.0, "new_n": 0.0}).reason == "NoNewData"
+    assert evaluate_gate(Gate(), {}, {"fixed_intent_acc": 80.0}).reason == "NoParent"
+    assert evaluate_gate(Gate(metric="slot_f1"), before, ok).reason == "MetricMissing"
+
+
+def test_job_template_renders_with_required_fields() -> None:
+    template = KubeJobLauncher.load_template(DEFAULT_TEMPLATE)
+    owner = {"metadata": {"name": "Snips_Nightly", "uid": "u-123"}}
+    ref = JobRef("Snips_Nightly", "edgeloop", "u-123", Path("/w/u-123"), owner)
+    job = render_job(template, ref, image="registry/x:1", service_account="edgeloop-distillation")
+    assert job["apiVersion"] == "batch/v1" and job["kind"] == "Job"
+    meta, spec = job["metadata"], job["spec"]
+    assert meta["name"] == "distill-snips-nightly" and meta["namespace"] == "edgeloop"
+    assert meta["ownerReferences"][0]["uid"] == "u-123" and meta["ownerReferences"][0]["controller"] is True
+    assert (
+        spec["backoffLimit"] == 0
+        and spec["ttlSecondsAfterFinished"] > 0
+        and spec["activeDeadlineSeconds"] > 0
+    )
+    pod = spec["template"]["spec"]
+    assert (
+        pod["serviceAccountName"] == "edgeloop-distillation" and pod["automountServiceAccountToken"] is False
+    )
+    assert pod["restartPolicy"] == "Never" and pod["securityContext"]["runAsNonRoot"] is True
+    c = pod["containers"][0]
+    assert c["image"] == "registry/x:1" and c["command"][-1] == "cloud_controller.distill_job"
+    assert c["args"] == ["--spec", "/work/spec.json", "--out", "/work", "--progress", "/work/progress.jsonl"]
+    assert c["resources"]["limits"]["memory"] and c["resources"]["requests"]["cpu"]
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    work = next(m for m in c["volumeMounts"] if m["mountPath"] == "/work")
+    assert work["subPath"] == "u-123"
+    assert (
+        template["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][0]["subPath"] == "PLACEHOLDER"
+    )
+    # The service account the template names is the one deploy/kubernetes/controller defines.
+    import yaml
+
+    sa = Path(DEFAULT_TEMPLATE).parents[1] / "controller" / "serviceaccount.yaml"
+    names = [d["metadata"]["name"] for d in yaml.safe_load_all(sa.read_text()) if d]
+    assert template["spec"]["template"]["spec"]["serviceAccountName"] in names
+
+
+# --------------------------------------------------------------------------- (f) cluster mode
+
+
+@pytest.mark.train
+async def test_cluster_mode_creates_a_batch_job_and_maps_its_status(
+    tmp_path: Path, parent_bundle: Path
+) -> None:
+    import kmock
+    from kubernetes import client
+
+    from cloud_controller.resources.kube_store import KubeResourceStore
+    from tests.kube_emulator import kube_emulator
+
+    started: asyncio.Queue[JobRef] = asyncio.Queue()
+
+    class SignallingLauncher(KubeJobLauncher):
+        async def start(self, ref: JobRef) -> None:
+            await super().start(ref)
+            started.put_nowait(ref)
+
+    async with kube_emulator() as (emu, api):
+        # The emulator serves only edgeloop kinds, leases and events: add batch/v1 Jobs (plain objects).
+        emu.resources["batch/v1/jobs"] = kmock.ResourceInfo(
+            kind="Job", namespaced=True, verbs={"get", "list", "watch", "create", "patch", "delete"}
+        )
+        store = KubeResourceStore(api)
+        artifacts = ArtifactStore(tmp_path / "artifacts")
+        key = load_private_key(generate_keys(tmp_path / "keys").private_path)
+        settings = DistillationSettings(
+            work_dir=tmp_path / "work", artifacts=artifacts, signing_key=key, poll_s=0.1
+        )
+        launcher = SignallingLauncher(
+            api, KubeJobLauncher.load_template(), service_account="edgeloop-distillation"
+        )
+        ctl = Controller(
+            store, "DistillationJob", make_distillation_reconciler(store, settings, launcher), namespace=NS
+        )
+        task = asyncio.create_task(ctl.run(), name="dj-kube")
+        batch = client.BatchV1Api(api)
+        try:
+            await store.create(job_obj("dj-ok", min_gain=None, rollout=False))
+            ref = await asyncio.wait_for(started.get(), 10)
+            job = emu.stored("jobs", NS, "distill-dj-ok")
+            assert job is not None
+            pod = job["spec"]["template"]["spec"]
+            assert pod["serviceAccountName"] == "edgeloop-distillation"
+            assert job["metadata"]["ownerReferences"][0]["uid"] == ref.uid
+            assert pod["containers"][0]["volumeMounts"][0]["subPath"] == ref.uid
+            spec = json.loads((ref.work / "spec.json").read_text())
+            assert spec["version"] == "1" and spec["parent_bundle"] is None
+            # The "pod" writes its result into the shared work directory, then the Job succeeds.
+            shutil.copytree(parent_bundle, ref.work / "bundle")
+            (ref.work / "progress.jsonl").write_text(
+                json.dumps({"ts": 1.0e9, "stage": "Collecting", "progress": 0.1, "message": ""})
+                + "\n"
+                + json.dumps({"ts": 1.0e9 + 5, "stage": "Evaluating", "progress": 0.9, "message": ""})
+                + "\n"
+            )
+            (ref.work / "result.json").write_text(
+                json.dumps(
+                    {
+                        "ok": True,
+                        "bundle": "/work/bundle",
+                        "examples": 400,
+                        "metrics_before": {},
+                        "metrics_after": {"fixed_intent_acc": 91.0, "new_n": 0.0},
+                    }
+                )
+            )
+            await asyncio.to_thread(
+                batch.patch_namespaced_job,
+                "distill-dj-ok",
+                NS,
+                {"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}},
+            )
+            obj = await wait_job(store, "dj-ok", stage_is("Succeeded", "Rejected", "Failed"), timeout=20)
+            st = obj["status"]
+            assert st["stage"] == "Succeeded", st.get("message")
+            assert (
+                st["stageTimes"]["Collecting"].startswith("2001-09-09") and "Evaluating" in st["stageTimes"]
+            )
+            model = await store.get("EdgeModel", NS, "chat-snips-1")
+            assert model["spec"]["digest"] == artifacts.get(MODEL, "1").digest
+
+            # A Job that fails (backoffLimit 0, no result.json) ends the DistillationJob as Failed.
+            await store.create(job_obj("dj-bad", min_gain=None, rollout=False))
+            await asyncio.wait_for(started.get(), 10)
+            await asyncio.to_thread(
+                batch.patch_namespaced_job,
+                "distill-dj-bad",
+                NS,
+                {
+                    "status": {
+                        "failed": 1,
+                        "conditions": [
+                            {
+                                "type": "Failed",
+                                "status": "True",
+                                "reason": "BackoffLimitExceeded",
+                                "message": "Job has reached the specified backoff limit",
+                            }
+                        ],
+                    }
+                },
+            )
+            obj = await wait_job(store, "dj-bad", stage_is("Succeeded", "Rejected", "Failed"), timeout=20)
+            assert obj["status"]["stage"] == "Failed" and "BackoffLimitExceeded" in obj["status"]["message"]
+        finally:
+            await ctl.stop(2.0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await store.close()

@@ -124,7 +124,7 @@ def write_block(doc: Path, block: str) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="full", choices=["tiny", "full"])
+    p.add_argument("--config", default="full", choices=["tiny", "full", "large"])
     p.add_argument("--out", type=Path, default=ROOT / "var" / "bench-chat")
     p.add_argument("--reuse", action="store_true", help="reuse OUT/metrics.json and OUT/bundle if present")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")

@@ -32,10 +32,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloud_controller.artifacts import ArtifactStore
 from cloud_controller.desired import DesiredPublisher, RefFor, default_ref
 from cloud_controller.fleet import Fleet, StatusChange, StatusThrottle
+from cloud_controller.hard_examples import HardExampleStore
 from cloud_controller.ingest import Ingest, IngestConfig
+from cloud_controller.publisher import ModelPublisher
 from cloud_controller.reconcilers.common import ArtifactCheck, Context, ReconcileSettings
+from cloud_controller.reconcilers.distillation import (
+    DistillationSettings,
+    KubeJobLauncher,
+    LocalJobLauncher,
+    make_distillation_reconciler,
+)
 from cloud_controller.reconcilers.nodes import make_node_reconciler
 from cloud_controller.reconcilers.pipelines import make_pipeline_reconciler
 from cloud_controller.reconcilers.rollouts import (
@@ -46,6 +55,7 @@ from cloud_controller.reconcilers.rollouts import (
 from cloud_controller.resources.store import ResourceStore
 from cloud_controller.runtime.controller import Controller, Manager
 from cloud_controller.runtime.leader import Leadership, LocalLeader
+from cloud_controller.signing import load_private_key
 from cloud_controller.teacher import TeacherService, load_teacher
 from edge_agent.config import MqttConfig, TlsConfig
 from edge_agent.mqtt import MqttClient
@@ -84,6 +94,12 @@ class ControllerSettings(BaseModel):
     log_format: Literal["json", "text"] = "text"
     # "KIND:PATH", e.g. "onnx-chat:var/teacher-bundle": answer escalations with this teacher.
     teacher: str | None = None
+    # DistillationJobs run only with a signing key: the controller signs what it releases.
+    signing_key: Path | None = None
+    artifacts_dir: Path | None = None  # default: {data_dir}/artifacts
+    distillation_config: Literal["tiny", "full"] = "full"
+    job_image: str | None = None
+    data_root: str | None = None  # datasets for re-distillation (else EDGELOOP_DATA)
 
     @property
     def identity(self) -> str:
@@ -132,6 +148,11 @@ class ControllerSettings(BaseModel):
             "EDGELOOP_STATUS_MIN_INTERVAL_S": "status_min_interval_s",
             "EDGELOOP_STATUS_MAX_WRITES_PER_S": "status_max_writes_per_s",
             "EDGELOOP_TEACHER": "teacher",
+            "EDGELOOP_SIGNING_KEY": "signing_key",
+            "EDGELOOP_ARTIFACTS": "artifacts_dir",
+            "EDGELOOP_DISTILLATION_CONFIG": "distillation_config",
+            "EDGELOOP_JOB_IMAGE": "job_image",
+            "EDGELOOP_DATA": "data_root",
         }
         for var, fld in simple.items():
             if e.get(var):
@@ -170,6 +191,8 @@ class ControllerApp:
         # Built in run():
         self.store: ResourceStore | None = None
         self.teacher: TeacherService | None = None
+        self.hard_examples: HardExampleStore | None = None
+        self._api: Any = None
         self.fleet: Fleet | None = None
         self.ingest: Ingest | None = None
         self.ctx: Context | None = None
@@ -204,6 +227,7 @@ class ControllerApp:
         except config.ConfigException:
             await asyncio.to_thread(config.load_kube_config)
         api = client.ApiClient()
+        self._api = api
         store = KubeResourceStore(api)
         if s.leader_election is False:
             return store, LocalLeader()
@@ -221,6 +245,7 @@ class ControllerApp:
         s = self.settings
         data = s.data_dir
         self.fleet = Fleet(data / "fleet.db")
+        self.hard_examples = HardExampleStore(data / "hard_examples.db")
         self.ingest = Ingest(
             IngestConfig(
                 mqtt=s.mqtt,
@@ -234,6 +259,7 @@ class ControllerApp:
             self.fleet,
             on_status=self._on_status,
             on_summary=self._on_summary,
+            hard_examples=self.hard_examples,
         )
         # Own connection for desired states: on the ingest connection their PUBACKs queue behind up to
         # receive_max summaries, and not at all while ingest pauses reading (backpressure), so
@@ -268,9 +294,40 @@ class ControllerApp:
             Controller(store, "EdgeModel", make_model_reconciler(ctx), namespace=ns),
             Controller(store, "ModelRollout", make_rollout_reconciler(ctx), namespace=ns),
         ]
+        if s.signing_key is not None:
+            controllers.append(self._distillation_controller(store))
         ctx.attach(controllers)
         self.controllers = {c.kind: c for c in controllers}
         self.manager = Manager(controllers, leader=leader, shutdown_timeout_s=s.shutdown_timeout_s)
+
+    def _distillation_controller(self, store: ResourceStore) -> Controller:
+        s = self.settings
+        assert s.signing_key is not None and self.ingest is not None
+        artifacts = ArtifactStore(s.artifacts_dir or s.data_dir / "artifacts")
+        ds = DistillationSettings(
+            work_dir=s.data_dir / "distillation",
+            artifacts=artifacts,
+            signing_key=load_private_key(s.signing_key),
+            hard_examples=self.hard_examples,
+            runner_config=s.distillation_config,
+            data_root=s.data_root,
+            poll_s=s.poll_s,
+            publish=ModelPublisher(self.ingest.client, artifacts).publish,
+        )
+        launcher: LocalJobLauncher | KubeJobLauncher
+        if s.kube:
+            launcher = KubeJobLauncher(
+                self._api, KubeJobLauncher.load_template(), image=s.job_image,
+                service_account=s.job_service_account,
+            )
+        else:
+            launcher = LocalJobLauncher(on_exit=lambda ref: self._enqueue_job(ref.name))
+        return Controller(store, "DistillationJob", make_distillation_reconciler(store, ds, launcher),
+                          namespace=s.namespace)
+
+    def _enqueue_job(self, name: str) -> None:
+        if self.ctx is not None:
+            self.ctx.enqueue("DistillationJob", name)
 
     def _on_status(self, node: str, change: StatusChange) -> None:
         assert self.ctx is not None
@@ -515,6 +572,11 @@ def configure_run_args(p: argparse.ArgumentParser) -> None:
         "--status-max-writes", type=float, default=None, help="EdgeNode status writes per second, total"
     )
     p.add_argument("--teacher", default=None, help="KIND:PATH of a teacher that answers escalations")
+    p.add_argument("--signing-key", type=Path, default=None,
+                   help="Ed25519 private key (PEM) for releases; enables DistillationJobs")
+    p.add_argument("--artifacts", type=Path, default=None, help="artifact store (default DATA_DIR/artifacts)")
+    p.add_argument("--distillation-config", choices=["tiny", "full"], default=None,
+                   help="training recipe of the re-distillation runner")
 
 
 def settings_from_args(
@@ -533,6 +595,9 @@ def settings_from_args(
         "status_min_interval_s": args.status_interval,
         "status_max_writes_per_s": args.status_max_writes,
         "teacher": args.teacher,
+        "signing_key": args.signing_key,
+        "artifacts_dir": args.artifacts,
+        "distillation_config": args.distillation_config,
     }
     settings = ControllerSettings.from_env(environ, **overrides)
     if args.broker:

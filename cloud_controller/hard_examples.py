@@ -69,8 +69,11 @@ CREATE TABLE IF NOT EXISTS hard_example_duplicates (node TEXT PRIMARY KEY, count
 
 
 class _MessageLike(Protocol):
-    topic: str
-    payload: bytes
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def payload(self) -> bytes: ...
 
 
 @dataclass(frozen=True)

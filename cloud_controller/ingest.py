@@ -34,6 +34,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_controller.fleet import Fleet, StatusChange
+from cloud_controller.hard_examples import HardExampleStore, handle_hard_examples
 from cloud_controller.receiver import SummaryStore
 from cloud_controller.resources.store import API_VERSION, AlreadyExists, ResourceStore
 from edge_agent import topics, wire
@@ -75,6 +76,8 @@ class IngestStats:
     rejected: int = 0
     registered: int = 0
     registration_errors: int = 0
+    hard_examples: int = 0
+    hard_example_duplicates: int = 0
 
 
 # (node, what changed) -> None; called on the event loop right after the burst is stored.
@@ -92,6 +95,7 @@ class Ingest:
         on_status: StatusHook | None = None,
         on_summary: SummaryHook | None = None,
         clock: Callable[[], float] = time.time,
+        hard_examples: HardExampleStore | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -100,12 +104,17 @@ class Ingest:
         self.on_summary = on_summary
         self.clock = clock
         self.summaries = SummaryStore(cfg.db_path)
+        self.hard_examples = hard_examples
         self.stats = IngestStats()
         self.rejected: dict[str, int] = {}
+        subs = [(self._summaries_filter(), 1), (topics.all_nodes("status"), 1)]
+        if hard_examples is not None:
+            # Not shared: every replica keeps all hard examples; the leader's DistillationJobs read them.
+            subs.append((topics.all_nodes("hard-examples"), 1))
         self.client = MqttClient(
             cfg.mqtt,
             cfg.client_id,
-            subscriptions=[(self._summaries_filter(), 1), (topics.all_nodes("status"), 1)],
+            subscriptions=subs,
             manual_ack=True,
             max_incoming=cfg.receive_max,
             name="ingest",
@@ -124,6 +133,8 @@ class Ingest:
     async def run(self) -> None:
         """Ingest until cancelled. The MQTT session is persistent: what arrives while down is redelivered."""
         self.summaries.open()
+        if self.hard_examples is not None:
+            self.hard_examples.open()
         self.fleet.open()
         self.fleet.load_totals(self.summaries.totals())
         self._registrations = asyncio.Queue()
@@ -150,6 +161,8 @@ class Ingest:
             await self.client.stop()
             self.fleet.flush()
             self.summaries.close()
+            if self.hard_examples is not None:
+                self.hard_examples.close()
 
     async def _next_burst(self) -> list[Message]:
         burst = [await self.client.receive()]
@@ -177,6 +190,7 @@ class Ingest:
         now = self.clock()
         items: list[tuple[wire.SummaryBatch, float, int]] = []
         statuses: list[wire.Status] = []
+        hard: list[Message] = []
         for msg in burst:
             self.stats.messages += 1
             try:
@@ -198,6 +212,8 @@ class Ingest:
                             "node_mismatch", f"topic node {node!r} != status node {status.node!r}"
                         )
                     statuses.append(status)
+                elif leaf == "hard-examples" and self.hard_examples is not None:
+                    hard.append(msg)
                 else:
                     raise RejectedMessage("bad_topic", f"unexpected leaf {leaf!r}")
             except RejectedMessage as exc:
@@ -206,6 +222,14 @@ class Ingest:
                 log.warning("ingest: rejected message on %s: %s", msg.topic, exc)
                 self.summaries.reject(exc.reason, f"{msg.topic}: {exc.detail}")
 
+        if hard:
+            assert self.hard_examples is not None
+            res = handle_hard_examples(self.hard_examples, hard, now)
+            self.stats.hard_examples += res.accepted
+            self.stats.hard_example_duplicates += res.duplicates
+            for reason, n in res.rejected.items():
+                self.stats.rejected += n
+                self.rejected[reason] = self.rejected.get(reason, 0) + n
         touched: set[str] = set()
         if items:
             for (batch, received, nbytes), new in zip(items, self.summaries.add_many(items), strict=True):

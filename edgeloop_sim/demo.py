@@ -6,8 +6,9 @@ cached first students and teacher, the controller with its embedded store,
 escalates and yields hard examples, a DistillationJob, a canary rollout of v2,
 then a report with tables and a PNG (``docs/demo.md``).
 
-``--flow basic`` is the first demo, kept as a fallback: a mosquitto broker, the cloud receiver and three edge agents run as real
-processes under a small supervisor; SKAB pump sensors, NAB streams and SNIPS
+``--flow basic`` is the first demo, kept as a fallback: a mosquitto broker,
+the cloud receiver and three edge agents run as real processes under a small
+supervisor; SKAB pump sensors, NAB streams and SNIPS
 chat utterances are replayed into them as device traffic. At the end a report
 compares the bytes that forwarding every reading would have cost with the bytes
 actually sent, and checks that every reading reached the cloud exactly once.
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the cloud to catch up")
     ap.add_argument("--flow", choices=["loop", "basic"], default="loop", help="loop (default) or basic")
     ap.add_argument("--config", choices=["full", "tiny"], default="full", help="model recipe (tiny: tests)")
-    ap.add_argument("--threshold", type=float, default=0.8, help="chat escalation threshold on the agents")
+    ap.add_argument("--threshold", type=float, default=0.5, help="chat escalation threshold on the agents")
     ap.add_argument(
         "--collect", type=int, default=600, help="SNIPS train utterances sent to v1 (hard examples)"
     )

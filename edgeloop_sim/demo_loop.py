@@ -83,7 +83,7 @@ def distillation_flags(artifacts: Path, key: Path, work: Path, config: str) -> l
         "artifacts": (("--artifacts", "--artifact-store", "--artifacts-dir"), str(artifacts)),
         "key": (("--signing-key", "--release-key", "--key"), str(key)),
         "work": (("--distill-work-dir", "--work-dir", "--jobs-dir"), str(work)),
-        "config": (("--distill-config", "--runner-config"), config),
+        "config": (("--distillation-config", "--distill-config"), config),
     }
     flags: list[str] = []
     found: set[str] = set()
@@ -257,7 +257,7 @@ class Loop:
         results: dict[str, ReplayResult] = {}
         threads = [
             threading.Thread(
-                target=lambda s=s, c=c: results.__setitem__(s, replay(s, c)),  # type: ignore[arg-type,misc]
+                target=lambda s=s, c=c: results.__setitem__(s, replay(s, c)),
                 name=f"replay-{s}",
                 daemon=True,
             )

@@ -114,9 +114,10 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [
             f"## Chat, before (v1) and after (v{c['after_version']}) one turn of the loop",
             "",
-            "Each half of the SNIPS test split is sent once: the first half to v1, the second to the new version.",
-            "Accuracy = the answer the device got (edge or teacher) vs the SNIPS label; escalation rate = share",
-            "answered by the cloud teacher; edge accuracy = accuracy of the answers the node gave alone.",
+            "Each half of the SNIPS test split is sent once: the first half to v1, the second to the new",
+            "version. Accuracy = the answer the device got (edge or teacher) vs the SNIPS label; escalation",
+            "rate = share answered by the cloud teacher; edge accuracy = accuracy of the answers the node",
+            "gave alone.",
             "",
             "| traffic | utterances | accuracy % | escalation rate % | edge accuracy % |",
             "|---|---|---|---|---|",

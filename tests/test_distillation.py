@@ -160,7 +160,7 @@ def job_obj(
         "epochs": 4,
         "data": {"base": base, "minTeacherConfidence": 0.9},
         "gate": {
-            "metric": "intent_acc",
+            "metric": metric,
             "maxRegression": 15.0,
             **({"minGain": min_gain} if min_gain else {}),
         },
@@ -318,7 +318,7 @@ async def test_gate_failure_is_rejected_with_metrics(loop: Loop) -> None:
     await loop.store.create(job_obj("dj-reject", min_gain=0.5, metric="escalation_rate"))
     obj = await wait_job(loop.store, "dj-reject", stage_is("Succeeded", "Rejected", "Failed"))
     st = obj["status"]
-    assert st["stage"] == "Rejected" and st["message"].startswith("InsufficientGain")
+    assert st["stage"] == "Rejected" and st["message"].startswith("InsufficientGain"), st["message"]
     assert st["metricsAfter"]["fixed_intent_acc"] > 0 and "new_escalation_rate" in st["metricsBefore"]
     assert "Rejected" in st["stageTimes"] and "producedVersion" not in st
     with pytest.raises(NotFound):

@@ -132,17 +132,24 @@ async def _write(ctx: Context, obj: Obj, fields: Obj, *conditions: Condition) ->
 
 
 def make_rollout_reconciler(ctx: Context) -> ReconcileFn:
-    def expected_id(node: str, task: str) -> str | None:
-        got = assignments(node, ctx.rollouts(), ctx.models()).get(task)
-        if got is None or find_model(ctx.models(), *got) is None:
+    def expected_id(
+        node: str, task: str, rollouts: Sequence[ModelRollout], models: Sequence[EdgeModel]
+    ) -> str | None:
+        got = assignments(node, rollouts, models).get(task)
+        if got is None or find_model(models, *got) is None:
             return None
         return f"{got[0]}@{got[1]}"
 
     def wake_stale_nodes(ro: ModelRollout, task: str | None) -> None:
         """Nodes whose published desired state does not yet say what the rollouts assign."""
+        # Typed lists once per call, not once per node: per node they were ~25% of a 1,000-node
+        # rollout's controller CPU (bench_fleet profile).
+        rollouts, models = ctx.rollouts(), ctx.models()
         for node in ro.status.previous_versions:
             rec = ctx.fleet.desired(node)
-            if task is None or rec is None or rec.models.get(task) != expected_id(node, task):
+            if task is None or rec is None:
+                ctx.enqueue("EdgeNode", node)
+            elif rec.models.get(task) != expected_id(node, task, rollouts, models):
                 ctx.enqueue("EdgeNode", node)
 
     def current_for(node: str, task: str, exclude: str) -> tuple[str, str] | None:

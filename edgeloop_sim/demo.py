@@ -88,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--max-regression", type=float, default=1.0, help="gate: allowed intent-acc drop (points)"
     )
+    ap.add_argument(
+        "--min-teacher-confidence",
+        type=float,
+        default=0.3,
+        help="job: keep hard examples the teacher answered at least this sure (tiny teachers: 0)",
+    )
     ap.add_argument("--job-timeout", type=float, default=900.0, help="seconds to wait for job and rollout")
     args = ap.parse_args(argv)
     if args.flow == "loop":

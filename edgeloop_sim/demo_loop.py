@@ -405,7 +405,7 @@ class Loop:
                 **({} if a.config == "tiny" else {"epochs": DEMO_EPOCHS}),
                 "data": {
                     "base": base_spec(models.held_back),
-                    "minTeacherConfidence": 0.5,
+                    "minTeacherConfidence": a.min_teacher_confidence,
                     "maxHardExamples": 5000,
                 },
                 "gate": {"metric": "intent_acc", "maxRegression": a.max_regression, "minGain": 1.0},

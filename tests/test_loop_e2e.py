@@ -57,6 +57,8 @@ def test_one_turn_of_the_loop_moves_every_node_to_v2_and_improves_the_held_back_
             "2",
             "--threshold",
             "0.15",
+            "--min-teacher-confidence",
+            "0",
             "--max-regression",
             "5",
             "--job-timeout",

@@ -579,7 +579,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res["writes"] = {
             "mean_per_s": mean_w,
             "max_5s_per_s": max_w,
-            "bound": args.status_max_writes,
+            # Token bucket: rate plus one second's burst, spread over the 5 s measuring window.
+            "bound": args.status_max_writes * (1 + 1 / 5),
             "total": metric(m, "status_writes"),
             "coalesced": metric(m, "status_coalesced"),
             "rate_limited": metric(m, "status_rate_limited"),
@@ -651,7 +652,11 @@ def soak(
         "hwm_mb": (proc_kb(ctl.pid or 0, "VmHWM") or 0) / 1024,
     }
     mean_w, max_w = write_rates(sampler.samples)
-    res["soak"]["writes"] = {"mean_per_s": mean_w, "max_5s_per_s": max_w, "bound": args.status_max_writes}
+    res["soak"]["writes"] = {
+        "mean_per_s": mean_w,
+        "max_5s_per_s": max_w,
+        "bound": args.status_max_writes * 1.2,
+    }
     res["load"] = os.getloadavg()
 
 
@@ -786,7 +791,7 @@ def render(args: argparse.Namespace, r: dict[str, Any]) -> str:
         [
             "EdgeNode status writes/s mean / max (5 s windows)",
             f"{w['mean_per_s']:.1f} / {w['max_5s_per_s']:.1f}",
-            f"<= {w['bound']:g} (throttle)",
+            f"<= {w['bound']:g} ({args.status_max_writes:g}/s + 1 s burst over 5 s; +5 % sampling jitter)",
             verdict(w["max_5s_per_s"] <= w["bound"] * 1.05),
         ],
     ]

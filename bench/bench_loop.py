@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from bench._report import command_line, machine_line, markdown_table, write_block  # noqa: E402
 
 
-def chat(config: str, threshold: float, n_traffic: int, work: Path) -> dict[str, Any]:
+def chat(config: str, threshold: float, n_traffic: int, work: Path, job_teacher: str) -> dict[str, Any]:
     from cloud_controller.datasets.snips import load_snips
     from cloud_controller.distill_job import Progress, RunnerSpec, evaluate_bundle, run
     from cloud_controller.hard_examples import StoredHardExample
@@ -83,7 +83,7 @@ def chat(config: str, threshold: float, n_traffic: int, work: Path) -> dict[str,
     spec = RunnerSpec(
         job="bench-loop",
         task="chat",
-        teacher=f"bundle:{m.teacher}",
+        teacher=f"bundle:{m.teacher}" if job_teacher == "bundle" else "labels",
         base=base_spec(held),
         epochs=epochs,
         config=config,
@@ -119,6 +119,7 @@ def chat(config: str, threshold: float, n_traffic: int, work: Path) -> dict[str,
             100 * sum(p.intent == e.intent for e, p in zip(esc, t_pred, strict=True)) / max(1, len(esc)), 2
         ),
         "job_seconds": round(job_s, 1),
+        "job_teacher": job_teacher,
         "job_metrics_before": result["metrics_before"],
         "job_metrics_after": result["metrics_after"],
         "sets": rows,
@@ -187,7 +188,8 @@ def render(c: dict[str, Any], s: dict[str, Any], config: str) -> str:
         f"traffic, {c['escalated']} escalated at confidence < {c['threshold']} "
         f"({c['escalated_held_back']} of the held-back "
         f"intents; teacher right on {c['teacher_acc_on_escalated']}% of them); re-distillation took "
-        f"{c['job_seconds']} s. Scored through the edge runtime (int8), v1 → v2:",
+        f"{c['job_seconds']} s (job teacher: {c['job_teacher']}). Scored through the edge runtime (int8), "
+        "v1 → v2:",
         "",
         markdown_table(
             ["SNIPS test subset", "utterances", "intent acc %", "escalation rate %", "slot F1"], rows
@@ -222,11 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", choices=["full", "tiny"], default="full")
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--traffic", type=int, default=600)
+    ap.add_argument(
+        "--job-teacher",
+        choices=["labels", "bundle"],
+        default="labels",
+        help="labels: gold labels for the base data, the teacher's answers for the hard examples; "
+        "bundle: also soft targets from the teacher bundle on everything",
+    )
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--skip-sensors", action="store_true")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
-        c = chat(args.config, args.threshold, args.traffic, Path(tmp))
+        c = chat(args.config, args.threshold, args.traffic, Path(tmp), args.job_teacher)
     s = {"skipped": "--skip-sensors"} if args.skip_sensors else sensors(args.config)
     body = render(c, s, args.config)
     print(body)

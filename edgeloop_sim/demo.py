@@ -94,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         default=0.3,
         help="job: keep hard examples the teacher answered at least this sure (tiny teachers: 0)",
     )
+    ap.add_argument(
+        "--job-teacher",
+        choices=["labels", "bundle"],
+        default="labels",
+        help="DistillationJob teacher: labels (gold for base data, teacher answers for hard examples) "
+        "or bundle (soft targets from the teacher bundle too)",
+    )
+    ap.add_argument("--job-epochs", type=int, default=None, help="DistillationJob epochs (default: as v1)")
     ap.add_argument("--job-timeout", type=float, default=900.0, help="seconds to wait for job and rollout")
     args = ap.parse_args(argv)
     if args.flow == "loop":

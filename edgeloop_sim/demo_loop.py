@@ -398,11 +398,17 @@ class Loop:
             "metadata": {"name": "chat-snips-distill-1", "namespace": "default"},
             "spec": {
                 "task": "chat",
-                "teacher": f"bundle:{models.teacher}",
+                "teacher": f"bundle:{models.teacher}" if a.job_teacher == "bundle" else "labels",
                 "studentArch": "bilstm-tagger",
                 "temperature": 2.0,
                 "alpha": 0.5,
-                **({} if a.config == "tiny" else {"epochs": DEMO_EPOCHS}),
+                **(
+                    {"epochs": a.job_epochs}
+                    if a.job_epochs
+                    else {}
+                    if a.config == "tiny"
+                    else {"epochs": DEMO_EPOCHS}
+                ),
                 "data": {
                     "base": base_spec(models.held_back),
                     "minTeacherConfidence": a.min_teacher_confidence,

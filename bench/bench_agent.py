@@ -339,6 +339,14 @@ def child_main(args: argparse.Namespace) -> int:
 # ============================================================================ driver side
 
 
+class ChildFailed(RuntimeError):
+    """A consumer child did not finish; ``detail`` holds the counters it reported."""
+
+    def __init__(self, message: str, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail or {}
+
+
 @dataclass
 class Run:
     rate: float  # readings/s
@@ -396,9 +404,10 @@ def _run_child(cmd: list[str], timeout: float) -> dict[str, Any]:
         SHUTDOWN_HANGS.append(p.stderr.decode()[-3000:])
         return json.loads(lines[-1])
     if p.returncode != 0 or not lines:
-        raise RuntimeError(
+        raise ChildFailed(
             f"child {cmd[3]} {cmd[5]} failed ({p.returncode}): "
-            f"{p.stdout.decode()[-800:]} {p.stderr.decode()[-1500:]}"
+            f"{p.stdout.decode()[-800:]} {p.stderr.decode()[-1500:]}",
+            json.loads(lines[-1]) if lines else None,
         )
     return json.loads(lines[-1])
 
@@ -516,6 +525,8 @@ def bench_throughput(
         try:
             a = measure_consumer("agent", port, tmp, batched, BATCH, live=False, tag="b-off", timeout=90.0)
             out["batched_offline"] = {"ok": True, "rate": a.rate, "detail": a.detail}
+        except ChildFailed as exc:
+            out["batched_offline"] = {"ok": False, "error": str(exc)[-600:], "detail": exc.detail}
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             out["batched_offline"] = {"ok": False, "error": str(exc)[-600:]}
         print(f"  batched/offline probe: {out['batched_offline']}"[:400], flush=True)
@@ -918,9 +929,9 @@ def build_report(res: dict[str, Any], cmd: str, quick: bool) -> tuple[str, list[
         off = tp.get("batched_offline")
         if off is not None:
             d = off.get("detail") or {}
-            if not off["ok"]:
+            if not d and not off["ok"]:  # results saved before ChildFailed carried the counters
                 with contextlib.suppress(ValueError, IndexError):
-                    d = json.loads("{" + off["error"].split("{", 1)[1].rsplit("}", 1)[0] + "}")
+                    d = json.loads("{" + off["error"].split("}}", 1)[0] + "}}")
             rows.append(
                 [
                     f"Batched msgs, {tp['n_batched_msgs']:,} pre-queued (backlog after an outage)",
@@ -1074,6 +1085,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    ap.add_argument(
+        "--report-only",
+        type=Path,
+        default=None,
+        help="rebuild the table and docs block from a results file written by --json (no measuring)",
+    )
     # child process mode
     ap.add_argument("--child", choices=["baseline", "agent"], help=argparse.SUPPRESS)
     ap.add_argument("--phase", choices=["prime", "run"], help=argparse.SUPPRESS)
@@ -1097,7 +1114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if quick:
         only.discard("install")
     cmd = command_line([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
-    res: dict[str, Any] = {"machine": machine_info()}
+    if args.report_only:
+        saved = json.loads(args.report_only.read_text())
+        measured_cmd = saved.get("command") or command_line([sys.argv[0], "--json", str(args.report_only)])
+        return _finish(saved, f"{measured_cmd}` (table rebuilt with `{cmd}", bool(saved.get("quick")), args)
+    res: dict[str, Any] = {"machine": machine_info(), "command": cmd, "quick": quick}
     from edgeloop_sim.broker import Broker
 
     t_all = time.perf_counter()
@@ -1139,15 +1160,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     res["elapsed_s"] = time.perf_counter() - t_all
     res["shutdown_hangs"] = len(SHUTDOWN_HANGS)
     res["agent_children"] = AGENT_CHILDREN[0]
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=2, default=str))
+    return _finish(res, cmd, quick, args)
+
+
+def _finish(res: dict[str, Any], cmd: str, quick: bool, args: argparse.Namespace) -> int:
     body, table = build_report(res, cmd, quick)
     widths = [max(len(str(r[i])) for r in table) for i in range(len(table[0]))]
     print()
     for r in table:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    print(f"\n({res['elapsed_s']:.1f} s)")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2, default=str))
+    print(f"\n({res.get('elapsed_s', 0):.1f} s)")
     if not args.no_write:
         write_block(NAME, body, args.doc)
         print(f"wrote bench:{NAME} block of {args.doc}")

@@ -17,15 +17,19 @@ Phases (each prints progress lines):
    canary ModelRollout; trickle traffic feeds the canary analysis;
 6. traffic on v2, then the report (:mod:`edgeloop_sim.demo_report`).
 
-Why the same SNIPS test split is cut in two halves for the before/after
-measurement: phase-4 utterances become training data (hard examples), so v2
-is scored on the other half, which neither version trained on.
+Why before and after are measured on the same utterances (all of SNIPS test,
+sent once to v1 and once to v2): a like-for-like comparison. Two things keep it
+clean: the agents' escalation-answer cache is off (a cached teacher answer would
+hide what v2 does), and the DistillationJob takes hard examples only from
+``hardExamplesSince`` = the start of the collection phase (SNIPS *train*
+utterances), so the test utterances v1 escalated never become training data.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import subprocess
 import sys
@@ -110,8 +114,9 @@ def agent_config(
         "uplink": {"status_interval_s": 2.0},
         "models": {"trusted_keys": [str(pub)]},
         # A plain threshold (not the budget) so the escalation rate measures the student: with a
-        # budget it would sit at the budget whatever the student knows.
-        "chat": {"escalation": {"mode": "threshold", "threshold": threshold}},
+        # budget it would sit at the budget whatever the student knows. No answer cache: the same
+        # test utterances are sent to v1 and to v2, and a cached teacher answer would hide v2.
+        "chat": {"escalation": {"mode": "threshold", "threshold": threshold, "cache_max_entries": 0}},
     }
 
 
@@ -132,6 +137,7 @@ class Loop:
         self.timeline: list[dict[str, Any]] = []  # phase marks for the plot
         self.report: dict[str, Any] = {"phases": {}, "wall": {}}
         self.t0 = time.time()
+        self.collect_since = 0.0
 
     def mark(self, name: str) -> None:
         self.timeline.append({"t": time.time(), "phase": name})
@@ -275,7 +281,6 @@ class Loop:
         train = load_snips("train")
         test = load_snips("test")
         rng.shuffle(test)
-        half_a, half_b = test[: len(test) // 2], test[len(test) // 2 :]
         n_collect = a.collect
         collect = rng.sample([e for e in train if e.intent in held], n_collect // 2) + rng.sample(
             [e for e in train if e.intent not in held], n_collect - n_collect // 2
@@ -286,8 +291,9 @@ class Loop:
 
         self.mark("traffic on v1")
         t = time.monotonic()
+        before = self.chat(chat_plan(test, chat_devs, held), "v1-test")
+        self.collect_since = time.time()  # the job trains on what arrives from here on, not on the test
         self.chat(chat_plan(collect, chat_devs, held), "v1-collect")
-        before = self.chat(chat_plan(half_a, chat_devs, held), "v1-test")
         self.report["wall"]["traffic_v1_s"] = round(time.monotonic() - t, 1)
 
         v2 = None
@@ -314,7 +320,7 @@ class Loop:
             say("this controller has no DistillationJob reconciler yet: skipping phase 5 (see docs/demo.md)")
 
         self.mark("traffic on v2" if v2 else "traffic (still v1)")
-        after = self.chat(chat_plan(half_b, chat_devs, held), "v2-test" if v2 else "v1-test-b")
+        after = self.chat(chat_plan(test, chat_devs, held), "v2-test" if v2 else "v1-test-again")
         for th in threads:
             th.join(a.timeout)
         self.mark("report")
@@ -411,6 +417,9 @@ class Loop:
                 ),
                 "data": {
                     "base": base_spec(models.held_back),
+                    "hardExamplesSince": time.strftime(
+                        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.floor(self.collect_since))
+                    ),
                     "minTeacherConfidence": a.min_teacher_confidence,
                     "maxHardExamples": 5000,
                 },
@@ -420,8 +429,8 @@ class Loop:
                     "auto": True,
                     "template": {
                         "steps": [
-                            {"setWeight": 34, "pauseSeconds": a.pause},
-                            {"setWeight": 67, "pauseSeconds": a.pause},
+                            {"setWeight": 33, "pauseSeconds": a.pause},
+                            {"setWeight": 66, "pauseSeconds": a.pause},
                             {"setWeight": 100},
                         ],
                         "analysis": {"maxEscalationRate": 0.9, "minSamples": 5},

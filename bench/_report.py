@@ -83,7 +83,8 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     args = list(sys.argv if argv is None else argv)
     exe = sys.executable
     try:
-        exe = os.path.relpath(exe, REPO) if Path(exe).resolve().is_relative_to(REPO) else exe
+        # absolute(), not resolve(): the venv's python is a symlink out of the repo.
+        exe = os.path.relpath(exe, REPO) if Path(exe).absolute().is_relative_to(REPO) else exe
     except ValueError:
         pass
     if args:

@@ -691,12 +691,15 @@ def bandwidth_via_agent(port: int, tmp: Path) -> dict[str, Any]:
     sub.connect("127.0.0.1", port)
     sub.subscribe(topics.summaries(node), qos=1)
     sub.loop_start()
+    from edgeloop_sim.broker import free_port
+
     cfg = agent_config(
         tmp,
         node,
         port,
         windows={"length_s": 10.0, "idle_close_s": 15.0},
         outbox={"batch_max_delay_s": 1.0},
+        metrics={"enabled": True, "port": free_port()},  # known port: the counters are read from it
         log={"level": "WARNING", "format": "json"},
     )
     agent = AgentProcess(tmp, cfg)
@@ -948,13 +951,16 @@ def build_report(res: dict[str, Any], cmd: str, quick: bool) -> tuple[str, list[
             f"Throughput: {tp['n_single']:,} single-reading messages and {tp['n_batched_msgs']:,} messages "
             f"of {BATCH} readings (SKAB values, QoS 1), median of {tp['repeats']} runs; per-run values: "
             + "; ".join(
-                f"{k}: " + ", ".join(f"{x:,.0f}" if x > 10 else f"{x:.3f}" for x in v)
+                f"{m}.{kk}: " + ", ".join(f"{x:,.0f}" if x > 10 else f"{x:.3f}" for x in vv)
                 for m, d in tp.items()
-                if isinstance(d, dict)
-                for k, v in ((f"{m}.{kk}", vv) for kk, vv in d.items())
+                if m.startswith(("single_", "batched")) and isinstance(d, dict)
+                for kk, vv in d.items()
+                if isinstance(vv, list) and all(isinstance(x, int | float) for x in vv)
             )
         )
-    bw = res.get("bandwidth")
+    bw = dict(res.get("bandwidth") or {})
+    if res.get("bandwidth_agent"):
+        bw["agent"] = res["bandwidth_agent"]
     if bw:
         for key, d in bw.items():
             if key == "agent":
@@ -1019,11 +1025,19 @@ def build_report(res: dict[str, Any], cmd: str, quick: bool) -> tuple[str, list[
                 else ""
             )
         )
+    for name, err in (res.get("errors") or {}).items():
+        rows.append([f"{name}: measurement failed", "-", "-", "ERROR", err.replace("|", "/")[:300]])
     header = ["Measure", "Value", "Target", "Result", "Baseline / detail"]
     body = [
         "## Edge agent: throughput, uplink bandwidth, memory, install size",
         "",
-        f"Command: `{cmd}`  ",
+        f"Command: `{cmd}`"
+        + (
+            f" (table rebuilt from its saved results with `{res['rebuilt_with']}`)"
+            if res.get("rebuilt_with")
+            else ""
+        )
+        + "  ",
         f"Machine: {machine_line(res['machine'])}"
         + ("  \n**Quick mode: small N, numbers are indicative only.**" if quick else ""),
         "",
@@ -1062,7 +1076,7 @@ def build_report(res: dict[str, Any], cmd: str, quick: bool) -> tuple[str, list[
             r.get("stale_acks", 0) for mode in ("offline", "live") for r in tp.get(f"details_{mode}", [])
         ]
         body.append(
-            f"- Agent findings seen in this run: inbound acks dropped as stale per offline run: {stale} "
+            f"- Agent findings seen in this run: inbound acks dropped as stale per agent run (offline runs, then live): {stale} "
             f"(messages delivered from the persistent session before SUBACK are never PUBACKed on that "
             f"connection); `Agent.shutdown()` hangs: {res.get('shutdown_hangs', 0)} of "
             f"{res.get('agent_children', 0)} agent processes (Python 3.11 `asyncio.wait_for` swallowing "
@@ -1117,46 +1131,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report_only:
         saved = json.loads(args.report_only.read_text())
         measured_cmd = saved.get("command") or command_line([sys.argv[0], "--json", str(args.report_only)])
-        return _finish(saved, f"{measured_cmd}` (table rebuilt with `{cmd}", bool(saved.get("quick")), args)
+        saved["rebuilt_with"] = cmd
+        return _finish(saved, measured_cmd, bool(saved.get("quick")), args)
     res: dict[str, Any] = {"machine": machine_info(), "command": cmd, "quick": quick}
     from edgeloop_sim.broker import Broker
 
     t_all = time.perf_counter()
+    errors: dict[str, str] = {}
+    res["errors"] = errors
+
+    def section(name: str, fn: Any) -> None:
+        """One failing measurement must not throw away the others (they take minutes)."""
+        print(f"{name} ... ({time.perf_counter() - t_all:.1f} s)", flush=True)
+        try:
+            res[name] = fn()
+        except Exception as exc:  # reported in the table and the exit code
+            errors[name] = f"{type(exc).__name__}: {exc}"[-800:]
+            print(f"  {name} FAILED: {errors[name]}", flush=True)
+        if args.json:  # keep what was measured so far
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(res, indent=2, default=str))
+
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as d:
         tmp = Path(d)
         with Broker(tmp / "broker") as broker:
             if "throughput" in only:
-                print(f"throughput ... ({time.perf_counter() - t_all:.1f} s)", flush=True)
                 if args.profile_dir:
                     args.profile_dir.mkdir(parents=True, exist_ok=True)
-                res["throughput"] = bench_throughput(
-                    broker.port,
-                    tmp,
-                    n,
-                    n_batched,
-                    repeats,
-                    live=not (quick or args.no_live),
-                    profile_dir=args.profile_dir,
-                    probe_offline_batched=not quick,
+                section(
+                    "throughput",
+                    lambda: bench_throughput(
+                        broker.port,
+                        tmp,
+                        n,
+                        n_batched,
+                        repeats,
+                        live=not (quick or args.no_live),
+                        profile_dir=args.profile_dir,
+                        probe_offline_batched=not quick,
+                    ),
                 )
             if "bandwidth" in only:
-                print(f"bandwidth ... ({time.perf_counter() - t_all:.1f} s)", flush=True)
-                bw: dict[str, Any] = {}
                 lim = 100 if quick else None
-                bw["skab-10s"] = simulate_uplink("skab", 10.0, limit=lim)
-                bw["nab-10s"] = simulate_uplink("nab", 10.0, limit=lim)
-                bw["nab-1h"] = simulate_uplink("nab", 3600.0, limit=lim)
-                if not quick:
-                    bw["agent"] = bandwidth_via_agent(broker.port, tmp)
-                res["bandwidth"] = bw
+                section(
+                    "bandwidth",
+                    lambda: {
+                        "skab-10s": simulate_uplink("skab", 10.0, limit=lim),
+                        "nab-10s": simulate_uplink("nab", 10.0, limit=lim),
+                        "nab-1h": simulate_uplink("nab", 3600.0, limit=lim),
+                    },
+                )
+                if not quick and "bandwidth" in res:
+                    section("bandwidth_agent", lambda: bandwidth_via_agent(broker.port, tmp))
             if "memory" in only:
-                print(f"memory ... ({time.perf_counter() - t_all:.1f} s)", flush=True)
-                res["memory"] = bench_memory(
-                    broker.port, tmp, 100 if quick else 3000, 1 if quick else 3, 0.5 if quick else 5.0
+                section(
+                    "memory",
+                    lambda: bench_memory(
+                        broker.port, tmp, 100 if quick else 3000, 1 if quick else 3, 0.5 if quick else 5.0
+                    ),
                 )
         if "install" in only:
-            print("install size ...", flush=True)
-            res["install"] = bench_install(tmp)
+            section("install", lambda: bench_install(tmp))
     res["elapsed_s"] = time.perf_counter() - t_all
     res["shutdown_hangs"] = len(SHUTDOWN_HANGS)
     res["agent_children"] = AGENT_CHILDREN[0]
@@ -1176,8 +1211,8 @@ def _finish(res: dict[str, Any], cmd: str, quick: bool, args: argparse.Namespace
     if not args.no_write:
         write_block(NAME, body, args.doc)
         print(f"wrote bench:{NAME} block of {args.doc}")
-    # A missed target is a result, not a crash: the exit code says whether the bench itself ran.
-    return 0
+    # A missed target is a result, not a crash: the exit code says whether every measurement ran.
+    return 1 if res.get("errors") else 0
 
 
 if __name__ == "__main__":

@@ -661,7 +661,7 @@ def soak(
 
 
 def summarize_profile(path: Path, top: int = 15) -> list[tuple[str, float]]:
-    """py-spy raw (collapsed) stacks -> share of samples by leaf function (self time)."""
+    """py-spy raw (collapsed) stacks -> share of busy samples by leaf function (self time)."""
     if not path.exists():
         return []
     c: Counter[str] = Counter()
@@ -671,6 +671,8 @@ def summarize_profile(path: Path, top: int = 15) -> list[tuple[str, float]]:
         if not n.isdigit():
             continue
         leaf = stack.split(";")[-1]
+        if "concurrent/futures/thread.py:81" in leaf or "selectors.py" in leaf:
+            continue  # idle executor threads and the event loop waiting: not work
         c[leaf] += int(n)
         total += int(n)
     return [(k, v / total) for k, v in c.most_common(top)] if total else []

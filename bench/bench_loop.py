@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -39,7 +39,9 @@ sys.path.insert(0, str(REPO))
 from bench._report import command_line, machine_line, markdown_table, write_block  # noqa: E402
 
 
-def chat(config: str, threshold: float, n_traffic: int, work: Path, job_teacher: str) -> dict[str, Any]:
+def chat(
+    config: Literal["tiny", "full"], threshold: float, n_traffic: int, work: Path, job_teacher: str
+) -> dict[str, Any]:
     from cloud_controller.datasets.snips import load_snips
     from cloud_controller.distill_job import Progress, RunnerSpec, evaluate_bundle, run
     from cloud_controller.hard_examples import StoredHardExample
@@ -47,7 +49,7 @@ def chat(config: str, threshold: float, n_traffic: int, work: Path, job_teacher:
     from edgeloop_sim.demo_models import DEMO_EPOCHS, MODEL_NAME, base_spec, ensure_models
 
     epochs = None if config == "tiny" else DEMO_EPOCHS
-    m = ensure_models(config, epochs=epochs)  # type: ignore[arg-type]
+    m = ensure_models(config, epochs=epochs)
     held = m.held_back
     rng = random.Random(7)
     train = load_snips("train")

@@ -137,7 +137,7 @@ class Loop:
         self.timeline: list[dict[str, Any]] = []  # phase marks for the plot
         self.report: dict[str, Any] = {"phases": {}, "wall": {}}
         self.t0 = time.time()
-        self.collect_since = 0.0
+        self.collect_since = 0
 
     def mark(self, name: str) -> None:
         self.timeline.append({"t": time.time(), "phase": name})
@@ -292,7 +292,11 @@ class Loop:
         self.mark("traffic on v1")
         t = time.monotonic()
         before = self.chat(chat_plan(test, chat_devs, held), "v1-test")
-        self.collect_since = time.time()  # the job trains on what arrives from here on, not on the test
+        # The job trains on hard examples received from here on, not on the test utterances. Their
+        # last hard examples are still in the agents' outboxes for up to batch_max_delay_s (1 s):
+        # start the collection on a whole second (the CRD's time resolution) 3 s after the replies.
+        self.collect_since = math.ceil(time.time() + 3.0)
+        time.sleep(max(0.0, self.collect_since - time.time()))
         self.chat(chat_plan(collect, chat_devs, held), "v1-collect")
         self.report["wall"]["traffic_v1_s"] = round(time.monotonic() - t, 1)
 
@@ -418,7 +422,7 @@ class Loop:
                 "data": {
                     "base": base_spec(models.held_back),
                     "hardExamplesSince": time.strftime(
-                        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.floor(self.collect_since))
+                        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.collect_since)
                     ),
                     "minTeacherConfidence": a.min_teacher_confidence,
                     "maxHardExamples": 5000,

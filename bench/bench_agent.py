@@ -1076,7 +1076,8 @@ def build_report(res: dict[str, Any], cmd: str, quick: bool) -> tuple[str, list[
             r.get("stale_acks", 0) for mode in ("offline", "live") for r in tp.get(f"details_{mode}", [])
         ]
         body.append(
-            f"- Agent findings seen in this run: inbound acks dropped as stale per agent run (offline runs, then live): {stale} "
+            "- Agent findings seen in this run: inbound acks dropped as stale per agent run "
+            f"(offline runs, then live): {stale} "
             f"(messages delivered from the persistent session before SUBACK are never PUBACKed on that "
             f"connection); `Agent.shutdown()` hangs: {res.get('shutdown_hangs', 0)} of "
             f"{res.get('agent_children', 0)} agent processes (Python 3.11 `asyncio.wait_for` swallowing "

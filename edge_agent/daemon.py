@@ -102,6 +102,9 @@ class Agent:
             subscriptions=device_subscriptions(cfg) + ([] if separate else [desired_sub]),
             will=None if separate else will,
             manual_ack=True,
+            # Receive Maximum: unacknowledged messages the broker may push at once. Acks go out every
+            # commit tick, so 2,000 covers 40k msg/s while bounding the memory a backlog can take.
+            max_incoming=2000,
             name="edge",
         )
         self.cloud = self.client
@@ -308,7 +311,8 @@ class Agent:
         interval = self.cfg.outbox.commit_interval_s
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._tick_now.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._tick_now.wait()
             self._tick_now.clear()
             try:
                 await self._commit()

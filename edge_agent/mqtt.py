@@ -251,7 +251,9 @@ class MqttClient:
         if not self.manual_ack or msg.qos != 1:
             return
         conn = self._conn
-        if conn is None or msg.generation != conn.generation or not self._connected.is_set():
+        # Not _connected: a resumed session's backlog arrives between CONNACK and SUBACK, and its
+        # acks must go out on this very connection or the broker's window stays full.
+        if conn is None or msg.generation != conn.generation or conn.closed.done():
             self.stats.stale_acks += 1
             return
         conn.client.ack(msg.mid, msg.qos)
@@ -515,7 +517,8 @@ class MqttClient:
         client = conn.client
 
         def readable() -> None:
-            client.loop_read()
+            # Up to 100 packets per wake-up: one event-loop pass per message is the bottleneck otherwise.
+            client.loop_read(100)
             # TLS: decrypted bytes can sit inside the SSL object where epoll cannot see them.
             sock = client.socket()
             while sock is not None and conn.reading and getattr(sock, "pending", lambda: 0)() > 0:

@@ -16,17 +16,19 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from . import topics, wire
 from .config import AgentConfig
 from .delivery.store import DeadLetter, OutboxRecord
 from .errors import RejectedMessage
-from .inference.features import DeviceBaseline
 from .preprocess.dialogue import DialogueStore
 from .preprocess.pii import Redactor
 from .preprocess.text import normalize
 from .preprocess.windows import WindowAggregator
+
+if TYPE_CHECKING:  # numpy is imported only when a sensor model is loaded
+    from .inference.features import DeviceBaseline
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +178,14 @@ class Pipeline:
         add = self.windows.add
         raw = 0
         n = 0
+        base = 42 + len(device)
         for r in readings:
             ts = r.ts
+            row = base + len(repr(ts))
             for metric, value in r.values.items():
                 # The schema bounds timestamps and values, so the aggregator accepts all of them.
                 add(device, metric, ts, value, now)
-                raw += 42 + len(device) + len(metric) + len(repr(ts)) + len(repr(value))
+                raw += row + len(metric) + len(repr(value))
                 n += 1
         self.counters.readings += n
         self.counters.raw_equivalent_bytes += raw

@@ -460,7 +460,9 @@ class MqttClient:
         fut: asyncio.Future[list[ReasonCode]] = self._loop.create_future()
         conn.subacks[mid] = fut
         try:
-            codes = await asyncio.wait_for(asyncio.shield(fut), self.cfg.connect_timeout_s)
+            # A resumed session's backlog is delivered ahead of the SUBACK: on a busy client that takes
+            # longer than a connect. A dead connection fails this future at once (teardown), so wait long.
+            codes = await asyncio.wait_for(asyncio.shield(fut), max(120.0, self.cfg.connect_timeout_s))
         except TimeoutError:
             raise MqttError("no SUBACK") from None
         finally:

@@ -179,14 +179,31 @@ class Pipeline:
         raw = 0
         n = 0
         base = 42 + len(device)
-        for r in readings:
-            ts = r.ts
-            row = base + len(repr(ts))
-            for metric, value in r.values.items():
-                # The schema bounds timestamps and values, so the aggregator accepts all of them.
-                add(device, metric, ts, value, now)
-                raw += row + len(metric) + len(repr(value))
-                n += 1
+        if len(readings) < 8:
+            for r in readings:
+                ts = r.ts
+                row = base + len(repr(ts))
+                for metric, value in r.values.items():
+                    # The schema bounds timestamps and values, so the aggregator accepts all of them.
+                    add(device, metric, ts, value, now)
+                    raw += row + len(metric) + len(repr(value))
+                    n += 1
+        else:
+            # A batch: one series per metric, folded in by runs (same result, several times faster).
+            series: dict[str, tuple[list[float], list[float]]] = {}
+            for r in readings:
+                ts = r.ts
+                row = base + len(repr(ts))
+                for metric, value in r.values.items():
+                    sv = series.get(metric)
+                    if sv is None:
+                        sv = series[metric] = ([], [])
+                    sv[0].append(ts)
+                    sv[1].append(value)
+                    raw += row + len(metric) + len(repr(value))
+                    n += 1
+            for metric, (tl, vl) in series.items():
+                self.windows.add_many(device, metric, tl, vl, now)
         self.counters.readings += n
         self.counters.raw_equivalent_bytes += raw
 

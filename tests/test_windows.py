@@ -412,3 +412,37 @@ def test_add_is_fast_enough_for_the_hot_path() -> None:
         agg.add(DEV, metrics[i % 6], 1.6e9 + i * 0.01, 1.0 + (i % 13) * 0.01, 0.0)
     rate = n / (time.perf_counter() - t)
     assert rate > 20_000, f"{rate:.0f} readings/s"  # measured ~300k/s; the machine is shared
+
+
+def test_add_many_equals_add_one_by_one() -> None:
+    """The batched path (runs folded in with one merge) gives the same summaries as add() per reading."""
+    import random
+
+    rng = random.Random(1)
+    for _ in range(200):
+        cfg = WindowConfig(
+            length_s=rng.choice([1.0, 3.0, 10.0]), idle_close_s=5.0, deadband=rng.choice([0.0, 0.5])
+        )
+        one, many = WindowAggregator(cfg), WindowAggregator(cfg)
+        t = 1.7e9 + rng.random() * 100
+        ts: list[float] = []
+        vs: list[float] = []
+        for _ in range(rng.randint(1, 300)):
+            t += rng.choice([0.1, 0.5, 1.0, 0.0, 0.2, -3.0 if rng.random() < 0.05 else 0.2])
+            ts.append(t)
+            vs.append(rng.gauss(5, 2) if rng.random() > 0.1 else 5.0)
+        for x, y in zip(ts, vs, strict=True):
+            one.add("d", "m", x, y, 0.0)
+        i = 0
+        while i < len(ts):
+            k = rng.randint(1, 60)
+            many.add_many("d", "m", ts[i : i + k], vs[i : i + k], 0.0)
+            i += k
+        a, b = one.flush_all(), many.flush_all()
+        assert (one.readings, one.late_readings) == (many.readings, many.late_readings)
+        assert [(w.start, w.end, w.count, w.first, w.last, w.min, w.max) for w in a] == [
+            (w.start, w.end, w.count, w.first, w.last, w.min, w.max) for w in b
+        ]
+        for x, y in zip(a, b, strict=True):
+            for f in ("mean", "std", "slope"):
+                assert math.isclose(getattr(x, f), getattr(y, f), rel_tol=1e-7, abs_tol=1e-9), (f, x, y)

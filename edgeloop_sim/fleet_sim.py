@@ -230,7 +230,7 @@ class SimNode:
             return
         self.w.stats.desired_received += 1
         try:
-            desired = wire.parse_json(wire.DesiredState, m.payload)
+            desired = wire.parse_json(wire.DesiredState, bytes(m.payload))
         except Exception as exc:  # a bad desired state is reported, never fatal
             self.w.stats.verify_errors["bad_desired"] = self.w.stats.verify_errors.get("bad_desired", 0) + 1
             log.warning("%s: bad desired state: %s", self.name, exc)
@@ -362,7 +362,7 @@ class SimNode:
                 if msg.topic == mtopic:
                     if state["manifest"] is not None:
                         return
-                    m = verify_manifest(msg.payload, self.w.public_keys, ref.digest)
+                    m = verify_manifest(bytes(msg.payload), self.w.public_keys, ref.digest)
                     if (m.name, m.version, m.task) != (ref.name, ref.version, ref.task):
                         raise ModelRejected("malformed", "manifest names another release")
                     check_newer(m.version, self.highest.get(m.name))

@@ -157,8 +157,9 @@ class Controller:
                 # A broker or API outage is not fixed in milliseconds: do not spin (or spam the log).
                 self.queue.add_after(key, TRANSIENT_FLOOR_S)
                 delay = TRANSIENT_FLOOR_S
-            log.log(logging.WARNING if self.queue.num_requeues(key) <= 3 else logging.DEBUG,
-                    "reconcile %s %s: %s: %s; requeue in %.3fs", self.kind, key, type(exc).__name__, exc, delay)
+            level = logging.WARNING if self.queue.num_requeues(key) <= 3 else logging.DEBUG
+            log.log(level, "reconcile %s %s: %s: %s; requeue in %.3fs",
+                    self.kind, key, type(exc).__name__, exc, delay)
         except PermanentError as exc:
             self.metrics.permanent_errors += 1
             self.queue.forget(key)

@@ -74,11 +74,13 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         "s",
         [
             (
-                "histogram_quantile(0.5, sum by (le, model) (rate(edgeloop_agent_inference_seconds_bucket[5m])))",
+                "histogram_quantile(0.5, sum by (le, model) "
+                "(rate(edgeloop_agent_inference_seconds_bucket[5m])))",
                 "p50 {{model}}",
             ),
             (
-                "histogram_quantile(0.99, sum by (le, model) (rate(edgeloop_agent_inference_seconds_bucket[5m])))",
+                "histogram_quantile(0.99, sum by (le, model) "
+                "(rate(edgeloop_agent_inference_seconds_bucket[5m])))",
                 "p99 {{model}}",
             ),
         ],

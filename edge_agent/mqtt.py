@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import select
 import socket
 import ssl
 import uuid
@@ -519,13 +520,18 @@ class MqttClient:
         client = conn.client
 
         def readable() -> None:
-            # Up to 100 packets per wake-up: one event-loop pass per message is the bottleneck otherwise.
-            client.loop_read(100)
-            # TLS: decrypted bytes can sit inside the SSL object where epoll cannot see them.
-            sock = client.socket()
-            while sock is not None and conn.reading and getattr(sock, "pending", lambda: 0)() > 0:
-                client.loop_read()
+            client.loop_read()
+            # paho reads one packet per call: keep reading while bytes are waiting (up to 200
+            # packets), since one event-loop pass per message is the bottleneck otherwise. TLS:
+            # decrypted bytes can sit inside the SSL object where epoll cannot see them.
+            for _ in range(200):
                 sock = client.socket()
+                if sock is None or not conn.reading:
+                    return
+                pending = getattr(sock, "pending", None)
+                if not (pending is not None and pending() > 0) and not select.select([sock], [], [], 0)[0]:
+                    return
+                client.loop_read()
 
         assert conn.fd is not None
         self._loop.add_reader(conn.fd, readable)

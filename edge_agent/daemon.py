@@ -367,7 +367,7 @@ class Agent:
         if not msg.payload:
             return
         try:
-            desired = wire.validate(wire.DesiredState, wire.loads(msg.payload))
+            desired = wire.parse_json(wire.DesiredState, msg.payload)
             if desired.node != self.cfg.node_id:
                 raise RejectedMessage("node_mismatch", f"desired state for {desired.node!r}")
         except RejectedMessage as exc:

@@ -206,7 +206,7 @@ class Ingest:
                     if not msg.payload:  # a cleared retained status
                         self.fleet.clear_status(node)
                         continue
-                    status = wire.validate(wire.Status, wire.loads(msg.payload))
+                    status = wire.parse_json(wire.Status, msg.payload)
                     if status.node != node:
                         raise RejectedMessage(
                             "node_mismatch", f"topic node {node!r} != status node {status.node!r}"

@@ -240,7 +240,7 @@ class Receiver:
         if not msg.payload:  # a cleared retained status
             self.statuses.pop(node, None)
             return
-        status = wire.validate(wire.Status, wire.loads(msg.payload))
+        status = wire.parse_json(wire.Status, msg.payload)
         if status.node != node:
             raise RejectedMessage("node_mismatch", f"topic node {node!r} != status node {status.node!r}")
         self.statuses[node] = status

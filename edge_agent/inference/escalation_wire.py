@@ -95,11 +95,11 @@ def error_response(request_id: str, reason: str, teacher_version: str = "") -> E
 
 
 def parse_request(payload: bytes, max_bytes: int = MAX_ESCALATION_PAYLOAD) -> EscalationRequest:
-    return wire.validate(EscalationRequest, wire.loads(payload, max_bytes))
+    return wire.parse_json(EscalationRequest, payload, max_bytes)
 
 
 def parse_response(payload: bytes, max_bytes: int = MAX_ESCALATION_PAYLOAD) -> EscalationResponse:
-    return wire.validate(EscalationResponse, wire.loads(payload, max_bytes))
+    return wire.parse_json(EscalationResponse, payload, max_bytes)
 
 
 # --------------------------------------------------------------------------- topics

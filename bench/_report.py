@@ -25,7 +25,7 @@ DOC = REPO / "docs" / "benchmarks.md"
 __all__ = ["DOC", "REPO", "command_line", "machine_info", "machine_line", "markdown_table", "write_block"]
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -56,7 +56,7 @@ def machine_info() -> dict[str, str]:
     """What a reader needs to judge a number: CPU, cores, RAM, interpreter, key library versions, date."""
     ram = _ram_gib()
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": str(os.cpu_count() or "?"),
         "ram": f"{ram:.1f} GiB" if ram is not None else "?",
         "python": platform.python_version(),
@@ -127,3 +127,12 @@ def write_block(name: str, body: str, doc: Path = DOC) -> Path:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, doc)  # a reader (or a concurrent bench) never sees half a file
     return doc
+
+
+def write_marked_block(doc: Path, block: str) -> Path:
+    """``write_block`` for a block rendered with its own ``<!-- bench:NAME:start/end -->`` markers."""
+    m = re.match(r"<!-- bench:([A-Za-z0-9][A-Za-z0-9_.-]{0,63}):start -->\n?", block)
+    end = f"<!-- bench:{m.group(1)}:end -->" if m else ""
+    if m is None or not block.rstrip().endswith(end):
+        raise ValueError("block must start and end with its bench markers")
+    return write_block(m.group(1), block[m.end() :].rstrip()[: -len(end)], doc)

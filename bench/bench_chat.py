@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _report import cpu_model, write_marked_block  # noqa: E402
 
 from cloud_controller.datasets.snips import load_snips  # noqa: E402
 from edge_agent.inference.chat_runtime import ChatModel  # noqa: E402
@@ -66,14 +68,7 @@ def render(report: dict[str, Any], lat: dict[str, float], command: str) -> str:
     t, s, h = report["teacher"], report["student"], report["student_hard"]
     mb = 1024 * 1024
     bundle_b, teacher_b = report["bundle"]["size_bytes"], t["size_bytes"]
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     d_int8, d_fp32 = s["test_int8"], s["test_fp32"]
     lines = [
         START,
@@ -110,18 +105,6 @@ def render(report: dict[str, Any], lat: dict[str, float], command: str) -> str:
     return "\n".join(lines)
 
 
-def write_block(doc: Path, block: str) -> None:
-    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
-    text = (
-        pattern.sub(lambda _m: block, text)
-        if pattern.search(text)
-        else text.rstrip("\n") + "\n\n" + block + "\n"
-    )
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text, encoding="utf-8")
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="full", choices=["tiny", "full", "large"])
@@ -142,7 +125,7 @@ def main() -> int:
     metrics.write_text(json.dumps(report, indent=2))
     command = f"nice -n 10 .venv/bin/python bench/bench_chat.py --config {args.config}"
     block = render(report, lat, command)
-    write_block(args.doc, block)
+    write_marked_block(args.doc, block)
     print(block)
     return 0
 

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import os
 import platform
-import re
 import socket
 import statistics
 import subprocess
@@ -31,6 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _report import cpu_model, write_marked_block  # noqa: E402
 
 from cloud_controller.teacher import TeacherService  # noqa: E402
 from edge_agent.config import MqttConfig  # noqa: E402
@@ -138,16 +140,6 @@ async def measure(port: int, n: int, warmup: int, nodelay: bool) -> dict[str, fl
     }
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def render(results: dict[str, dict[str, float]], command: str, mosquitto: str) -> str:
     first = next(iter(results.values()))
     path = "MqttClient.request(response_topic=...)" if first["native_request"] else (
@@ -175,23 +167,11 @@ def render(results: dict[str, dict[str, float]], command: str, mosquitto: str) -
         "without both, Nagle's algorithm holds the second small packet of every exchange until the "
         "peer's 40 ms delayed ACK (about 88 ms per round trip, measured before the fix).",
         f"- correlation path: {path}",
-        f"- machine: {_cpu()}, {os.cpu_count()} cores, Python {platform.python_version()}, {mosquitto}; "
+        f"- machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, {mosquitto}; "
         f"measured {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
         f"- command: `{command}`",
         END,
     ])
-
-
-def write_block(doc: Path, block: str) -> None:
-    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
-    text = (
-        pattern.sub(lambda _m: block, text)
-        if pattern.search(text)
-        else text.rstrip("\n") + "\n\n" + block + "\n"
-    )
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text, encoding="utf-8")
 
 
 def main() -> int:
@@ -235,7 +215,7 @@ def main() -> int:
     command = f".venv/bin/python bench/bench_escalation.py -n {args.n} --n-default {args.n_default}"
     block = render(results, command, mosq[0] if mosq else "mosquitto")
     if not args.no_write:
-        write_block(args.doc, block)
+        write_marked_block(args.doc, block)
     print(block)
     return 0
 

@@ -28,6 +28,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from _report import cpu_model, write_marked_block  # noqa: E402
 
 from cloud_controller.datasets.skab import list_experiments, load_experiment  # noqa: E402
 from cloud_controller.training.sensor_train import DEVICE, SensorTrainConfig, aggregate_skab, run  # noqa: E402
@@ -48,14 +51,7 @@ TARGET_P50_MS = 0.2
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import onnxruntime as ort
     import torch
 
@@ -148,17 +144,6 @@ def render(report: dict[str, Any], lat: dict[str, float], command: str) -> str:
     return "\n".join(lines)
 
 
-def write_block(path: Path, block: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", choices=["tiny", "full"], default="full")
@@ -192,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     command = ".venv/bin/python " + " ".join(
         shlex.quote(a) for a in ["bench/bench_sensor.py", *(argv or sys.argv[1:])]
     )
-    write_block(args.doc, render(report, lat, command))
+    write_marked_block(args.doc, render(report, lat, command))
     print(f"[bench] wrote sensor block to {args.doc}")
     return 0
 

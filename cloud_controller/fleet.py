@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloud_controller.receiver import NodeTotals
+from cloud_controller.sqlite_db import connect_wal
 from edge_agent import wire
 
 log = logging.getLogger(__name__)
@@ -115,13 +116,7 @@ class Fleet:
         """Create tables and load what a previous run left (idempotent)."""
         if self.path is None or self._db is not None:
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=10.0)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
-        db.commit()
-        self._db = db
+        db = self._db = connect_wal(self.path, _SCHEMA, timeout=10.0)
         for node, payload, received, last_seen in db.execute(
             "SELECT node, payload, received, last_seen FROM fleet_status"
         ):

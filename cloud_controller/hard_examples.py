@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from cloud_controller.sqlite_db import connect_wal
 from edge_agent import topics, wire
 from edge_agent.errors import RejectedMessage
 
@@ -155,13 +156,7 @@ class HardExampleStore:
 
     def open(self) -> HardExampleStore:
         if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            db.commit()
-            self._db = db
+            self._db = connect_wal(self.path, _SCHEMA, check_same_thread=False)
         return self
 
     @property

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloud_controller.sqlite_db import connect_wal
 from edge_agent import topics, wire
 from edge_agent.config import MqttConfig
 from edge_agent.errors import RejectedMessage
@@ -63,13 +64,7 @@ class SummaryStore:
 
     def open(self) -> SummaryStore:
         if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            db.commit()
-            self._db = db
+            self._db = connect_wal(self.path, _SCHEMA)
         return self
 
     @property

@@ -30,6 +30,7 @@ import random
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -129,43 +130,126 @@ def chat(
     }
 
 
-def sensors(config: str) -> dict[str, Any]:
+def sensors(config: Literal["tiny", "full"], seeds: list[int], work: Path) -> dict[str, Any]:
+    """One turn of the sensor loop per seed: v1 on valve1, hard examples from valve2/other, one job."""
     import numpy as np
 
+    from cloud_controller.distill_job import Progress, RunnerSpec, run
+    from cloud_controller.distill_sensor import evaluate_fixed, write_hard_examples
+    from cloud_controller.hard_examples import StoredHardExample
     from cloud_controller.training.sensor_train import (
         SensorTrainConfig,
         Teacher,
         build_files,
         evaluate,
+        export_student,
         fit_floor,
         prepare,
-        torch_scores,
+        soft_targets,
         train_student,
+        write_sensor_bundle,
     )
+    from edge_agent.inference.sensor_runtime import SensorModel
 
-    cfg = SensorTrainConfig.named(config)
-    files, free, spec = build_files(cfg, None, lambda *_: None)
-    spec = fit_floor([*files, *free], spec, cfg.floor_frac)
-    prepare([*files, *free], spec, Teacher())
+    band = (0.35, 0.65)
+    cfg0 = SensorTrainConfig.named(config)
+    files, free, raw = build_files(cfg0, None, lambda *_: None)
     v1_files = [f for f in files if f.key.startswith("valve1")]
     new = [f for f in files if not f.key.startswith("valve1")]
     seen, unseen = new[0::2], new[1::2]
     if not v1_files or not unseen:
         return {"skipped": f"groups missing in config {config}: {[f.key for f in files]}"}
-    a = train_student([*v1_files, *free], cfg, spec.n_features)
-    b = train_student([*v1_files, *seen, *free], cfg, spec.n_features)
-    before = evaluate(unseen, [torch_scores(a, f.z) > 0.5 for f in unseen])
-    after = evaluate(unseen, [torch_scores(b, f.z) > 0.5 for f in unseen])
+    spec = fit_floor([*v1_files, *free], raw, cfg0.floor_frac)  # v1 knows only its own devices
+    prepare([*files, *free], spec, Teacher())
     teacher = evaluate(unseen, [f.teacher > 1.0 for f in unseen])
+    gold_teacher = np.concatenate([f.teacher > 1.0 for f in unseen])
+
+    def agreement(bundle: Path) -> float:
+        m = SensorModel(bundle).load()
+        pred = np.concatenate([m.score(f.z) > m.threshold for f in unseen])
+        return round(100 * float((pred == gold_teacher).mean()), 2)
+
+    runs = []
+    for seed in seeds:
+        cfg = replace(cfg0, seed=seed)
+        d = work / f"sensor-seed{seed}"
+        v1 = d / "v1"
+        model = train_student([*v1_files, *free], cfg, spec.n_features)
+        export_student(model, spec.n_features, d / "v1.fp32.onnx", d / "v1.int8.onnx")
+        write_sensor_bundle(v1, d / "v1.int8.onnx", spec, 0.5, {"name": "skab-sensor", "version": "1"})
+        # Traffic: the "seen" experiments stream through v1 on the edge; windows inside the band
+        # are escalated and labelled by the teacher (its soft score), as a node would upload them.
+        sm = SensorModel(v1).load()
+        hard = []
+        for f in seen:
+            s = sm.score(f.z)
+            p = soft_targets(f.teacher, cfg.sharpness)
+            for i in np.flatnonzero((s > band[0]) & (s < band[1])):
+                pi = float(p[i])
+                hard.append(
+                    StoredHardExample(
+                        id=f"{f.key}@{f.starts[i]:.0f}",
+                        received=0.0,
+                        created=float(f.starts[i]),
+                        node="bench",
+                        task="sensor",
+                        text=None,
+                        features=[round(float(v), 5) for v in f.z[i]],
+                        label="anomaly" if pi > 0.5 else "normal",
+                        confidence=max(pi, 1 - pi),
+                        teacher={"label": "anomaly" if pi > 0.5 else "normal", "score": pi},
+                        student={"score": float(s[i])},
+                    )
+                )
+        write_hard_examples(d / "hard.jsonl", hard)
+        job = RunnerSpec(
+            job=f"bench-loop-sensor-{seed}",
+            task="sensor",
+            base="skab?groups=valve1",
+            config=config,
+            output_model="skab-sensor",
+            version="2",
+            parent_version="1",
+            parent_bundle=str(v1),
+            hard_examples_file=str(d / "hard.jsonl"),
+            uncertain_band=band,
+            seed=seed,
+        )
+        t0 = time.monotonic()
+        result = run(job, d / "job", Progress(d / "progress.jsonl"))
+        job_s = time.monotonic() - t0
+        v2 = d / "job" / result["bundle"]
+        # Control: the same job without the fleet's data, so the gain is not the fine-tune itself.
+        write_hard_examples(d / "none.jsonl", [])
+        control = job.model_copy(update={"hard_examples_file": str(d / "none.jsonl")})
+        v2c = d / "control" / run(control, d / "control", Progress(d / "progress-control.jsonl"))["bundle"]
+        runs.append(
+            {
+                "seed": seed,
+                "hard_examples": len(hard),
+                "job_seconds": round(job_s, 1),
+                "v1": {**evaluate_fixed(v1, unseen, band, "m"), "m_agree": agreement(v1)},
+                "control": {**evaluate_fixed(v2c, unseen, band, "m"), "m_agree": agreement(v2c)},
+                "v2": {**evaluate_fixed(v2, unseen, band, "m"), "m_agree": agreement(v2)},
+                "job_before": result["metrics_before"],
+                "job_after": result["metrics_after"],
+            }
+        )
+
+    def mean(ver: str, k: str) -> float:
+        return round(float(np.mean([r[ver][k] for r in runs])), 3)
+
+    keys = ("m_f1", "m_far", "m_mar", "m_escalation_rate", "m_agree")
     return {
+        "band": band,
         "train_v1": len(v1_files),
         "new_seen": len(seen),
         "eval": len(unseen),
-        "eval_keys": [f.key for f in unseen][:50],
-        "before": {k: round(float(before[k]), 3) for k in ("f1", "far", "mar")},
-        "after": {k: round(float(after[k]), 3) for k in ("f1", "far", "mar")},
-        "teacher": {k: round(float(teacher[k]), 3) for k in ("f1", "far", "mar")},
+        "eval_keys": [f.key for f in unseen],
         "windows_eval": int(np.sum([len(f.starts) for f in unseen])),
+        "teacher": {k: round(float(teacher[k]), 3) for k in ("f1", "far", "mar")},
+        "runs": runs,
+        "mean": {ver: {k: mean(ver, k) for k in keys} for ver in ("v1", "control", "v2")},
     }
 
 
@@ -201,19 +285,60 @@ def render(c: dict[str, Any], s: dict[str, Any], config: str) -> str:
     if "skipped" in s:
         out.append(f"Sensors: skipped ({s['skipped']}).")
     else:
+        names = {"v1": "v1", "control": "same job, no hard examples", "v2": "v2"}
+        rows = []
+        for r in s["runs"]:
+            for ver in ("v1", "control", "v2"):
+                m = r[ver]
+                extra = f" ({r['hard_examples']} hard examples)" if ver == "v2" else ""
+                rows.append(
+                    [
+                        f"seed {r['seed']}: {names[ver]}{extra}",
+                        f"{m['m_f1']:.1f}",
+                        f"{m['m_far']:.1f}",
+                        f"{m['m_mar']:.1f}",
+                        f"{100 * m['m_escalation_rate']:.1f}",
+                        f"{m['m_agree']:.1f}",
+                    ]
+                )
+        for ver in ("v1", "control", "v2"):
+            m = s["mean"][ver]
+            rows.append(
+                [
+                    f"**mean {names[ver]}**",
+                    f"**{m['m_f1']:.1f}**",
+                    f"{m['m_far']:.1f}",
+                    f"{m['m_mar']:.1f}",
+                    f"**{100 * m['m_escalation_rate']:.1f}**",
+                    f"**{m['m_agree']:.1f}**",
+                ]
+            )
+        t = s["teacher"]
+        rows.append(
+            [
+                "teacher (per-experiment detector)",
+                f"{100 * t['f1']:.1f}",
+                f"{t['far']:.1f}",
+                f"{t['mar']:.1f}",
+                "",
+                "100",
+            ]
+        )
+        lo, hi = s["band"]
         out += [
-            f"Sensors (SKAB): student trained on {s['train_v1']} valve1 experiments (+ anomaly-free data) "
-            f"meets valve2/other; v2 adds {s['new_seen']} of those experiments with the teacher's soft "
-            f"labels; scored on "
-            f"the other {s['eval']} ({s['windows_eval']} windows), point-wise:",
+            f"Sensors (SKAB): v1 trained on the {s['train_v1']} valve1 experiments (+ anomaly-free data). "
+            f"The other groups' experiments alternate: {s['new_seen']} stream through v1 as new traffic "
+            f"(windows scored inside the uncertainty band {lo} to {hi} are escalated and labelled by the "
+            f"teacher's soft score, no gold labels), one DistillationJob run "
+            f"(`cloud_controller.distill_job`, task sensor: warm start from v1, fine-tuned on valve1 + "
+            f"those hard examples) gives v2; both are scored through the edge runtime (int8) on the other "
+            f"{s['eval']} valve2/other experiments ({s['windows_eval']} windows), which neither saw. "
+            f"F1/FAR/MAR point-wise (SKAB protocol, %); escalation = windows in the band; agreement = "
+            f"window decisions equal to the teacher's. One run per seed (the seed draws v1 and the job); "
+            f"the control row is the same job with no hard examples:",
             "",
             markdown_table(
-                ["model", "F1", "FAR %", "MAR %"],
-                [
-                    ["v1 (valve1)", s["before"]["f1"], s["before"]["far"], s["before"]["mar"]],
-                    ["v2 (+ new traffic)", s["after"]["f1"], s["after"]["far"], s["after"]["mar"]],
-                    ["teacher", s["teacher"]["f1"], s["teacher"]["far"], s["teacher"]["mar"]],
-                ],
+                ["model", "F1 %", "FAR %", "MAR %", "escalation %", "agreement with teacher %"], rows
             ),
             "",
         ]
@@ -235,10 +360,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--skip-sensors", action="store_true")
+    ap.add_argument("--skip-chat", action="store_true", help="sensors only (prints, never writes)")
+    ap.add_argument("--seeds", default="0,1,2", help="sensor runs, one per seed")
     args = ap.parse_args(argv)
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
+        s = {"skipped": "--skip-sensors"} if args.skip_sensors else sensors(args.config, seeds, Path(tmp))
+        if args.skip_chat:
+            print(json.dumps(s, indent=2, default=str))
+            return 0
         c = chat(args.config, args.threshold, args.traffic, Path(tmp), args.job_teacher)
-    s = {"skipped": "--skip-sensors"} if args.skip_sensors else sensors(args.config)
     body = render(c, s, args.config)
     print(body)
     print(json.dumps({"chat": c, "sensors": s}, indent=2, default=str), file=sys.stderr)

@@ -24,7 +24,9 @@ Evaluation goes through the edge's own inference code
 the numbers are what a node will see. Metric keys: ``fixed_*`` on the fixed
 evaluation set (SNIPS test restricted to the base's intents), ``new_*`` on the
 held-out part of the new hard examples (teacher labels as gold), both for the
-parent bundle (``metrics_before``) and the new one (``metrics_after``).
+parent bundle (``metrics_before``) and the new one (``metrics_after``). The
+sensor task (:mod:`cloud_controller.distill_sensor`) follows the same protocol
+and naming with SKAB experiment groups as the base data.
 """
 
 from __future__ import annotations
@@ -83,19 +85,27 @@ class RunnerSpec(BaseModel):
     new_eval_fraction: float = Field(default=0.25, ge=0, lt=1)
     escalation_threshold: float = Field(default=0.5, ge=0, le=1)
     max_fixed_eval: int | None = None
+    # Sensor: the edge's uncertainty band (a window scored inside it is escalated as a hard example).
+    uncertain_band: tuple[float, float] = (0.35, 0.65)
+    seed: int | None = None
 
 
 class BaseSpec(BaseModel):
     dataset: str
     exclude: list[str] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
 
 
 def parse_base(base: str) -> BaseSpec:
-    """``snips`` or ``snips?exclude=IntentA,IntentB``: the held-back intents the first student never saw."""
+    """``snips``, ``snips?exclude=IntentA,IntentB`` (the held-back intents the first student never
+    saw) or ``skab?groups=valve1`` (the SKAB experiment groups the first sensor student saw)."""
     name, _, query = base.partition("?")
     q = parse_qs(query)
-    exclude = [x for v in q.get("exclude", []) for x in v.split(",") if x]
-    return BaseSpec(dataset=name, exclude=exclude)
+
+    def items(key: str) -> list[str]:
+        return [x for v in q.get(key, []) for x in v.split(",") if x]
+
+    return BaseSpec(dataset=name, exclude=items("exclude"), groups=items("groups"))
 
 
 class Progress:
@@ -233,8 +243,10 @@ def _teacher_logits(
 
 def run(spec: RunnerSpec, out: Path, progress: Progress) -> dict[str, Any]:
     """The whole job; returns what goes into result.json (``ok`` true)."""
-    if spec.task != "chat":
-        raise NotImplementedError("sensor re-distillation is not implemented by this runner yet")
+    if spec.task == "sensor":
+        from cloud_controller.distill_sensor import run_sensor
+
+        return run_sensor(spec, out, progress, load_hard_examples(spec))
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     base = parse_base(spec.base)

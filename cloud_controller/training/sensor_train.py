@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,10 +59,13 @@ __all__ = [
     "aggregate_skab",
     "build_files",
     "export_student",
+    "fit",
     "point_predictions",
     "run",
     "skab_binary",
+    "student_from_onnx",
     "train_student",
+    "write_sensor_bundle",
 ]
 
 DEVICE = "skab-pump"
@@ -85,13 +88,16 @@ class SensorTrainConfig:
     free_chunk_rows: int = 1100  # anomaly-free file cut into pseudo-experiments of this many rows
     use_free: bool = True
     seed: int = 0
+    # Re-distillation (warm start from the deployed student): shorter and gentler than training anew.
+    finetune_epochs: int = 60
+    finetune_lr: float = 1e-3
 
     @classmethod
     def named(cls, name: str) -> SensorTrainConfig:
         if name == "full":
             return cls()
         if name == "tiny":
-            return cls(epochs=60, folds=2, max_files=6, use_free=False, hidden=(16, 8))
+            return cls(epochs=60, folds=2, max_files=6, use_free=False, hidden=(16, 8), finetune_epochs=20)
         raise ValueError(f"unknown config {name!r} (tiny|full)")
 
 
@@ -136,11 +142,24 @@ def _windows_of(
 
 
 def build_files(
-    cfg: SensorTrainConfig, data_root: str | Path | None = None, log: Any = print
+    cfg: SensorTrainConfig,
+    data_root: str | Path | None = None,
+    log: Any = print,
+    groups: Sequence[str] | None = None,
 ) -> tuple[list[FileWindows], list[FileWindows], FeatureSpec]:
-    """(labelled experiments, anomaly-free pseudo-experiments, spec without floors)."""
+    """(labelled experiments, anomaly-free pseudo-experiments, spec without floors).
+
+    ``groups`` restricts the labelled experiments to some SKAB groups (``valve1``,
+    ``valve2``, ``other``): a first student that has only seen one kind of fault.
+    """
     exps = list_experiments(data_root)
     labelled = [e for e in exps if e.group != "anomaly-free"]
+    if groups:
+        known = {e.group for e in labelled}
+        unknown = sorted(set(groups) - known)
+        if unknown:
+            raise ValueError(f"unknown SKAB group(s) {unknown}; known: {sorted(known)}")
+        labelled = [e for e in labelled if e.group in set(groups)]
     if cfg.max_files is not None:
         labelled = labelled[:: max(1, len(labelled) // cfg.max_files)][: cfg.max_files]
     first = load_experiment(labelled[0])
@@ -314,24 +333,89 @@ def soft_targets(teacher_scores: np.ndarray, sharpness: float) -> np.ndarray:
     return 1.0 / (1.0 + s ** (-sharpness))
 
 
-def train_student(files: Sequence[FileWindows], cfg: SensorTrainConfig, n_in: int) -> SensorStudent:
-    """Distil the teacher's soft scores (BCE against soft targets), full-batch Adam: 5k rows, seconds."""
+def fit(
+    x_np: np.ndarray,
+    y_np: np.ndarray,
+    cfg: SensorTrainConfig,
+    *,
+    init: SensorStudent | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+    on_epoch: Callable[[int, int], None] | None = None,
+) -> SensorStudent:
+    """BCE against soft targets in [0, 1], minibatch AdamW: thousands of rows, seconds.
+
+    ``init`` warm-starts from an existing student (the one the fleet runs):
+    a re-distillation then moves the deployed function towards the teacher on
+    the new data instead of drawing a fresh one, whose seed-to-seed spread on
+    unseen experiments is as large as the gain we are after.
+    """
     torch.manual_seed(cfg.seed)
-    x = torch.from_numpy(np.concatenate([f.z for f in files]).astype(np.float32))
-    y = torch.from_numpy(
-        np.concatenate([soft_targets(f.teacher, cfg.sharpness) for f in files]).astype(np.float32)
-    )
-    model = SensorStudent(n_in, cfg.hidden)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    x = torch.from_numpy(np.asarray(x_np, np.float32))
+    y = torch.from_numpy(np.asarray(y_np, np.float32))
+    model = SensorStudent(x.shape[1], cfg.hidden)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    opt = torch.optim.AdamW(model.parameters(), lr=lr or cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
     gen = torch.Generator().manual_seed(cfg.seed)
-    for _ in range(cfg.epochs):
+    n_epochs = epochs or cfg.epochs
+    model.train()
+    for ep in range(n_epochs):
         perm = torch.randperm(len(x), generator=gen)
         for idx in perm.split(256):
             opt.zero_grad()
             loss = loss_fn(model.logits(x[idx]).squeeze(-1), y[idx])
             loss.backward()
             opt.step()
+        if on_epoch is not None:
+            on_epoch(ep + 1, n_epochs)
+    model.eval()
+    return model
+
+
+def train_student(files: Sequence[FileWindows], cfg: SensorTrainConfig, n_in: int) -> SensorStudent:
+    """Distil the teacher's soft scores (no labels: the SKAB protocol is unsupervised)."""
+    x = np.concatenate([f.z for f in files]).astype(np.float32)
+    y = np.concatenate([soft_targets(f.teacher, cfg.sharpness) for f in files]).astype(np.float32)
+    assert x.shape[1] == n_in, (x.shape, n_in)
+    return fit(x, y, cfg)
+
+
+def student_from_onnx(path: str | Path) -> SensorStudent:
+    """A torch student with the weights of an exported one (int8 weights dequantised).
+
+    Why: the cloud keeps only signed bundles, and the bundle holds the int8
+    model the fleet actually runs; warm-starting from it continues from what
+    the nodes answer with. Works on the fp32 export too.
+    """
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    weights: list[np.ndarray] = []
+    biases: list[np.ndarray] = []
+    for i in itertools.count():
+        b = inits.get(f"biases.{i}")
+        if b is None:
+            break
+        if f"weights.{i}" in inits:
+            w = inits[f"weights.{i}"].astype(np.float32)
+        elif f"weights.{i}_quantized" in inits:
+            q = inits[f"weights.{i}_quantized"].astype(np.float32)
+            zp = inits[f"weights.{i}_zero_point"].astype(np.float32)
+            w = (q - zp) * inits[f"weights.{i}_scale"].astype(np.float32)
+        else:
+            raise ValueError(f"{path}: no weights for layer {i}; not a SensorStudent export")
+        weights.append(w)
+        biases.append(b.astype(np.float32))
+    if len(weights) != 3:
+        raise ValueError(f"{path}: expected 3 layers, found {len(weights)}; not a SensorStudent export")
+    model = SensorStudent(weights[0].shape[0], (weights[0].shape[1], weights[1].shape[1]))
+    with torch.no_grad():
+        for p, w in zip(model.weights, weights, strict=True):
+            p.copy_(torch.from_numpy(w))
+        for p, b in zip(model.biases, biases, strict=True):
+            p.copy_(torch.from_numpy(b))
     model.eval()
     return model
 
@@ -368,6 +452,28 @@ def onnx_scores(path: Path, z: np.ndarray) -> np.ndarray:
     sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     (out,) = sess.run(["score"], {"features": np.asarray(z, np.float32)})
     return np.asarray(out, np.float64).reshape(-1)
+
+
+def write_sensor_bundle(
+    directory: Path, int8_path: Path, spec: FeatureSpec, threshold: float, manifest: dict[str, Any]
+) -> Path:
+    """A signed-to-be sensor bundle: the int8 model, its threshold, and the feature spec the edge needs."""
+    labels = {
+        "task": SENSOR_TASK,
+        "labels": ["normal", "anomaly"],
+        "threshold": threshold,
+        "input": "features",
+        "output": "score",
+    }
+    return write_bundle(
+        directory,
+        {
+            "model.onnx": int8_path,
+            "labels.json": json.dumps(labels).encode(),
+            "vocab.json": json.dumps(spec.to_json()).encode(),
+        },
+        {"task": SENSOR_TASK, **manifest},
+    )
 
 
 # -------------------------------------------------------------------------------- pipeline
@@ -450,24 +556,14 @@ def run(
         "onnx_fp32_max_abs_diff": max_diff,
         "train_seconds_final": train_s,
     }
-    labels = {
-        "task": SENSOR_TASK,
-        "labels": ["normal", "anomaly"],
-        "threshold": threshold,
-        "input": "features",
-        "output": "score",
-    }
     bundle_dir = out / "bundle" / version
-    write_bundle(
+    write_sensor_bundle(
         bundle_dir,
-        {
-            "model.onnx": int8_path,
-            "labels.json": json.dumps(labels).encode(),
-            "vocab.json": json.dumps(spec.to_json()).encode(),
-        },
+        int8_path,
+        spec,
+        threshold,
         {
             "name": "skab-sensor-student",
-            "task": SENSOR_TASK,
             "version": version,
             "metrics": metrics,
             "extra": {

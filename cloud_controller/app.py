@@ -55,6 +55,7 @@ from cloud_controller.reconcilers.rollouts import (
 from cloud_controller.resources.store import ResourceStore
 from cloud_controller.runtime.controller import Controller, Manager
 from cloud_controller.runtime.leader import Leadership, LocalLeader
+from cloud_controller.sensor_teacher import SensorTeacher, load_sensor_teacher
 from cloud_controller.signing import load_private_key
 from cloud_controller.teacher import TeacherService, load_teacher
 from edge_agent.config import MqttConfig, TlsConfig
@@ -94,6 +95,8 @@ class ControllerSettings(BaseModel):
     log_format: Literal["json", "text"] = "text"
     # "KIND:PATH", e.g. "onnx-chat:var/teacher-bundle": answer escalations with this teacher.
     teacher: str | None = None
+    # A sensor bundle directory: labels the sensor hard examples nodes send, as they are ingested.
+    sensor_teacher: Path | None = None
     # DistillationJobs run only with a signing key: the controller signs what it releases.
     signing_key: Path | None = None
     artifacts_dir: Path | None = None  # default: {data_dir}/artifacts
@@ -148,6 +151,7 @@ class ControllerSettings(BaseModel):
             "EDGELOOP_STATUS_MIN_INTERVAL_S": "status_min_interval_s",
             "EDGELOOP_STATUS_MAX_WRITES_PER_S": "status_max_writes_per_s",
             "EDGELOOP_TEACHER": "teacher",
+            "EDGELOOP_SENSOR_TEACHER": "sensor_teacher",
             "EDGELOOP_SIGNING_KEY": "signing_key",
             "EDGELOOP_ARTIFACTS": "artifacts_dir",
             "EDGELOOP_DISTILLATION_CONFIG": "distillation_config",
@@ -191,6 +195,7 @@ class ControllerApp:
         # Built in run():
         self.store: ResourceStore | None = None
         self.teacher: TeacherService | None = None
+        self.sensor_teacher: SensorTeacher | None = None
         self.hard_examples: HardExampleStore | None = None
         self._api: Any = None
         self.fleet: Fleet | None = None
@@ -260,6 +265,7 @@ class ControllerApp:
             on_status=self._on_status,
             on_summary=self._on_summary,
             hard_examples=self.hard_examples,
+            label_sensor=self.sensor_teacher.label if self.sensor_teacher is not None else None,
         )
         # Own connection for desired states: on the ingest connection their PUBACKs queue behind up to
         # receive_max summaries, and not at all while ingest pauses reading (backpressure), so
@@ -317,13 +323,16 @@ class ControllerApp:
         launcher: LocalJobLauncher | KubeJobLauncher
         if s.kube:
             launcher = KubeJobLauncher(
-                self._api, KubeJobLauncher.load_template(), image=s.job_image,
+                self._api,
+                KubeJobLauncher.load_template(),
+                image=s.job_image,
                 service_account=s.job_service_account,
             )
         else:
             launcher = LocalJobLauncher(on_exit=lambda ref: self._enqueue_job(ref.name))
-        return Controller(store, "DistillationJob", make_distillation_reconciler(store, ds, launcher),
-                          namespace=s.namespace)
+        return Controller(
+            store, "DistillationJob", make_distillation_reconciler(store, ds, launcher), namespace=s.namespace
+        )
 
     def _enqueue_job(self, name: str) -> None:
         if self.ctx is not None:
@@ -354,6 +363,10 @@ class ControllerApp:
     # ------------------------------------------------------------------ run
 
     async def run(self) -> None:
+        if self.settings.sensor_teacher is not None:
+            # Loaded before ingest starts: a broken bundle stops the start, not the first burst.
+            self.sensor_teacher = await asyncio.to_thread(load_sensor_teacher, self.settings.sensor_teacher)
+            log.info("sensor teacher %s labels sensor hard examples", self.sensor_teacher.version)
         store, leader = await self._open_store()
         self.store = store
         self._build(store, leader)
@@ -495,6 +508,17 @@ class _AppCollector(Collector):
                 ("ingest_rejected", st.rejected, "Messages rejected"),
                 ("ingest_bursts", st.bursts, "Ingest bursts committed"),
                 ("nodes_registered", st.registered, "EdgeNodes created by auto-registration"),
+                ("ingest_hard_examples", st.hard_examples, "Hard examples stored (first time)"),
+                (
+                    "ingest_hard_examples_labelled",
+                    st.hard_examples_labelled,
+                    "Sensor hard examples labelled by the sensor teacher on arrival",
+                ),
+                (
+                    "ingest_hard_examples_unlabelled",
+                    st.hard_examples_unlabelled,
+                    "Sensor hard examples stored without a label (no teacher, wrong length, error)",
+                ),
             ):
                 yield CounterMetricFamily(p + name, help_, value=value)
         t = app.throttle.metrics
@@ -572,11 +596,26 @@ def configure_run_args(p: argparse.ArgumentParser) -> None:
         "--status-max-writes", type=float, default=None, help="EdgeNode status writes per second, total"
     )
     p.add_argument("--teacher", default=None, help="KIND:PATH of a teacher that answers escalations")
-    p.add_argument("--signing-key", type=Path, default=None,
-                   help="Ed25519 private key (PEM) for releases; enables DistillationJobs")
+    p.add_argument(
+        "--sensor-teacher",
+        type=Path,
+        default=None,
+        metavar="BUNDLE_DIR",
+        help="sensor bundle that labels sensor hard examples on ingest (EDGELOOP_SENSOR_TEACHER)",
+    )
+    p.add_argument(
+        "--signing-key",
+        type=Path,
+        default=None,
+        help="Ed25519 private key (PEM) for releases; enables DistillationJobs",
+    )
     p.add_argument("--artifacts", type=Path, default=None, help="artifact store (default DATA_DIR/artifacts)")
-    p.add_argument("--distillation-config", choices=["tiny", "full"], default=None,
-                   help="training recipe of the re-distillation runner")
+    p.add_argument(
+        "--distillation-config",
+        choices=["tiny", "full"],
+        default=None,
+        help="training recipe of the re-distillation runner",
+    )
 
 
 def settings_from_args(
@@ -595,6 +634,7 @@ def settings_from_args(
         "status_min_interval_s": args.status_interval,
         "status_max_writes_per_s": args.status_max_writes,
         "teacher": args.teacher,
+        "sensor_teacher": args.sensor_teacher,
         "signing_key": args.signing_key,
         "artifacts_dir": args.artifacts,
         "distillation_config": args.distillation_config,

@@ -18,15 +18,23 @@ the rows it trains on (``since`` -> JSONL) so a re-run trains on the same set.
 :func:`handle_hard_examples` is the ingest hook: it validates one burst of MQTT
 messages (topic node == payload node, size, schema) and stores the good ones in
 one transaction, before the burst is acknowledged (store-then-ack).
+
+Sensor examples arrive without a teacher answer (the edge has no RPC for them:
+an uncertain window is not worth a round trip, only a label later). When a
+``label_sensor`` hook is given (:class:`cloud_controller.sensor_teacher.SensorTeacher`)
+they are labelled in the same pass, before the store, so their ``label`` and
+``confidence`` columns are filled and the distillation job filters them like
+chat examples; without one they are stored unlabelled, and ``since`` skips them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,11 +47,17 @@ __all__ = [
     "HARD_EXAMPLES_LEAF",
     "HandleResult",
     "HardExampleStore",
+    "SensorLabeller",
     "StoredHardExample",
     "handle_hard_examples",
     "teacher_confidence",
     "teacher_label",
 ]
+
+log = logging.getLogger(__name__)
+
+# Feature vectors in, one teacher dict (or None: cannot label this one) per vector out.
+SensorLabeller = Callable[[Sequence[Sequence[float] | None]], Sequence[dict[str, Any] | None]]
 
 HARD_EXAMPLES_LEAF = "hard-examples"
 # A hard example is one utterance (<= 2000 chars) or one feature vector plus two small
@@ -290,6 +304,9 @@ class HandleResult:
     accepted: int = 0  # new rows stored
     duplicates: int = 0  # already stored (QoS 1 redelivery)
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
+    labelled: int = 0  # sensor examples the sensor teacher labelled in this burst
+    # Sensor examples stored without a label, by reason: no_teacher | feature_mismatch | teacher_error.
+    unlabelled: dict[str, int] = field(default_factory=dict)
 
     @property
     def rejected_total(self) -> int:
@@ -324,11 +341,14 @@ def handle_hard_examples(
     received: float | None = None,
     *,
     max_bytes: int = MAX_HARD_EXAMPLE_BYTES,
+    label_sensor: SensorLabeller | None = None,
 ) -> HandleResult:
-    """Validate and store one burst of hard-example messages in one transaction; never raises for bad input.
+    """Validate, label (sensor) and store one burst of hard-example messages in one transaction.
 
-    Call it before acknowledging the burst: a crash before the commit means the
-    broker redelivers, and the id dedup makes the redelivery harmless.
+    Never raises for bad input, nor for a failing sensor teacher (the examples
+    are then stored unlabelled). Call it before acknowledging the burst: a crash
+    before the commit means the broker redelivers, and the id dedup makes the
+    redelivery harmless.
     """
     now = time.time() if received is None else received
     result = HandleResult()
@@ -338,6 +358,7 @@ def handle_hard_examples(
             good.append((parse_hard_example(msg.topic, msg.payload, max_bytes), now))
         except RejectedMessage as exc:
             result.rejected[exc.reason] = result.rejected.get(exc.reason, 0) + 1
+    _label_sensor(good, label_sensor, result)
     if good:
         for new in store.add_many(good):
             if new:
@@ -345,3 +366,34 @@ def handle_hard_examples(
             else:
                 result.duplicates += 1
     return result
+
+
+def _label_sensor(
+    good: list[tuple[wire.HardExample, float]], label: SensorLabeller | None, result: HandleResult
+) -> None:
+    """Fill ``teacher`` of the burst's unlabelled sensor examples in place, in one labeller call."""
+    todo = [i for i, (ex, _) in enumerate(good) if ex.task == "sensor" and ex.teacher is None]
+    if not todo:
+        return
+
+    def unlabelled(reason: str, n: int = 1) -> None:
+        result.unlabelled[reason] = result.unlabelled.get(reason, 0) + n
+
+    if label is None:
+        unlabelled("no_teacher", len(todo))
+        return
+    try:
+        answers = list(label([good[i][0].features for i in todo]))
+        if len(answers) != len(todo):
+            raise ValueError(f"labeller returned {len(answers)} answers for {len(todo)} examples")
+    except Exception:
+        log.exception("sensor teacher failed; %d sensor hard examples stored unlabelled", len(todo))
+        unlabelled("teacher_error", len(todo))
+        return
+    for i, teacher in zip(todo, answers, strict=True):
+        if teacher is None:
+            unlabelled("feature_mismatch")
+            continue
+        ex, received = good[i]
+        good[i] = (ex.model_copy(update={"teacher": dict(teacher)}), received)
+        result.labelled += 1

@@ -34,7 +34,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_controller.fleet import Fleet, StatusChange
-from cloud_controller.hard_examples import HardExampleStore, handle_hard_examples
+from cloud_controller.hard_examples import HardExampleStore, SensorLabeller, handle_hard_examples
 from cloud_controller.receiver import SummaryStore
 from cloud_controller.resources.store import API_VERSION, AlreadyExists, ResourceStore
 from edge_agent import topics, wire
@@ -78,6 +78,8 @@ class IngestStats:
     registration_errors: int = 0
     hard_examples: int = 0
     hard_example_duplicates: int = 0
+    hard_examples_labelled: int = 0  # sensor examples labelled by the sensor teacher on arrival
+    hard_examples_unlabelled: int = 0  # sensor examples stored without a label
 
 
 # (node, what changed) -> None; called on the event loop right after the burst is stored.
@@ -96,6 +98,7 @@ class Ingest:
         on_summary: SummaryHook | None = None,
         clock: Callable[[], float] = time.time,
         hard_examples: HardExampleStore | None = None,
+        label_sensor: SensorLabeller | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -105,6 +108,7 @@ class Ingest:
         self.clock = clock
         self.summaries = SummaryStore(cfg.db_path)
         self.hard_examples = hard_examples
+        self.label_sensor = label_sensor
         self.stats = IngestStats()
         self.rejected: dict[str, int] = {}
         subs = [(self._summaries_filter(), 1), (topics.all_nodes("status"), 1)]
@@ -224,9 +228,11 @@ class Ingest:
 
         if hard:
             assert self.hard_examples is not None
-            res = handle_hard_examples(self.hard_examples, hard, now)
+            res = handle_hard_examples(self.hard_examples, hard, now, label_sensor=self.label_sensor)
             self.stats.hard_examples += res.accepted
             self.stats.hard_example_duplicates += res.duplicates
+            self.stats.hard_examples_labelled += res.labelled
+            self.stats.hard_examples_unlabelled += sum(res.unlabelled.values())
             for reason, n in res.rejected.items():
                 self.stats.rejected += n
                 self.rejected[reason] = self.rejected.get(reason, 0) + n

@@ -122,6 +122,27 @@ class ChatConfig(_Section):
     max_sessions: Annotated[int, Field(ge=1)] = 10_000
 
 
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+class SensorConfig(_Section):
+    # Windows the sensor student scores strictly inside (lo, hi) are "uncertain": each counts as an
+    # escalation of the sensor model (the rollout analysis' escalation rate) and, when enabled, goes
+    # upstream as a hard example with its model input, for the cloud teacher to label.
+    hard_examples: bool = True
+    uncertain_band: tuple[Probability, Probability] = (0.35, 0.65)
+    # At most this many sensor hard examples in any 60 s (0: none); the excess is only counted,
+    # so a drifting sensor cannot fill the outbox and the uplink with near-identical windows.
+    max_hard_examples_per_minute: Annotated[int, Field(ge=0, le=100_000)] = 30
+
+    @field_validator("uncertain_band")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not value[0] < value[1]:
+            raise ValueError(f"need lo < hi, got {value!r}")
+        return value
+
+
 class ModelsConfig(_Section):
     # Bundles to load at start when the cloud has not delivered any yet (e.g. baked into the image).
     chat_bundle: Path | None = None
@@ -170,6 +191,7 @@ class AgentConfig(_Section):
     devices: DevicesConfig = Field(default_factory=DevicesConfig)
     windows: WindowConfig = Field(default_factory=WindowConfig)
     chat: ChatConfig = Field(default_factory=ChatConfig)
+    sensor: SensorConfig = Field(default_factory=SensorConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)

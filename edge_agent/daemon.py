@@ -555,6 +555,8 @@ class Agent:
             models[task] = st
         counters["anomaly_events"] = float(c.anomaly_events)
         counters["hard_examples"] = float(c.hard_examples)
+        counters["sensor_uncertain"] = float(c.sensor_uncertain)
+        counters["sensor_hard_examples_dropped"] = float(c.sensor_hard_examples_dropped)
         return wire.dumps(
             wire.Status(
                 node=self.cfg.node_id,

@@ -10,18 +10,22 @@ the same transaction as its acknowledgement or will be redelivered.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
+
+from pydantic import ValidationError
 
 from . import topics, wire
 from .config import AgentConfig
 from .delivery.store import DeadLetter, OutboxRecord
 from .errors import RejectedMessage
+from .inference.escalation import hard_example_record
 from .preprocess.dialogue import DialogueStore
 from .preprocess.pii import Redactor
 from .preprocess.text import normalize
@@ -29,6 +33,7 @@ from .preprocess.windows import WindowAggregator
 
 if TYPE_CHECKING:  # numpy is imported only when a sensor model is loaded
     from .inference.features import DeviceBaseline
+    from .inference.sensor_runtime import Annotation, UncertainWindow
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +74,12 @@ class SensorScorer(Protocol):
     def new_baseline(self) -> DeviceBaseline: ...
 
     def annotate(
-        self, summaries: list[wire.WindowSummary], device: str, baseline: DeviceBaseline
-    ) -> tuple[list[wire.WindowSummary], list[tuple[float, float]]]: ...
+        self,
+        summaries: list[wire.WindowSummary],
+        device: str,
+        baseline: DeviceBaseline,
+        band: tuple[float, float],
+    ) -> Annotation: ...
 
 
 @dataclass
@@ -97,6 +106,28 @@ class PipelineCounters:
     chat_by_source: Counter[str] = field(default_factory=Counter)
     anomaly_events: int = 0
     hard_examples: int = 0
+    sensor_uncertain: int = 0  # windows scored inside the uncertainty band
+    sensor_hard_examples_dropped: int = 0  # uncertain windows over the per-minute cap
+
+
+class _MinuteCap:
+    """At most ``limit`` admissions in any 60 s of the caller's clock; memory bounded by ``limit``.
+
+    A sliding window rather than a per-minute bucket: a burst straddling a
+    minute boundary still gets ``limit``, not ``2 * limit``.
+    """
+
+    def __init__(self) -> None:
+        self._times: deque[float] = deque()
+
+    def admit(self, now: float, limit: int) -> bool:
+        times = self._times
+        while times and (now - times[0] >= 60.0 or len(times) > limit):
+            times.popleft()
+        if len(times) >= limit:
+            return False
+        times.append(now)
+        return True
 
 
 class _RateLimitedLog:
@@ -136,6 +167,7 @@ class Pipeline:
         self._reject_log = _RateLimitedLog()
         self._events: list[wire.AnomalyEvent] = []
         self._hard: list[OutboxRecord] = []
+        self._sensor_cap = _MinuteCap()
         self.sensor_model: SensorScorer | None = None
         self.sensor_model_name = ""
         self._baselines: dict[str, DeviceBaseline] = {}
@@ -290,7 +322,7 @@ class Pipeline:
     def poll_windows(self, now_wall: float, *, flush: bool = False) -> None:
         closed = self.windows.flush_all() if flush else self.windows.poll(now_wall)
         if closed and self.sensor_model is not None:
-            closed = self._score(closed)
+            closed = self._score(closed, now_wall)
         if closed:
             self._pending_windows.extend(closed)
             self.counters.windows_emitted += len(closed)
@@ -298,10 +330,11 @@ class Pipeline:
             if self._pending_since is None:
                 self._pending_since = now_wall
 
-    def _score(self, closed: list[wire.WindowSummary]) -> list[wire.WindowSummary]:
-        """Anomaly scores into the summaries, over-threshold windows into events."""
+    def _score(self, closed: list[wire.WindowSummary], now: float) -> list[wire.WindowSummary]:
+        """Anomaly scores into the summaries, over-threshold windows into events, unsure ones upstream."""
         model = self.sensor_model
         assert model is not None
+        band = self.cfg.sensor.uncertain_band
         out: list[wire.WindowSummary] = []
         by_device: dict[str, list[wire.WindowSummary]] = {}
         for w in closed:
@@ -312,15 +345,17 @@ class Pipeline:
             if baseline is None:
                 baseline = self._baselines[device] = model.new_baseline()
             try:
-                annotated, events = model.annotate(ws, device, baseline)
+                annotated, events, uncertain = model.annotate(ws, device, baseline, band)
             except Exception:
                 log.exception("sensor model failed; windows sent unscored", extra={"device": device})
                 mc.errors += 1
                 out.extend(ws)
                 continue
             out.extend(annotated)
-            starts = {w.start for w in annotated if w.anomaly_score is not None}
-            mc.samples += len(starts)
+            scores = {w.start: w.anomaly_score for w in annotated if w.anomaly_score is not None}
+            mc.samples += len(scores)
+            # Confidence of a binary score: how far from a coin flip (a rollout's minMeanConfidence).
+            mc.confidence_sum += sum(max(s, 1.0 - s) for s in scores.values())
             ends = {w.start: w.end for w in annotated}
             for start, score in events:
                 self._events.append(
@@ -333,7 +368,45 @@ class Pipeline:
                     )
                 )
             self.counters.anomaly_events += len(events)
+            for u in uncertain:
+                self._uncertain(device, u, now)
         return out
+
+    def _uncertain(self, device: str, u: UncertainWindow, now: float) -> None:
+        """An uncertain window is an escalation of the sensor model; a capped sample goes upstream.
+
+        Counted as an escalation even when it is not sent (disabled, capped), so
+        a rollout's escalation rate measures the model, not the sampling. The id
+        is derived from (node, device, window, model): a window replayed after a
+        restart yields the same id, which the cloud deduplicates.
+        """
+        self.model_counters["sensor"].escalated += 1
+        self.counters.sensor_uncertain += 1
+        sc = self.cfg.sensor
+        if not sc.hard_examples:
+            return
+        if not self._sensor_cap.admit(now, sc.max_hard_examples_per_minute):
+            self.counters.sensor_hard_examples_dropped += 1
+            return
+        node, model = self.cfg.node_id, self.sensor_model_name
+        key = json.dumps([node, device, u.start, model]).encode()
+        try:
+            example = wire.HardExample(
+                id=hashlib.sha256(key).hexdigest()[:32],
+                node=node,
+                created=now,
+                task="sensor",
+                text=None,
+                features=[round(float(v), 5) for v in u.x],
+                student={"score": u.score, "model": model, "device": device, "start": u.start, "end": u.end},
+                teacher=None,
+            )
+        except ValidationError:  # a non-finite input cannot go on the wire; the window is still scored
+            log.warning("sensor hard example not representable", extra={"device": device, "start": u.start})
+            self.counters.sensor_hard_examples_dropped += 1
+            return
+        self._hard.append(hard_example_record(example))
+        self.counters.hard_examples += 1
 
     def set_sensor_model(self, model: SensorScorer | None, name: str = "") -> None:
         """A new model starts new per-device baselines: scores of two models do not mix."""

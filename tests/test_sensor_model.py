@@ -150,7 +150,14 @@ def test_tiny_training_exports_a_working_int8_bundle(tmp_path: Path) -> None:
 
     # Scores land in the summaries the agent uploads.
     base = model.new_baseline()
-    annotated, events = model.annotate(summaries, DEVICE, base)
+    annotated, events, uncertain = model.annotate(summaries, DEVICE, base, (0.35, 0.65))
     scored = [w for w in annotated if w.anomaly_score is not None]
     assert len(scored) == 8 * (len(starts) - spec.baseline_windows + 1)
     assert events and all(s > model.threshold for _, s in events)
+    # Uncertain windows: exactly the scored ones strictly inside the band, with the input that was scored.
+    by_start = {w.start: w.anomaly_score for w in annotated if w.anomaly_score is not None}
+    assert [u.start for u in uncertain] == [s for s, v in sorted(by_start.items()) if 0.35 < v < 0.65]
+    for u in uncertain:
+        assert u.x.dtype == np.float32 and u.x.shape == (spec.n_features,)
+        assert 0.35 < u.score < 0.65 and u.end > u.start
+        assert float(model.score(u.x)[0]) == u.score

@@ -12,6 +12,12 @@ payloads (the bundle format fixes their file names):
 The ONNX graph ends in a sigmoid, so ``score`` is already a probability-like
 number; nothing model-specific is hard-coded here. One window is ~0.02 ms on
 one thread, so the agent can call this inline from its event loop.
+
+Uncertain windows. A score near the middle of [0, 1] is where the student is
+least sure, so those windows are what a bigger teacher should label for the
+next distillation: :meth:`SensorModel.annotate` reports them with the exact
+model input the student scored (the cloud has no baseline of the device, so
+the baseline-relative vector is the only input it can re-score).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -28,9 +34,29 @@ from ..wire import WindowSummary
 from .bundle import Bundle, BundleError, load_bundle
 from .features import DeviceBaseline, FeatureSpec, FeatureSpecError, feature_row, group_windows
 
-__all__ = ["SENSOR_TASK", "SensorModel"]
+__all__ = ["DEFAULT_UNCERTAIN_BAND", "SENSOR_TASK", "Annotation", "SensorModel", "UncertainWindow"]
 
 SENSOR_TASK = "sensor-anomaly"
+# Scores strictly inside this band are "uncertain"; the agent passes its configured band.
+DEFAULT_UNCERTAIN_BAND = (0.35, 0.65)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UncertainWindow:
+    """A scored window the student was unsure about, with the exact input it scored."""
+
+    start: float
+    end: float
+    score: float
+    x: np.ndarray  # float32, length spec.n_features: baseline-relative model input
+
+
+class Annotation(NamedTuple):
+    """What :meth:`SensorModel.annotate` found in one device's closed windows."""
+
+    summaries: list[WindowSummary]  # annotated (scored windows carry ``anomaly_score``)
+    events: list[tuple[float, float]]  # (start, score) of windows over the threshold
+    uncertain: list[UncertainWindow]  # windows scored strictly inside the uncertainty band
 
 
 class SensorModel:
@@ -111,18 +137,26 @@ class SensorModel:
         return DeviceBaseline(self.spec)
 
     def annotate(
-        self, summaries: Sequence[WindowSummary], device: str, baseline: DeviceBaseline
-    ) -> tuple[list[WindowSummary], list[tuple[float, float]]]:
+        self,
+        summaries: Sequence[WindowSummary],
+        device: str,
+        baseline: DeviceBaseline,
+        band: tuple[float, float] = DEFAULT_UNCERTAIN_BAND,
+    ) -> Annotation:
         """Score one device's closed windows and copy the score into every summary of each window.
 
         Returns the annotated summaries (unscored ones unchanged: incomplete
-        windows, other devices, or a baseline still calibrating) and the
-        ``(start, score)`` of windows over the threshold, for the caller's events.
+        windows, other devices, or a baseline still calibrating), the
+        ``(start, score)`` of windows over the threshold, for the caller's
+        events, and the windows whose score lies strictly inside ``band``
+        (``lo < score < hi``), for the caller's hard examples.
         """
         spec = self.spec
+        lo, hi = band
         scored: dict[float, float] = {}
         events: list[tuple[float, float]] = []
-        for start, _end, group in group_windows(summaries, device, spec.metrics):
+        uncertain: list[UncertainWindow] = []
+        for start, end, group in group_windows(summaries, device, spec.metrics):
             x = baseline.update(feature_row(group, spec))
             if x is None:
                 continue
@@ -130,10 +164,12 @@ class SensorModel:
             scored[start] = s
             if s > self._threshold:
                 events.append((start, s))
+            if lo < s < hi:
+                uncertain.append(UncertainWindow(start, end, s, np.asarray(x, dtype=np.float32)))
         out = [
             w.model_copy(update={"anomaly_score": scored[w.start]})
             if w.device == device and w.start in scored and w.metric in spec.metrics
             else w
             for w in summaries
         ]
-        return out, events
+        return Annotation(out, events, uncertain)

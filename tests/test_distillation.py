@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
+import re
 import shutil
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,10 +32,12 @@ from cloud_controller.reconcilers.distillation import (
     KubeJobLauncher,
     LocalJobLauncher,
     evaluate_gate,
+    job_name,
     make_distillation_reconciler,
     render_job,
 )
-from cloud_controller.resources.models import Gate
+from cloud_controller.resources.models import DistillationJob, Gate
+from cloud_controller.resources.schema import SchemaInvalid, load_schemas
 from cloud_controller.resources.sqlite_store import SqliteResourceStore
 from cloud_controller.resources.store import API_VERSION, NotFound, Obj, ResourceStore
 from cloud_controller.runtime.controller import Controller
@@ -45,6 +50,19 @@ from edge_agent.mqtt import MqttClient
 NS = "default"
 BASE = "snips?exclude=AddToPlaylist"
 MODEL = "chat-snips"
+
+
+def _has_snips() -> bool:
+    from cloud_controller.datasets import DataRootError, data_root
+
+    try:
+        return (data_root() / "snips" / "train").is_dir()
+    except DataRootError:
+        return False
+
+
+# The runner must get past its first steps (it loads SNIPS) to be caught running.
+needs_snips = pytest.mark.skipif(not _has_snips(), reason="SNIPS not available under the data root")
 
 
 # --------------------------------------------------------------------------- data
@@ -202,8 +220,9 @@ def stage_is(*stages: str) -> Any:
 class Loop:
     """One DistillationJob controller on a SQLite store; restartable (a new launcher forgets its children)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, launcher_cls: type[LocalJobLauncher] = LocalJobLauncher) -> None:
         self.tmp = tmp
+        self.launcher_cls = launcher_cls
         self.store = SqliteResourceStore(tmp / "resources.db", poll_interval=0.05)
         self.artifacts = ArtifactStore(tmp / "artifacts")
         keys = generate_keys(tmp / "keys")
@@ -227,7 +246,7 @@ class Loop:
             if self.ctl is not None:
                 self.ctl.queue.add(f"{ref.namespace}/{ref.name}")
 
-        self.launcher = LocalJobLauncher(on_exit=wake)
+        self.launcher = self.launcher_cls(on_exit=wake)
         rec = make_distillation_reconciler(self.store, self.settings, self.launcher)
         self.ctl = Controller(self.store, "DistillationJob", rec, namespace=NS)
         self._task = asyncio.create_task(self.ctl.run(), name="dj-controller")
@@ -270,16 +289,8 @@ async def loop(tmp_path: Path, parent_bundle: Path) -> AsyncIterator[Loop]:
 @pytest.mark.slow
 @pytest.mark.train
 async def test_job_runs_through_stages_and_releases_a_signed_model_with_rollout(loop: Loop) -> None:
-    seen: list[str] = []
     await loop.store.create(job_obj("dj-pass"))
-    obj = await wait_job(
-        loop.store,
-        "dj-pass",
-        lambda o: (
-            bool(seen.append(str((o.get("status") or {}).get("stage"))))
-            or stage_is("Succeeded", "Rejected", "Failed")(o)
-        ),
-    )
+    obj = await wait_job(loop.store, "dj-pass", stage_is("Succeeded", "Rejected", "Failed"))
     st = obj["status"]
     assert st["stage"] == "Succeeded", st.get("message")
     assert st["observedGeneration"] == 1 and st["progress"] == 1.0
@@ -313,12 +324,13 @@ async def test_job_runs_through_stages_and_releases_a_signed_model_with_rollout(
 @pytest.mark.slow
 @pytest.mark.train
 async def test_gate_failure_is_rejected_with_metrics(loop: Loop) -> None:
-    # Gate on a metric that cannot gain 0.5: the escalation rate (a share) only falls with the new data.
-    # (min_gain=100 on intent_acc can pass: the parent scores 0 on the held-back intent.)
-    await loop.store.create(job_obj("dj-reject", min_gain=0.5, metric="escalation_rate"))
+    # Gate on a gain no run can reach: the escalation rate is a share (lower is better), it cannot fall
+    # by 1.5. (min_gain=100 on intent_acc can pass: the parent scores 0 on the held-back intent.)
+    await loop.store.create(job_obj("dj-reject", min_gain=1.5, metric="escalation_rate"))
     obj = await wait_job(loop.store, "dj-reject", stage_is("Succeeded", "Rejected", "Failed"))
     st = obj["status"]
     assert st["stage"] == "Rejected" and st["message"].startswith("InsufficientGain"), st["message"]
+    assert "minGain 1.5" in st["message"] and "(lower is better;" in st["message"]
     assert st["metricsAfter"]["fixed_intent_acc"] > 0 and "new_escalation_rate" in st["metricsBefore"]
     assert "Rejected" in st["stageTimes"] and "producedVersion" not in st
     with pytest.raises(NotFound):
@@ -368,6 +380,151 @@ async def test_runner_killed_while_controller_is_down_is_restarted(loop: Loop) -
     assert obj["status"]["stage"] == "Succeeded" and (work / "attempts").read_text() == "2"
 
 
+# --------------------------------------------------------------------------- deletion stops the runner
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for a parent that is not us)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@needs_snips
+async def test_deleting_a_job_stops_its_local_runner(tmp_path: Path) -> None:
+    started: asyncio.Queue[JobRef] = asyncio.Queue()
+    stopped: asyncio.Queue[JobRef] = asyncio.Queue()
+
+    class SignallingLauncher(LocalJobLauncher):
+        async def start(self, ref: JobRef) -> None:
+            await super().start(ref)
+            started.put_nowait(ref)
+
+        async def stop(self, ref: JobRef) -> None:
+            await super().stop(ref)
+            stopped.put_nowait(ref)
+
+    lp = Loop(tmp_path, SignallingLauncher)
+    await lp.start()
+    try:
+        await lp.store.create(job_obj("dj-del"))  # a real training run: tens of seconds, never finished here
+        ref = await asyncio.wait_for(started.get(), 30)
+        await wait_job(lp.store, "dj-del", stage_is("Collecting", "Training"), timeout=60)
+        pid = int((ref.work / "pid").read_text())
+        assert _alive(pid)
+        await lp.store.delete("DistillationJob", NS, "dj-del")
+        assert (await asyncio.wait_for(stopped.get(), 15)).uid == ref.uid
+        assert not _alive(pid)
+        with pytest.raises(ProcessLookupError):  # reaped, and nothing left in its process group
+            os.killpg(pid, 0)
+        assert not (ref.work / "result.json").exists() and (ref.work / "attempts").read_text() == "1"
+        assert started.empty()  # not restarted
+    finally:
+        await lp.stop()
+        lp.kill_all()
+        lp.hard.close()
+        await lp.store.close()
+
+
+# Makes the runner ignore SIGTERM and start a grandchild (which inherits that) in its process group,
+# then reports the grandchild's pid through a FIFO the test waits on.
+SITECUSTOMIZE = """
+import os, signal, subprocess
+fifo = os.environ.pop("EDGELOOP_TEST_FIFO", None)
+if fifo:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    with open(fifo, "w") as f:
+        f.write(str(child.pid))
+"""
+
+
+async def _exited(pid: int, timeout: float) -> None:
+    """Wait (on its pidfd: readable once it exits) for a process that is not our child to end."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    loop.add_reader(fd, done.set)
+    try:
+        async with asyncio.timeout(timeout):
+            await done.wait()
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    assert not _alive(pid)
+
+
+async def _read_fifo(path: Path, timeout: float) -> str:
+    """What one writer puts into the FIFO at ``path``, waiting on readability (no polling)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    loop = asyncio.get_running_loop()
+    data = b""
+    eof = asyncio.Event()
+
+    def readable() -> None:
+        nonlocal data
+        chunk = os.read(fd, 4096)
+        data += chunk
+        if not chunk:
+            eof.set()
+
+    loop.add_reader(fd, readable)
+    try:
+        async with asyncio.timeout(timeout):
+            await eof.wait()
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    return data.decode()
+
+
+@needs_snips
+async def test_local_stop_kills_the_process_group_after_sigterm_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cloud_controller.distill_job import RunnerSpec
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    fifo = tmp_path / "grandchild.fifo"
+    os.mkfifo(fifo)
+    work = tmp_path / "work" / "u-stop"
+    work.mkdir(parents=True)
+    spec = RunnerSpec(job="stop", task="chat", base=BASE, config="tiny", output_model=MODEL, version="1")
+    (work / "spec.json").write_text(spec.model_dump_json())
+    ref = JobRef("stop", NS, "u-stop", work)
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+    first = LocalJobLauncher(env={"PYTHONPATH": path, "EDGELOOP_TEST_FIFO": str(fifo)}, kill_timeout_s=0.5)
+    await first.start(ref)
+    reader = asyncio.create_task(_read_fifo(fifo, 30))
+    try:
+        grandchild = int(await reader)
+    finally:
+        if not reader.done():
+            reader.cancel()
+    pid = int((work / "pid").read_text())
+    os.kill(pid, signal.SIGSTOP)  # it cannot finish (or fail) on its own now; stop must still end it
+    # A restarted controller: the runner is re-attached through its pid file, not a child handle.
+    await first.close()
+    second = LocalJobLauncher(kill_timeout_s=0.5)
+    assert (await second.poll(ref)).kind == "running"
+    assert _alive(pid) and _alive(grandchild)
+    with caplog.at_level("WARNING", logger="cloud_controller.reconcilers.distillation"):
+        async with asyncio.timeout(15):
+            await second.stop(ref)
+    assert "after SIGTERM; killing its process group" in caplog.text
+    assert not _alive(pid)  # the leader is waited for; the rest of its group was sent SIGKILL
+    await _exited(grandchild, timeout=5)
+    assert (await second.poll(ref)).kind == "missing"
+    await second.stop(ref)  # idempotent: nothing left to signal
+
+
 # --------------------------------------------------------------------------- gate and template
 
 
@@ -382,6 +539,131 @@ def test_gate_rules() -> None:
     assert evaluate_gate(Gate(metric="slot_f1"), before, ok).reason == "MetricMissing"
 
 
+ESC_BEFORE = {"fixed_escalation_rate": 0.10, "new_escalation_rate": 0.30, "new_n": 20.0}
+
+
+def test_gate_lower_is_better_counts_a_fall_as_gain() -> None:
+    gate = Gate(metric="escalation_rate", max_regression=0.01, min_gain=0.1)
+    assert gate.effective_direction == "lower"
+    better = {"fixed_escalation_rate": 0.08, "new_escalation_rate": 0.18, "new_n": 20.0}
+    v = evaluate_gate(gate, ESC_BEFORE, better)
+    assert v.passed and v.reason == "GatePassed", v
+    assert v.message.endswith("(lower is better)")
+    # A fixed-set fall is an improvement, not a regression (the old rule rejected it with maxRegression 0).
+    assert evaluate_gate(Gate(metric="escalation_rate"), ESC_BEFORE, better).passed
+
+    v = evaluate_gate(gate, ESC_BEFORE, {**better, "fixed_escalation_rate": 0.13})
+    assert (v.passed, v.reason) == (False, "Regression")
+    assert v.message == (
+        "fixed_escalation_rate rose by 0.03, more than maxRegression 0.01 (lower is better; 0.1 -> 0.13)"
+    )
+
+    v = evaluate_gate(Gate(metric="escalation_rate", min_gain=0.2), ESC_BEFORE, better)
+    assert (v.passed, v.reason) == (False, "InsufficientGain")
+    assert (
+        v.message == "new_escalation_rate fell by 0.12, less than minGain 0.2 (lower is better; 0.3 -> 0.18)"
+    )
+
+    worse = {**better, "new_escalation_rate": 0.35}  # the old rule counted this rise as a gain of 0.05
+    v = evaluate_gate(Gate(metric="escalation_rate", min_gain=0.01), ESC_BEFORE, worse)
+    assert (v.passed, v.reason) == (False, "InsufficientGain")
+    assert v.message.startswith(
+        "new_escalation_rate rose by 0.05; minGain 0.01 needs a fall of at least 0.01"
+    )
+    # A negative minGain is an allowance in the bad direction.
+    assert evaluate_gate(Gate(metric="escalation_rate", min_gain=-0.1), ESC_BEFORE, worse).passed
+    v = evaluate_gate(Gate(metric="escalation_rate", min_gain=-0.01), ESC_BEFORE, worse)
+    assert "minGain -0.01 allows a rise of at most 0.01" in v.message
+
+
+def test_gate_higher_is_better_messages() -> None:
+    before = {"fixed_intent_acc": 90.0, "new_intent_acc": 10.0, "new_n": 20.0}
+    after = {"fixed_intent_acc": 89.6, "new_intent_acc": 60.0, "new_n": 20.0}
+    v = evaluate_gate(Gate(max_regression=0.1), before, after)
+    assert (
+        v.message
+        == "fixed_intent_acc fell by 0.4, more than maxRegression 0.1 (higher is better; 90 -> 89.6)"
+    )
+    v = evaluate_gate(Gate(max_regression=1, min_gain=60), before, after)
+    assert v.message == "new_intent_acc rose by 50, less than minGain 60 (higher is better; 10 -> 60)"
+    v = evaluate_gate(Gate(max_regression=1, min_gain=1), before, {**after, "new_intent_acc": 5.0})
+    assert v.message.startswith("new_intent_acc fell by 5; minGain 1 needs a rise of at least 1")
+    v = evaluate_gate(Gate(max_regression=1, min_gain=20), before, after)
+    assert v.passed and v.message == (
+        "fixed_intent_acc 90 -> 89.6; new_intent_acc 10 -> 60 (higher is better)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("metric", "direction"),
+    [
+        ("escalation_rate", "lower"),
+        ("far", "lower"),
+        ("mar", "lower"),
+        ("sensor_far", "lower"),
+        ("anomaly_mar", "lower"),
+        ("error_rate", "lower"),
+        ("slot_error_rate", "lower"),
+        ("loss", "lower"),
+        ("val_loss", "lower"),
+        ("intent_acc", "higher"),
+        ("slot_f1", "higher"),
+        ("grammar", "higher"),  # ends in "mar", but not as a word
+        ("sofar", "higher"),
+        ("far_recall", "higher"),
+    ],
+)
+def test_gate_direction_is_inferred_from_the_metric_name(metric: str, direction: str) -> None:
+    assert Gate(metric=metric).effective_direction == direction
+
+
+def test_gate_direction_explicit_overrides_the_name() -> None:
+    before = {"fixed_far": 5.0, "new_far": 5.0, "new_n": 10.0}
+    up = {"fixed_far": 5.0, "new_far": 8.0, "new_n": 10.0}
+    assert not evaluate_gate(Gate(metric="far", min_gain=2), before, up).passed  # inferred: lower
+    v = evaluate_gate(Gate(metric="far", direction="higher", min_gain=2), before, up)
+    assert v.passed and "(higher is better)" in v.message
+    acc_before = {"fixed_intent_acc": 90.0}
+    acc_down = {"fixed_intent_acc": 80.0}
+    assert evaluate_gate(Gate(direction="lower"), acc_before, acc_down).passed
+    assert evaluate_gate(Gate(), acc_before, acc_down).reason == "Regression"
+    # The wire form (camelCase, as in the CRD) parses, and an unset direction stays unset.
+    wire = DistillationJob.from_obj(job_obj("x", metric="far")).spec.gate
+    assert wire.direction is None and wire.effective_direction == "lower"
+    obj = job_obj("x", metric="far")
+    obj["spec"]["gate"]["direction"] = "higher"
+    assert DistillationJob.from_obj(obj).spec.gate.effective_direction == "higher"
+
+
+def test_gate_direction_and_student_arch_against_the_crd_schema() -> None:
+    schemas = load_schemas(Path(__file__).resolve().parents[1] / "crds")
+    for direction in ("higher", "lower"):
+        obj = job_obj("dj-dir", metric="escalation_rate")
+        obj["spec"]["gate"]["direction"] = direction
+        schemas.apply_defaults(obj)
+        schemas.validate(obj)
+        assert DistillationJob.from_obj(obj).to_obj()["spec"]["gate"]["direction"] == direction
+    obj = job_obj("dj-dir")
+    schemas.apply_defaults(obj)
+    assert "direction" not in obj["spec"]["gate"]  # no schema default: unset means "infer"
+    bad = job_obj("dj-dir")
+    bad["spec"]["gate"]["direction"] = "down"
+    with pytest.raises(SchemaInvalid) as info:
+        schemas.validate(bad)
+    assert "spec.gate.direction" in {p for p, _ in info.value.problems}
+
+    # The sensor student is a plain MLP classifier; the older names still validate.
+    for arch in ("mlp", "mlp-autoencoder", "bilstm-tagger"):
+        obj = job_obj("dj-arch")
+        obj["spec"].update(task="sensor", studentArch=arch)
+        schemas.validate(obj)
+        assert DistillationJob.from_obj(obj).spec.student_arch == arch
+    obj["spec"]["studentArch"] = "transformer"
+    with pytest.raises(SchemaInvalid) as info:
+        schemas.validate(obj)
+    assert "spec.studentArch" in {p for p, _ in info.value.problems}
+
+
 def test_job_template_renders_with_required_fields() -> None:
     template = KubeJobLauncher.load_template(DEFAULT_TEMPLATE)
     owner = {"metadata": {"name": "Snips_Nightly", "uid": "u-123"}}
@@ -389,7 +671,8 @@ def test_job_template_renders_with_required_fields() -> None:
     job = render_job(template, ref, image="registry/x:1", service_account="edgeloop-distillation")
     assert job["apiVersion"] == "batch/v1" and job["kind"] == "Job"
     meta, spec = job["metadata"], job["spec"]
-    assert meta["name"] == "distill-snips-nightly" and meta["namespace"] == "edgeloop"
+    assert meta["name"] == "distill-snips-nightly-a1" and meta["namespace"] == "edgeloop"
+    assert meta["labels"]["edgeloop.io/job-uid"] == "u-123" and meta["labels"]["edgeloop.io/attempt"] == "1"
     assert meta["ownerReferences"][0]["uid"] == "u-123" and meta["ownerReferences"][0]["controller"] is True
     assert (
         spec["backoffLimit"] == 0
@@ -419,6 +702,26 @@ def test_job_template_renders_with_required_fields() -> None:
     sa = Path(DEFAULT_TEMPLATE).parents[1] / "controller" / "serviceaccount.yaml"
     names = [d["metadata"]["name"] for d in yaml.safe_load_all(sa.read_text()) if d]
     assert template["spec"]["template"]["spec"]["serviceAccountName"] in names
+
+
+def test_job_names_are_per_attempt_dns_labels() -> None:
+    template = KubeJobLauncher.load_template(DEFAULT_TEMPLATE)
+    ref = JobRef("snips-nightly", NS, "u-1", Path("/w/u-1"), attempt=2)
+    job = render_job(template, ref)
+    assert job["metadata"]["name"] == job_name(ref) == "distill-snips-nightly-a2"
+    assert job["metadata"]["labels"]["edgeloop.io/attempt"] == "2"
+    assert job["spec"]["template"]["metadata"]["labels"]["edgeloop.io/attempt"] == "2"
+    label = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    long = "nightly." + "x" * 60 + ".snips-student-with-a-very-long-name"  # a valid DistillationJob name
+    names = {
+        job_name(JobRef(long, NS, uid, Path("/w"), attempt=attempt))
+        for uid in ("u-1", "u-2")
+        for attempt in (1, 2, 123)
+    }
+    assert len(names) == 6  # distinct per uid and attempt although the stems are cut to the same prefix
+    for name in names:
+        assert len(name) <= 63 and label.match(name), name
+        assert name.startswith("distill-nightly-xxx") and re.search(r"-a(1|2|123)$", name)
 
 
 # --------------------------------------------------------------------------- (f) cluster mode
@@ -463,7 +766,7 @@ async def test_cluster_mode_creates_a_batch_job_and_maps_its_status(
         try:
             await store.create(job_obj("dj-ok", min_gain=None, rollout=False))
             ref = await asyncio.wait_for(started.get(), 10)
-            job = emu.stored("jobs", NS, "distill-dj-ok")
+            job = emu.stored("jobs", NS, "distill-dj-ok-a1")
             assert job is not None
             pod = job["spec"]["template"]["spec"]
             assert pod["serviceAccountName"] == "edgeloop-distillation"
@@ -492,7 +795,7 @@ async def test_cluster_mode_creates_a_batch_job_and_maps_its_status(
             )
             await asyncio.to_thread(
                 batch.patch_namespaced_job,
-                "distill-dj-ok",
+                "distill-dj-ok-a1",
                 NS,
                 {"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}},
             )
@@ -510,7 +813,7 @@ async def test_cluster_mode_creates_a_batch_job_and_maps_its_status(
             await asyncio.wait_for(started.get(), 10)
             await asyncio.to_thread(
                 batch.patch_namespaced_job,
-                "distill-dj-bad",
+                "distill-dj-bad-a1",
                 NS,
                 {
                     "status": {
@@ -528,6 +831,116 @@ async def test_cluster_mode_creates_a_batch_job_and_maps_its_status(
             )
             obj = await wait_job(store, "dj-bad", stage_is("Succeeded", "Rejected", "Failed"), timeout=20)
             assert obj["status"]["stage"] == "Failed" and "BackoffLimitExceeded" in obj["status"]["message"]
+        finally:
+            await ctl.stop(2.0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await store.close()
+
+
+def _add_batch_jobs(emu: Any) -> None:
+    """The emulator serves only edgeloop kinds, leases and events: add batch/v1 Jobs (plain objects)."""
+    import kmock
+
+    emu.resources["batch/v1/jobs"] = kmock.ResourceInfo(
+        kind="Job", namespaced=True, verbs={"get", "list", "watch", "create", "patch", "delete"}
+    )
+
+
+async def test_cluster_restart_uses_a_new_job_name_and_deletes_the_old_attempt(tmp_path: Path) -> None:
+    from kubernetes import client
+
+    from cloud_controller.resources.kube_store import KubeResourceStore
+    from tests.kube_emulator import kube_emulator
+
+    started: asyncio.Queue[JobRef] = asyncio.Queue()
+    stopped: asyncio.Queue[JobRef] = asyncio.Queue()
+
+    class SignallingLauncher(KubeJobLauncher):
+        async def start(self, ref: JobRef) -> None:
+            await super().start(ref)
+            started.put_nowait(ref)
+
+        async def stop(self, ref: JobRef) -> None:
+            await super().stop(ref)
+            stopped.put_nowait(ref)
+
+    async with kube_emulator() as (emu, api):
+        _add_batch_jobs(emu)
+        store = KubeResourceStore(api)
+        key = load_private_key(generate_keys(tmp_path / "keys").private_path)
+        settings = DistillationSettings(
+            work_dir=tmp_path / "work",
+            artifacts=ArtifactStore(tmp_path / "artifacts"),
+            signing_key=key,
+            poll_s=0.1,
+            max_restarts=1,
+        )
+        launcher = SignallingLauncher(api, KubeJobLauncher.load_template())
+        ctl = Controller(
+            store, "DistillationJob", make_distillation_reconciler(store, settings, launcher), namespace=NS
+        )
+        task = asyncio.create_task(ctl.run(), name="dj-kube-restart")
+        batch = client.BatchV1Api(api)
+        try:
+            await store.create(job_obj("dj-re", min_gain=None, rollout=False))
+            first = await asyncio.wait_for(started.get(), 10)
+            assert first.attempt == 1 and emu.stored("jobs", NS, "distill-dj-re-a1") is not None
+
+            # The Job vanishes without a result (a lost node, a hand-deleted Job): attempt 2, its own name.
+            await asyncio.to_thread(batch.delete_namespaced_job, "distill-dj-re-a1", NS)
+            second = await asyncio.wait_for(started.get(), 10)
+            assert second.attempt == 2 and (second.work / "attempts").read_text() == "2"
+            a2 = emu.stored("jobs", NS, "distill-dj-re-a2")
+            assert a2 is not None and a2["metadata"]["labels"]["edgeloop.io/attempt"] == "2"
+            assert a2["metadata"]["ownerReferences"][0]["uid"] == second.uid
+            assert emu.stored("jobs", NS, "distill-dj-re-a1") is None
+
+            # Poll follows the current attempt: a2's failure ends the job, and is not restarted.
+            await asyncio.to_thread(
+                batch.patch_namespaced_job,
+                "distill-dj-re-a2",
+                NS,
+                {
+                    "status": {
+                        "failed": 1,
+                        "conditions": [{"type": "Failed", "status": "True", "reason": "R2"}],
+                    }
+                },
+            )
+            obj = await wait_job(store, "dj-re", stage_is("Succeeded", "Rejected", "Failed"), timeout=20)
+            assert obj["status"]["stage"] == "Failed" and "R2" in obj["status"]["message"]
+            assert started.empty()
+
+            # The launcher on its own: a start for the next attempt while the previous attempt's Job
+            # still exists (e.g. it is being torn down) deletes it first, and only this job's Jobs.
+            work = tmp_path / "direct"
+            one = JobRef("dj-direct", NS, "u-direct", work, attempt=1)
+            other = JobRef("dj-other", NS, "u-other", tmp_path / "other", attempt=1)
+            await launcher.start(one)
+            await launcher.start(other)
+            await launcher.start(dataclasses.replace(one, attempt=2))
+            assert emu.stored("jobs", NS, "distill-dj-direct-a1") is None
+            assert emu.stored("jobs", NS, "distill-dj-direct-a2") is not None
+            assert (await launcher.poll(dataclasses.replace(one, attempt=2))).kind == "running"
+            assert (await launcher.poll(one)).kind == "missing"
+            await launcher.stop(dataclasses.replace(one, attempt=2))
+            assert emu.stored("jobs", NS, "distill-dj-direct-a2") is None
+            assert emu.stored("jobs", NS, "distill-dj-other-a1") is not None
+            for q in (started, stopped):  # what the direct calls signalled
+                while not q.empty():
+                    q.get_nowait()
+
+            # Deleting an unfinished DistillationJob deletes its Job (no garbage collector here).
+            await store.create(job_obj("dj-del", min_gain=None, rollout=False))
+            ref = await asyncio.wait_for(started.get(), 10)
+            assert emu.stored("jobs", NS, "distill-dj-del-a1") is not None
+            await store.delete("DistillationJob", NS, "dj-del")
+            gone = await asyncio.wait_for(stopped.get(), 10)
+            assert gone.uid == ref.uid
+            assert emu.stored("jobs", NS, "distill-dj-del-a1") is None
+            assert emu.stored("jobs", NS, "distill-dj-other-a1") is not None
         finally:
             await ctl.stop(2.0)
             task.cancel()

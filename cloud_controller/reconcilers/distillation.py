@@ -20,13 +20,23 @@ process started in its own session locally (it outlives a controller restart,
 which re-attaches through the pid file: :class:`LocalJobLauncher`) or a
 ``batch/v1`` Job rendered from ``deploy/kubernetes/distillation/job-template.yaml``
 on a cluster (:class:`KubeJobLauncher`; the work directory is then a shared
-volume mounted by the controller and, with ``subPath`` = uid, by the Job).
+volume mounted by the controller and, with ``subPath`` = uid, by the Job). Each
+attempt gets its own Job name (``distill-<job>-a<attempt>``): a restart never
+collides with the previous attempt's Job, which may still be being deleted.
 
-Gate (metric ``m`` = ``spec.gate.metric``, in percent): regression on the fixed
-set ``before[fixed_m] - after[fixed_m]`` at most ``maxRegression`` (default 0),
-gain on the new data ``after[new_m] - before[new_m]`` at least ``minGain`` (no
-requirement when unset). A first version (no parent) has nothing to regress
-from and passes on its own metrics.
+A deleted DistillationJob (the informer hands us ``None``, or the object carries
+a ``deletionTimestamp`` while another finalizer holds it) has its runner
+stopped: the local process group is terminated, the cluster Jobs deleted (their
+ownerReference would garbage-collect them too, but not on a store without GC).
+
+Gate (metric ``m`` = ``spec.gate.metric``): regression on the fixed set at most
+``maxRegression`` (default 0), gain on the new data at least ``minGain`` (no
+requirement when unset). Both are positive amounts in the metric's unit counted
+in its better direction (``spec.gate.direction``, else inferred from the name:
+lower-is-better for ``escalation_rate``, ``far``, ``mar``, ``error_rate``,
+``loss``): for ``intent_acc`` the gain is ``after - before``, for
+``escalation_rate`` it is ``before - after``. A first version (no parent) has
+nothing to regress from and passes on its own metrics.
 
 Finishing is idempotent: the artifact store accepts the same release twice,
 and AlreadyExists on the EdgeModel or ModelRollout we own is success, so a
@@ -39,11 +49,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
 import re
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -77,6 +90,7 @@ __all__ = [
     "LocalJobLauncher",
     "RunState",
     "evaluate_gate",
+    "job_name",
     "make_distillation_reconciler",
     "render_job",
 ]
@@ -98,6 +112,7 @@ class JobRef:
     uid: str
     work: Path  # the work directory as the controller sees it
     owner: Obj = field(default_factory=dict, compare=False)
+    attempt: int = 1  # which start of the runner this is (``attempts`` in the work directory)
 
 
 @dataclass(frozen=True)
@@ -120,7 +135,8 @@ class LocalJobLauncher:
     """Runner as a child process in its own session, so it survives (and is re-attached after) a restart.
 
     ``on_exit(ref)`` is called when a child this process started ends, to wake the
-    reconciler at once instead of at the next poll.
+    reconciler at once instead of at the next poll. ``stop`` gives the runner
+    ``kill_timeout_s`` to end after SIGTERM before it is killed.
     """
 
     def __init__(
@@ -128,10 +144,12 @@ class LocalJobLauncher:
         python: str = sys.executable,
         on_exit: Callable[[JobRef], None] | None = None,
         env: dict[str, str] | None = None,
+        kill_timeout_s: float = 10.0,
     ) -> None:
         self.python = python
         self.on_exit = on_exit
         self.env = env
+        self.kill_timeout_s = kill_timeout_s
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._waiters: dict[str, asyncio.Task[None]] = {}
 
@@ -175,17 +193,44 @@ class LocalJobLauncher:
         return RunState("missing")
 
     async def stop(self, ref: JobRef) -> None:
-        pid = _read_int(ref.work / "pid")
-        proc = self._procs.pop(ref.uid, None)
-        if proc is not None and proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        elif pid is not None and _is_runner(pid, ref.work):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
+        """End the runner's whole process group: SIGTERM, SIGKILL after ``kill_timeout_s``; reap it.
+
+        The group and not only the pid, because the runner's own children (torch
+        workers, a teacher process) would otherwise outlive it. It is signalled only
+        while its leader is provably ours -- a child not yet reaped, or a pid whose
+        command line names this work directory -- so a recycled pid is never hit.
+        The exit is deliberate: ``on_exit`` is not called for it.
+        """
         waiter = self._waiters.pop(ref.uid, None)
         if waiter is not None:
             waiter.cancel()
+        proc = self._procs.pop(ref.uid, None)
+        if proc is not None:
+            if proc.returncode is None:
+                await self._terminate(ref, proc.pid, proc.wait)
+            return
+        pid = _read_int(ref.work / "pid")
+        if pid is not None and _is_runner(pid, ref.work):  # re-attached: not our child, no waitpid
+            await self._terminate(ref, pid, lambda: _wait_exit(pid))
+
+    async def _terminate(self, ref: JobRef, pgid: int, wait: Callable[[], Awaitable[object]]) -> None:
+        _signal_group(pgid, signal.SIGTERM)
+        _signal_group(pgid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
+        try:
+            await asyncio.wait_for(wait(), self.kill_timeout_s)
+        except TimeoutError:
+            log.warning(
+                "distillation %s: runner %d still alive %.1fs after SIGTERM; killing its process group",
+                ref.name,
+                pgid,
+                self.kill_timeout_s,
+            )
+        # Whatever is left of the group (the leader, or children that ignored SIGTERM) goes now.
+        _signal_group(pgid, signal.SIGKILL)
+        try:
+            await asyncio.wait_for(wait(), self.kill_timeout_s)
+        except TimeoutError:
+            log.error("distillation %s: runner %d survived SIGKILL (uninterruptible I/O?)", ref.name, pgid)
 
     async def close(self) -> None:
         """Forget the children without killing them (a restarted controller re-attaches)."""
@@ -194,6 +239,45 @@ class LocalJobLauncher:
         await asyncio.gather(*self._waiters.values(), return_exceptions=True)
         self._waiters.clear()
         self._procs.clear()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
+        os.killpg(pgid, sig)
+
+
+async def _wait_exit(pid: int, poll_s: float = 0.05) -> None:
+    """Until ``pid`` -- not our child, so no waitpid -- has exited: its pidfd turns readable then."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except OSError:  # no pidfd (old kernel, seccomp): nothing to wait on but /proc itself
+        while _alive(pid):  # noqa: ASYNC110 -- no event exists for a non-child's exit without a pidfd
+            await asyncio.sleep(poll_s)
+        return
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie has exited: it only waits for its parent to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _read_int(path: Path) -> int | None:
@@ -219,6 +303,23 @@ def _tail(path: Path, n: int = 600) -> str:
         return ""
 
 
+def job_name(ref: JobRef) -> str:
+    """``distill-<job>-a<attempt>``: a DNS-1123 label of at most 63 characters.
+
+    One name per attempt, so restarting never has to wait for the previous
+    attempt's Job to be gone (a create with its name would be 409 meanwhile). A
+    name too long is cut and given a hash of the uid, so two long job names
+    sharing a prefix still get distinct Jobs.
+    """
+    suffix = f"-a{ref.attempt}"
+    stem = re.sub(r"[^a-z0-9-]", "-", f"distill-{ref.name}".lower()).rstrip("-")
+    room = 63 - len(suffix)
+    if len(stem) > room:
+        digest = hashlib.sha256(ref.uid.encode()).hexdigest()[:8]
+        stem = f"{stem[: room - len(digest) - 1].rstrip('-')}-{digest}"
+    return stem + suffix
+
+
 def render_job(
     template: Obj, ref: JobRef, *, image: str | None = None, service_account: str | None = None
 ) -> Obj:
@@ -231,13 +332,14 @@ def render_job(
     job = copy.deepcopy(template)
     if job.get("apiVersion") != "batch/v1" or job.get("kind") != "Job":
         raise ValueError("the distillation template must be a batch/v1 Job")
-    name = re.sub(r"[^a-z0-9-]", "-", f"distill-{ref.name}".lower())[:63].rstrip("-")
+    name = job_name(ref)
     meta = job.setdefault("metadata", {})
     meta.update(name=name, namespace=ref.namespace)
     labels = {
         **meta.get("labels", {}),
         "edgeloop.io/distillation-job": ref.name[:63],
         "edgeloop.io/job-uid": ref.uid[:63],
+        "edgeloop.io/attempt": str(ref.attempt),
     }
     meta["labels"] = labels
     if ref.owner.get("metadata", {}).get("uid"):
@@ -267,7 +369,11 @@ def render_job(
 
 
 class KubeJobLauncher:
-    """Runner as a ``batch/v1`` Job: its status says when it ended, result.json what came out."""
+    """Runner as a ``batch/v1`` Job per attempt: its status says when it ended, result.json what came out.
+
+    Jobs are found by name for the current attempt (``ref.attempt``) and by the
+    ``edgeloop.io/job-uid`` label for clean-up, so every attempt's Job is reachable.
+    """
 
     def __init__(
         self, api_client: Any, template: Obj, *, image: str | None = None, service_account: str | None = None
@@ -287,24 +393,47 @@ class KubeJobLauncher:
         return data
 
     def job_name(self, ref: JobRef) -> str:
-        return str(render_job(self.template, ref)["metadata"]["name"])
+        return job_name(ref)
 
     async def start(self, ref: JobRef) -> None:
+        """Delete the earlier attempts' Jobs, then create this attempt's (409: already created, fine)."""
         from kubernetes.client.exceptions import ApiException
 
         body = render_job(self.template, ref, image=self.image, service_account=self.service_account)
-        name = body["metadata"]["name"]
+        await self._delete_jobs(ref, keep=body["metadata"]["name"])
         try:
-            old = await self._get(ref)
-            if old is not None:  # a restart: the old Job failed or vanished; replace it
-                await asyncio.to_thread(
-                    self.batch.delete_namespaced_job, name, ref.namespace, propagation_policy="Background"
-                )
             create: Callable[..., Any] = self.batch.create_namespaced_job
             await asyncio.to_thread(create, ref.namespace, body, _preload_content=False)
         except ApiException as exc:
             if exc.status != 409:
                 raise
+
+    async def _delete_jobs(self, ref: JobRef, keep: str | None = None) -> list[str]:
+        """Delete (Background: the pods follow) every Job of ``ref``'s uid but ``keep``; their names."""
+        from kubernetes.client.exceptions import ApiException
+
+        uid = ref.uid[:63]
+        lst: Callable[..., Any] = self.batch.list_namespaced_job
+        resp = await asyncio.to_thread(
+            lst, ref.namespace, label_selector=f"edgeloop.io/job-uid={uid}", _preload_content=False
+        )
+        names = [
+            str(j["metadata"]["name"])
+            for j in json.loads(resp.data).get("items") or []
+            if (j["metadata"].get("labels") or {}).get("edgeloop.io/job-uid") == uid
+            and j["metadata"]["name"] != keep
+            and not j["metadata"].get("deletionTimestamp")
+        ]
+        for name in names:
+            try:
+                await asyncio.to_thread(
+                    self.batch.delete_namespaced_job, name, ref.namespace, propagation_policy="Background"
+                )
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+            log.info("distillation %s: deleted Job %s", ref.name, name)
+        return names
 
     async def _get(self, ref: JobRef) -> Obj | None:
         from kubernetes.client.exceptions import ApiException
@@ -334,13 +463,11 @@ class KubeJobLauncher:
         return RunState("running")
 
     async def stop(self, ref: JobRef) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(
-                self.batch.delete_namespaced_job,
-                self.job_name(ref),
-                ref.namespace,
-                propagation_policy="Background",
-            )
+        """Delete every attempt's Job. Best effort: the ownerReference garbage-collects them anyway."""
+        try:
+            await self._delete_jobs(ref)
+        except Exception as exc:
+            log.warning("distillation %s: could not delete its Jobs: %s", ref.name, exc)
 
 
 # --------------------------------------------------------------------------- gate
@@ -353,37 +480,65 @@ class GateVerdict:
     message: str
 
 
+def _num(x: float) -> str:
+    return f"{round(x, 4):g}"
+
+
+def _moved(delta: float) -> str:
+    if delta > 0:
+        return f"rose by {_num(delta)}"
+    if delta < 0:
+        return f"fell by {_num(-delta)}"
+    return "did not change"
+
+
 def evaluate_gate(gate: Gate, before: dict[str, float], after: dict[str, float]) -> GateVerdict:
+    """Pass unless the fixed set regressed by more than ``maxRegression`` or the new data gained less
+    than ``minGain``, both counted in the metric's better direction (a gain in ``escalation_rate``
+    is a fall), so one pair of positive thresholds means the same for every metric."""
     m = gate.metric
     fk, nk = f"fixed_{m}", f"new_{m}"
     if fk not in after:
         return GateVerdict(False, "MetricMissing", f"{fk} was not measured")
+    higher = gate.effective_direction == "higher"
+    sense = "higher is better" if higher else "lower is better"
+    good, bad = ("rise", "fall") if higher else ("fall", "rise")
+
+    def gain(k: str) -> float:
+        return after[k] - before[k] if higher else before[k] - after[k]
+
+    def detail(k: str) -> str:
+        return f"({sense}; {_num(before[k])} -> {_num(after[k])})"
+
     max_reg = gate.max_regression or 0.0
     parts = []
     if fk in before:
-        reg = before[fk] - after[fk]
-        parts.append(f"{fk} {before[fk]:.2f} -> {after[fk]:.2f}")
-        if reg > max_reg + 1e-9:
+        parts.append(f"{fk} {_num(before[fk])} -> {_num(after[fk])}")
+        if -gain(fk) > max_reg + 1e-9:
             return GateVerdict(
                 False,
                 "Regression",
-                f"{fk} fell by {reg:.2f} > maxRegression {max_reg} ({before[fk]:.2f} -> {after[fk]:.2f})",
+                f"{fk} {_moved(after[fk] - before[fk])}, more than maxRegression {_num(max_reg)} "
+                f"{detail(fk)}",
             )
     if gate.min_gain is not None:
         if not after.get("new_n"):
             return GateVerdict(False, "NoNewData", f"no new examples to measure a gain of {gate.min_gain} on")
         if nk in before:
-            gain = after[nk] - before[nk]
-            parts.append(f"{nk} {before[nk]:.2f} -> {after[nk]:.2f}")
-            if gain < gate.min_gain - 1e-9:
-                return GateVerdict(
-                    False,
-                    "InsufficientGain",
-                    f"{nk} gained {gain:.2f} < minGain {gate.min_gain} ({before[nk]:.2f} -> {after[nk]:.2f})",
-                )
+            parts.append(f"{nk} {_num(before[nk])} -> {_num(after[nk])}")
+            g, need = gain(nk), gate.min_gain
+            if g < need - 1e-9:
+                moved = _moved(after[nk] - before[nk])
+                if g > 0:
+                    why = f"{nk} {moved}, less than minGain {_num(need)}"
+                elif need >= 0:
+                    why = f"{nk} {moved}; minGain {_num(need)} needs a {good} of at least {_num(need)}"
+                else:
+                    why = f"{nk} {moved}; minGain {_num(need)} allows a {bad} of at most {_num(-need)}"
+                return GateVerdict(False, "InsufficientGain", f"{why} {detail(nk)}")
     if not before:
-        return GateVerdict(True, "NoParent", f"first version: {fk} {after[fk]:.2f}")
-    return GateVerdict(True, "GatePassed", "; ".join(parts))
+        return GateVerdict(True, "NoParent", f"first version: {fk} {_num(after[fk])}")
+    return GateVerdict(True, "GatePassed", f"{'; '.join(parts)} ({sense})")
 
 
 # --------------------------------------------------------------------------- reconciler
@@ -467,10 +622,23 @@ def make_distillation_reconciler(
     clock = wall or time.time
     s = settings
 
+    # Jobs seen unfinished, by key: once deleted the informer hands us only the key,
+    # and the work directory (hence the runner) is found through the uid.
+    known: dict[str, JobRef] = {}
+
     def ref_of(obj: Obj) -> JobRef:
         meta = obj["metadata"]
         uid = meta.get("uid") or f"{meta.get('namespace', 'default')}-{meta['name']}"
-        return JobRef(meta["name"], meta.get("namespace") or "default", uid, s.work_dir / uid, obj)
+        work = s.work_dir / uid
+        attempt = _read_int(work / "attempts") or 1
+        return JobRef(meta["name"], meta.get("namespace") or "default", uid, work, obj, attempt)
+
+    async def stop_runner(key: str, ref: JobRef, why: str) -> None:
+        """Stop the runner of a job that is going away; forgotten only once stopped (else retried)."""
+        ref = dataclasses.replace(ref, attempt=_read_int(ref.work / "attempts") or 1)
+        log.info("distillation %s: %s; stopping its runner (attempt %d)", ref.name, why, ref.attempt)
+        await launcher.stop(ref)
+        known.pop(key, None)
 
     async def write(obj: Obj, st: DistillationJobStatus) -> None:
         body = st.to_patch()
@@ -649,12 +817,20 @@ def make_distillation_reconciler(
 
     async def reconcile(key: str, obj: Obj | None) -> Result | None:
         if obj is None:
+            gone = known.get(key)
+            if gone is not None:
+                await stop_runner(key, gone, "deleted")
             return None
         job = DistillationJob.from_obj(obj)
         st = job.status
         if st.stage in TERMINAL:
+            known.pop(key, None)
             return None
         ref = ref_of(obj)
+        if obj["metadata"].get("deletionTimestamp"):  # held by someone else's finalizer: no new work
+            await stop_runner(key, ref, "being deleted")
+            return None
+        known[key] = ref
         if st.stage is None:
             st.enter("Pending", _ts(clock()))
             try:
@@ -690,7 +866,7 @@ def make_distillation_reconciler(
             return None
         await prepare(job, ref)
         (ref.work / "attempts").write_text(str(attempts + 1))
-        await launcher.start(ref)
+        await launcher.start(dataclasses.replace(ref, attempt=attempts + 1))
         if attempts:
             await emit(
                 store,

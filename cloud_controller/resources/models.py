@@ -339,10 +339,34 @@ class TrainingData(_Model):
     max_hard_examples: NonNegInt | None = None
 
 
+# Metric names (or their last ``_``-separated words) for which a smaller value is better:
+# escalations, false-alarm and missed-alarm rates, errors, losses.
+LOWER_IS_BETTER_SUFFIXES: tuple[str, ...] = ("escalation_rate", "far", "mar", "error_rate", "loss")
+
+
+def infer_direction(metric: str) -> Literal["higher", "lower"]:
+    """``lower`` for ``far``, ``sensor_far``, ``val_loss``, ``escalation_rate`` ...; ``higher`` otherwise.
+
+    Matched on whole ``_``-separated words, so ``radar_acc`` or ``grammar`` stay higher-is-better.
+    """
+    lower = any(metric == s or metric.endswith(f"_{s}") for s in LOWER_IS_BETTER_SUFFIXES)
+    return "lower" if lower else "higher"
+
+
 class Gate(_Model):
+    """``maxRegression`` and ``minGain`` are positive amounts in the metric's unit, measured in its
+    good direction: for a lower-is-better metric a gain is a decrease and a regression an increase.
+    ``direction`` unset means inferred from the metric's name (:func:`infer_direction`), so existing
+    objects keep validating and a gate on ``escalation_rate`` is not silently inverted."""
+
     metric: str = "intent_acc"
+    direction: Literal["higher", "lower"] | None = None
     max_regression: Annotated[float, Field(ge=0, le=100)] | None = None
     min_gain: Annotated[float, Field(ge=-100, le=100)] | None = None
+
+    @property
+    def effective_direction(self) -> Literal["higher", "lower"]:
+        return self.direction or infer_direction(self.metric)
 
 
 class AutoRollout(_Model):
@@ -353,7 +377,7 @@ class AutoRollout(_Model):
 class DistillationJobSpec(_Model):
     task: Task
     teacher: str
-    student_arch: Literal["bilstm-tagger", "mlp-autoencoder"]
+    student_arch: Literal["bilstm-tagger", "mlp-autoencoder", "mlp"]
     student_params: dict[str, float] = Field(default_factory=dict)
     temperature: Annotated[float, Field(gt=0, le=50)] = 2.0
     alpha: Fraction = 0.5

@@ -72,7 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="edgeloop-demo", description=__doc__)
     ap.add_argument("--out", default="out/demo", help="output folder (logs, state, report)")
     ap.add_argument("--speedup", type=float, default=0.0, help="replay speed-up; 0 = as fast as possible")
-    ap.add_argument("--limit", type=int, default=None, help="rows per device (default: all)")
+    ap.add_argument(
+        "--limit", type=int, default=None, help="rows per device (default: all; loop flow: NAB only)"
+    )
+    ap.add_argument(
+        "--skab-limit",
+        type=int,
+        default=None,
+        help="loop flow: rows per SKAB device (default: all; the sensor model scores a device only "
+        "after its first 400 rows, its baseline)",
+    )
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the cloud to catch up")
     ap.add_argument("--flow", choices=["loop", "basic"], default="loop", help="loop (default) or basic")
     ap.add_argument("--config", choices=["full", "tiny"], default="full", help="model recipe (tiny: tests)")

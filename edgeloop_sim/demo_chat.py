@@ -62,6 +62,10 @@ class NodeSample:
     counters: dict[str, float] = field(default_factory=dict)
     samples: int = 0
     escalated: int = 0
+    sensor_version: str | None = None
+    sensor_state: str | None = None
+    sensor_samples: int = 0  # windows scored since the sensor model's activation
+    sensor_escalated: int = 0  # of which inside the uncertainty band
 
 
 class ChatTraffic:
@@ -118,7 +122,7 @@ class ChatTraffic:
             st = wire.Status.model_validate(data)
         except ValueError:
             return
-        chat = st.models.get("chat")
+        chat, sensor = st.models.get("chat"), st.models.get("sensor")
         with self._lock:
             self.statuses.append(
                 NodeSample(
@@ -130,6 +134,10 @@ class ChatTraffic:
                     dict(st.counters),
                     chat.samples if chat else 0,
                     chat.escalated if chat else 0,
+                    sensor_version=sensor.version if sensor else None,
+                    sensor_state=sensor.state if sensor else None,
+                    sensor_samples=sensor.samples if sensor else 0,
+                    sensor_escalated=sensor.escalated if sensor else 0,
                 )
             )
 

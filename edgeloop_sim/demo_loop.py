@@ -17,6 +17,14 @@ Phases (each prints progress lines):
    canary ModelRollout; trickle traffic feeds the canary analysis;
 6. traffic on v2, then the report (:mod:`edgeloop_sim.demo_report`).
 
+Sensors run the same loop beside chat: v1 of ``skab-sensor`` knows only SKAB's
+``valve1`` experiments; the controller labels the windows the nodes are unsure
+about with a sensor teacher (a wider model trained on every group); a second
+DistillationJob (task sensor) re-distils it and a canary moves the pump nodes
+to v2. Like-for-like here too: half of the valve2/other experiments are the
+test devices, replayed once on v1 and once on v2 (the escalation rate is
+measured on them); every other SKAB device is the collection traffic.
+
 Why before and after are measured on the same utterances (all of SNIPS test,
 sent once to v1 and once to v2): a like-for-like comparison. Two things keep it
 clean: the agents' escalation-answer cache is off (a cached teacher answer would
@@ -45,13 +53,24 @@ import yaml
 from cloud_controller.datasets.snips import Example, load_snips
 from edgeloop_sim.broker import Broker
 from edgeloop_sim.demo_chat import ChatTraffic, Utterance, score
-from edgeloop_sim.demo_models import DEMO_EPOCHS, MODEL_NAME, DemoModels, base_spec, ensure_models
+from edgeloop_sim.demo_models import (
+    DEMO_EPOCHS,
+    MODEL_NAME,
+    SENSOR_BASE,
+    SENSOR_MODEL_NAME,
+    DemoModels,
+    SensorModels,
+    base_spec,
+    ensure_models,
+    ensure_sensor_models,
+)
 from edgeloop_sim.replay import ReplayConfig, ReplayResult, replay, select_devices
 from edgeloop_sim.supervisor import Supervisor
 
 Say = Callable[[str], None]
 PY = sys.executable
 NODES = ("edge-pump-a", "edge-pump-b", "edge-city")
+PUMP_NODES = NODES[:2]  # the SKAB devices (the sensor model's traffic) are on these two
 
 
 def say(msg: str) -> None:
@@ -117,6 +136,9 @@ def agent_config(
         # budget it would sit at the budget whatever the student knows. No answer cache: the same
         # test utterances are sent to v1 and to v2, and a cached teacher answer would hide v2.
         "chat": {"escalation": {"mode": "threshold", "threshold": threshold, "cache_max_entries": 0}},
+        # The replay runs SKAB far faster than real time (a real pump makes 6 windows a minute):
+        # lift the per-minute cap on sensor hard examples so the sample is not all drops.
+        "sensor": {"max_hard_examples_per_minute": 100_000},
     }
 
 
@@ -176,12 +198,15 @@ class Loop:
         models: DemoModels = ensure_models(
             a.config, epochs=None if a.config == "tiny" else DEMO_EPOCHS, say=say
         )
+        smodels: SensorModels = ensure_sensor_models(a.config, say=say)
         self.report["wall"]["models_s"] = round(time.monotonic() - t, 1)
         self.report["models"] = {
             "held_back_intents": list(models.held_back),
             "first_student": str(models.student),
             "teacher": f"onnx-chat:{models.teacher} (int8 student trained on all of SNIPS)",
-            "trained_now": models.trained,
+            "sensor_first_student": f"{smodels.student} (base {smodels.base})",
+            "sensor_teacher": f"{smodels.teacher} (wider int8 MLP trained on every SKAB group)",
+            "trained_now": models.trained or smodels.trained,
         }
         self.mark("fleet")
         from cloud_controller.signing import generate_keys
@@ -207,6 +232,8 @@ class Loop:
             "0",
             "--teacher",
             f"onnx-chat:{models.teacher}",
+            "--sensor-teacher",
+            str(smodels.teacher),
             "--status-interval",
             "1",
         ] + (dflags or [])
@@ -216,6 +243,10 @@ class Loop:
         self.traffic.start()
         base = ReplayConfig(broker=f"127.0.0.1:{self.broker.port}", speedup=a.speedup, limit=a.limit)
         skab, nab = select_devices("skab", base), select_devices("nab", base)
+        # Sensor test devices: every other valve2/other experiment (never training data).
+        unseen_groups = [d for d in skab if not d.startswith(("skab-valve1", "skab-anomaly-free"))]
+        sensor_test = unseen_groups[1::2]
+        sensor_collect = [d for d in skab if d not in sensor_test]
         chat_devs = [f"chat-{n.rsplit('-', 1)[-1]}" for n in NODES]
         plan = {NODES[0]: skab[0::2], NODES[1]: skab[1::2], NODES[2]: nab}
         for i, node in enumerate(NODES):
@@ -235,46 +266,39 @@ class Loop:
         self.wait_nodes(lambda s: s.online, "agents online")
 
         self.mark("deploy v1")
-        ref = json.loads(
-            cli(
-                "release",
-                "--bundle",
-                str(models.student),
-                "--key",
-                str(keys.private_path),
-                "--store",
-                str(artifacts),
-                "--broker",
-                f"127.0.0.1:{self.broker.port}",
-            )
-        )
-        from cloud_controller.artifacts import ArtifactStore
-
-        rel = ArtifactStore(artifacts).get(ref["name"], ref["version"])
-        say(
-            f"released {rel.name}@{rel.version} {rel.digest[:19]}… ({rel.size:,} bytes, signed {keys.key_id})"
-        )
+        rel = self.release(models.student, keys.private_path, artifacts)
+        srel = self.release(smodels.student, keys.private_path, artifacts)
         self.apply(
-            [edge_model(rel, artifacts), rollout(f"{MODEL_NAME}-v1", MODEL_NAME, rel.version, [100])], "v1"
+            [
+                edge_model(rel, artifacts),
+                rollout(f"{MODEL_NAME}-v1", MODEL_NAME, rel.version, [100]),
+                edge_model(srel, artifacts),
+                rollout(f"{SENSOR_MODEL_NAME}-v1", SENSOR_MODEL_NAME, srel.version, [100]),
+            ],
+            "v1",
         )
         self.wait_nodes(lambda s: s.chat_version == rel.version and s.chat_state == "active", "v1 active on")
+        self.wait_nodes(
+            lambda s: s.sensor_version == srel.version and s.sensor_state == "active", "sensor v1 active on"
+        )
 
-        # Sensors flow for the rest of the run (threads), chat phases run in this thread.
-        results: dict[str, ReplayResult] = {}
-        threads = [
-            threading.Thread(
-                target=lambda s=s, c=c: results.__setitem__(s, replay(s, c)),
-                name=f"replay-{s}",
-                daemon=True,
-            )
-            for s, c in (
-                ("skab", replace(base, batch=20, client_id="demo-skab")),
-                ("nab", replace(base, batch=20, client_id="demo-nab")),
-            )
-        ]
-        for th in threads:
+        # NAB flows for the rest of the run (a thread); SKAB is replayed in phases beside the chat phases.
+        results: dict[str, list[ReplayResult]] = {"skab": [], "nab": []}
+        errors: list[str] = []
+
+        def bg(source: str, cfg: ReplayConfig) -> threading.Thread:
+            def work() -> None:
+                try:
+                    results[source].append(replay(source, cfg))  # type: ignore[arg-type]
+                except Exception as exc:  # reported, and the run fails at the end
+                    errors.append(f"{source}: {exc}")
+
+            th = threading.Thread(target=work, name=f"replay-{source}", daemon=True)
             th.start()
-        say("replaying SKAB (pump sensors) and NAB (streams) into the agents")
+            return th
+
+        nab_thread = bg("nab", replace(base, batch=20, client_id="demo-nab"))
+        say("replaying NAB (streams) into edge-city for the whole run")
 
         held = models.held_back
         rng = random.Random(7)
@@ -289,18 +313,29 @@ class Loop:
         trickle_pool = [e for e in train if e not in collect]
         rng.shuffle(trickle_pool)
 
+        def skab_replay(devices: list[str], tag: str) -> threading.Thread:
+            say(f"replaying {len(devices)} SKAB experiments ({tag}) into the pump nodes")
+            cfg = replace(base, batch=20, devices=devices, limit=a.skab_limit, client_id=f"demo-skab-{tag}")
+            return bg("skab", cfg)
+
         self.mark("traffic on v1")
         t = time.monotonic()
+        th = skab_replay(sensor_test, "sensor test")
         before = self.chat(chat_plan(test, chat_devs, held), "v1-test")
-        # The job trains on hard examples received from here on, not on the test utterances. Their
+        th.join()
+        sensor_before = self.sensor_settle("sensor v1-test")
+        # The jobs train on hard examples received from here on, not on the test traffic. Their
         # last hard examples are still in the agents' outboxes for up to batch_max_delay_s (1 s):
         # start the collection on a whole second (the CRD's time resolution) 3 s after the replies.
         self.collect_since = math.ceil(time.time() + 3.0)
         time.sleep(max(0.0, self.collect_since - time.time()))
+        th = skab_replay(sensor_collect, "collect")
         self.chat(chat_plan(collect, chat_devs, held), "v1-collect")
+        th.join()
+        collected = self.sensor_settle("sensor v1-collect")
         self.report["wall"]["traffic_v1_s"] = round(time.monotonic() - t, 1)
 
-        v2 = None
+        v2 = sv2 = None
         if dflags is not None:
             self.mark("distillation")
             t = time.monotonic()
@@ -310,12 +345,15 @@ class Loop:
             )
             trickle.start()
             try:
-                v2 = self.distill(models, rel.version)
+                v2, sv2 = self.distill(models, rel.version)
                 self.report["wall"]["distillation_s"] = round(time.monotonic() - t, 1)
-                if v2 is not None:
+                if v2 is not None or sv2 is not None:
                     self.mark("canary rollout")
                     t = time.monotonic()
-                    self.wait_rollout(v2)
+                    if v2 is not None:
+                        self.wait_rollout(MODEL_NAME, v2, "chat")
+                    if sv2 is not None:
+                        self.wait_rollout(SENSOR_MODEL_NAME, sv2, "sensor")
                     self.report["wall"]["rollout_s"] = round(time.monotonic() - t, 1)
             finally:
                 stop.set()
@@ -324,9 +362,22 @@ class Loop:
             say("this controller has no DistillationJob reconciler yet: skipping phase 5 (see docs/demo.md)")
 
         self.mark("traffic on v2" if v2 else "traffic (still v1)")
+        th = skab_replay(sensor_test, "sensor test again")
         after = self.chat(chat_plan(test, chat_devs, held), "v2-test" if v2 else "v1-test-again")
-        for th in threads:
-            th.join(a.timeout)
+        th.join()
+        sensor_after = self.sensor_settle("sensor v2-test" if sv2 else "sensor v1-test-again")
+        if sv2 is None:  # still v1: its counters run since v1's activation, keep the last phase only
+            w = sensor_after["windows_scored"] - collected["windows_scored"]
+            e = sensor_after["escalated"] - collected["escalated"]
+            sensor_after = {
+                **sensor_after,
+                "windows_scored": w,
+                "escalated": e,
+                "escalation_rate": round(100 * e / w, 2) if w else None,
+            }
+        nab_thread.join(a.timeout)
+        if errors:
+            raise RuntimeError("replay failed: " + "; ".join(errors))
         self.mark("report")
         self.report["chat"] = {
             "before": {
@@ -341,14 +392,91 @@ class Loop:
             },
             "after_version": v2 or rel.version,
         }
+        self.report["sensor"] = {
+            "test_devices": sensor_test,
+            "before": sensor_before,
+            "after": sensor_after,
+            "after_version": sv2 or srel.version,
+        }
         self.report["sensors"] = {
-            k: {"devices": r.devices, "readings": r.readings, "raw_json_bytes": r.raw_json_bytes}
-            for k, r in results.items()
+            k: {
+                "devices": len({d for r in rs for d in r.device_ids}),
+                "replays": len(rs),
+                "readings": sum(r.readings for r in rs),
+                "raw_json_bytes": sum(r.raw_json_bytes for r in rs),
+            }
+            for k, rs in results.items()
         }
         self.report["nodes_final"] = {
-            n: {"chat_version": s.chat_version, "chat_state": s.chat_state} for n, s in self.latest().items()
+            n: {
+                "chat_version": s.chat_version,
+                "chat_state": s.chat_state,
+                "sensor_version": s.sensor_version,
+                "sensor_state": s.sensor_state,
+            }
+            for n, s in self.latest().items()
         }
         return self.report
+
+    def release(self, bundle: Path, key: Path, artifacts: Path) -> Any:
+        """``cloud-controller release`` as an operator runs it: sign, store, publish the chunks."""
+        ref = json.loads(
+            cli(
+                "release",
+                "--bundle",
+                str(bundle),
+                "--key",
+                str(key),
+                "--store",
+                str(artifacts),
+                "--broker",
+                f"127.0.0.1:{self.broker.port}",
+            )
+        )
+        from cloud_controller.artifacts import ArtifactStore
+
+        rel = ArtifactStore(artifacts).get(ref["name"], ref["version"])
+        say(f"released {rel.name}@{rel.version} {rel.digest[:19]}… ({rel.size:,} bytes)")
+        return rel
+
+    def sensor_settle(self, phase: str, quiet_s: float = 5.0, timeout: float = 120.0) -> dict[str, Any]:
+        """Wait until the pump nodes' sensor counters stop moving; what the sensor model did so far.
+
+        After a replay the last windows close on the idle timeout (2 s) and are
+        reported by the next status (every 2 s): counters unchanged for
+        ``quiet_s`` means every window of the phase was scored and reported.
+        Counters run from the model's activation, so the caller compares phases
+        that each start on a freshly activated version (or subtracts).
+        """
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        since = time.monotonic()
+        while time.monotonic() < deadline:
+            snap = tuple(
+                (n, s.sensor_version, s.sensor_samples, s.sensor_escalated)
+                for n, s in sorted(self.latest().items())
+                if n in PUMP_NODES
+            )
+            if snap != last:
+                last, since = snap, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                break
+            time.sleep(0.5)
+        samples = sum(x[2] for x in last or ())
+        escalated = sum(x[3] for x in last or ())
+        versions = sorted({str(x[1]) for x in last or ()})
+        r = {
+            "versions": versions,
+            "windows_scored": samples,
+            "escalated": escalated,
+            "escalation_rate": round(100 * escalated / samples, 2) if samples else None,
+        }
+        say(
+            f"{phase}: {samples:,} windows scored by sensor v{'/'.join(versions)}, "
+            f"{r['escalation_rate']}% unsure"
+        )
+        self.report["phases"][phase] = r
+        return r
 
     # ------------------------------------------------------------------ helpers
 
@@ -400,9 +528,11 @@ class Loop:
             )
             i += 10
 
-    def distill(self, models: DemoModels, parent: str) -> str | None:
+    def distill(self, models: DemoModels, parent: str) -> tuple[str | None, str | None]:
+        """Both DistillationJobs (chat and sensor) at once; the versions they produced (None: none)."""
         a = self.args
-        job = {
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.collect_since))
+        chat_job = {
             "apiVersion": "edgeloop.io/v1alpha1",
             "kind": "DistillationJob",
             "metadata": {"name": "chat-snips-distill-1", "namespace": "default"},
@@ -421,9 +551,7 @@ class Loop:
                 ),
                 "data": {
                     "base": base_spec(models.held_back),
-                    "hardExamplesSince": time.strftime(
-                        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.collect_since)
-                    ),
+                    "hardExamplesSince": since,
                     "minTeacherConfidence": a.min_teacher_confidence,
                     "maxHardExamples": 5000,
                 },
@@ -442,45 +570,75 @@ class Loop:
                 },
             },
         }
-        self.apply([job], "distillationjob")
+        sensor_job = {
+            "apiVersion": "edgeloop.io/v1alpha1",
+            "kind": "DistillationJob",
+            "metadata": {"name": "skab-sensor-distill-1", "namespace": "default"},
+            "spec": {
+                "task": "sensor",
+                "teacher": "skab-sensor-teacher",
+                "studentArch": "mlp",
+                "alpha": 0.5,
+                "data": {"base": SENSOR_BASE, "hardExamplesSince": since, "maxHardExamples": 20000},
+                # Gain: agreement with the teacher on held-out new windows; no regression on valve1 (gold).
+                "gate": {"metric": "f1", "maxRegression": a.max_regression, "minGain": 0.5},
+                "outputModel": SENSOR_MODEL_NAME,
+                # No analysis: between the phases no sensor traffic flows; health (load, activate) gates.
+                "rollout": {
+                    "auto": True,
+                    "template": {"steps": [{"setWeight": 50, "pauseSeconds": a.pause}, {"setWeight": 100}]},
+                },
+            },
+        }
+        self.apply([chat_job, sensor_job], "distillationjobs")
+        jobs = {"chat": "chat-snips-distill-1", "sensor": "skab-sensor-distill-1"}
+        produced: dict[str, str | None] = {}
         deadline = time.monotonic() + a.job_timeout
-        last = ""
-        while time.monotonic() < deadline:
-            obj = self.get("distillationjobs", "chat-snips-distill-1") or {}
-            st = obj.get("status") or {}
-            line = (
-                f"DistillationJob: {st.get('stage')} {st.get('progress', 0) or 0:.0%} {st.get('message', '')}"
-            )
-            if line != last:
-                say(line[:200])
-                last = line
-            if st.get("stage") in ("Succeeded", "Rejected", "Failed"):
-                self.report["distillation"] = {
-                    k: st.get(k)
-                    for k in (
-                        "stage",
-                        "message",
-                        "metricsBefore",
-                        "metricsAfter",
-                        "producedVersion",
-                        "rolloutName",
-                        "examples",
-                    )
-                }
-                return st.get("producedVersion") if st.get("stage") == "Succeeded" else None
-            time.sleep(3.0)
-        say("DistillationJob did not finish in time")
-        return None
+        last: dict[str, str] = {}
+        while time.monotonic() < deadline and len(produced) < len(jobs):
+            for task, name in jobs.items():
+                if task in produced:
+                    continue
+                st = (self.get("distillationjobs", name) or {}).get("status") or {}
+                line = (
+                    f"DistillationJob {name}: {st.get('stage')} {st.get('progress', 0) or 0:.0%} "
+                    f"{st.get('message', '')}"
+                )
+                if line != last.get(task):
+                    say(line[:220])
+                    last[task] = line
+                if st.get("stage") in ("Succeeded", "Rejected", "Failed"):
+                    self.report["distillation" if task == "chat" else "sensor_distillation"] = {
+                        k: st.get(k)
+                        for k in (
+                            "stage",
+                            "message",
+                            "metricsBefore",
+                            "metricsAfter",
+                            "producedVersion",
+                            "rolloutName",
+                            "examples",
+                        )
+                    }
+                    produced[task] = st.get("producedVersion") if st.get("stage") == "Succeeded" else None
+            if len(produced) < len(jobs):
+                time.sleep(2.0)
+        if len(produced) < len(jobs):
+            say("a DistillationJob did not finish in time")
+        return produced.get("chat"), produced.get("sensor")
 
-    def wait_rollout(self, version: str) -> None:
+    def wait_rollout(self, model: str, version: str, task: str) -> None:
         deadline = time.monotonic() + self.args.job_timeout
         last = ""
         while time.monotonic() < deadline:
             items = (self.get("modelrollouts") or {}).get("items", [])
-            ro = next((r for r in items if r["spec"].get("version") == version), None)
+            ro = next(
+                (r for r in items if r["spec"].get("model") == model and r["spec"].get("version") == version),
+                None,
+            )
             st = (ro or {}).get("status") or {}
             line = (
-                f"rollout {version}: {st.get('phase')} step {st.get('currentStep')} "
+                f"rollout {model}@{version}: {st.get('phase')} step {st.get('currentStep')} "
                 f"weight {st.get('currentWeight')}% updated {st.get('updatedNodes')}/{st.get('totalNodes')} "
                 f"ready {st.get('readyNodes')}"
             )
@@ -488,17 +646,24 @@ class Loop:
                 say(line)
                 last = line
             if st.get("phase") in ("Succeeded", "RolledBack", "Failed"):
-                self.report["rollout"] = {
+                self.report["rollout" if task == "chat" else "sensor_rollout"] = {
                     "phase": st.get("phase"),
                     "name": (ro or {}).get("metadata", {}).get("name"),
                 }
                 break
             time.sleep(2.0)
-        self.wait_nodes(
-            lambda s: s.chat_version == version and s.chat_state == "active",
-            f"v{version} active on",
-            timeout=60,
-        )
+        if task == "chat":
+            self.wait_nodes(
+                lambda s: s.chat_version == version and s.chat_state == "active",
+                f"v{version} active on",
+                timeout=60,
+            )
+        else:
+            self.wait_nodes(
+                lambda s: s.sensor_version == version and s.sensor_state == "active",
+                f"sensor v{version} active on",
+                timeout=60,
+            )
 
 
 def edge_model(rel: Any, artifacts: Path) -> dict[str, Any]:

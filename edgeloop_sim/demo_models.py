@@ -39,6 +39,9 @@ from typing import Literal
 HELD_BACK: tuple[str, ...] = ("AddToPlaylist", "RateBook")
 MODEL_NAME = "chat-snips"
 TEACHER_NAME = "chat-snips-teacher"
+SENSOR_MODEL_NAME = "skab-sensor"
+SENSOR_TEACHER_NAME = "skab-sensor-teacher"
+SENSOR_BASE = "skab?groups=valve1"
 CACHE = Path(".cache/edgeloop/demo")
 # Student epochs of the full config in the demo (v1, teacher and the DistillationJob alike): 3 epochs
 # are within about a point of 10 on SNIPS and keep the live re-distillation to ~2-3 min on 2 cores.
@@ -66,11 +69,12 @@ def base_spec(held_back: tuple[str, ...] = HELD_BACK) -> str:
     return "snips?exclude=" + ",".join(held_back) if held_back else "snips"
 
 
-def _data_digest(data_root: str | None) -> str:
+def _data_digest(data_root: str | None, task: str = "chat") -> str:
+    from cloud_controller.datasets.skab import skab_dir
     from cloud_controller.datasets.snips import snips_dir
 
     h = hashlib.sha256()
-    root = snips_dir(data_root)
+    root = snips_dir(data_root) if task == "chat" else skab_dir(data_root)
     for p in sorted(root.rglob("*")):
         if p.is_file():
             h.update(str(p.relative_to(root)).encode())
@@ -87,12 +91,14 @@ def _train_one(
     data_root: str | None,
     cache: Path,
     say: Say,
+    task: Literal["chat", "sensor"] = "chat",
+    student_params: dict[str, float] | None = None,
 ) -> tuple[Path, bool]:
     from cloud_controller.distill_job import Progress, RunnerSpec, run
 
     spec = RunnerSpec(
         job=f"demo-{name}",
-        task="chat",
+        task=task,
         teacher="labels",
         base=base,
         epochs=epochs,
@@ -100,8 +106,9 @@ def _train_one(
         data_root=data_root,
         output_model=name,
         version=version,
+        student_params=student_params or {},
     )
-    recipe = spec.model_dump_json(exclude={"data_root"}) + _data_digest(data_root)
+    recipe = spec.model_dump_json(exclude={"data_root"}) + _data_digest(data_root, task)
     key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
     final = cache / f"{name}-{config}-{key}"
     if (final / "bundle" / "manifest.json").is_file():
@@ -115,10 +122,16 @@ def _train_one(
     result = run(spec, work, Progress(work / "progress.jsonl"))
     (work / "result.json").write_text(json.dumps(result, indent=2, default=str))
     m = result["metrics_after"]
-    say(
-        f"{name}: trained in {time.monotonic() - t0:.0f}s; intent acc {m.get('fixed_intent_acc', 0):.2f} "
-        f"on SNIPS test ({int(m.get('fixed_n', 0))} utterances of its intents)"
-    )
+    if task == "chat":
+        quality = (
+            f"intent acc {m.get('fixed_intent_acc', 0):.2f} "
+            f"on SNIPS test ({int(m.get('fixed_n', 0))} utterances of its intents)"
+        )
+    else:
+        quality = (
+            f"F1 {m.get('fixed_f1', 0):.1f} on its SKAB experiments ({int(m.get('fixed_files', 0))} files)"
+        )
+    say(f"{name}: trained in {time.monotonic() - t0:.0f}s; {quality}")
     shutil.rmtree(final, ignore_errors=True)
     work.rename(final)
     return final / "bundle", True
@@ -144,6 +157,50 @@ def ensure_models(
     return DemoModels(student, teacher, held_back, config, s_new or t_new, time.monotonic() - t0)
 
 
+@dataclass(frozen=True)
+class SensorModels:
+    student: Path  # v1: SKAB valve1 experiments only (+ the anomaly-free recording)
+    teacher: Path  # a wider student trained on every SKAB group: the controller's sensor teacher
+    base: str
+    trained: bool
+    seconds: float
+
+
+def ensure_sensor_models(
+    config: Literal["tiny", "full"] = "full",
+    *,
+    data_root: str | None = None,
+    cache: Path = CACHE,
+    say: Say = _stderr,
+) -> SensorModels:
+    """v1 of ``skab-sensor`` (valve1 only) and the sensor teacher, trained by the runner and cached.
+
+    The held-back part for sensors: SKAB's ``valve2`` and ``other`` experiment
+    groups (other faults on the same pump). The teacher is a wider MLP on every
+    group, so it can label the windows v1 is unsure about from their feature
+    vectors alone (the cloud has no per-device baseline).
+    """
+    t0 = time.monotonic()
+    cache = cache.resolve()
+    student, s_new = _train_one(
+        SENSOR_MODEL_NAME, "1", SENSOR_BASE, config, None, data_root, cache, say, task="sensor"
+    )
+    teacher, t_new = _train_one(
+        SENSOR_TEACHER_NAME,
+        "1",
+        "skab",
+        config,
+        None,
+        data_root,
+        cache,
+        say,
+        task="sensor",
+        student_params={"hidden": 64, "hidden2": 32},
+    )
+    return SensorModels(student, teacher, SENSOR_BASE, s_new or t_new, time.monotonic() - t0)
+
+
 if __name__ == "__main__":  # python -m edgeloop_sim.demo_models [tiny|full]
     cfg: Literal["tiny", "full"] = "tiny" if sys.argv[1:2] == ["tiny"] else "full"
     print(ensure_models(cfg, epochs=None if cfg == "tiny" else DEMO_EPOCHS))
+    print(ensure_sensor_models(cfg))

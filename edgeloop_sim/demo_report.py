@@ -151,6 +151,44 @@ def markdown(r: dict[str, Any]) -> str:
             "the loop stopped after the hard examples.",
             "",
         ]
+    se = r.get("sensor")
+    if se:
+        b, a = se["before"], se["after"]
+        lines += [
+            f"## Sensors, before (v1) and after (v{se['after_version']}) one turn of the loop",
+            "",
+            f"SKAB test experiments (valve2/other, never training data; {len(se['test_devices'])} devices) "
+            "replayed once on v1 and once on the new version. Escalation = windows scored inside the",
+            "uncertainty band (sent upstream as hard examples, labelled by the cloud's sensor teacher).",
+            "",
+            "| traffic | windows scored | unsure (escalated) | escalation rate % |",
+            "|---|---|---|---|",
+            f"| test — before (v{'/'.join(b['versions'])}) | {b['windows_scored']:,} | {b['escalated']:,} | "
+            f"{b['escalation_rate']} |",
+            f"| test — after (v{'/'.join(a['versions'])}) | {a['windows_scored']:,} | {a['escalated']:,} | "
+            f"{a['escalation_rate']} |",
+            "",
+        ]
+    sd = r.get("sensor_distillation")
+    if sd:
+        b, a = sd.get("metricsBefore") or {}, sd.get("metricsAfter") or {}
+        lines += [
+            "## Sensor DistillationJob",
+            "",
+            f"Stage {sd.get('stage')}: {sd.get('message')}",
+            "",
+            "| metric | v1 | new |",
+            "|---|---|---|",
+        ]
+        for k in sorted(set(a) | set(b)):
+            lines.append(f"| {k} | {b.get(k, '-')} | {a.get(k, '-')} |")
+        lines += [
+            "",
+            "`fixed_*`: SKAB valve1 experiments with their gold labels, point-wise (SKAB protocol); "
+            "`new_*`: held-out hard examples (windows the nodes were unsure about), the teacher's "
+            "decision as gold.",
+            "",
+        ]
     ck = r.get("check") or {}
     if ck:
         lines += [
@@ -166,8 +204,12 @@ def markdown(r: dict[str, Any]) -> str:
         ]
     nf = r.get("nodes_final") or {}
     if nf:
-        lines += ["| node | chat model | state |", "|---|---|---|"]
-        lines += [f"| {n} | {v['chat_version']} | {v['chat_state']} |" for n, v in sorted(nf.items())]
+        lines += ["| node | chat model | state | sensor model | state |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {n} | {v['chat_version']} | {v['chat_state']} | {v.get('sensor_version')} | "
+            f"{v.get('sensor_state')} |"
+            for n, v in sorted(nf.items())
+        ]
         lines.append("")
     lines.append(
         "Plot: `report.png`" if r.get("plot") else "Plot: not drawn (matplotlib missing: `.[train]`)"

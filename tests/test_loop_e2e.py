@@ -8,6 +8,10 @@ leaves hard examples, a DistillationJob produces v2 and a canary rollout moves
 every node to it. Asserted: every node ends on v2 (active), every sensor
 reading was counted exactly once, and on the held-back intents the answers got
 better while escalations fell; the job's gate saw no regression on the fixed set.
+The sensor half runs beside it: v1 of ``skab-sensor`` (SKAB valve1 only) scores
+the replayed pump experiments, the nodes' unsure windows are labelled by the
+controller's sensor teacher, a sensor DistillationJob produces v2, and the same
+test experiments replayed on v2 leave fewer unsure windows.
 
 Slow (about 2-3 min on 2 cores: two tiny trainings are cached under
 ``.cache/edgeloop/demo``, the re-distillation is not). Until the controller
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 
 
 def _has_distillation(tmp: Path) -> bool:
@@ -95,4 +99,21 @@ def test_one_turn_of_the_loop_moves_every_node_to_v2_and_improves_the_held_back_
     mb, ma = d["metricsBefore"], d["metricsAfter"]
     assert ma["new_intent_acc"] > mb["new_intent_acc"]
     assert ma["fixed_intent_acc"] >= mb["fixed_intent_acc"] - 5.0
+    # Sensors: the same loop on SKAB (valve1-only v1 meets valve2/other).
+    sd = r.get("sensor_distillation") or {}
+    assert sd.get("stage") == "Succeeded", (sd, proc.stderr[-3000:])
+    sv2 = sd["producedVersion"]
+    assert sv2 != "1" and r["sensor"]["after_version"] == sv2
+    assert all(
+        v["sensor_version"] == sv2 and v["sensor_state"] == "active" for v in r["nodes_final"].values()
+    )
+    assert r["sensor_rollout"]["phase"] == "Succeeded"
+    sb, sa = r["sensor"]["before"], r["sensor"]["after"]
+    # The same test traffic both times (window edges fall on the wall clock's 10 s grid, so a device
+    # may close one window more or less per replay).
+    assert sb["windows_scored"] > 100
+    assert abs(sa["windows_scored"] - sb["windows_scored"]) <= 0.02 * sb["windows_scored"]
+    assert sa["escalation_rate"] < sb["escalation_rate"]
+    smb, sma = sd["metricsBefore"], sd["metricsAfter"]
+    assert sma["new_n"] > 20 and sma["new_acc"] > smb["new_acc"]
     assert proc.returncode == 0, proc.stderr[-3000:]

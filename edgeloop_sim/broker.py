@@ -12,9 +12,12 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from edgeloop_sim.supervisor import die_with_parent
 
 _FALLBACK_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/local/bin/mosquitto")
 
@@ -176,6 +179,9 @@ class Broker:
                 stdout=stderr,
                 stderr=stderr,
                 start_new_session=True,  # a Ctrl-C in the test runner must not kill it half-way
+                # ... but a SIGKILLed owner must not leave it behind. The death signal follows the
+                # *thread* that forks, so only a main-thread start ties it to the process.
+                preexec_fn=die_with_parent if threading.current_thread() is threading.main_thread() else None,
             )
         finally:
             stderr.close()

@@ -20,6 +20,25 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: SIGTERM this child when the process that started it dies (Linux).
+
+    Why: the children run in their own sessions (a Ctrl-C must not kill them
+    half-way), so if the demo or a test is SIGKILLed (a timeout) nothing else
+    would stop them, and a stray broker, controller or agent would keep
+    running and eat the CPU of whatever runs next. Best effort elsewhere.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux / no prctl: the clean stop path still applies
+        pass
+
 
 @dataclass
 class Proc:
@@ -62,6 +81,7 @@ class Supervisor:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **p.env},
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
 
     def _watch(self) -> None:

@@ -95,6 +95,15 @@ def _row(name: str, s: dict[str, Any]) -> str:
     )
 
 
+def _job_section(title: str, d: dict[str, Any], legend: str) -> list[str]:
+    """A DistillationJob's verdict and its metrics, parent against candidate."""
+    b, a = d.get("metricsBefore") or {}, d.get("metricsAfter") or {}
+    lines = [f"## {title}", "", f"Stage {d.get('stage')}: {d.get('message')}", "", "| metric | v1 | new |"]
+    lines.append("|---|---|---|")
+    lines += [f"| {k} | {b.get(k, '-')} | {a.get(k, '-')} |" for k in sorted(set(a) | set(b))]
+    return [*lines, "", legend, ""]
+
+
 def markdown(r: dict[str, Any]) -> str:
     lines = [
         "# EdgeLoop demo report",
@@ -128,23 +137,12 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append("")
     d = r.get("distillation")
     if d:
-        b, a = d.get("metricsBefore") or {}, d.get("metricsAfter") or {}
-        lines += [
-            "## DistillationJob",
-            "",
-            f"Stage {d.get('stage')}: {d.get('message')}",
-            "",
-            "| metric | v1 | new |",
-            "|---|---|---|",
-        ]
-        for k in sorted(set(a) | set(b)):
-            lines.append(f"| {k} | {b.get(k, '-')} | {a.get(k, '-')} |")
-        lines += [
-            "",
+        lines += _job_section(
+            "DistillationJob",
+            d,
             "`fixed_*`: SNIPS test restricted to the intents v1 was trained on (no regression allowed); "
             "`new_*`: held-out hard examples, teacher labels as gold.",
-            "",
-        ]
+        )
     elif r.get("distillation_available") is False:
         lines += [
             "DistillationJob: the controller has no DistillationJob reconciler yet; "
@@ -171,24 +169,13 @@ def markdown(r: dict[str, Any]) -> str:
         ]
     sd = r.get("sensor_distillation")
     if sd:
-        b, a = sd.get("metricsBefore") or {}, sd.get("metricsAfter") or {}
-        lines += [
-            "## Sensor DistillationJob",
-            "",
-            f"Stage {sd.get('stage')}: {sd.get('message')}",
-            "",
-            "| metric | v1 | new |",
-            "|---|---|---|",
-        ]
-        for k in sorted(set(a) | set(b)):
-            lines.append(f"| {k} | {b.get(k, '-')} | {a.get(k, '-')} |")
-        lines += [
-            "",
+        lines += _job_section(
+            "Sensor DistillationJob",
+            sd,
             "`fixed_*`: SKAB valve1 experiments with their gold labels, point-wise (SKAB protocol); "
             "`new_*`: held-out hard examples (windows the nodes were unsure about), the teacher's "
             "decision as gold.",
-            "",
-        ]
+        )
     ck = r.get("check") or {}
     if ck:
         lines += [

@@ -25,7 +25,7 @@ from edge_agent import wire
 
 pytest.importorskip("torch")
 
-from tests.test_distillation import NS, Loop, job_obj, stage_is, wait_job
+from tests.test_distillation import NS, Loop, job_obj, running_loop, stage_is, wait_job
 
 BAND = (0.35, 0.65)
 MODEL = "skab-sensor"
@@ -191,17 +191,8 @@ def test_unknown_group_fails_with_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.fixture
 async def sensor_loop(tmp_path: Path, sensor_case: dict[str, Any]) -> AsyncIterator[Loop]:
-    lp = Loop(tmp_path)
-    lp.artifacts.put_bundle(sensor_case["v1"], lp.key, task="sensor")
-    lp.hard.add_many([(e, 2000.0) for e in sensor_case["hard"]])
-    await lp.start()
-    try:
+    async with running_loop(tmp_path, sensor_case["v1"], "sensor", sensor_case["hard"]) as lp:
         yield lp
-    finally:
-        await lp.stop()
-        lp.kill_all()
-        lp.hard.close()
-        await lp.store.close()
 
 
 @pytest.mark.slow

@@ -268,11 +268,14 @@ class Loop:
                 os.kill(int(pid_file.read_text()), 9)
 
 
-@pytest.fixture
-async def loop(tmp_path: Path, parent_bundle: Path) -> AsyncIterator[Loop]:
-    lp = Loop(tmp_path)
-    lp.artifacts.put_bundle(parent_bundle, lp.key, task="chat")  # the release the job improves on
-    lp.hard.add_many([(e, 2000.0) for e in hard_examples()])
+@contextlib.asynccontextmanager
+async def running_loop(
+    tmp: Path, parent: Path, task: str, examples: list[wire.HardExample]
+) -> AsyncIterator[Loop]:
+    """A started Loop whose store already has ``parent`` released and ``examples`` received."""
+    lp = Loop(tmp)
+    lp.artifacts.put_bundle(parent, lp.key, task=task)  # the release the job improves on
+    lp.hard.add_many([(e, 2000.0) for e in examples])
     await lp.start()
     try:
         yield lp
@@ -281,6 +284,12 @@ async def loop(tmp_path: Path, parent_bundle: Path) -> AsyncIterator[Loop]:
         lp.kill_all()
         lp.hard.close()
         await lp.store.close()
+
+
+@pytest.fixture
+async def loop(tmp_path: Path, parent_bundle: Path) -> AsyncIterator[Loop]:
+    async with running_loop(tmp_path, parent_bundle, "chat", hard_examples()) as lp:
+        yield lp
 
 
 # --------------------------------------------------------------------------- (b) (c) (d) (e) local runs

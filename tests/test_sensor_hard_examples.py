@@ -27,9 +27,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent import topics, wire
 from edge_agent.config import AgentConfig, OutboxConfig, SensorConfig, WindowConfig
-from edge_agent.inference.bundle import write_bundle
 from edge_agent.inference.features import FeatureSpec
-from edge_agent.inference.sensor_runtime import SENSOR_TASK, SensorModel
+from edge_agent.inference.sensor_runtime import SensorModel, write_sensor_bundle
 from edge_agent.pipeline import Pipeline
 from edgeloop_sim.broker import Broker
 from tests.support import AgentProcess, agent_config
@@ -77,21 +76,12 @@ def tiny_sensor_bundle(
     spec = FeatureSpec(
         metrics=metrics, stats=("mean",), window_s=1.0, baseline_windows=2, scale_floor=(1.0,) * len(metrics)
     )
-    labels = {
-        "task": SENSOR_TASK,
-        "labels": ["normal", "anomaly"],
-        "threshold": threshold,
-        "input": "features",
-        "output": "score",
-    }
-    return write_bundle(
+    return write_sensor_bundle(
         directory,
-        {
-            "model.onnx": tiny_sensor_onnx(spec.n_features, gain),
-            "labels.json": json.dumps(labels).encode(),
-            "vocab.json": json.dumps(spec.to_json()).encode(),
-        },
-        {"name": name, "task": SENSOR_TASK, "version": version, "metrics": {}},
+        tiny_sensor_onnx(spec.n_features, gain),
+        spec,
+        threshold,
+        {"name": name, "version": version, "metrics": {}},
     )
 
 

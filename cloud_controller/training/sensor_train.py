@@ -45,9 +45,8 @@ from torch import nn
 from cloud_controller.datasets.skab import list_experiments, load_experiment
 from cloud_controller.training.export import quantize_int8
 from edge_agent.config import WindowConfig
-from edge_agent.inference.bundle import write_bundle
 from edge_agent.inference.features import FeatureSpec, feature_matrix, fit_baseline, model_input
-from edge_agent.inference.sensor_runtime import SENSOR_TASK
+from edge_agent.inference.sensor_runtime import write_sensor_bundle
 from edge_agent.preprocess.windows import WindowAggregator
 from edge_agent.wire import WindowSummary
 
@@ -452,28 +451,6 @@ def onnx_scores(path: Path, z: np.ndarray) -> np.ndarray:
     sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     (out,) = sess.run(["score"], {"features": np.asarray(z, np.float32)})
     return np.asarray(out, np.float64).reshape(-1)
-
-
-def write_sensor_bundle(
-    directory: Path, int8_path: Path, spec: FeatureSpec, threshold: float, manifest: dict[str, Any]
-) -> Path:
-    """A signed-to-be sensor bundle: the int8 model, its threshold, and the feature spec the edge needs."""
-    labels = {
-        "task": SENSOR_TASK,
-        "labels": ["normal", "anomaly"],
-        "threshold": threshold,
-        "input": "features",
-        "output": "score",
-    }
-    return write_bundle(
-        directory,
-        {
-            "model.onnx": int8_path,
-            "labels.json": json.dumps(labels).encode(),
-            "vocab.json": json.dumps(spec.to_json()).encode(),
-        },
-        {"task": SENSOR_TASK, **manifest},
-    )
 
 
 # -------------------------------------------------------------------------------- pipeline

@@ -23,6 +23,7 @@ the baseline-relative vector is the only input it can re-score).
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,10 +32,17 @@ import numpy as np
 import onnxruntime as ort
 
 from ..wire import WindowSummary
-from .bundle import Bundle, BundleError, load_bundle
+from .bundle import Bundle, BundleError, load_bundle, write_bundle
 from .features import DeviceBaseline, FeatureSpec, FeatureSpecError, feature_row, group_windows
 
-__all__ = ["DEFAULT_UNCERTAIN_BAND", "SENSOR_TASK", "Annotation", "SensorModel", "UncertainWindow"]
+__all__ = [
+    "DEFAULT_UNCERTAIN_BAND",
+    "SENSOR_TASK",
+    "Annotation",
+    "SensorModel",
+    "UncertainWindow",
+    "write_sensor_bundle",
+]
 
 SENSOR_TASK = "sensor-anomaly"
 # Scores strictly inside this band are "uncertain"; the agent passes its configured band.
@@ -173,3 +181,31 @@ class SensorModel:
             for w in summaries
         ]
         return Annotation(out, events, uncertain)
+
+
+def write_sensor_bundle(
+    directory: str | Path,
+    model: bytes | str | Path,
+    spec: FeatureSpec,
+    threshold: float,
+    manifest: dict[str, Any],
+) -> Path:
+    """A sensor bundle in the format :class:`SensorModel` reads: the ONNX model, its threshold and
+    input/output names (``labels.json``), the feature spec (``vocab.json``). Here, next to the reader,
+    so the trainer and the tests cannot drift from it."""
+    labels = {
+        "task": SENSOR_TASK,
+        "labels": ["normal", "anomaly"],
+        "threshold": threshold,
+        "input": "features",
+        "output": "score",
+    }
+    return write_bundle(
+        directory,
+        {
+            "model.onnx": model,
+            "labels.json": json.dumps(labels).encode(),
+            "vocab.json": json.dumps(spec.to_json()).encode(),
+        },
+        {"task": SENSOR_TASK, **manifest},
+    )

@@ -19,7 +19,7 @@ import shutil
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -48,6 +48,7 @@ from edge_agent.delivery.verify import verify_manifest
 from edge_agent.mqtt import MqttClient
 
 NS = "default"
+L = TypeVar("L", LocalJobLauncher, KubeJobLauncher)
 BASE = "snips?exclude=AddToPlaylist"
 MODEL = "chat-snips"
 
@@ -268,6 +269,23 @@ class Loop:
                 os.kill(int(pid_file.read_text()), 9)
 
 
+def signalling(base: type[L]) -> tuple[type[L], asyncio.Queue[JobRef], asyncio.Queue[JobRef]]:
+    """A launcher class that reports every start and stop on a queue: tests wait on them, not on time."""
+    started: asyncio.Queue[JobRef] = asyncio.Queue()
+    stopped: asyncio.Queue[JobRef] = asyncio.Queue()
+
+    class Signalling(base):  # type: ignore[valid-type,misc]
+        async def start(self, ref: JobRef) -> None:
+            await super().start(ref)
+            started.put_nowait(ref)
+
+        async def stop(self, ref: JobRef) -> None:
+            await super().stop(ref)
+            stopped.put_nowait(ref)
+
+    return Signalling, started, stopped
+
+
 @contextlib.asynccontextmanager
 async def running_loop(
     tmp: Path, parent: Path, task: str, examples: list[wire.HardExample]
@@ -403,17 +421,7 @@ def _alive(pid: int) -> bool:
 
 @needs_snips
 async def test_deleting_a_job_stops_its_local_runner(tmp_path: Path) -> None:
-    started: asyncio.Queue[JobRef] = asyncio.Queue()
-    stopped: asyncio.Queue[JobRef] = asyncio.Queue()
-
-    class SignallingLauncher(LocalJobLauncher):
-        async def start(self, ref: JobRef) -> None:
-            await super().start(ref)
-            started.put_nowait(ref)
-
-        async def stop(self, ref: JobRef) -> None:
-            await super().stop(ref)
-            stopped.put_nowait(ref)
+    SignallingLauncher, started, stopped = signalling(LocalJobLauncher)
 
     lp = Loop(tmp_path, SignallingLauncher)
     await lp.start()
@@ -740,24 +748,15 @@ def test_job_names_are_per_attempt_dns_labels() -> None:
 async def test_cluster_mode_creates_a_batch_job_and_maps_its_status(
     tmp_path: Path, parent_bundle: Path
 ) -> None:
-    import kmock
     from kubernetes import client
 
     from cloud_controller.resources.kube_store import KubeResourceStore
     from tests.kube_emulator import kube_emulator
 
-    started: asyncio.Queue[JobRef] = asyncio.Queue()
-
-    class SignallingLauncher(KubeJobLauncher):
-        async def start(self, ref: JobRef) -> None:
-            await super().start(ref)
-            started.put_nowait(ref)
+    SignallingLauncher, started, _ = signalling(KubeJobLauncher)
 
     async with kube_emulator() as (emu, api):
-        # The emulator serves only edgeloop kinds, leases and events: add batch/v1 Jobs (plain objects).
-        emu.resources["batch/v1/jobs"] = kmock.ResourceInfo(
-            kind="Job", namespaced=True, verbs={"get", "list", "watch", "create", "patch", "delete"}
-        )
+        _add_batch_jobs(emu)
         store = KubeResourceStore(api)
         artifacts = ArtifactStore(tmp_path / "artifacts")
         key = load_private_key(generate_keys(tmp_path / "keys").private_path)
@@ -863,17 +862,7 @@ async def test_cluster_restart_uses_a_new_job_name_and_deletes_the_old_attempt(t
     from cloud_controller.resources.kube_store import KubeResourceStore
     from tests.kube_emulator import kube_emulator
 
-    started: asyncio.Queue[JobRef] = asyncio.Queue()
-    stopped: asyncio.Queue[JobRef] = asyncio.Queue()
-
-    class SignallingLauncher(KubeJobLauncher):
-        async def start(self, ref: JobRef) -> None:
-            await super().start(ref)
-            started.put_nowait(ref)
-
-        async def stop(self, ref: JobRef) -> None:
-            await super().stop(ref)
-            stopped.put_nowait(ref)
+    SignallingLauncher, started, stopped = signalling(KubeJobLauncher)
 
     async with kube_emulator() as (emu, api):
         _add_batch_jobs(emu)

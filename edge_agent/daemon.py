@@ -34,7 +34,7 @@ from .inference.escalation import Escalator, hard_example_record
 from .logs import setup_logging
 from .metrics import AgentMetrics
 from .mqtt import Message, MqttClient, Will
-from .pipeline import ChatAnswer, ChatJob, Pipeline
+from .pipeline import ChatAnswer, ChatJob, ModelCounters, Pipeline
 from .redelivery import RedeliveryGuard
 from .sdnotify import Notifier, watchdog_interval
 from .supervise import Supervisor
@@ -152,6 +152,7 @@ class Agent:
         self._last_commit = time.monotonic()
         self._commit_lock = asyncio.Lock()
         self._synced: dict[str, float] = {}
+        self._synced_sensor: ModelCounters | None = None  # the object _synced["sensor_scored"] counts
         self.exit_code = 0
         self.metrics_port: int | None = None
         self.applied_generation = 0
@@ -604,6 +605,17 @@ class Agent:
         bump(m.uplink_bytes, "ubytes", u.bytes)
         for source, n in c.chat_by_source.items():
             bump(m.chat_messages.labels(source=source), f"chat:{source}", n)
+        # The sensor model's counters restart from zero, as a new object, with each model:
+        # sync the new one from zero. Windows scored by the old model after the last sync are
+        # not counted (at most a second's worth, once per swap).
+        sensor = self.pipeline.model_counters["sensor"]
+        if sensor is not self._synced_sensor:
+            self._synced_sensor = sensor
+            self._synced.pop("sensor_scored", None)
+        bump(m.sensor_windows_scored, "sensor_scored", sensor.samples)
+        bump(m.sensor_uncertain, "sensor_uncertain", c.sensor_uncertain)
+        bump(m.hard_examples, "hard", c.hard_examples)
+        bump(m.sensor_hard_examples_dropped, "sensor_hard_dropped", c.sensor_hard_examples_dropped)
         if self.escalator is not None:
             for outcome, n in self.escalator.stats.as_dict().items():
                 bump(m.escalations.labels(outcome=outcome), f"esc:{outcome}", n)

@@ -100,6 +100,25 @@ class AgentMetrics:
         self.model_loaded = Gauge(
             f"{p}model_loaded", "1 for the model version currently loaded", ["model", "version"], registry=r
         )
+
+        # Sensor escalation. Uncertain / scored is the sensor model's escalation rate; it is
+        # counted whether or not a hard example is sent, so it measures the model, not the cap.
+        self.sensor_windows_scored = Counter(
+            f"{p}sensor_windows_scored", "Sensor windows scored by the anomaly model", registry=r
+        )
+        self.sensor_uncertain = Counter(
+            f"{p}sensor_uncertain", "Sensor windows scored inside the uncertainty band", registry=r
+        )
+        # Unlabelled: the pipeline keeps one count for chat and sensor together, and a split
+        # derived from the sensor counters would be wrong while sensor hard examples are off.
+        self.hard_examples = Counter(
+            f"{p}hard_examples", "Hard examples enqueued for the cloud (chat and sensor)", registry=r
+        )
+        self.sensor_hard_examples_dropped = Counter(
+            f"{p}sensor_hard_examples_dropped",
+            "Uncertain sensor windows not sent upstream (over the per-minute cap, or not representable)",
+            registry=r,
+        )
         # Agent lifecycle.
         self.config_reload_failures = Counter(
             f"{p}config_reload_failures", "SIGHUP reloads rejected (the running config was kept)", registry=r

@@ -9,11 +9,13 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_agent.config import LogConfig
+from edge_agent.config import AgentConfig, LogConfig
+from edge_agent.daemon import Agent
 from edge_agent.logs import redact, redact_text, setup_logging, under_journal
 from edge_agent.metrics import AgentMetrics
 
@@ -76,7 +78,8 @@ def test_every_documented_metric_is_exported(metrics: AgentMetrics) -> None:
         "outbox_dropped", "outbox_rows", "outbox_bytes", "outbox_oldest_age_seconds", "uplink_published",
         "uplink_acked", "uplink_bytes", "uplink_inflight", "uplink_errors", "raw_equivalent_bytes",
         "mqtt_connected", "mqtt_reconnects", "chat_messages", "escalations", "inference_seconds",
-        "model_loaded", "build_info", "config_reload_failures",
+        "model_loaded", "build_info", "config_reload_failures", "sensor_windows_scored", "sensor_uncertain",
+        "hard_examples", "sensor_hard_examples_dropped",
     }  # fmt: skip
     assert {f"edgeloop_agent_{n}" for n in expected} <= names
 
@@ -121,6 +124,45 @@ def test_model_loaded_switches_versions(metrics: AgentMetrics) -> None:
         (("model", "anomaly"), ("version", "v7")): 1,
         (("model", "intent"), ("version", "v2")): 1,
     }
+
+
+async def test_agent_sync_mirrors_sensor_and_hard_example_counters(tmp_path: Path) -> None:
+    """The daemon's once-a-second sync moves the new counters, and survives a sensor model swap.
+
+    The sensor model's counters restart at zero with each model while a Prometheus
+    counter must only grow: the swap below is what a plain delta-from-last-value sync
+    would get wrong (it would stall until the new model passed the old one's count).
+    """
+    agent = Agent(AgentConfig(node_id="n1", state_dir=tmp_path / "agent"), environ={})
+    await agent.store.open()  # the sync reads the outbox totals too
+    names = ("sensor_windows_scored", "sensor_uncertain", "hard_examples", "sensor_hard_examples_dropped")
+
+    def exported() -> tuple[float, ...]:
+        samples = _samples(agent.metrics.render().decode())
+        return tuple(samples[(f"edgeloop_agent_{n}_total", ())] for n in names)
+
+    try:
+        p, c = agent.pipeline, agent.pipeline.counters
+        await agent._sync_metrics()
+        assert exported() == (0, 0, 0, 0)
+
+        p.model_counters["sensor"].samples = 10
+        c.sensor_uncertain, c.hard_examples, c.sensor_hard_examples_dropped = 3, 4, 1
+        await agent._sync_metrics()
+        assert exported() == (10, 3, 4, 1)
+        await agent._sync_metrics()  # nothing moved: nothing counted twice
+        assert exported() == (10, 3, 4, 1)
+
+        p.set_sensor_model(None)  # a model swap: a fresh ModelCounters from zero
+        p.model_counters["sensor"].samples = 2
+        c.sensor_uncertain, c.hard_examples, c.sensor_hard_examples_dropped = 5, 6, 2
+        await agent._sync_metrics()
+        assert exported() == (12, 5, 6, 2)
+        p.model_counters["sensor"].samples = 15
+        await agent._sync_metrics()
+        assert exported() == (25, 5, 6, 2)
+    finally:
+        await agent.store.close()
 
 
 # --- logs -------------------------------------------------------------------

@@ -91,6 +91,27 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         [("min by (instance) (edgeloop_agent_mqtt_connected)", "{{instance}}")],
     ),
     (
+        # Counted whether or not a hard example is sent: the sensor model's rate, not the cap's.
+        "Agent: sensor escalation rate",
+        "percentunit",
+        [
+            (
+                "sum(rate(edgeloop_agent_sensor_uncertain_total[15m])) / "
+                "sum(rate(edgeloop_agent_sensor_windows_scored_total[15m]))",
+                "uncertain / windows scored",
+            )
+        ],
+    ),
+    (
+        # One series for both tasks: the agent counts chat and sensor hard examples together.
+        "Agent: hard examples / s",
+        "ops",
+        [
+            ("sum(rate(edgeloop_agent_hard_examples_total[5m]))", "enqueued (chat + sensor)"),
+            ("sum(rate(edgeloop_agent_sensor_hard_examples_dropped_total[5m]))", "sensor dropped by the cap"),
+        ],
+    ),
+    (
         "Controller: summaries stored / s",
         "ops",
         [
@@ -107,6 +128,16 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         "Controller: nodes registered",
         "short",
         [("max(edgeloop_controller_nodes_registered_total)", "registered")],
+    ),
+    (
+        # Labelled / unlabelled count sensor examples only: chat ones arrive with the teacher's answer.
+        "Controller: hard examples stored / labelled / unlabelled / s",
+        "ops",
+        [
+            ("sum(rate(edgeloop_controller_ingest_hard_examples_total[5m]))", "stored"),
+            ("sum(rate(edgeloop_controller_ingest_hard_examples_labelled_total[5m]))", "sensor labelled"),
+            ("sum(rate(edgeloop_controller_ingest_hard_examples_unlabelled_total[5m]))", "sensor unlabelled"),
+        ],
     ),
 ]
 

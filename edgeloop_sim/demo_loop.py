@@ -555,7 +555,12 @@ class Loop:
                     "minTeacherConfidence": a.min_teacher_confidence,
                     "maxHardExamples": 5000,
                 },
-                "gate": {"metric": "intent_acc", "maxRegression": a.max_regression, "minGain": 1.0},
+                "gate": {
+                    "metric": "intent_acc",
+                    "maxRegression": a.max_regression,
+                    "minGain": 1.0,
+                    "guards": [{"metric": "escalation_rate", "maxRegression": 0.06}],
+                },
                 "outputModel": MODEL_NAME,
                 "rollout": {
                     "auto": True,
@@ -581,7 +586,12 @@ class Loop:
                 "alpha": 0.5,
                 "data": {"base": SENSOR_BASE, "hardExamplesSince": since, "maxHardExamples": 20000},
                 # Gain: agreement with the teacher on held-out new windows; no regression on valve1 (gold).
-                "gate": {"metric": "f1", "maxRegression": a.max_regression, "minGain": 0.5},
+                "gate": {
+                    "metric": "f1",
+                    "maxRegression": a.max_regression,
+                    "minGain": 0.5,
+                    "guards": [{"metric": "escalation_rate", "maxRegression": 0.05}],
+                },
                 "outputModel": SENSOR_MODEL_NAME,
                 # No analysis: between the phases no sensor traffic flows; health (load, activate) gates.
                 "rollout": {

@@ -353,16 +353,36 @@ def infer_direction(metric: str) -> Literal["higher", "lower"]:
     return "lower" if lower else "higher"
 
 
+class GateGuard(_Model):
+    """A second metric bounded on the fixed set only, with the same direction rules as the gate's.
+
+    The gate's metric alone can pass a version that is worse where it matters elsewhere (a chat
+    student gaining ``intent_acc`` while sending more of the old traffic to the cloud); a guard
+    bounds that. Fixed set only: it asks "does the old traffic get worse", not for a gain, and
+    ``maxRegression`` is required because a guard without a bound would check nothing.
+    """
+
+    metric: str
+    direction: Literal["higher", "lower"] | None = None
+    max_regression: Annotated[float, Field(ge=0, le=100)]
+
+    @property
+    def effective_direction(self) -> Literal["higher", "lower"]:
+        return self.direction or infer_direction(self.metric)
+
+
 class Gate(_Model):
     """``maxRegression`` and ``minGain`` are positive amounts in the metric's unit, measured in its
     good direction: for a lower-is-better metric a gain is a decrease and a regression an increase.
     ``direction`` unset means inferred from the metric's name (:func:`infer_direction`), so existing
-    objects keep validating and a gate on ``escalation_rate`` is not silently inverted."""
+    objects keep validating and a gate on ``escalation_rate`` is not silently inverted. ``guards``
+    unset (not an empty list) so an object without them dumps back unchanged."""
 
     metric: str = "intent_acc"
     direction: Literal["higher", "lower"] | None = None
     max_regression: Annotated[float, Field(ge=0, le=100)] | None = None
     min_gain: Annotated[float, Field(ge=-100, le=100)] | None = None
+    guards: Annotated[list[GateGuard], Field(max_length=8)] | None = None
 
     @property
     def effective_direction(self) -> Literal["higher", "lower"]:

@@ -307,7 +307,13 @@ def run(spec: RunnerSpec, out: Path, progress: Progress) -> dict[str, Any]:
     train = keep + augment_swap_slots(keep, cfg.augment_copies, cfg.seed) + new_train * spec.hard_repeat
     tok = Tokenizer.build([e.tokens for e in train], n_buckets=cfg.n_buckets)
     soft = _teacher_logits(spec, train, keep, intents, tags, cfg)
-    model, info = train_student(cfg, tok, train, valid, intents, tags, soft, desc="student (re-distill)")
+
+    def on_progress(done: int, total: int, message: str) -> None:
+        progress("Training", 0.12 + 0.56 * done / max(1, total), message)
+
+    model, info = train_student(
+        cfg, tok, train, valid, intents, tags, soft, desc="student (re-distill)", on_progress=on_progress
+    )
     progress("Training", 0.7, f"trained in {info['train_seconds']:.1f}s; exporting int8")
     fp32 = export_onnx(model, out / "student_fp32.onnx", tok.max_ngrams)
     int8 = quantize_int8(fp32, out / "student_int8.onnx", per_channel=True)

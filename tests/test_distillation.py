@@ -331,6 +331,11 @@ async def test_job_runs_through_stages_and_releases_a_signed_model_with_rollout(
     # Only the confident teacher answers were trained on.
     work = next((loop.tmp / "work").iterdir())
     assert len((work / "hard_examples.jsonl").read_text().splitlines()) == 40
+    # Training reports per epoch, not only at its start and end.
+    lines = [json.loads(x) for x in (work / "progress.jsonl").read_text().splitlines()]
+    training = [x for x in lines if x["stage"] == "Training"]
+    assert sum("epoch" in x["message"] for x in training) >= 4  # epochs=4 in the job
+    assert [x["progress"] for x in lines] == sorted(x["progress"] for x in lines)
     # The EdgeModel pins a real, signed release.
     model = await loop.store.get("EdgeModel", NS, "chat-snips-2")
     rel = loop.artifacts.get(MODEL, "2")

@@ -20,7 +20,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -195,8 +195,14 @@ def train_student(
     teacher: TeacherLogits | None = None,
     desc: str = "student",
     word_vectors: np.ndarray | None = None,
+    on_progress: Callable[[int, int, str], None] | None = None,
 ) -> tuple[StudentTagger, dict[str, Any]]:
-    """Train with Adam + linear decay; keep the epoch with the best valid intent acc + slot F1."""
+    """Train with Adam + linear decay; keep the epoch with the best valid intent acc + slot F1.
+
+    ``on_progress(done_batches, total_batches, message)`` is called at most
+    every 2 s and after each epoch: a DistillationJob's status follows the
+    training instead of jumping from 12 % to 70 % after minutes.
+    """
     torch.set_num_threads(torch_threads())
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -221,7 +227,9 @@ def train_student(
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     history: list[dict[str, float]] = []
     start = time.perf_counter()
-    bar = tqdm(total=cfg.epochs * n_batches, desc=desc, unit="batch")
+    total = cfg.epochs * n_batches
+    bar = tqdm(total=total, desc=desc, unit="batch", disable=None)  # None: no bars into log files
+    done, last_report = 0, time.monotonic()
     for epoch in range(cfg.epochs):
         model.train()
         order = sorted(range(len(train)), key=lambda i: (len(enc.words[i]), rng.random()))
@@ -252,12 +260,19 @@ def train_student(
             sched.step()
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
+            done += 1
+            if on_progress is not None and time.monotonic() - last_report >= 2.0:
+                last_report = time.monotonic()
+                on_progress(done, total, f"epoch {epoch + 1}/{cfg.epochs}, batch {done}/{total}")
         m = evaluate_torch(model, venc, valid, intents, tags)
         history.append({"epoch": epoch + 1, **m.as_dict()})
-        bar.write(
+        line = (
             f"{desc} epoch {epoch + 1}: valid intent {m.intent_acc:.2f} slot F1 {m.slot_f1:.2f} "
             f"sentence {m.sentence_acc:.2f}"
         )
+        bar.write(line)
+        if on_progress is not None:
+            on_progress(done, total, line)
         score = m.intent_acc + m.slot_f1
         if best is None or score > best[0]:
             best = (score, {k: v.detach().clone() for k, v in model.state_dict().items()})

@@ -67,12 +67,22 @@ ProgressFn = Callable[[Any, float, str], None]
 
 
 def teacher_probability(h: StoredHardExample) -> float | None:
-    """The teacher's anomaly probability: ``score``, else from label + confidence; None if neither."""
+    """The teacher's anomaly probability, on the side of 0.5 its decision is on; None if unusable.
+
+    ``score`` when given, else label + confidence. A teacher bundle may have
+    another threshold than 0.5: when its label and its score disagree about the
+    side, the label wins (the probability is mirrored), because the student's
+    threshold is 0.5 and the label is what the teacher decided.
+    """
     t = h.teacher or {}
+    label = t.get("label", h.label)
     s = t.get("score")
     if isinstance(s, int | float) and not isinstance(s, bool) and 0.0 <= float(s) <= 1.0:
-        return float(s)
-    label, conf = t.get("label", h.label), t.get("confidence", h.confidence)
+        p = float(s)
+        if label in ("anomaly", "normal") and (p > 0.5) != (label == "anomaly"):
+            p = 1.0 - p
+        return p
+    conf = t.get("confidence", h.confidence)
     if label in ("anomaly", "normal") and isinstance(conf, int | float) and 0.0 <= float(conf) <= 1.0:
         return float(conf) if label == "anomaly" else 1.0 - float(conf)
     return None

@@ -106,6 +106,21 @@ def _stored(h: wire.HardExample) -> StoredHardExample:
     )
 
 
+def test_teacher_probability_follows_the_teachers_decision() -> None:
+    from cloud_controller.distill_sensor import teacher_probability
+
+    def ex(**teacher: Any) -> StoredHardExample:
+        return StoredHardExample("i", 0.0, 0.0, "n", "sensor", None, [0.0], None, None, teacher, {})
+
+    assert teacher_probability(ex(score=0.7, label="anomaly")) == 0.7
+    # A teacher with threshold 0.8 said "normal" at 0.7: the student (threshold 0.5) must learn "normal".
+    assert teacher_probability(ex(score=0.7, label="normal")) == pytest.approx(0.3)
+    assert teacher_probability(ex(label="anomaly", confidence=0.9)) == 0.9
+    assert teacher_probability(ex(label="normal", confidence=0.9)) == pytest.approx(0.1)
+    assert teacher_probability(ex(label="anomaly")) is None
+    assert teacher_probability(ex(score=1.5)) is None
+
+
 def test_parse_base_groups() -> None:
     b = parse_base("skab?groups=valve1,valve2")
     assert b.dataset == "skab" and b.groups == ["valve1", "valve2"] and b.exclude == []

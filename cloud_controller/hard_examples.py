@@ -371,8 +371,19 @@ def handle_hard_examples(
 def _label_sensor(
     good: list[tuple[wire.HardExample, float]], label: SensorLabeller | None, result: HandleResult
 ) -> None:
-    """Fill ``teacher`` of the burst's unlabelled sensor examples in place, in one labeller call."""
-    todo = [i for i, (ex, _) in enumerate(good) if ex.task == "sensor" and ex.teacher is None]
+    """Fill ``teacher`` of the burst's sensor examples in place, in one labeller call.
+
+    With a teacher, every sensor example is labelled here, also one that
+    arrives with a ``teacher`` answer: our agents never send one (there is no
+    sensor round trip), so a node-supplied label is at best stale and at worst
+    an attempt to steer training; the cloud's teacher is the authority.
+    Without a teacher, a supplied answer is kept (an external labeller).
+    """
+    todo = [
+        i
+        for i, (ex, _) in enumerate(good)
+        if ex.task == "sensor" and (ex.teacher is None or label is not None)
+    ]
     if not todo:
         return
 

@@ -134,7 +134,7 @@ def test_ingest_labels_sensor_examples_before_storing_them(
     with HardExampleStore(tmp_path / "hard.db") as store:
         res = handle_hard_examples(store, burst, received=5000.0, label_sensor=teacher.label)
         assert (res.accepted, res.duplicates, res.rejected) == (7, 0, {})
-        assert res.labelled == 4 and res.unlabelled == {"feature_mismatch": 1}
+        assert res.labelled == 5 and res.unlabelled == {"feature_mismatch": 1}
         assert teacher.stats.batches == 1  # the burst's vectors in one call
 
         rows = {r.id: r for r in store.since(None, "sensor")}
@@ -149,13 +149,16 @@ def test_ingest_labels_sensor_examples_before_storing_them(
             assert row.confidence == approx(max(p, 1 - p))
             assert row.teacher is not None and row.teacher["model"] == TEACHER
             assert row.features == ex.features and row.student == ex.student
-        assert rows["pre-labelled"].teacher == already  # a teacher answer from the node is kept
-        # Windows 2 and 4 (x0 = +-log1p(0.2)) get confidence 0.675; windows 1 and 5 (x0 = 0) 0.5.
+        # A label the node sent is replaced by the cloud teacher's: nodes cannot steer training.
+        pre = rows["pre-labelled"]
+        assert pre.teacher is not None and pre.teacher["model"] == TEACHER and pre.teacher != already
+        # Windows 2 and 4 (x0 = +-log1p(0.2)) get confidence 0.675; windows 1 and 5 (x0 = 0) and the
+        # pre-labelled vector (x0 = 0) 0.5.
         confident = store.since(None, "sensor", min_confidence=0.6)
-        assert len(confident) == 3 and all(
+        assert len(confident) == 2 and all(
             r.confidence is not None and r.confidence >= 0.6 for r in confident
         )
-        assert sorted(str(r.label) for r in confident if r.id != "pre-labelled") == ["anomaly", "normal"]
+        assert sorted(str(r.label) for r in confident) == ["anomaly", "normal"]
 
         # A redelivered burst: nothing new, the labels stay as first stored.
         again = handle_hard_examples(store, burst, received=6000.0, label_sensor=teacher.label)

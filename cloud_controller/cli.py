@@ -136,8 +136,28 @@ command(
 from .app import configure_run_args as _run_args  # noqa: E402
 from .app import run_command as _run_command  # noqa: E402
 
-command("run", "run the controller: ingest, reconcilers, desired state, /healthz /readyz /metrics",
-        _run_args)(_run_command)
+command(
+    "run", "run the controller: ingest, reconcilers, desired state, /healthz /readyz /metrics", _run_args
+)(_run_command)
+
+# --------------------------------------------------------------------------- config-reference
+
+
+def _config_reference_args(p: argparse.ArgumentParser) -> None:
+    """No options: the reference is one document, written to stdout."""
+
+
+@command(
+    "config-reference",
+    "print the controller configuration reference (Markdown; docs/controller-configuration.md)",
+    _config_reference_args,
+)
+def _config_reference(args: argparse.Namespace) -> int:
+    from .config_reference import render
+
+    print(render(), end="")
+    return 0
+
 
 # --------------------------------------------------------------------------- main
 

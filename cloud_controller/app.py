@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any, Literal
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cloud_controller.artifacts import ArtifactStore
 from cloud_controller.desired import DesiredPublisher, RefFor, default_ref
@@ -643,13 +644,26 @@ def settings_from_args(
     if args.broker:
         host, _, port = str(args.broker).rpartition(":")
         if not host or not port.isdigit():
-            raise SystemExit(f"--broker: expected HOST:PORT, got {args.broker!r}")
-        settings.mqtt = settings.mqtt.model_copy(update={"host": host, "port": int(port)})
+            raise ValueError(f"--broker: expected HOST:PORT, got {args.broker!r}")
+        # Validated like every other setting (model_copy would not: --broker h:99999 must fail).
+        settings.mqtt = MqttConfig.model_validate(
+            {**settings.mqtt.model_dump(), "host": host, "port": int(port)}
+        )
     return settings
 
 
 def run_command(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:  # a bad flag or EDGELOOP_* value: say which, no traceback
+        errors = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"cloud-controller run: invalid settings: {errors}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # e.g. EDGELOOP_MQTT_PORT=abc
+        print(f"cloud-controller run: invalid settings: {exc}", file=sys.stderr)
+        return 2
     if settings.log_format == "json":
         from edge_agent.logs import JsonFormatter
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -114,3 +115,28 @@ def test_controller_reference_precedence_notes_hold() -> None:
     flagged = settings(["--namespace", "from-flag", "--broker", "flag-host:1", "--store", "x.db"], env)
     assert (flagged.namespace, flagged.mqtt.host) == ("from-flag", "flag-host")
     assert flagged.kube  # EDGELOOP_STORE=kubernetes survives --store
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--broker", "127.0.0.1:99999"], {}, "port: Input should be less than or equal to 65535"),
+        (["--broker", "no-port"], {}, "--broker: expected HOST:PORT"),
+        (["--http-port", "70000"], {}, "http_port: Input should be less than or equal to 65535"),
+        ([], {"EDGELOOP_MQTT_PORT": "abc"}, "invalid literal for int()"),
+    ],
+)
+def test_controller_run_rejects_bad_settings_with_a_clear_error(
+    tmp_path: Path, argv: list[str], env: dict[str, str], message: str
+) -> None:
+    """A bad flag or EDGELOOP_* value ends `run` with exit 2 and one line naming it, not a traceback."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "cloud_controller.cli", "run", "--store", str(tmp_path / "r.db"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr

@@ -199,6 +199,8 @@ class AgentConfig(_Section):
     log: LogConfig = Field(default_factory=LogConfig)
     shutdown_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
     watchdog_interval_s: Annotated[float, Field(gt=0)] | None = None  # default: from WATCHDOG_USEC
+    # After a burst, give freed heap pages back to the OS at most this often (glibc); 0 = never.
+    heap_trim_interval_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
 
     @property
     def db_path(self) -> Path:

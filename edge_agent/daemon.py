@@ -28,6 +28,7 @@ from .delivery.store import AgentStore, DeadLetter, OutboxRecord
 from .delivery.uplink import Uplink
 from .delivery.verify import key_id, load_public_key
 from .errors import ConfigError, MqttError, OutboxError, RejectedMessage
+from .heap import HeapTrimmer
 from .inference.answer_cache import AnswerCache
 from .inference.budget import EscalationBudget
 from .inference.escalation import Escalator, hard_example_record
@@ -153,6 +154,7 @@ class Agent:
         self._commit_lock = asyncio.Lock()
         self._synced: dict[str, float] = {}
         self._synced_sensor: ModelCounters | None = None  # the object _synced["sensor_scored"] counts
+        self.heap = HeapTrimmer(cfg.heap_trim_interval_s)
         self.exit_code = 0
         self.metrics_port: int | None = None
         self.applied_generation = 0
@@ -578,6 +580,9 @@ class Agent:
             if expired:
                 log.warning("outbox records expired by age", extra={"count": expired})
             await self._sync_metrics()
+            c = self.pipeline.counters
+            self.heap.interval_s = self.cfg.heap_trim_interval_s  # follows a reload
+            self.heap.maybe_trim(time.monotonic(), float(sum(c.messages.values()) + self.uplink.stats.acked))
             if time.monotonic() - last_status >= self.cfg.uplink.status_interval_s:
                 last_status = time.monotonic()
                 await self._publish_status()

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -330,10 +331,48 @@ async def test_fan_out_1mb_to_50_nodes(cloud: Cloud, make_node: Callable[..., Mo
     assert rel.size > 1_000_000
     nodes = [make_node(f"bench-{i:03d}") for i in range(50)]
     t0 = time.perf_counter()
-    results = await asyncio.wait_for(
-        asyncio.gather(*(n.apply(desired(rel.model_ref())) for n in nodes)), 60
-    )
+    results = await asyncio.wait_for(asyncio.gather(*(n.apply(desired(rel.model_ref())) for n in nodes)), 60)
     elapsed = time.perf_counter() - t0
     assert all(r["chat"].state == "active" for r in results)
     mb = rel.size * len(nodes) / 1e6
     print(f"\nfan-out: {rel.size} B x {len(nodes)} nodes in {elapsed:.2f}s ({mb / elapsed:.1f} MB/s)")
+
+
+async def test_two_tasks_installing_at_once_do_not_prune_each_other(
+    tmp_path: Path, mqtt_cfg: MqttConfig, cloud: Cloud
+) -> None:
+    """Chat activates (and prunes unreferenced versions) while the sensor model is still loading:
+    the sensor's freshly unpacked version must survive. (Seen in CI: "has no release.json".)"""
+    chat_pruned = threading.Event()
+
+    class SlowSensor(TinyModel):
+        def __init__(self, path: Path) -> None:
+            assert chat_pruned.wait(10), "chat never activated"
+            super().__init__(path)  # reads the bundle files after chat's prune
+
+    class Node(ModelManager):
+        async def _activate(self, task: str, ref: ModelRef, path: Path) -> None:
+            await super()._activate(task, ref, path)
+            if task == "chat":
+                chat_pruned.set()  # _activate ends with the prune
+
+    sensor_bundle = write_bundle(
+        tmp_path / "bundles" / "sensor-1",
+        {
+            "model.onnx": tiny_onnx(7),
+            "labels.json": json.dumps({"intents": ["a", "b", "c"], "tags": ["O"]}).encode(),
+            "vocab.json": b"{}",
+        },
+        {"name": "tiny-sensor", "task": "sensor", "version": "1", "metrics": {}},
+    )
+    chat_rel = await cloud.release("1")
+    sensor_rel = cloud.store.put_bundle(sensor_bundle, cloud.key, task="sensor")
+    await cloud.publisher.publish(sensor_rel)
+    agent_client = MqttClient(mqtt_cfg, f"edge-agent-{NODE}")
+    node = Node(
+        tmp_path / NODE, agent_client, cloud.pinned, {"chat": TinyModel, "sensor": SlowSensor}, health
+    )
+    status = await asyncio.wait_for(node.apply(desired(chat_rel.model_ref(), sensor_rel.model_ref())), 30)
+    assert status["chat"].state == "active" and status["sensor"].state == "active", status
+    assert (tmp_path / NODE / "models" / "tiny-sensor" / "1" / "release.json").is_file()
+    await node.stop()

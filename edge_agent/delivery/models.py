@@ -39,6 +39,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +184,9 @@ class ModelManager:
         self._refused: dict[str, str] = {}  # digest -> error; permanent, never retried
         self._transfers: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Directories a convergence is using (its download, its unpacked version), with a count of
+        # users: another task's activation prunes, and must not delete what this one is about to load.
+        self._busy: Counter[Path] = Counter()
 
     # ------------------------------------------------------------------ public API
 
@@ -286,6 +290,8 @@ class ModelManager:
     async def _converge(self, task: str, ref: ModelRef) -> None:
         lock = self._locks.setdefault(task, asyncio.Lock())
         before = self._status.get(task)
+        busy = [self._partial_dir(ref.digest), self.root / ref.name / ref.version]
+        self._busy.update(busy)
         try:
             if task != ref.task or task not in self.loaders:
                 raise ModelRejected("malformed", f"release for task {ref.task!r} in slot {task!r}")
@@ -309,6 +315,9 @@ class ModelManager:
             log.exception("installing %s model %s@%s failed", task, ref.name, ref.version)
             self._set_status(task, "failed", error=f"{ref.name}@{ref.version} {type(exc).__name__}: {exc}",
                              ref=ref)
+        finally:
+            self._busy.subtract(busy)
+            self._busy += Counter()  # drop the zero counts
 
     def _partial_dir(self, digest: str) -> Path:
         return self.root / ".partial" / digest.removeprefix("sha256:")
@@ -577,7 +586,8 @@ class ModelManager:
             for entry in (ptr, ptr.get("previous") or {}):
                 if "name" in entry:
                     keep.add(self.root / entry["name"] / entry["version"])
-        wanted = {self._partial_dir(d) for d, t in self._transfers.values() if not t.done()}
+        keep |= set(self._busy)  # what another task's convergence is about to unpack or load
+        wanted = {self._partial_dir(d) for d, t in self._transfers.values() if not t.done()} | set(self._busy)
         pdir = self.root / ".partial"
         for partial in pdir.iterdir() if pdir.is_dir() else []:
             if partial not in wanted:  # superseded downloads; the running one keeps its chunks

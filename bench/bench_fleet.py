@@ -330,28 +330,14 @@ async def publish_release(broker: Broker, root: Path, rel: Any) -> float:
         await client.stop()
 
 
-async def create_rollout(store_path: Path, rel: Any) -> None:
+async def create_rollout(store_path: Path, root: Path, rel: Any) -> None:
+    from cloud_controller.artifacts import ArtifactStore
     from cloud_controller.resources.sqlite_store import SqliteResourceStore
     from cloud_controller.resources.store import API_VERSION
 
     store = SqliteResourceStore(store_path)
     try:
-        await store.create(
-            {
-                "apiVersion": API_VERSION,
-                "kind": "EdgeModel",
-                "metadata": {"name": "sim-model-2", "namespace": "default"},
-                "spec": {
-                    "model": rel.name,
-                    "task": rel.task,
-                    "version": rel.version,
-                    "digest": rel.digest,
-                    "sizeBytes": rel.size,
-                    "signature": rel.parsed["signature"],
-                    "keyId": rel.parsed["key_id"],
-                },
-            }
-        )
+        await store.create(ArtifactStore(root / "artifacts").edge_model(rel, name="sim-model-2"))
         await store.create(
             {
                 "apiVersion": API_VERSION,
@@ -539,7 +525,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sim.set_rate(args.rollout_rate)
         time.sleep(3)  # bench: nodes re-seen after the restart
         t = time.time()
-        asyncio.run(create_rollout(ctl.store, rel))
+        asyncio.run(create_rollout(ctl.store, root, rel))
         st: dict[str, Any] = {}
         deadline = t + args.rollout_timeout
         steps: dict[int, float] = {}

@@ -91,6 +91,47 @@ class ArtifactStore:
         self.root = Path(root)
         self.chunk_size = chunk_size
 
+    # ------------------------------------------------------------------ resources
+
+    def edge_model(
+        self,
+        rel: Release,
+        *,
+        namespace: str = "default",
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        metrics: dict[str, float] | None = None,
+        **spec: Any,
+    ) -> dict[str, Any]:
+        """The ``EdgeModel`` that pins ``rel``: digest, size, signature and this store's URI.
+
+        One place for it: the DistillationJob reconciler, the operator CLI path of
+        the demo and the fleet bench all publish releases the same way.
+        """
+        from .resources.store import API_VERSION
+
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "EdgeModel",
+            "metadata": {
+                "name": name or f"{rel.name}-{rel.version}",
+                "namespace": namespace,
+                "labels": {"edgeloop.io/model": rel.name, **(labels or {})},
+            },
+            "spec": {
+                "model": rel.name,
+                "task": rel.task,
+                "version": rel.version,
+                "digest": rel.digest,
+                "sizeBytes": rel.size,
+                "uri": (self.root / "releases" / rel.name / rel.version).resolve().as_uri(),
+                "signature": rel.parsed["signature"],
+                "keyId": rel.parsed["key_id"],
+                "metrics": dict(metrics or {}),
+                **spec,
+            },
+        }
+
     # ------------------------------------------------------------------ blobs
 
     def _blob_path(self, hexdigest: str) -> Path:

@@ -680,28 +680,11 @@ class Loop:
 
 
 def edge_model(rel: Any, artifacts: Path) -> dict[str, Any]:
-    return {
-        "apiVersion": "edgeloop.io/v1alpha1",
-        "kind": "EdgeModel",
-        "metadata": {
-            "name": f"{rel.name}-{rel.version}",
-            "namespace": "default",
-            "labels": {"edgeloop.io/model": rel.name},
-        },
-        "spec": {
-            "model": rel.name,
-            "task": rel.task,
-            "version": rel.version,
-            "digest": rel.digest,
-            "sizeBytes": rel.size,
-            "uri": (artifacts / "releases" / rel.name / rel.version).resolve().as_uri(),
-            "signature": rel.parsed["signature"],
-            "keyId": rel.parsed["key_id"],
-            "metrics": {
-                k: float(v) for k, v in rel.parsed.get("metrics", {}).items() if isinstance(v, int | float)
-            },
-        },
-    }
+    """The EdgeModel an operator applies for a release (its own metrics copied into the spec)."""
+    from cloud_controller.artifacts import ArtifactStore
+
+    metrics = {k: float(v) for k, v in rel.parsed.get("metrics", {}).items() if isinstance(v, int | float)}
+    return ArtifactStore(artifacts).edge_model(rel, metrics=metrics)
 
 
 def rollout(name: str, model: str, version: str, weights: list[int], pause: int = 0) -> dict[str, Any]:

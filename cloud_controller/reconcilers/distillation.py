@@ -799,28 +799,15 @@ def make_distillation_reconciler(
             await s.publish(rel)
         name = _k8s_name(rel.name, rel.version)
         metrics = {k: float(v) for k, v in result.get("metrics_after", {}).items()}
-        model = {
-            "apiVersion": API_VERSION,
-            "kind": "EdgeModel",
-            "metadata": {
-                "name": name,
-                "namespace": ref.namespace,
-                "labels": {"edgeloop.io/model": rel.name, "edgeloop.io/produced-by": ref.name[:63]},
-            },
-            "spec": {
-                "model": rel.name,
-                "task": job.spec.task,
-                "version": rel.version,
-                "digest": rel.digest,
-                "sizeBytes": rel.size,
-                "uri": (s.artifacts.root / "releases" / rel.name / rel.version).resolve().as_uri(),
-                "signature": rel.parsed["signature"],
-                "keyId": rel.parsed["key_id"],
-                "metrics": metrics,
-                "producedBy": ref.name,
-                **({"parentVersion": spec.parent_version} if spec.parent_version else {}),
-            },
-        }
+        model = s.artifacts.edge_model(
+            rel,
+            namespace=ref.namespace,
+            name=name,
+            labels={"edgeloop.io/produced-by": ref.name[:63]},
+            metrics=metrics,
+            producedBy=ref.name,
+            **({"parentVersion": spec.parent_version} if spec.parent_version else {}),
+        )
         try:
             await store.create(model)
             await emit(store, obj, "ModelCreated", f"EdgeModel {name}: {rel.name}@{rel.version} {rel.digest}")

@@ -29,7 +29,7 @@ import yaml
 
 from cloud_controller.receiver import SummaryStore
 from edgeloop_sim.broker import Broker
-from edgeloop_sim.replay import ReplayConfig, ReplayResult, replay, select_devices
+from edgeloop_sim.replay import BackgroundReplay, ReplayConfig, ReplayResult, Source, select_devices
 from edgeloop_sim.supervisor import Supervisor
 
 
@@ -159,33 +159,27 @@ def main(argv: list[str] | None = None) -> int:
         _wait_agents_connected(out, edges)
         replies = ChatReplies(broker.port)
 
+        sources: list[tuple[Source, int]] = [("skab", 20), ("nab", 20), ("snips", 1)]
+        runs = {
+            source: BackgroundReplay(
+                source, _with(base, batch=batch, client_id=f"demo-{source}"), name=source
+            )
+            for source, batch in sources
+        }
+        say("replaying SKAB (pump sensors), NAB (streams) and SNIPS (chat) into the agents")
+        for r in runs.values():
+            r.start()
+        while any(r.alive for r in runs.values()):
+            for r in runs.values():
+                r.join(2.0)
+            say(f"cloud has {_cloud_readings(db):,} readings so far")
         results: dict[str, ReplayResult] = {}
         errors: list[str] = []
-
-        def run(source: str, cfg: ReplayConfig) -> None:
+        for source, r in runs.items():
             try:
-                results[source] = replay(source, cfg)  # type: ignore[arg-type]
+                results[source] = r.result(0)
             except Exception as exc:
                 errors.append(f"{source}: {exc}")
-
-        threads = [
-            threading.Thread(
-                target=run, args=("skab", _with(base, batch=20, client_id="demo-skab")), name="skab"
-            ),
-            threading.Thread(
-                target=run, args=("nab", _with(base, batch=20, client_id="demo-nab")), name="nab"
-            ),
-            threading.Thread(
-                target=run, args=("snips", _with(base, batch=1, client_id="demo-snips")), name="snips"
-            ),
-        ]
-        say("replaying SKAB (pump sensors), NAB (streams) and SNIPS (chat) into the agents")
-        for t in threads:
-            t.start()
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(2.0)
-            say(f"cloud has {_cloud_readings(db):,} readings so far")
         if errors:
             raise SystemExit("replay failed: " + "; ".join(errors))
         sent = sum(r.readings for k, r in results.items() if k != "snips")

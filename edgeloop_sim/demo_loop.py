@@ -64,7 +64,7 @@ from edgeloop_sim.demo_models import (
     ensure_models,
     ensure_sensor_models,
 )
-from edgeloop_sim.replay import ReplayConfig, ReplayResult, replay, select_devices
+from edgeloop_sim.replay import BackgroundReplay, ReplayConfig, Source, select_devices
 from edgeloop_sim.supervisor import Supervisor
 
 Say = Callable[[str], None]
@@ -283,19 +283,12 @@ class Loop:
         )
 
         # NAB flows for the rest of the run (a thread); SKAB is replayed in phases beside the chat phases.
-        results: dict[str, list[ReplayResult]] = {"skab": [], "nab": []}
-        errors: list[str] = []
+        replays: dict[str, list[BackgroundReplay]] = {"skab": [], "nab": []}
 
-        def bg(source: str, cfg: ReplayConfig) -> threading.Thread:
-            def work() -> None:
-                try:
-                    results[source].append(replay(source, cfg))  # type: ignore[arg-type]
-                except Exception as exc:  # reported, and the run fails at the end
-                    errors.append(f"{source}: {exc}")
-
-            th = threading.Thread(target=work, name=f"replay-{source}", daemon=True)
-            th.start()
-            return th
+        def bg(source: Source, cfg: ReplayConfig) -> BackgroundReplay:
+            r = BackgroundReplay(source, cfg).start()
+            replays[source].append(r)
+            return r
 
         nab_thread = bg("nab", replace(base, batch=20, client_id="demo-nab"))
         say("replaying NAB (streams) into edge-city for the whole run")
@@ -313,7 +306,7 @@ class Loop:
         trickle_pool = [e for e in train if e not in collect]
         rng.shuffle(trickle_pool)
 
-        def skab_replay(devices: list[str], tag: str) -> threading.Thread:
+        def skab_replay(devices: list[str], tag: str) -> BackgroundReplay:
             say(f"replaying {len(devices)} SKAB experiments ({tag}) into the pump nodes")
             cfg = replace(base, batch=20, devices=devices, limit=a.skab_limit, client_id=f"demo-skab-{tag}")
             return bg("skab", cfg)
@@ -322,7 +315,7 @@ class Loop:
         t = time.monotonic()
         th = skab_replay(sensor_test, "sensor test")
         before = self.chat(chat_plan(test, chat_devs, held), "v1-test")
-        th.join()
+        th.result()
         sensor_before = self.sensor_settle("sensor v1-test")
         # The jobs train on hard examples received from here on, not on the test traffic. Their
         # last hard examples are still in the agents' outboxes for up to batch_max_delay_s (1 s):
@@ -331,7 +324,7 @@ class Loop:
         time.sleep(max(0.0, self.collect_since - time.time()))
         th = skab_replay(sensor_collect, "collect")
         self.chat(chat_plan(collect, chat_devs, held), "v1-collect")
-        th.join()
+        th.result()
         collected = self.sensor_settle("sensor v1-collect")
         self.report["wall"]["traffic_v1_s"] = round(time.monotonic() - t, 1)
 
@@ -364,7 +357,7 @@ class Loop:
         self.mark("traffic on v2" if v2 else "traffic (still v1)")
         th = skab_replay(sensor_test, "sensor test again")
         after = self.chat(chat_plan(test, chat_devs, held), "v2-test" if v2 else "v1-test-again")
-        th.join()
+        th.result()
         sensor_after = self.sensor_settle("sensor v2-test" if sv2 else "sensor v1-test-again")
         if sv2 is None:  # still v1: its counters run since v1's activation, keep the last phase only
             w = sensor_after["windows_scored"] - collected["windows_scored"]
@@ -375,9 +368,7 @@ class Loop:
                 "escalated": e,
                 "escalation_rate": round(100 * e / w, 2) if w else None,
             }
-        nab_thread.join(a.timeout)
-        if errors:
-            raise RuntimeError("replay failed: " + "; ".join(errors))
+        nab_thread.result(a.timeout)
         self.mark("report")
         self.report["chat"] = {
             "before": {
@@ -398,6 +389,7 @@ class Loop:
             "after": sensor_after,
             "after_version": sv2 or srel.version,
         }
+        finished = {k: [r.result() for r in runs] for k, runs in replays.items()}
         self.report["sensors"] = {
             k: {
                 "devices": len({d for r in rs for d in r.device_ids}),
@@ -405,7 +397,7 @@ class Loop:
                 "readings": sum(r.readings for r in rs),
                 "raw_json_bytes": sum(r.raw_json_bytes for r in rs),
             }
-            for k, rs in results.items()
+            for k, rs in finished.items()
         }
         self.report["nodes_final"] = {
             n: {

@@ -32,7 +32,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -45,7 +44,7 @@ from cloud_controller.receiver import NodeTotals, SummaryStore
 from edge_agent.config import OutboxConfig
 from edge_agent.delivery.store import AgentStore
 from edgeloop_sim.broker import Broker
-from edgeloop_sim.replay import ReplayConfig, ReplayResult, iter_messages, replay, select_devices
+from edgeloop_sim.replay import BackgroundReplay, ReplayConfig, iter_messages, select_devices
 
 __all__ = [
     "AgentProc",
@@ -358,34 +357,23 @@ def run_crash_scenario(
         )
         for n in nodes
     }
-    result: list[ReplayResult] = []
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def run_replay() -> None:
-        try:
-            result.append(
-                replay(
-                    "skab",
-                    ReplayConfig(
-                        broker=f"127.0.0.1:{edge_broker.port}",
-                        speedup=sc.speedup,
-                        batch=sc.batch,
-                        limit=sc.rows_per_device,
-                        devices=sc.devices,
-                        ack_timeout=120,
-                        client_id="crash-devices",
-                        progress_every=None,
-                    ),
-                    stop=stop,
-                )
-            )
-        except BaseException as exc:  # surfaced in the caller's thread
-            errors.append(exc)
+    bg = BackgroundReplay(
+        "skab",
+        ReplayConfig(
+            broker=f"127.0.0.1:{edge_broker.port}",
+            speedup=sc.speedup,
+            batch=sc.batch,
+            limit=sc.rows_per_device,
+            devices=sc.devices,
+            ack_timeout=120,
+            client_id="crash-devices",
+            progress_every=None,
+        ),
+        name="replay",
+    )
 
     def counted() -> int:
-        if errors:
-            raise errors[0]
+        bg.check()
         return controller.readings()
 
     def outage() -> tuple[float, float]:
@@ -397,7 +385,7 @@ def run_crash_scenario(
         t0 = time.monotonic()
         if not sc.split_uplink:
             controller.kill()
-            stop.wait(sc.outage_s)  # the outage's length is what this fault is
+            time.sleep(sc.outage_s)  # the outage's length is what this fault is
             wall1 = time.time()
             back = time.monotonic()
             controller.start()
@@ -429,7 +417,7 @@ def run_crash_scenario(
                         "agent_kill",
                         victim,
                         counted(),
-                        replay_thread.is_alive(),
+                        bg.alive,
                         time.monotonic() - k0,
                         float("nan"),
                     )
@@ -437,7 +425,7 @@ def run_crash_scenario(
                 log(f"agent_kill       {victim:12s} inside the outage, outbox rows {peak[victim]}")
             while time.monotonic() - t0 < sc.outage_s:
                 held(0)
-                stop.wait(min(0.2, max(0.0, sc.outage_s - (time.monotonic() - t0))))
+                time.sleep(min(0.2, max(0.0, sc.outage_s - (time.monotonic() - t0))))
             wall1 = time.time()
             held(0)
             report.outage_outbox_peak = peak
@@ -454,12 +442,11 @@ def run_crash_scenario(
         return wall0, wall1
 
     outage_wall = (0.0, 0.0)
-    replay_thread = threading.Thread(target=run_replay, name="replay", daemon=True)
     try:
         controller.start()
         for a in agents.values():
             a.start()
-        replay_thread.start()
+        bg.start()
         last_at = 0
         n_faults = sc.agent_kills + sc.controller_kills + sc.broker_restarts + 2
         min_step = max(1, expected // (4 * n_faults))
@@ -473,7 +460,7 @@ def run_crash_scenario(
                 interval=0.01,
             )
             at = counted()
-            streaming = replay_thread.is_alive()
+            streaming = bg.alive
             t0 = time.monotonic()
             if kind == "agent_kill":
                 agents[target].kill()
@@ -499,12 +486,7 @@ def run_crash_scenario(
                 f"counting again after {rec.progress_s:.2f}s"
             )
 
-        replay_thread.join(sc.settle_timeout_s + 120)
-        if errors:
-            raise errors[0]
-        if replay_thread.is_alive():
-            raise TimeoutError("the replay did not finish")
-        rr = result[0]
+        rr = bg.result(sc.settle_timeout_s + 120)
         report.readings_sent = rr.readings
         report.messages_sent = rr.messages
         report.replay_reconnects = rr.reconnects
@@ -521,9 +503,9 @@ def run_crash_scenario(
             b, r, _last = controller.batches_created_between(*outage_wall)
             report.outage_batches, report.outage_readings = b, r
     finally:
-        stop.set()
-        if replay_thread.is_alive():
-            replay_thread.join(10)
+        bg.stop()
+        if bg.alive:
+            bg.join(10)
         for a in agents.values():
             a.kill()
         controller.terminate()

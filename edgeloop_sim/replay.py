@@ -45,6 +45,7 @@ from edge_agent.wire import DEFAULT_MAX_PAYLOAD
 
 __all__ = [
     "SOURCES",
+    "BackgroundReplay",
     "ReplayConfig",
     "ReplayError",
     "ReplayResult",
@@ -534,6 +535,56 @@ def replay(
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(pub.reject_reasons.items()))
         print(f"replay: broker rejected {pub.rejected} messages ({reasons})", file=sys.stderr)
     return result
+
+
+class BackgroundReplay:
+    """:func:`replay` in a thread, its result and its failure handed to the caller's thread.
+
+    Tests, the fault soak and the demo drive faults or chat while devices
+    publish; each used to wrap the same thread, result list and error list.
+    ``result`` joins and re-raises what the replay raised; ``check`` re-raises
+    early (e.g. inside a polling loop); ``stop`` ends it early, still draining.
+    """
+
+    def __init__(self, source: Source, cfg: ReplayConfig, *, name: str | None = None) -> None:
+        self.source, self.cfg = source, cfg
+        self._stop = threading.Event()
+        self._result: ReplayResult | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name or f"replay-{source}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self._result = replay(self.source, self.cfg, stop=self._stop)
+        except BaseException as exc:  # surfaced in the caller's thread
+            self._error = exc
+
+    def start(self) -> BackgroundReplay:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def check(self) -> None:
+        """Raise what the replay raised, if it has failed already."""
+        if self._error is not None:
+            raise self._error
+
+    def result(self, timeout: float | None = None) -> ReplayResult:
+        """Wait up to ``timeout``; the replay's result, its exception, or :class:`TimeoutError`."""
+        self._thread.join(timeout)
+        self.check()
+        if self._result is None:
+            raise TimeoutError(f"the {self.source} replay did not finish in {timeout} s")
+        return self._result
 
 
 def _progress(result: ReplayResult, pub: _Publisher, elapsed: float) -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 
 from edge_agent.config import OutboxConfig
 from edge_agent.delivery.store import AgentStore
 from edgeloop_sim.broker import Broker
-from edgeloop_sim.replay import ReplayConfig, ReplayResult, replay
+from edgeloop_sim.replay import BackgroundReplay, ReplayConfig
 from tests.cloud import ReceiverProcess
 from tests.support import AgentProcess, agent_config, wait_until
 
@@ -26,29 +25,17 @@ def test_sigkill_and_broker_restart_mid_stream_lose_nothing(tmp_path: Path, brok
     )
     agent = AgentProcess(tmp_path, cfg)
     agent.start()
-    result: list[ReplayResult] = []
-    errors: list[BaseException] = []
-
-    def run_replay() -> None:
-        try:
-            result.append(
-                replay(
-                    "skab",
-                    ReplayConfig(
-                        broker=f"127.0.0.1:{broker.port}",
-                        speedup=250,
-                        batch=5,
-                        limit=1500,
-                        devices=3,
-                        ack_timeout=60,
-                    ),
-                )
-            )
-        except BaseException as exc:  # surfaced in the main thread
-            errors.append(exc)
-
-    t = threading.Thread(target=run_replay, name="replay")
-    t.start()
+    bg = BackgroundReplay(
+        "skab",
+        ReplayConfig(
+            broker=f"127.0.0.1:{broker.port}",
+            speedup=250,
+            batch=5,
+            limit=1500,
+            devices=3,
+            ack_timeout=60,
+        ),
+    ).start()
     try:
         # Faults at points chosen by progress seen at the cloud, not by the clock.
         wait_until(lambda: receiver.readings() > 2_000, 30, "first summaries")
@@ -60,9 +47,7 @@ def test_sigkill_and_broker_restart_mid_stream_lose_nothing(tmp_path: Path, brok
         wait_until(lambda: receiver.readings() > 18_000, 30, "progress after the broker restart")
         agent.kill()
         agent.start()
-        t.join(60)
-        assert not errors, errors
-        sent = result[0].readings
+        sent = bg.result(60).readings
         assert sent > 20_000
         try:
             wait_until(lambda: receiver.readings() == sent, 60, f"cloud readings == {sent}")
@@ -74,7 +59,7 @@ def test_sigkill_and_broker_restart_mid_stream_lose_nothing(tmp_path: Path, brok
         assert totals.readings == sent  # exactly once: no loss, no double count
         assert agent.terminate() == 0
     finally:
-        t.join(5)
+        bg.join(5)
         agent.close()
         receiver.stop()
 

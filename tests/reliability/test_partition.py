@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import pytest
 from edge_agent.config import OutboxConfig
 from edge_agent.delivery.store import AgentStore
 from edgeloop_sim.broker import Broker, free_port
-from edgeloop_sim.replay import ReplayConfig, ReplayResult, replay
+from edgeloop_sim.replay import BackgroundReplay, ReplayConfig
 from tests.cloud import ReceiverProcess
 from tests.support import AgentProcess, agent_config, wait_until
 
@@ -149,33 +148,22 @@ def test_agent_rides_through_a_network_partition(tmp_path: Path, netns: Netns) -
         metrics={"enabled": False},
     )
     agent = NetnsAgent(tmp_path, cfg, netns.name)
-    result: list[ReplayResult] = []
-    errors: list[BaseException] = []
-
-    def run_replay() -> None:
-        try:
-            result.append(
-                replay(
-                    "skab",
-                    ReplayConfig(
-                        broker=f"127.0.0.1:{loop_port}",
-                        speedup=40,
-                        batch=5,
-                        limit=800,
-                        devices=2,
-                        ack_timeout=60,
-                        progress_every=None,
-                    ),
-                )
-            )
-        except BaseException as exc:  # surfaced in the main thread
-            errors.append(exc)
-
-    t = threading.Thread(target=run_replay, name="replay")
+    bg = BackgroundReplay(
+        "skab",
+        ReplayConfig(
+            broker=f"127.0.0.1:{loop_port}",
+            speedup=40,
+            batch=5,
+            limit=800,
+            devices=2,
+            ack_timeout=60,
+            progress_every=None,
+        ),
+    )
     try:
         receiver.start()
         agent.start()
-        t.start()
+        bg.start()
         wait_until(lambda: receiver.readings() > 1_500, 30, "first summaries through the veth")
 
         offset = len(agent.log_text())
@@ -190,7 +178,7 @@ def test_agent_rides_through_a_network_partition(tmp_path: Path, netns: Netns) -
         t_detected = time.monotonic()
         wait_until(lambda: "edge: connect to" in agent.log_since(offset), 30, "a failed reconnect")
         frozen = receiver.readings()
-        streaming = t.is_alive()
+        streaming = bg.alive
         t_up = time.monotonic()
         _ip("link", "set", netns.host_if, "up")
         wait_until(lambda: "session present: True" in agent.log_since(offset), 30, "the agent to reconnect")
@@ -198,10 +186,7 @@ def test_agent_rides_through_a_network_partition(tmp_path: Path, netns: Netns) -
         wait_until(lambda: receiver.readings() > frozen, 30, "the cloud counting again")
         t_counting = time.monotonic()
 
-        t.join(90)
-        assert not errors, errors
-        assert not t.is_alive(), "replay did not finish"
-        sent = result[0].readings
+        sent = bg.result(90).readings
         wait_until(lambda: receiver.readings() >= sent, 60, f"cloud readings == {sent}")
         totals = receiver.totals()["p1"]
         assert totals.readings == sent  # nothing lost, nothing counted twice
@@ -214,7 +199,8 @@ def test_agent_rides_through_a_network_partition(tmp_path: Path, netns: Netns) -
             f"after link up; cloud counting again {t_counting - t_up:.2f}s after link up"
         )
     finally:
-        t.join(5)
+        if bg.alive:
+            bg.join(5)
         agent.close()
         receiver.stop()
         broker.stop()

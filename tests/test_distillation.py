@@ -925,97 +925,115 @@ def test_job_names_are_per_attempt_dns_labels() -> None:
 async def test_cluster_mode_creates_a_batch_job_and_maps_its_status(
     tmp_path: Path, parent_bundle: Path
 ) -> None:
+
+    async with kube_job_loop(tmp_path, "dj-kube", service_account="edgeloop-distillation") as k:
+        emu, store, artifacts, batch, started = k.emu, k.store, k.artifacts, k.batch, k.started
+        await store.create(job_obj("dj-ok", min_gain=None, rollout=False))
+        ref = await asyncio.wait_for(started.get(), 10)
+        job = emu.stored("jobs", NS, "distill-dj-ok-a1")
+        assert job is not None
+        pod = job["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == "edgeloop-distillation"
+        assert job["metadata"]["ownerReferences"][0]["uid"] == ref.uid
+        assert pod["containers"][0]["volumeMounts"][0]["subPath"] == ref.uid
+        spec = json.loads((ref.work / "spec.json").read_text())
+        assert spec["version"] == "1" and spec["parent_bundle"] is None
+        # The "pod" writes its result into the shared work directory, then the Job succeeds.
+        shutil.copytree(parent_bundle, ref.work / "bundle")
+        (ref.work / "progress.jsonl").write_text(
+            json.dumps({"ts": 1.0e9, "stage": "Collecting", "progress": 0.1, "message": ""})
+            + "\n"
+            + json.dumps({"ts": 1.0e9 + 5, "stage": "Evaluating", "progress": 0.9, "message": ""})
+            + "\n"
+        )
+        (ref.work / "result.json").write_text(
+            json.dumps(
+                {
+                    "ok": True,
+                    "bundle": "/work/bundle",
+                    "examples": 400,
+                    "metrics_before": {},
+                    "metrics_after": {"fixed_intent_acc": 91.0, "new_n": 0.0},
+                }
+            )
+        )
+        await asyncio.to_thread(
+            batch.patch_namespaced_job,
+            "distill-dj-ok-a1",
+            NS,
+            {"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}},
+        )
+        obj = await wait_job(store, "dj-ok", stage_is("Succeeded", "Rejected", "Failed"), timeout=20)
+        st = obj["status"]
+        assert st["stage"] == "Succeeded", st.get("message")
+        assert st["stageTimes"]["Collecting"].startswith("2001-09-09") and "Evaluating" in st["stageTimes"]
+        model = await store.get("EdgeModel", NS, "chat-snips-1")
+        assert model["spec"]["digest"] == artifacts.get(MODEL, "1").digest
+
+        # A Job that fails (backoffLimit 0, no result.json) ends the DistillationJob as Failed.
+        await store.create(job_obj("dj-bad", min_gain=None, rollout=False))
+        await asyncio.wait_for(started.get(), 10)
+        await asyncio.to_thread(
+            batch.patch_namespaced_job,
+            "distill-dj-bad-a1",
+            NS,
+            {
+                "status": {
+                    "failed": 1,
+                    "conditions": [
+                        {
+                            "type": "Failed",
+                            "status": "True",
+                            "reason": "BackoffLimitExceeded",
+                            "message": "Job has reached the specified backoff limit",
+                        }
+                    ],
+                }
+            },
+        )
+        obj = await wait_job(store, "dj-bad", stage_is("Succeeded", "Rejected", "Failed"), timeout=20)
+        assert obj["status"]["stage"] == "Failed" and "BackoffLimitExceeded" in obj["status"]["message"]
+
+
+@dataclasses.dataclass
+class KubeJobLoop:
+    emu: Any
+    api: Any
+    store: ResourceStore
+    artifacts: ArtifactStore
+    batch: Any  # kubernetes.client.BatchV1Api
+    launcher: KubeJobLauncher
+    started: asyncio.Queue[JobRef]
+    stopped: asyncio.Queue[JobRef]
+
+
+@contextlib.asynccontextmanager
+async def kube_job_loop(
+    tmp: Path, name: str, *, service_account: str | None = None, max_restarts: int = 1
+) -> AsyncIterator[KubeJobLoop]:
+    """A DistillationJob controller with the cluster launcher on the emulator (batch/v1 Jobs added)."""
     from kubernetes import client
 
     from cloud_controller.resources.kube_store import KubeResourceStore
     from tests.kube_emulator import kube_emulator
 
-    SignallingLauncher, started, _ = signalling(KubeJobLauncher)
-
+    launcher_cls, started, stopped = signalling(KubeJobLauncher)
     async with kube_emulator() as (emu, api):
         _add_batch_jobs(emu)
         store = KubeResourceStore(api)
-        artifacts = ArtifactStore(tmp_path / "artifacts")
-        key = load_private_key(generate_keys(tmp_path / "keys").private_path)
+        artifacts = ArtifactStore(tmp / "artifacts")
+        key = load_private_key(generate_keys(tmp / "keys").private_path)
         settings = DistillationSettings(
-            work_dir=tmp_path / "work", artifacts=artifacts, signing_key=key, poll_s=0.1
+            work_dir=tmp / "work", artifacts=artifacts, signing_key=key, poll_s=0.1, max_restarts=max_restarts
         )
-        launcher = SignallingLauncher(
-            api, KubeJobLauncher.load_template(), service_account="edgeloop-distillation"
-        )
+        kw = {"service_account": service_account} if service_account else {}
+        launcher = launcher_cls(api, KubeJobLauncher.load_template(), **kw)
         ctl = Controller(
             store, "DistillationJob", make_distillation_reconciler(store, settings, launcher), namespace=NS
         )
-        task = asyncio.create_task(ctl.run(), name="dj-kube")
-        batch = client.BatchV1Api(api)
+        task = asyncio.create_task(ctl.run(), name=name)
         try:
-            await store.create(job_obj("dj-ok", min_gain=None, rollout=False))
-            ref = await asyncio.wait_for(started.get(), 10)
-            job = emu.stored("jobs", NS, "distill-dj-ok-a1")
-            assert job is not None
-            pod = job["spec"]["template"]["spec"]
-            assert pod["serviceAccountName"] == "edgeloop-distillation"
-            assert job["metadata"]["ownerReferences"][0]["uid"] == ref.uid
-            assert pod["containers"][0]["volumeMounts"][0]["subPath"] == ref.uid
-            spec = json.loads((ref.work / "spec.json").read_text())
-            assert spec["version"] == "1" and spec["parent_bundle"] is None
-            # The "pod" writes its result into the shared work directory, then the Job succeeds.
-            shutil.copytree(parent_bundle, ref.work / "bundle")
-            (ref.work / "progress.jsonl").write_text(
-                json.dumps({"ts": 1.0e9, "stage": "Collecting", "progress": 0.1, "message": ""})
-                + "\n"
-                + json.dumps({"ts": 1.0e9 + 5, "stage": "Evaluating", "progress": 0.9, "message": ""})
-                + "\n"
-            )
-            (ref.work / "result.json").write_text(
-                json.dumps(
-                    {
-                        "ok": True,
-                        "bundle": "/work/bundle",
-                        "examples": 400,
-                        "metrics_before": {},
-                        "metrics_after": {"fixed_intent_acc": 91.0, "new_n": 0.0},
-                    }
-                )
-            )
-            await asyncio.to_thread(
-                batch.patch_namespaced_job,
-                "distill-dj-ok-a1",
-                NS,
-                {"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}},
-            )
-            obj = await wait_job(store, "dj-ok", stage_is("Succeeded", "Rejected", "Failed"), timeout=20)
-            st = obj["status"]
-            assert st["stage"] == "Succeeded", st.get("message")
-            assert (
-                st["stageTimes"]["Collecting"].startswith("2001-09-09") and "Evaluating" in st["stageTimes"]
-            )
-            model = await store.get("EdgeModel", NS, "chat-snips-1")
-            assert model["spec"]["digest"] == artifacts.get(MODEL, "1").digest
-
-            # A Job that fails (backoffLimit 0, no result.json) ends the DistillationJob as Failed.
-            await store.create(job_obj("dj-bad", min_gain=None, rollout=False))
-            await asyncio.wait_for(started.get(), 10)
-            await asyncio.to_thread(
-                batch.patch_namespaced_job,
-                "distill-dj-bad-a1",
-                NS,
-                {
-                    "status": {
-                        "failed": 1,
-                        "conditions": [
-                            {
-                                "type": "Failed",
-                                "status": "True",
-                                "reason": "BackoffLimitExceeded",
-                                "message": "Job has reached the specified backoff limit",
-                            }
-                        ],
-                    }
-                },
-            )
-            obj = await wait_job(store, "dj-bad", stage_is("Succeeded", "Rejected", "Failed"), timeout=20)
-            assert obj["status"]["stage"] == "Failed" and "BackoffLimitExceeded" in obj["status"]["message"]
+            yield KubeJobLoop(emu, api, store, artifacts, client.BatchV1Api(api), launcher, started, stopped)
         finally:
             await ctl.stop(2.0)
             task.cancel()
@@ -1034,91 +1052,70 @@ def _add_batch_jobs(emu: Any) -> None:
 
 
 async def test_cluster_restart_uses_a_new_job_name_and_deletes_the_old_attempt(tmp_path: Path) -> None:
-    from kubernetes import client
 
-    from cloud_controller.resources.kube_store import KubeResourceStore
-    from tests.kube_emulator import kube_emulator
-
-    SignallingLauncher, started, stopped = signalling(KubeJobLauncher)
-
-    async with kube_emulator() as (emu, api):
-        _add_batch_jobs(emu)
-        store = KubeResourceStore(api)
-        key = load_private_key(generate_keys(tmp_path / "keys").private_path)
-        settings = DistillationSettings(
-            work_dir=tmp_path / "work",
-            artifacts=ArtifactStore(tmp_path / "artifacts"),
-            signing_key=key,
-            poll_s=0.1,
-            max_restarts=1,
+    async with kube_job_loop(tmp_path, "dj-kube-restart", max_restarts=1) as k:
+        emu, store, batch, launcher, started, stopped = (
+            k.emu,
+            k.store,
+            k.batch,
+            k.launcher,
+            k.started,
+            k.stopped,
         )
-        launcher = SignallingLauncher(api, KubeJobLauncher.load_template())
-        ctl = Controller(
-            store, "DistillationJob", make_distillation_reconciler(store, settings, launcher), namespace=NS
+        await store.create(job_obj("dj-re", min_gain=None, rollout=False))
+        first = await asyncio.wait_for(started.get(), 10)
+        assert first.attempt == 1 and emu.stored("jobs", NS, "distill-dj-re-a1") is not None
+
+        # The Job vanishes without a result (a lost node, a hand-deleted Job): attempt 2, its own name.
+        await asyncio.to_thread(batch.delete_namespaced_job, "distill-dj-re-a1", NS)
+        second = await asyncio.wait_for(started.get(), 10)
+        assert second.attempt == 2 and (second.work / "attempts").read_text() == "2"
+        a2 = emu.stored("jobs", NS, "distill-dj-re-a2")
+        assert a2 is not None and a2["metadata"]["labels"]["edgeloop.io/attempt"] == "2"
+        assert a2["metadata"]["ownerReferences"][0]["uid"] == second.uid
+        assert emu.stored("jobs", NS, "distill-dj-re-a1") is None
+
+        # Poll follows the current attempt: a2's failure ends the job, and is not restarted.
+        await asyncio.to_thread(
+            batch.patch_namespaced_job,
+            "distill-dj-re-a2",
+            NS,
+            {
+                "status": {
+                    "failed": 1,
+                    "conditions": [{"type": "Failed", "status": "True", "reason": "R2"}],
+                }
+            },
         )
-        task = asyncio.create_task(ctl.run(), name="dj-kube-restart")
-        batch = client.BatchV1Api(api)
-        try:
-            await store.create(job_obj("dj-re", min_gain=None, rollout=False))
-            first = await asyncio.wait_for(started.get(), 10)
-            assert first.attempt == 1 and emu.stored("jobs", NS, "distill-dj-re-a1") is not None
+        obj = await wait_job(store, "dj-re", stage_is("Succeeded", "Rejected", "Failed"), timeout=20)
+        assert obj["status"]["stage"] == "Failed" and "R2" in obj["status"]["message"]
+        assert started.empty()
 
-            # The Job vanishes without a result (a lost node, a hand-deleted Job): attempt 2, its own name.
-            await asyncio.to_thread(batch.delete_namespaced_job, "distill-dj-re-a1", NS)
-            second = await asyncio.wait_for(started.get(), 10)
-            assert second.attempt == 2 and (second.work / "attempts").read_text() == "2"
-            a2 = emu.stored("jobs", NS, "distill-dj-re-a2")
-            assert a2 is not None and a2["metadata"]["labels"]["edgeloop.io/attempt"] == "2"
-            assert a2["metadata"]["ownerReferences"][0]["uid"] == second.uid
-            assert emu.stored("jobs", NS, "distill-dj-re-a1") is None
+        # The launcher on its own: a start for the next attempt while the previous attempt's Job
+        # still exists (e.g. it is being torn down) deletes it first, and only this job's Jobs.
+        work = tmp_path / "direct"
+        one = JobRef("dj-direct", NS, "u-direct", work, attempt=1)
+        other = JobRef("dj-other", NS, "u-other", tmp_path / "other", attempt=1)
+        await launcher.start(one)
+        await launcher.start(other)
+        await launcher.start(dataclasses.replace(one, attempt=2))
+        assert emu.stored("jobs", NS, "distill-dj-direct-a1") is None
+        assert emu.stored("jobs", NS, "distill-dj-direct-a2") is not None
+        assert (await launcher.poll(dataclasses.replace(one, attempt=2))).kind == "running"
+        assert (await launcher.poll(one)).kind == "missing"
+        await launcher.stop(dataclasses.replace(one, attempt=2))
+        assert emu.stored("jobs", NS, "distill-dj-direct-a2") is None
+        assert emu.stored("jobs", NS, "distill-dj-other-a1") is not None
+        for q in (started, stopped):  # what the direct calls signalled
+            while not q.empty():
+                q.get_nowait()
 
-            # Poll follows the current attempt: a2's failure ends the job, and is not restarted.
-            await asyncio.to_thread(
-                batch.patch_namespaced_job,
-                "distill-dj-re-a2",
-                NS,
-                {
-                    "status": {
-                        "failed": 1,
-                        "conditions": [{"type": "Failed", "status": "True", "reason": "R2"}],
-                    }
-                },
-            )
-            obj = await wait_job(store, "dj-re", stage_is("Succeeded", "Rejected", "Failed"), timeout=20)
-            assert obj["status"]["stage"] == "Failed" and "R2" in obj["status"]["message"]
-            assert started.empty()
-
-            # The launcher on its own: a start for the next attempt while the previous attempt's Job
-            # still exists (e.g. it is being torn down) deletes it first, and only this job's Jobs.
-            work = tmp_path / "direct"
-            one = JobRef("dj-direct", NS, "u-direct", work, attempt=1)
-            other = JobRef("dj-other", NS, "u-other", tmp_path / "other", attempt=1)
-            await launcher.start(one)
-            await launcher.start(other)
-            await launcher.start(dataclasses.replace(one, attempt=2))
-            assert emu.stored("jobs", NS, "distill-dj-direct-a1") is None
-            assert emu.stored("jobs", NS, "distill-dj-direct-a2") is not None
-            assert (await launcher.poll(dataclasses.replace(one, attempt=2))).kind == "running"
-            assert (await launcher.poll(one)).kind == "missing"
-            await launcher.stop(dataclasses.replace(one, attempt=2))
-            assert emu.stored("jobs", NS, "distill-dj-direct-a2") is None
-            assert emu.stored("jobs", NS, "distill-dj-other-a1") is not None
-            for q in (started, stopped):  # what the direct calls signalled
-                while not q.empty():
-                    q.get_nowait()
-
-            # Deleting an unfinished DistillationJob deletes its Job (no garbage collector here).
-            await store.create(job_obj("dj-del", min_gain=None, rollout=False))
-            ref = await asyncio.wait_for(started.get(), 10)
-            assert emu.stored("jobs", NS, "distill-dj-del-a1") is not None
-            await store.delete("DistillationJob", NS, "dj-del")
-            gone = await asyncio.wait_for(stopped.get(), 10)
-            assert gone.uid == ref.uid
-            assert emu.stored("jobs", NS, "distill-dj-del-a1") is None
-            assert emu.stored("jobs", NS, "distill-dj-other-a1") is not None
-        finally:
-            await ctl.stop(2.0)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await store.close()
+        # Deleting an unfinished DistillationJob deletes its Job (no garbage collector here).
+        await store.create(job_obj("dj-del", min_gain=None, rollout=False))
+        ref = await asyncio.wait_for(started.get(), 10)
+        assert emu.stored("jobs", NS, "distill-dj-del-a1") is not None
+        await store.delete("DistillationJob", NS, "dj-del")
+        gone = await asyncio.wait_for(stopped.get(), 10)
+        assert gone.uid == ref.uid
+        assert emu.stored("jobs", NS, "distill-dj-del-a1") is None
+        assert emu.stored("jobs", NS, "distill-dj-other-a1") is not None

@@ -45,7 +45,7 @@ def chat(
 ) -> dict[str, Any]:
     from cloud_controller.datasets.snips import load_snips
     from cloud_controller.distill_job import Progress, RunnerSpec, evaluate_bundle, run
-    from cloud_controller.hard_examples import StoredHardExample
+    from cloud_controller.hard_examples import StoredHardExample, write_snapshot
     from edge_agent.inference.chat_runtime import ChatModel
     from edgeloop_sim.demo_models import DEMO_EPOCHS, MODEL_NAME, base_spec, ensure_models
 
@@ -82,7 +82,7 @@ def chat(
         )
         for i, (e, p) in enumerate(zip(esc, t_pred, strict=True))
     ]
-    (work / "hard.jsonl").write_text("".join(json.dumps(h.to_json()) + "\n" for h in hard))
+    write_snapshot(work / "hard.jsonl", hard)
     spec = RunnerSpec(
         job="bench-loop",
         task="chat",
@@ -135,8 +135,8 @@ def sensors(config: Literal["tiny", "full"], seeds: list[int], work: Path) -> di
     import numpy as np
 
     from cloud_controller.distill_job import Progress, RunnerSpec, run
-    from cloud_controller.distill_sensor import evaluate_fixed, write_hard_examples
-    from cloud_controller.hard_examples import StoredHardExample
+    from cloud_controller.distill_sensor import evaluate_fixed
+    from cloud_controller.hard_examples import StoredHardExample, write_snapshot
     from cloud_controller.training.sensor_train import (
         SensorTrainConfig,
         Teacher,
@@ -201,7 +201,7 @@ def sensors(config: Literal["tiny", "full"], seeds: list[int], work: Path) -> di
                         student={"score": float(s[i])},
                     )
                 )
-        write_hard_examples(d / "hard.jsonl", hard)
+        write_snapshot(d / "hard.jsonl", hard)
         job = RunnerSpec(
             job=f"bench-loop-sensor-{seed}",
             task="sensor",
@@ -220,7 +220,7 @@ def sensors(config: Literal["tiny", "full"], seeds: list[int], work: Path) -> di
         job_s = time.monotonic() - t0
         v2 = d / "job" / result["bundle"]
         # Control: the same job without the fleet's data, so the gain is not the fine-tune itself.
-        write_hard_examples(d / "none.jsonl", [])
+        write_snapshot(d / "none.jsonl", [])
         control = job.model_copy(update={"hard_examples_file": str(d / "none.jsonl")})
         v2c = d / "control" / run(control, d / "control", Progress(d / "progress-control.jsonl"))["bundle"]
         runs.append(

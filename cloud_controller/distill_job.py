@@ -48,7 +48,7 @@ from urllib.parse import parse_qs
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud_controller.datasets.snips import Example, label_sets, load_snips
-from cloud_controller.hard_examples import HardExampleStore, StoredHardExample
+from cloud_controller.hard_examples import HardExampleStore, StoredHardExample, read_snapshot
 
 __all__ = ["BaseSpec", "RunnerSpec", "main", "parse_base", "run"]
 
@@ -132,8 +132,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def load_hard_examples(spec: RunnerSpec) -> list[StoredHardExample]:
     if spec.hard_examples_file:
-        lines = Path(spec.hard_examples_file).read_text(encoding="utf-8").splitlines()
-        return [StoredHardExample.from_json(json.loads(x)) for x in lines if x.strip()]
+        return read_snapshot(spec.hard_examples_file)
     if spec.hard_examples_db:
         with HardExampleStore(spec.hard_examples_db) as store:
             return store.since(spec.since, spec.task, spec.min_teacher_confidence, spec.max_hard_examples)

@@ -45,7 +45,6 @@ Evaluation runs the int8 bundle through the edge's own
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -321,8 +320,3 @@ def run_sensor(
         },
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
-
-
-def write_hard_examples(path: Path, rows: Sequence[StoredHardExample]) -> None:
-    """The snapshot format the runner reads (one JSON object per line)."""
-    path.write_text("".join(json.dumps(r.to_json()) + "\n" for r in rows), encoding="utf-8")

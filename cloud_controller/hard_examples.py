@@ -50,8 +50,10 @@ __all__ = [
     "SensorLabeller",
     "StoredHardExample",
     "handle_hard_examples",
+    "read_snapshot",
     "teacher_confidence",
     "teacher_label",
+    "write_snapshot",
 ]
 
 log = logging.getLogger(__name__)
@@ -135,6 +137,20 @@ class StoredHardExample:
             teacher=d.get("teacher"),
             student=dict(d.get("student") or {}),
         )
+
+
+def write_snapshot(path: str | Path, rows: Sequence[StoredHardExample]) -> None:
+    """The job's hard-example snapshot: one JSON object per line (what :func:`read_snapshot` reads).
+
+    The reconciler writes it into the job's work directory so a re-run or a
+    Job pod trains on exactly the rows the job was started with.
+    """
+    Path(path).write_text("".join(json.dumps(r.to_json()) + "\n" for r in rows), encoding="utf-8")
+
+
+def read_snapshot(path: str | Path) -> list[StoredHardExample]:
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [StoredHardExample.from_json(json.loads(x)) for x in lines if x.strip()]
 
 
 def teacher_label(teacher: dict[str, Any] | None) -> str | None:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from cloud_controller.distill_job import RunnerSpec, parse_base
-from cloud_controller.hard_examples import StoredHardExample
+from cloud_controller.hard_examples import StoredHardExample, write_snapshot
 from edge_agent import wire
 
 pytest.importorskip("torch")
@@ -143,7 +143,7 @@ def test_runner_process_redistills_a_sensor_student(sensor_case: dict[str, Any],
         replace(rows[0], id="short", features=[0.1, 0.2]),
         replace(rows[1], id="unlabelled", teacher=None, label=None, confidence=None),
     ]
-    (tmp_path / "hard.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in [*rows, *bad]))
+    write_snapshot(tmp_path / "hard.jsonl", [*rows, *bad])
     spec = RunnerSpec(
         job="sensor-job",
         task="sensor",

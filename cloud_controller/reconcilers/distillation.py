@@ -71,7 +71,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_controller.artifacts import ArtifactError, ArtifactStore, Release
 from cloud_controller.distill_job import RunnerSpec, write_json_atomic
-from cloud_controller.hard_examples import HardExampleStore
+from cloud_controller.hard_examples import HardExampleStore, write_snapshot
 from cloud_controller.resources.models import (
     DistillationJob,
     DistillationJobStatus,
@@ -751,8 +751,7 @@ def make_distillation_reconciler(
             rows = await asyncio.to_thread(
                 s.hard_examples.since, since, js.task, d.min_teacher_confidence, d.max_hard_examples
             )
-            text = "".join(json.dumps(r.to_json()) + "\n" for r in rows)
-            await asyncio.to_thread((ref.work / "hard_examples.jsonl").write_text, text, "utf-8")
+            await asyncio.to_thread(write_snapshot, ref.work / "hard_examples.jsonl", rows)
             n = len(rows)
         spec = RunnerSpec(
             job=ref.name,

@@ -173,7 +173,9 @@ def to_example(h: StoredHardExample, intents: set[str], tags: set[str]) -> Examp
     return Example(tuple(tokens), tuple(ex_tags), h.label)
 
 
-def _holdout(ex_id: str, fraction: float) -> bool:
+def held_out(ex_id: str, fraction: float) -> bool:
+    """Whether a hard example is kept for evaluation: a hash of its id, so every run (and both
+    tasks) splits the same rows the same way."""
     return int(hashlib.sha256(ex_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
 
 
@@ -275,7 +277,7 @@ def run(spec: RunnerSpec, out: Path, progress: Progress) -> dict[str, Any]:
         ex = to_example(h, iset, tset)
         if ex is None:
             dropped += 1
-        elif _holdout(h.id, spec.new_eval_fraction):
+        elif held_out(h.id, spec.new_eval_fraction):
             new_eval.append(ex)
         else:
             new_train.append(ex)

@@ -181,7 +181,7 @@ def run_sensor(
     spec: RunnerSpec, out: Path, progress: ProgressFn, hard: Sequence[StoredHardExample]
 ) -> dict[str, Any]:
     """Collect, re-distill, quantize, evaluate (sensor); returns what goes into result.json."""
-    from cloud_controller.distill_job import _holdout, parse_base
+    from cloud_controller.distill_job import held_out, parse_base
     from cloud_controller.training.sensor_train import (
         SensorTrainConfig,
         Teacher,
@@ -212,7 +212,7 @@ def run_sensor(
     if parent_spec is not None and tuple(parent_spec.metrics) != tuple(raw_spec.metrics):
         raise ValueError(f"parent's metrics {parent_spec.metrics} differ from SKAB's {raw_spec.metrics}")
     prepare([*files, *free], fspec, Teacher())
-    hx, hp, ex, ep, dropped = _split_hard(hard, fspec.n_features, spec.new_eval_fraction, _holdout)
+    hx, hp, ex, ep, dropped = _split_hard(hard, fspec.n_features, spec.new_eval_fraction, held_out)
     in_train = len(ex) < 4 and len(hx) > 0
     if in_train:  # too few to hold out: evaluate on all of them (reported as new_in_train = 1)
         ex, ep = np.concatenate([hx, ex]), np.concatenate([hp, ep])

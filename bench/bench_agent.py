@@ -560,9 +560,9 @@ def simulate_uplink(
     (poll windows, cut summary batches) is called every ``tick_s`` of event
     time, which is how a live agent sees data arriving at its native rate.
     """
-    from edge_agent import topics
     from edge_agent.config import parse_config
-    from edge_agent.pipeline import Pipeline
+    from edge_agent.pipeline.core import Pipeline
+    from edge_agent.protocol import topics
     from edgeloop_sim.replay import ReplayConfig, iter_messages, raw_reading_bytes
 
     node = "bench-bw"
@@ -582,7 +582,7 @@ def simulate_uplink(
     raw_wire = raw_payload = readings = 0
 
     def take(now: float, force: bool) -> None:
-        from edge_agent.wire import decode_summary
+        from edge_agent.protocol.messages import decode_summary
 
         p.poll_windows(now, flush=force)
         for _s, rec in p.take_records(now, lambda: next(seq), force=force):
@@ -660,9 +660,10 @@ def bandwidth_via_agent(port: int, tmp: Path) -> dict[str, Any]:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from edge_agent import topics, wire
+    from edge_agent.protocol import messages as wire
+    from edge_agent.protocol import topics
+    from edgeloop_sim.harness.agent import AgentProcess, agent_config, wait_until
     from edgeloop_sim.replay import ReplayConfig, iter_messages, raw_reading_bytes
-    from tests.support import AgentProcess, agent_config, wait_until
 
     node = "bench-bwagent"
     by_topic: dict[str, list[bytes]] = defaultdict(list)
@@ -769,7 +770,7 @@ def bench_memory(port: int, tmp: Path, n_msgs: int, rounds: int, settle_s: float
     import threading
 
     from edgeloop_sim.broker import free_port
-    from tests.support import AgentProcess, agent_config, wait_until
+    from edgeloop_sim.harness.agent import AgentProcess, agent_config, wait_until
 
     node = "bench-mem"
     cfg = agent_config(

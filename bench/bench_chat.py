@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from _report import cpu_model, write_marked_block  # noqa: E402
 
 from cloud_controller.datasets.snips import load_snips  # noqa: E402
-from edge_agent.inference.chat_runtime import ChatModel  # noqa: E402
+from edge_agent.models.chat_runtime import ChatModel  # noqa: E402
 
 START, END = "<!-- bench:chat:start -->", "<!-- bench:chat:end -->"
 

@@ -34,12 +34,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from _report import cpu_model, write_marked_block  # noqa: E402
 
-from cloud_controller.teacher import TeacherService  # noqa: E402
+from cloud_controller.teachers.chat_service import TeacherService  # noqa: E402
 from edge_agent.config import MqttConfig  # noqa: E402
-from edge_agent.inference.answer_cache import AnswerCache  # noqa: E402
-from edge_agent.inference.budget import EscalationBudget  # noqa: E402
-from edge_agent.inference.escalation import Escalator  # noqa: E402
-from edge_agent.mqtt import MqttClient  # noqa: E402
+from edge_agent.escalation.answer_cache import AnswerCache  # noqa: E402
+from edge_agent.escalation.budget import EscalationBudget  # noqa: E402
+from edge_agent.escalation.escalator import Escalator  # noqa: E402
+from edge_agent.transport.mqtt import MqttClient  # noqa: E402
 from edgeloop_sim.broker import Broker, find_mosquitto  # noqa: E402
 
 START, END = "<!-- bench:escalation:start -->", "<!-- bench:escalation:end -->"

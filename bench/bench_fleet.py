@@ -146,7 +146,7 @@ class Controller:
         cmd = [
             sys.executable,
             "-m",
-            "cloud_controller.cli",
+            "cloud_controller.cli.main",
             "--log-level",
             "INFO",
             "run",
@@ -292,9 +292,9 @@ def write_rates(samples: list[dict[str, Any]], window_s: float = 5.0) -> tuple[f
 
 
 def make_release(root: Path, model_bytes: int) -> tuple[Any, Path, float]:
-    from cloud_controller.artifacts import ArtifactStore
-    from cloud_controller.signing import generate_keys, load_private_key
-    from edge_agent.inference.bundle import write_bundle
+    from cloud_controller.releases.artifacts import ArtifactStore
+    from cloud_controller.releases.signing import generate_keys, load_private_key
+    from edge_agent.models.bundle import write_bundle
 
     keys = generate_keys(root / "keys")
     # Random-ish bytes (incompressible): the simulated nodes verify but do not load ONNX.
@@ -312,10 +312,10 @@ def make_release(root: Path, model_bytes: int) -> tuple[Any, Path, float]:
 
 
 async def publish_release(broker: Broker, root: Path, rel: Any) -> float:
-    from cloud_controller.artifacts import ArtifactStore
-    from cloud_controller.publisher import ModelPublisher
+    from cloud_controller.releases.artifacts import ArtifactStore
+    from cloud_controller.releases.publisher import ModelPublisher
     from edge_agent.config import MqttConfig
-    from edge_agent.mqtt import MqttClient
+    from edge_agent.transport.mqtt import MqttClient
 
     client = MqttClient(
         MqttConfig(host="127.0.0.1", port=broker.port), "edgeloop-controller-release", clean_start=True
@@ -331,9 +331,9 @@ async def publish_release(broker: Broker, root: Path, rel: Any) -> float:
 
 
 async def create_rollout(store_path: Path, root: Path, rel: Any) -> None:
-    from cloud_controller.artifacts import ArtifactStore
+    from cloud_controller.releases.artifacts import ArtifactStore
     from cloud_controller.resources.sqlite_store import SqliteResourceStore
-    from cloud_controller.resources.store import API_VERSION
+    from cloud_controller.resources.store_protocol import API_VERSION
 
     store = SqliteResourceStore(store_path)
     try:

@@ -6,7 +6,7 @@ a sample of SNIPS *train* utterances (half held-back intents); the ones v1
 answers below the escalation threshold are escalated, i.e. answered by the
 teacher (the demo's full-data int8 student) and kept as hard examples with the
 teacher's intent and tags, exactly what a node uploads. One DistillationJob
-run (:func:`cloud_controller.distill_job.run`, the same code the reconciler
+run (:func:`cloud_controller.distill_runner.chat_job.run`, the same code the reconciler
 starts) re-distils v2 from the base data + those hard examples. Both versions
 are then scored through the edge runtime on SNIPS *test*: the held-back
 intents (accuracy, escalation rate at the same threshold) and the original
@@ -44,9 +44,9 @@ def chat(
     config: Literal["tiny", "full"], threshold: float, n_traffic: int, work: Path, job_teacher: str
 ) -> dict[str, Any]:
     from cloud_controller.datasets.snips import load_snips
-    from cloud_controller.distill_job import Progress, RunnerSpec, evaluate_bundle, run
-    from cloud_controller.hard_examples import StoredHardExample, write_snapshot
-    from edge_agent.inference.chat_runtime import ChatModel
+    from cloud_controller.distill_runner.chat_job import Progress, RunnerSpec, evaluate_bundle, run
+    from cloud_controller.ingest.hard_examples import StoredHardExample, write_snapshot
+    from edge_agent.models.chat_runtime import ChatModel
     from edgeloop_sim.demo_models import DEMO_EPOCHS, MODEL_NAME, base_spec, ensure_models
 
     epochs = None if config == "tiny" else DEMO_EPOCHS
@@ -134,9 +134,9 @@ def sensors(config: Literal["tiny", "full"], seeds: list[int], work: Path) -> di
     """One turn of the sensor loop per seed: v1 on valve1, hard examples from valve2/other, one job."""
     import numpy as np
 
-    from cloud_controller.distill_job import Progress, RunnerSpec, run
-    from cloud_controller.distill_sensor import evaluate_fixed
-    from cloud_controller.hard_examples import StoredHardExample, write_snapshot
+    from cloud_controller.distill_runner.chat_job import Progress, RunnerSpec, run
+    from cloud_controller.distill_runner.sensor_job import evaluate_fixed
+    from cloud_controller.ingest.hard_examples import StoredHardExample, write_snapshot
     from cloud_controller.training.sensor_train import (
         SensorTrainConfig,
         Teacher,
@@ -149,7 +149,7 @@ def sensors(config: Literal["tiny", "full"], seeds: list[int], work: Path) -> di
         train_student,
         write_sensor_bundle,
     )
-    from edge_agent.inference.sensor_runtime import SensorModel
+    from edge_agent.models.sensor_runtime import SensorModel
 
     band = (0.35, 0.65)
     cfg0 = SensorTrainConfig.named(config)
@@ -330,7 +330,8 @@ def render(c: dict[str, Any], s: dict[str, Any], config: str) -> str:
             f"The other groups' experiments alternate: {s['new_seen']} stream through v1 as new traffic "
             f"(windows scored inside the uncertainty band {lo} to {hi} are escalated and labelled by the "
             f"teacher's soft score, no gold labels), one DistillationJob run "
-            f"(`cloud_controller.distill_job`, task sensor: warm start from v1, fine-tuned on valve1 + "
+            f"(`cloud_controller.distill_runner.chat_job`, task sensor: warm start from v1, "
+            f"fine-tuned on valve1 + "
             f"those hard examples) gives v2; both are scored through the edge runtime (int8) on the other "
             f"{s['eval']} valve2/other experiments ({s['windows_eval']} windows), which neither saw. "
             f"F1/FAR/MAR point-wise (SKAB protocol, %); escalation = windows in the band; agreement = "

@@ -34,8 +34,8 @@ from _report import cpu_model, write_marked_block  # noqa: E402
 
 from cloud_controller.datasets.skab import list_experiments, load_experiment  # noqa: E402
 from cloud_controller.training.sensor_train import DEVICE, SensorTrainConfig, aggregate_skab, run  # noqa: E402
-from edge_agent.inference.bundle import load_bundle  # noqa: E402
-from edge_agent.inference.features import (  # noqa: E402
+from edge_agent.models.bundle import load_bundle  # noqa: E402
+from edge_agent.models.features import (  # noqa: E402
     FeatureSpec,
     feature_matrix,
     feature_row,
@@ -43,7 +43,7 @@ from edge_agent.inference.features import (  # noqa: E402
     group_windows,
     model_input,
 )
-from edge_agent.inference.sensor_runtime import SensorModel  # noqa: E402
+from edge_agent.models.sensor_runtime import SensorModel  # noqa: E402
 
 START, END = "<!-- bench:sensor:start -->", "<!-- bench:sensor:end -->"
 TARGET_F1 = 0.78

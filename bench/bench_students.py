@@ -43,9 +43,9 @@ def sensor_bundle() -> Path:
 def escalation_accuracy(budget_rate: float) -> dict[str, float]:
     from cloud_controller.datasets.snips import label_sets, load_snips
     from cloud_controller.training.chat_train import CONFIGS
-    from cloud_controller.training.teacher import load_or_train_teacher, teacher_predict
-    from edge_agent.inference.budget import EscalationBudget
-    from edge_agent.inference.chat_runtime import ChatModel
+    from cloud_controller.training.minilm_teacher import load_or_train_teacher, teacher_predict
+    from edge_agent.escalation.budget import EscalationBudget
+    from edge_agent.models.chat_runtime import ChatModel
 
     train, test = load_snips("train"), load_snips("test")
     intents, tags = label_sets(train)

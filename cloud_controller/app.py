@@ -33,14 +33,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cloud_controller.artifacts import ArtifactStore
-from cloud_controller.desired import DesiredPublisher, RefFor, default_ref
-from cloud_controller.fleet import Fleet, StatusChange, StatusThrottle
-from cloud_controller.hard_examples import HardExampleStore
-from cloud_controller.ingest import Ingest, IngestConfig
-from cloud_controller.publisher import ModelPublisher
+from cloud_controller.ingest.fleet import Fleet, StatusChange, StatusThrottle
+from cloud_controller.ingest.hard_examples import HardExampleStore
+from cloud_controller.ingest.loop import Ingest, IngestConfig
 from cloud_controller.reconcilers.common import ArtifactCheck, Context, ReconcileSettings
-from cloud_controller.reconcilers.distillation import (
+from cloud_controller.reconcilers.desired import DesiredPublisher, RefFor, default_ref
+from cloud_controller.reconcilers.distillation.reconciler import (
     DistillationSettings,
     KubeJobLauncher,
     LocalJobLauncher,
@@ -53,14 +51,16 @@ from cloud_controller.reconcilers.rollouts import (
     make_model_reconciler,
     make_rollout_reconciler,
 )
-from cloud_controller.resources.store import ResourceStore
+from cloud_controller.releases.artifacts import ArtifactStore
+from cloud_controller.releases.publisher import ModelPublisher
+from cloud_controller.releases.signing import load_private_key
+from cloud_controller.resources.store_protocol import ResourceStore
 from cloud_controller.runtime.controller import Controller, Manager
 from cloud_controller.runtime.leader import Leadership, LocalLeader
-from cloud_controller.sensor_teacher import SensorTeacher, load_sensor_teacher
-from cloud_controller.signing import load_private_key
-from cloud_controller.teacher import TeacherService, load_teacher
+from cloud_controller.teachers.chat_service import TeacherService, load_teacher
+from cloud_controller.teachers.sensor_labeller import SensorTeacher, load_sensor_teacher
 from edge_agent.config import MqttConfig, TlsConfig
-from edge_agent.mqtt import MqttClient
+from edge_agent.transport.mqtt import MqttClient
 
 log = logging.getLogger(__name__)
 
@@ -665,7 +665,7 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"cloud-controller run: invalid settings: {exc}", file=sys.stderr)
         return 2
     if settings.log_format == "json":
-        from edge_agent.logs import JsonFormatter
+        from edge_agent.ops.logs import JsonFormatter
 
         for h in logging.getLogger().handlers:
             h.setFormatter(JsonFormatter(settings.identity))

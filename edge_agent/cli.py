@@ -9,9 +9,9 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
-from .config import load_config
-from .errors import ConfigError
+from edge_agent import __version__
+from edge_agent.config import load_config
+from edge_agent.protocol.errors import ConfigError
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -51,13 +51,13 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    from .daemon import run_agent
+    from edge_agent.daemon import run_agent
 
     return run_agent(cfg, Path(args.config))
 
 
 def _dead_letters(args: argparse.Namespace) -> int:
-    from .delivery.store import AgentStore
+    from edge_agent.outbox.agent_store import AgentStore
 
     cfg = load_config(args.config)
 
@@ -84,7 +84,7 @@ def _dead_letters(args: argparse.Namespace) -> int:
 
 
 def _config_reference(args: argparse.Namespace) -> int:
-    from .config_reference import render
+    from edge_agent.config_reference import render
 
     print(render(), end="")
     return 0

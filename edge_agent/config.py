@@ -24,8 +24,8 @@ from pydantic import (
     field_validator,
 )
 
-from .errors import ConfigError
-from .topics import ID_PATTERN
+from edge_agent.protocol.errors import ConfigError
+from edge_agent.protocol.topics import ID_PATTERN
 
 NodeId = Annotated[str, StringConstraints(pattern=ID_PATTERN.pattern)]
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from .config import AgentConfig
+from edge_agent.config import AgentConfig
 
 HEADER = """# Edge agent configuration reference
 

@@ -21,24 +21,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, topics, wire
-from .config import AgentConfig, load_config, parse_config
-from .delivery.models import ModelManager, default_health_check, default_loaders
-from .delivery.store import AgentStore, DeadLetter, OutboxRecord
-from .delivery.uplink import Uplink
-from .delivery.verify import key_id, load_public_key
-from .errors import ConfigError, MqttError, OutboxError, RejectedMessage
-from .heap import HeapTrimmer
-from .inference.answer_cache import AnswerCache
-from .inference.budget import EscalationBudget
-from .inference.escalation import Escalator, hard_example_record
-from .logs import setup_logging
-from .metrics import AgentMetrics
-from .mqtt import Message, MqttClient, Will
-from .pipeline import ChatAnswer, ChatJob, ModelCounters, Pipeline
-from .redelivery import RedeliveryGuard
-from .sdnotify import Notifier, watchdog_interval
-from .supervise import Supervisor
+from edge_agent import __version__
+from edge_agent.config import AgentConfig, load_config, parse_config
+from edge_agent.escalation.answer_cache import AnswerCache
+from edge_agent.escalation.budget import EscalationBudget
+from edge_agent.escalation.escalator import Escalator, hard_example_record
+from edge_agent.ops.heap import HeapTrimmer
+from edge_agent.ops.logs import setup_logging
+from edge_agent.ops.metrics import AgentMetrics
+from edge_agent.ops.sdnotify import Notifier, watchdog_interval
+from edge_agent.ops.tasks import Supervisor
+from edge_agent.outbox.agent_store import AgentStore, DeadLetter, OutboxRecord
+from edge_agent.outbox.uplink import Uplink
+from edge_agent.pipeline.core import ChatAnswer, ChatJob, ModelCounters, Pipeline
+from edge_agent.protocol import messages as wire
+from edge_agent.protocol import topics
+from edge_agent.protocol.errors import ConfigError, MqttError, OutboxError, RejectedMessage
+from edge_agent.protocol.manifest import key_id, load_public_key
+from edge_agent.transport.mqtt import Message, MqttClient, Will
+from edge_agent.transport.redelivery import RedeliveryGuard
+from edge_agent.updates.manager import ModelManager, default_health_check, default_loaders
 
 log = logging.getLogger(__name__)
 
@@ -423,7 +425,7 @@ class Agent:
         """Bundles named in the config; one that fails to load leaves the agent running without it."""
         m = self.cfg.models
         if m.chat_bundle is not None:
-            from .inference.chat_runtime import ChatModel
+            from edge_agent.models.chat_runtime import ChatModel
 
             try:
                 model = await asyncio.to_thread(
@@ -433,7 +435,7 @@ class Agent:
             except Exception as exc:
                 self._model_failed("chat", m.chat_bundle, exc)
         if m.sensor_bundle is not None:
-            from .inference.sensor_runtime import SensorModel
+            from edge_agent.models.sensor_runtime import SensorModel
 
             bundle = m.sensor_bundle
             try:

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from cloud_controller.receiver import SummaryStore
+from cloud_controller.ingest.summaries import SummaryStore
 from edgeloop_sim.broker import Broker
 from edgeloop_sim.replay import BackgroundReplay, ReplayConfig, ReplayResult, Source, select_devices
 from edgeloop_sim.supervisor import Supervisor
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 py,
                 "-m",
-                "cloud_controller.cli",
+                "cloud_controller.cli.main",
                 "receive",
                 "--broker",
                 f"127.0.0.1:{broker.port}",

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloud_controller.datasets.snips import Example
-from edge_agent import topics, wire
+from edge_agent.protocol import messages as wire
+from edge_agent.protocol import topics
 
 
 @dataclass

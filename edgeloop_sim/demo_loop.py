@@ -80,7 +80,7 @@ def say(msg: str) -> None:
 def cli(*args: str, check: bool = True) -> str:
     """Run ``cloud-controller ARGS`` as the operator would; its stdout."""
     p = subprocess.run(
-        [PY, "-m", "cloud_controller.cli", "--log-level", "WARNING", *args],
+        [PY, "-m", "cloud_controller.cli.main", "--log-level", "WARNING", *args],
         capture_output=True,
         text=True,
         check=False,
@@ -209,7 +209,7 @@ class Loop:
             "trained_now": models.trained or smodels.trained,
         }
         self.mark("fleet")
-        from cloud_controller.signing import generate_keys
+        from cloud_controller.releases.signing import generate_keys
 
         keys = generate_keys(out / "keys")
         self.store = out / "controller" / "resources.db"
@@ -220,7 +220,7 @@ class Loop:
         cmd = [
             PY,
             "-m",
-            "cloud_controller.cli",
+            "cloud_controller.cli.main",
             "run",
             "--broker",
             f"127.0.0.1:{self.broker.port}",
@@ -425,7 +425,7 @@ class Loop:
                 f"127.0.0.1:{self.broker.port}",
             )
         )
-        from cloud_controller.artifacts import ArtifactStore
+        from cloud_controller.releases.artifacts import ArtifactStore
 
         rel = ArtifactStore(artifacts).get(ref["name"], ref["version"])
         say(f"released {rel.name}@{rel.version} {rel.digest[:19]}… ({rel.size:,} bytes)")
@@ -673,7 +673,7 @@ class Loop:
 
 def edge_model(rel: Any, artifacts: Path) -> dict[str, Any]:
     """The EdgeModel an operator applies for a release (its own metrics copied into the spec)."""
-    from cloud_controller.artifacts import ArtifactStore
+    from cloud_controller.releases.artifacts import ArtifactStore
 
     metrics = {k: float(v) for k, v in rel.parsed.get("metrics", {}).items() if isinstance(v, int | float)}
     return ArtifactStore(artifacts).edge_model(rel, metrics=metrics)

@@ -1,6 +1,6 @@
 """The demo's chat models: the first student (v1) and the teacher, trained once and cached.
 
-Why the DistillationJob runner trains them (:func:`cloud_controller.distill_job.run`):
+Why the DistillationJob runner trains them (:func:`cloud_controller.distill_runner.chat_job.run`):
 the first student then comes out of exactly the recipe, tokenizer and int8
 export that later versions come out of, so "before" and "after" differ only in
 the data, which is the point of the demo.
@@ -94,7 +94,7 @@ def _train_one(
     task: Literal["chat", "sensor"] = "chat",
     student_params: dict[str, float] | None = None,
 ) -> tuple[Path, bool]:
-    from cloud_controller.distill_job import Progress, RunnerSpec, run
+    from cloud_controller.distill_runner.chat_job import Progress, RunnerSpec, run
 
     spec = RunnerSpec(
         job=f"demo-{name}",

@@ -40,9 +40,9 @@ from typing import Any, Literal
 
 import yaml
 
-from cloud_controller.receiver import NodeTotals, SummaryStore
+from cloud_controller.ingest.summaries import NodeTotals, SummaryStore
 from edge_agent.config import OutboxConfig
-from edge_agent.delivery.store import AgentStore
+from edge_agent.outbox.agent_store import AgentStore
 from edgeloop_sim.broker import Broker
 from edgeloop_sim.replay import BackgroundReplay, ReplayConfig, iter_messages, select_devices
 
@@ -173,7 +173,7 @@ class ControllerProc(_LoggedProc):
 
     def argv(self) -> list[str]:
         return [
-            sys.executable, "-m", "cloud_controller.cli", "run",
+            sys.executable, "-m", "cloud_controller.cli.main", "run",
             "--broker", f"127.0.0.1:{self.broker_port}",
             "--store", str(self.data_dir / "resources.db"),
             "--data-dir", str(self.data_dir),

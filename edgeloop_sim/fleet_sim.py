@@ -45,8 +45,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_agent import topics, wire
-from edge_agent.delivery.verify import (
+from edge_agent.protocol import messages as wire
+from edge_agent.protocol import topics
+from edge_agent.protocol.manifest import (
     ModelRejected,
     check_newer,
     chunks_filter,

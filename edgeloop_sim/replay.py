@@ -40,8 +40,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent.topics import ID_PATTERN, device_chat_in, device_telemetry
-from edge_agent.wire import DEFAULT_MAX_PAYLOAD
+from edge_agent.protocol.messages import DEFAULT_MAX_PAYLOAD
+from edge_agent.protocol.topics import ID_PATTERN, device_chat_in, device_telemetry
 
 __all__ = [
     "SOURCES",

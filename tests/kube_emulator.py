@@ -57,7 +57,7 @@ import kmock
 from kmock._internal import rendering
 from kubernetes import client
 
-from cloud_controller.resources.store import GROUP, KINDS, VERSION
+from cloud_controller.resources.store_protocol import GROUP, KINDS, VERSION
 
 ResKey = tuple[Any, str | None, str]
 

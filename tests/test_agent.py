@@ -17,9 +17,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeloop_sim.broker import Broker
+from edgeloop_sim.harness.agent import AgentProcess, agent_config, wait_until
+from edgeloop_sim.harness.receiver import ReceiverProcess
 from edgeloop_sim.replay import ReplayConfig, replay
-from tests.cloud import ReceiverProcess
-from tests.support import AgentProcess, agent_config, wait_until
 
 
 @pytest.fixture

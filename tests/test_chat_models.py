@@ -11,10 +11,10 @@ import pytest
 
 from cloud_controller.datasets import DataRootError, data_root
 from cloud_controller.datasets.snips import load_snips
-from cloud_controller.training.metrics import evaluate_nlu, slot_prf
-from edge_agent.inference.bundle import BundleError, load_bundle, write_bundle
-from edge_agent.inference.chat_runtime import bio_spans, bio_transitions, bio_viterbi
-from edge_agent.inference.tokenizer import UNK_ID, Tokenizer
+from cloud_controller.training.nlu_metrics import evaluate_nlu, slot_prf
+from edge_agent.models.bundle import BundleError, load_bundle, write_bundle
+from edge_agent.models.chat_runtime import bio_spans, bio_transitions, bio_viterbi
+from edge_agent.models.tokenizer import UNK_ID, Tokenizer
 
 
 def _has_snips() -> bool:
@@ -161,7 +161,7 @@ def test_corrupt_bundles_raise(tmp_path: Path) -> None:
 
 def test_bundle_with_unloadable_model_raises(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from edge_agent.inference.chat_runtime import ChatModel
+    from edge_agent.models.chat_runtime import ChatModel
 
     with pytest.raises(BundleError, match="does not load"):
         ChatModel(_bundle(tmp_path))
@@ -189,7 +189,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_onnx_fp32_matches_torch(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     ort = pytest.importorskip("onnxruntime")
-    from cloud_controller.training.chat_models import StudentConfig, StudentTagger
+    from cloud_controller.training.chat_nets import StudentConfig, StudentTagger
     from cloud_controller.training.export import export_onnx
 
     torch.manual_seed(0)
@@ -230,7 +230,7 @@ def test_distill_loss_reduces_to_hard_loss() -> None:
 
 @pytest.mark.train
 def test_tiny_int8_bundle_predicts_snips(tiny_run: dict) -> None:
-    from edge_agent.inference.chat_runtime import ChatModel
+    from edge_agent.models.chat_runtime import ChatModel
 
     report, out = tiny_run["report"], tiny_run["out"]
     bundle = load_bundle(out / "bundle")

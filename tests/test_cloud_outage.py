@@ -10,8 +10,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeloop_sim.broker import Broker
-from tests.cloud import ReceiverProcess
-from tests.support import AgentProcess, agent_config, wait_until
+from edgeloop_sim.harness.agent import AgentProcess, agent_config, wait_until
+from edgeloop_sim.harness.receiver import ReceiverProcess
 from tests.test_agent import metric, scrape
 
 

@@ -10,7 +10,7 @@ import pytest
 from kubernetes import client
 
 from cloud_controller.resources.kube_store import KubeResourceStore
-from cloud_controller.resources.store import API_VERSION, AlreadyExists, Conflict, NotFound, Obj
+from cloud_controller.resources.store_protocol import API_VERSION, AlreadyExists, Conflict, NotFound, Obj
 from cloud_controller.runtime.controller import (
     Condition,
     Controller,
@@ -20,7 +20,7 @@ from cloud_controller.runtime.controller import (
 )
 from cloud_controller.runtime.informer import split_key
 from cloud_controller.runtime.leader import LeaderElector
-from edge_agent.errors import PermanentError
+from edge_agent.protocol.errors import PermanentError
 from tests.kube_emulator import EdgeLoopKubeEmulator, kube_emulator
 
 NS = "default"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cloud_controller.resources.sqlite_store import SqliteResourceStore
-from cloud_controller.resources.store import API_VERSION, Obj
+from cloud_controller.resources.store_protocol import API_VERSION, Obj
 from cloud_controller.runtime.controller import (
     Condition,
     Controller,

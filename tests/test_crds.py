@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from cloud_controller.resources import models
+from cloud_controller.resources import kinds as models
 from cloud_controller.resources.schema import SchemaInvalid, Schemas, load_schemas
-from cloud_controller.resources.store import GROUP, KINDS, VERSION
+from cloud_controller.resources.store_protocol import GROUP, KINDS, VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD_FILES = sorted((ROOT / "crds").glob("*.yaml"))

@@ -7,7 +7,7 @@ import re
 import runpy
 from pathlib import Path
 
-from edge_agent.metrics import AgentMetrics
+from edge_agent.ops.metrics import AgentMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "deploy" / "grafana"

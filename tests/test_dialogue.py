@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from edge_agent.preprocess.dialogue import DialogueState, DialogueStore, Transaction
-from edge_agent.wire import DialogueView
+from edge_agent.protocol.messages import DialogueView
 
 
 def apply(

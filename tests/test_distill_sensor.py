@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cloud_controller.distill_job import RunnerSpec, parse_base
-from cloud_controller.hard_examples import StoredHardExample, write_snapshot
-from edge_agent import wire
+from cloud_controller.distill_runner.chat_job import RunnerSpec, parse_base
+from cloud_controller.ingest.hard_examples import StoredHardExample, write_snapshot
+from edge_agent.protocol import messages as wire
 
 pytest.importorskip("torch")
 
@@ -57,7 +57,7 @@ def sensor_case(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         train_student,
         write_sensor_bundle,
     )
-    from edge_agent.inference.sensor_runtime import SensorModel
+    from edge_agent.models.sensor_runtime import SensorModel
 
     cfg, files, free, others, spec = _data()
     out = tmp_path_factory.mktemp("sensor-parent")
@@ -107,7 +107,7 @@ def _stored(h: wire.HardExample) -> StoredHardExample:
 
 
 def test_teacher_probability_follows_the_teachers_decision() -> None:
-    from cloud_controller.distill_sensor import teacher_probability
+    from cloud_controller.distill_runner.sensor_job import teacher_probability
 
     def ex(**teacher: Any) -> StoredHardExample:
         return StoredHardExample("i", 0.0, 0.0, "n", "sensor", None, [0.0], None, None, teacher, {})
@@ -128,7 +128,7 @@ def test_parse_base_groups() -> None:
 
 def test_student_from_int8_bundle_scores_like_the_bundle(sensor_case: dict[str, Any]) -> None:
     from cloud_controller.training.sensor_train import student_from_onnx, torch_scores
-    from edge_agent.inference.sensor_runtime import SensorModel
+    from edge_agent.models.sensor_runtime import SensorModel
 
     x = np.asarray([h.features for h in sensor_case["hard"]], np.float32)
     warm = student_from_onnx(sensor_case["v1"] / "model.onnx")
@@ -158,7 +158,8 @@ def test_runner_process_redistills_a_sensor_student(sensor_case: dict[str, Any],
     )
     (tmp_path / "spec.json").write_text(spec.model_dump_json())
     proc = subprocess.run(
-        [sys.executable, "-m", "cloud_controller.distill_job", "--spec", str(tmp_path / "spec.json"),
+        [sys.executable, "-m", "cloud_controller.distill_runner.chat_job",
+         "--spec", str(tmp_path / "spec.json"),
          "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -175,8 +176,8 @@ def test_runner_process_redistills_a_sensor_student(sensor_case: dict[str, Any],
     assert before["new_escalation_rate"] == 1.0
     assert after["new_escalation_rate"] < before["new_escalation_rate"]
 
-    from edge_agent.inference.bundle import load_bundle
-    from edge_agent.inference.sensor_runtime import SENSOR_TASK, SensorModel
+    from edge_agent.models.bundle import load_bundle
+    from edge_agent.models.sensor_runtime import SENSOR_TASK, SensorModel
 
     b = load_bundle(tmp_path / result["bundle"])
     assert b.manifest.task == SENSOR_TASK
@@ -195,7 +196,8 @@ def test_unknown_group_fails_with_a_clear_error(tmp_path: Path) -> None:
                       version="1")  # fmt: skip
     (tmp_path / "spec.json").write_text(spec.model_dump_json())
     proc = subprocess.run(
-        [sys.executable, "-m", "cloud_controller.distill_job", "--spec", str(tmp_path / "spec.json"),
+        [sys.executable, "-m", "cloud_controller.distill_runner.chat_job",
+         "--spec", str(tmp_path / "spec.json"),
          "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

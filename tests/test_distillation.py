@@ -23,9 +23,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from cloud_controller.artifacts import ArtifactStore
-from cloud_controller.hard_examples import HardExampleStore, handle_hard_examples
-from cloud_controller.reconcilers.distillation import (
+from cloud_controller.ingest.hard_examples import HardExampleStore, handle_hard_examples
+from cloud_controller.reconcilers.distillation.reconciler import (
     DEFAULT_TEMPLATE,
     DistillationSettings,
     JobRef,
@@ -36,16 +35,18 @@ from cloud_controller.reconcilers.distillation import (
     make_distillation_reconciler,
     render_job,
 )
-from cloud_controller.resources.models import DistillationJob, Gate, GateGuard
+from cloud_controller.releases.artifacts import ArtifactStore
+from cloud_controller.releases.signing import generate_keys, load_private_key, load_public_key_file
+from cloud_controller.resources.kinds import DistillationJob, Gate, GateGuard
 from cloud_controller.resources.schema import SchemaInvalid, load_schemas
 from cloud_controller.resources.sqlite_store import SqliteResourceStore
-from cloud_controller.resources.store import API_VERSION, NotFound, Obj, ResourceStore
+from cloud_controller.resources.store_protocol import API_VERSION, NotFound, Obj, ResourceStore
 from cloud_controller.runtime.controller import Controller
-from cloud_controller.signing import generate_keys, load_private_key, load_public_key_file
-from edge_agent import topics, wire
 from edge_agent.config import MqttConfig
-from edge_agent.delivery.verify import verify_manifest
-from edge_agent.mqtt import MqttClient
+from edge_agent.protocol import messages as wire
+from edge_agent.protocol import topics
+from edge_agent.protocol.manifest import verify_manifest
+from edge_agent.transport.mqtt import MqttClient
 
 NS = "default"
 L = TypeVar("L", LocalJobLauncher, KubeJobLauncher)
@@ -101,7 +102,7 @@ def hard_examples(node: str = "n1", n_new: int = 40, n_low: int = 8) -> list[wir
 def parent_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Student version 1, trained by the runner (in-process) without the held-back intent."""
     pytest.importorskip("torch")
-    from cloud_controller.distill_job import Progress, RunnerSpec, run
+    from cloud_controller.distill_runner.chat_job import Progress, RunnerSpec, run
 
     out = tmp_path_factory.mktemp("parent")
     spec = RunnerSpec(
@@ -509,7 +510,7 @@ async def _read_fifo(path: Path, timeout: float) -> str:
 async def test_local_stop_kills_the_process_group_after_sigterm_timeout(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from cloud_controller.distill_job import RunnerSpec
+    from cloud_controller.distill_runner.chat_job import RunnerSpec
 
     site = tmp_path / "site"
     site.mkdir()
@@ -537,7 +538,7 @@ async def test_local_stop_kills_the_process_group_after_sigterm_timeout(
     second = LocalJobLauncher(kill_timeout_s=0.5)
     assert (await second.poll(ref)).kind == "running"
     assert _alive(pid) and _alive(grandchild)
-    with caplog.at_level("WARNING", logger="cloud_controller.reconcilers.distillation"):
+    with caplog.at_level("WARNING", logger="cloud_controller.reconcilers.distillation.reconciler"):
         async with asyncio.timeout(15):
             await second.stop(ref)
     assert "after SIGTERM; killing its process group" in caplog.text
@@ -879,7 +880,7 @@ def test_job_template_renders_with_required_fields() -> None:
     )
     assert pod["restartPolicy"] == "Never" and pod["securityContext"]["runAsNonRoot"] is True
     c = pod["containers"][0]
-    assert c["image"] == "registry/x:1" and c["command"][-1] == "cloud_controller.distill_job"
+    assert c["image"] == "registry/x:1" and c["command"][-1] == "cloud_controller.distill_runner.chat_job"
     assert c["args"] == ["--spec", "/work/spec.json", "--out", "/work", "--progress", "/work/progress.jsonl"]
     assert c["resources"]["limits"]["memory"] and c["resources"]["requests"]["cpu"]
     sc = c["securityContext"]

@@ -6,11 +6,11 @@ import asyncio
 from pathlib import Path
 
 from edge_agent.config import OutboxConfig
-from edge_agent.delivery.store import AgentStore
+from edge_agent.outbox.agent_store import AgentStore
 from edgeloop_sim.broker import Broker
+from edgeloop_sim.harness.agent import AgentProcess, agent_config, wait_until
+from edgeloop_sim.harness.receiver import ReceiverProcess
 from edgeloop_sim.replay import BackgroundReplay, ReplayConfig
-from tests.cloud import ReceiverProcess
-from tests.support import AgentProcess, agent_config, wait_until
 
 
 def test_sigkill_and_broker_restart_mid_stream_lose_nothing(tmp_path: Path, broker: Broker) -> None:

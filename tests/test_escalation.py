@@ -20,15 +20,16 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud_controller.teacher import TeacherService
-from edge_agent import topics, wire
+from cloud_controller.teachers.chat_service import TeacherService
 from edge_agent.config import MqttConfig
-from edge_agent.errors import RejectedMessage
-from edge_agent.inference import escalation_wire as ew
-from edge_agent.inference.answer_cache import AnswerCache
-from edge_agent.inference.budget import EscalationBudget
-from edge_agent.inference.escalation import Escalator, hard_example_record
-from edge_agent.mqtt import Message, MqttClient
+from edge_agent.escalation.answer_cache import AnswerCache
+from edge_agent.escalation.budget import EscalationBudget
+from edge_agent.escalation.escalator import Escalator, hard_example_record
+from edge_agent.protocol import escalation_wire as ew
+from edge_agent.protocol import messages as wire
+from edge_agent.protocol import topics
+from edge_agent.protocol.errors import RejectedMessage
+from edge_agent.transport.mqtt import Message, MqttClient
 from edgeloop_sim.broker import Broker
 
 NODE = "node-1"

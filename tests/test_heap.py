@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.heap import HeapTrimmer
+from edge_agent.ops.heap import HeapTrimmer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def test_disabled_with_zero_interval() -> None:
 
 CHILD = r"""
 import sys
-from edge_agent.heap import HeapTrimmer
+from edge_agent.ops.heap import HeapTrimmer
 
 def rss_mb():
     for line in open("/proc/self/status"):

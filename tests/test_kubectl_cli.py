@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud_controller.resources import kubectl
-from cloud_controller.resources.models import EdgeNodeStatus, ModelRolloutStatus, Traffic
+from cloud_controller.cli import kubectl
+from cloud_controller.resources.kinds import EdgeNodeStatus, ModelRolloutStatus, Traffic
 from cloud_controller.resources.sqlite_store import SqliteResourceStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +151,7 @@ def test_cli_in_a_separate_process_while_a_watcher_runs(tmp_path: Path) -> None:
             _, rv = await store.list("EdgeNode")
             it = store.watch("EdgeNode", resource_version=rv)
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "cloud_controller.resources.kubectl", "apply",
+                sys.executable, "-m", "cloud_controller.cli.kubectl", "apply",
                 "-f", str(EXAMPLES / "edgenode.yaml"),
                 env={**os.environ, "EDGELOOP_STORE": str(db)}, stdout=subprocess.PIPE)
             out, _ = await asyncio.wait_for(proc.communicate(), 30)

@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.config import AgentConfig, LogConfig
 from edge_agent.daemon import Agent
-from edge_agent.logs import redact, redact_text, setup_logging, under_journal
-from edge_agent.metrics import AgentMetrics
+from edge_agent.ops.logs import redact, redact_text, setup_logging, under_journal
+from edge_agent.ops.metrics import AgentMetrics
 
 
 def _scrape(port: int) -> str:

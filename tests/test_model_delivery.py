@@ -1,6 +1,6 @@
 """Signed model delivery end to end: real mosquitto, real ONNX bundles, real files.
 
-The node side is :class:`edge_agent.delivery.models.ModelManager`; the cloud
+The node side is :class:`edge_agent.updates.manager.ModelManager`; the cloud
 side is the artifact store, the signer and the retained-message publisher. The
 test loader is a minimal one (bundle verification + an onnxruntime session on a
 1-layer MatMul+Softmax graph), because the chat and sensor runtimes expect
@@ -25,15 +25,15 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from cloud_controller.artifacts import ArtifactStore, Release
-from cloud_controller.publisher import ModelPublisher
-from cloud_controller.signing import generate_keys, load_private_key, load_public_key_file
+from cloud_controller.releases.artifacts import ArtifactStore, Release
+from cloud_controller.releases.publisher import ModelPublisher
+from cloud_controller.releases.signing import generate_keys, load_private_key, load_public_key_file
 from edge_agent.config import MqttConfig
-from edge_agent.delivery.models import ModelManager
-from edge_agent.delivery.verify import canonical_json, chunk_topic, manifest_digest, manifest_topic
-from edge_agent.inference.bundle import load_bundle, write_bundle
-from edge_agent.mqtt import MqttClient
-from edge_agent.wire import DesiredState, ModelRef
+from edge_agent.models.bundle import load_bundle, write_bundle
+from edge_agent.protocol.manifest import canonical_json, chunk_topic, manifest_digest, manifest_topic
+from edge_agent.protocol.messages import DesiredState, ModelRef
+from edge_agent.transport.mqtt import MqttClient
+from edge_agent.updates.manager import ModelManager
 from edgeloop_sim.broker import Broker
 
 NODE = "node-1"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import MqttConfig
-from edge_agent.errors import MqttError, PublishDenied
-from edge_agent.mqtt import ConnectRefused, Message, MqttClient, Will
+from edge_agent.protocol.errors import MqttError, PublishDenied
+from edge_agent.transport.mqtt import ConnectRefused, Message, MqttClient, Will
 from edgeloop_sim.broker import Broker, add_password
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,7 +207,7 @@ WILL_CHILD = textwrap.dedent(
     """
     import asyncio, sys
     from edge_agent.config import MqttConfig
-    from edge_agent.mqtt import MqttClient, Will
+    from edge_agent.transport.mqtt import MqttClient, Will
 
     async def main():
         c = MqttClient(MqttConfig(host="127.0.0.1", port=int(sys.argv[1])), "doomed",

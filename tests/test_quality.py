@@ -25,7 +25,7 @@ def test_layers_and_forbidden_imports_hold() -> None:
 
 def test_edge_agent_imports_without_cloud_libraries() -> None:
     code = (
-        "import sys, edge_agent.daemon, edge_agent.cli, edge_agent.delivery.models;"
+        "import sys, edge_agent.daemon, edge_agent.cli, edge_agent.updates.manager;"
         "bad = [m for m in ('torch', 'transformers', 'kubernetes', 'cloud_controller') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -53,7 +53,7 @@ def test_configuration_reference_is_current() -> None:
 
 
 def test_controller_configuration_reference_is_current() -> None:
-    from cloud_controller.config_reference import render
+    from cloud_controller.cli.config_reference import render
 
     assert (ROOT / "docs" / "controller-configuration.md").read_text() == render(), (
         "docs/controller-configuration.md is stale: run "
@@ -67,11 +67,11 @@ def test_controller_reference_env_vars_match_from_env() -> None:
     import re
 
     from cloud_controller.app import ControllerSettings
-    from cloud_controller.config_reference import ENV_VARS, setting_paths
+    from cloud_controller.cli.config_reference import ENV_VARS, setting_paths
 
     src = inspect.getsource(ControllerSettings.from_env)
     assert set(re.findall(r"EDGELOOP_[A-Z0-9_]+", src)) == set(ENV_VARS), (
-        "edit ENV_VARS in cloud_controller/config_reference.py to match ControllerSettings.from_env"
+        "edit ENV_VARS in cloud_controller/cli/config_reference.py to match ControllerSettings.from_env"
     )
     simple = dict(re.findall(r'"(EDGELOOP_[A-Z0-9_]+)": "(\w+)"', src))
     assert simple, "from_env's simple variable table moved: update this test"
@@ -86,10 +86,10 @@ def test_controller_reference_flags_match_run_parser() -> None:
     import re
 
     from cloud_controller.app import settings_from_args
-    from cloud_controller.config_reference import DESCRIPTIONS, FLAGS, run_actions, setting_paths
+    from cloud_controller.cli.config_reference import DESCRIPTIONS, FLAGS, run_actions, setting_paths
 
     assert {a.dest for a in run_actions()} == set(FLAGS), (
-        "edit FLAGS in cloud_controller/config_reference.py to match configure_run_args"
+        "edit FLAGS in cloud_controller/cli/config_reference.py to match configure_run_args"
     )
     src = inspect.getsource(settings_from_args)
     assert set(re.findall(r"args\.(\w+)", src)) == set(FLAGS)
@@ -104,7 +104,7 @@ def test_controller_reference_flags_match_run_parser() -> None:
 def test_controller_reference_precedence_notes_hold() -> None:
     """What the reference's notes claim: flag over variable over default, kube over store_path."""
     from cloud_controller.app import ControllerSettings, settings_from_args
-    from cloud_controller.cli import build_parser
+    from cloud_controller.cli.main import build_parser
 
     def settings(argv: list[str], env: dict[str, str]) -> ControllerSettings:
         return settings_from_args(build_parser().parse_args(["run", *argv]), env)
@@ -131,7 +131,7 @@ def test_controller_run_rejects_bad_settings_with_a_clear_error(
 ) -> None:
     """A bad flag or EDGELOOP_* value ends `run` with exit 2 and one line naming it, not a traceback."""
     proc = subprocess.run(
-        [sys.executable, "-m", "cloud_controller.cli", "run", "--store", str(tmp_path / "r.db"), *argv],
+        [sys.executable, "-m", "cloud_controller.cli.main", "run", "--store", str(tmp_path / "r.db"), *argv],
         capture_output=True,
         text=True,
         timeout=60,

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from cloud_controller.cli import main as cli_main
-from cloud_controller.receiver import Receiver, ReceiverConfig
-from edge_agent import topics, wire
+from cloud_controller.cli.main import main as cli_main
+from cloud_controller.ingest.summaries import Receiver, ReceiverConfig
 from edge_agent.config import MqttConfig
-from edge_agent.mqtt import MqttClient
+from edge_agent.protocol import messages as wire
+from edge_agent.protocol import topics
+from edge_agent.transport.mqtt import MqttClient
 from edgeloop_sim.broker import Broker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +127,7 @@ async def _wait_until(r: Receiver, n: int) -> None:
 def test_cli_receive_and_totals(broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "cli.db"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cloud_controller.cli", "--log-level", "DEBUG",
+        [sys.executable, "-m", "cloud_controller.cli.main", "--log-level", "DEBUG",
          "receive", "--broker", f"127.0.0.1:{broker.port}", "--db", str(db)],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True,
     )

@@ -20,10 +20,11 @@ import pytest
 
 from cloud_controller.app import ControllerApp, ControllerSettings
 from cloud_controller.resources.sqlite_store import SqliteResourceStore
-from cloud_controller.resources.store import API_VERSION, NotFound, Obj
-from edge_agent import topics, wire
+from cloud_controller.resources.store_protocol import API_VERSION, NotFound, Obj
 from edge_agent.config import MqttConfig
-from edge_agent.mqtt import MqttClient, Will
+from edge_agent.protocol import messages as wire
+from edge_agent.protocol import topics
+from edge_agent.transport.mqtt import MqttClient, Will
 
 NS = "default"
 DIGEST = "sha256:" + "ab" * 32

@@ -18,8 +18,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud_controller.datasets import data_root
-from edge_agent.topics import ID_PATTERN, parse_device_topic
-from edge_agent.wire import parse_chat_in, parse_telemetry
+from edge_agent.protocol.messages import parse_chat_in, parse_telemetry
+from edge_agent.protocol.topics import ID_PATTERN, parse_device_topic
 from edgeloop_sim.broker import Broker, free_port
 from edgeloop_sim.replay import (
     ReplayConfig,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.sdnotify import Notifier, watchdog_interval
+from edge_agent.ops.sdnotify import Notifier, watchdog_interval
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,7 +106,7 @@ def test_newline_in_value_cannot_inject_a_field(listener: Listener) -> None:
 def test_subprocess_notifies_with_its_own_pid(listener: Listener) -> None:
     """A real process, as systemd would start it: the sender pid is the child's (NotifyAccess=main)."""
     code = (
-        "from edge_agent.sdnotify import Notifier\n"
+        "from edge_agent.ops.sdnotify import Notifier\n"
         "n = Notifier.from_env()\n"
         "assert n.ready() and n.status('up') and n.watchdog() and n.stopping()\n"
     )
@@ -146,7 +146,7 @@ def test_constructor_opens_nothing(listener: Listener) -> None:
 
 def test_send_failure_is_counted_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     n = Notifier.from_env({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens.sock")})
-    with caplog.at_level("DEBUG", logger="edge_agent.sdnotify"):
+    with caplog.at_level("DEBUG", logger="edge_agent.ops.sdnotify"):
         assert n.ready() is False
         assert n.watchdog() is False
     n.close()

@@ -25,13 +25,14 @@ import pytest
 from onnx import TensorProto, helper
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent import topics, wire
 from edge_agent.config import AgentConfig, OutboxConfig, SensorConfig, WindowConfig
-from edge_agent.inference.features import FeatureSpec
-from edge_agent.inference.sensor_runtime import SensorModel, write_sensor_bundle
-from edge_agent.pipeline import Pipeline
+from edge_agent.models.features import FeatureSpec
+from edge_agent.models.sensor_runtime import SensorModel, write_sensor_bundle
+from edge_agent.pipeline.core import Pipeline
+from edge_agent.protocol import messages as wire
+from edge_agent.protocol import topics
 from edgeloop_sim.broker import Broker
-from tests.support import AgentProcess, agent_config
+from edgeloop_sim.harness.agent import AgentProcess, agent_config
 
 NODE = "n1"
 DEVICE = "pump-1"
@@ -208,7 +209,7 @@ def test_disabled_sends_none_but_still_counts_escalations(bundle: Path, sensor: 
 
 def test_config_validates_the_band() -> None:
     from edge_agent.config import parse_config
-    from edge_agent.errors import ConfigError
+    from edge_agent.protocol.errors import ConfigError
 
     assert parse_config({"node_id": NODE}).sensor.uncertain_band == (0.35, 0.65)
     for band in ([0.6, 0.4], [0.5, 0.5], [-0.1, 0.5], [0.2, 1.5]):

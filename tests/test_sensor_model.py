@@ -10,7 +10,7 @@ import pytest
 
 from cloud_controller.datasets.skab import SkabData, list_experiments, load_experiment
 from edge_agent.config import WindowConfig
-from edge_agent.inference.features import (
+from edge_agent.models.features import (
     DeviceBaseline,
     FeatureSpec,
     FeatureSpecError,
@@ -21,7 +21,7 @@ from edge_agent.inference.features import (
     model_input,
 )
 from edge_agent.preprocess.windows import WindowAggregator
-from edge_agent.wire import WindowSummary
+from edge_agent.protocol.messages import WindowSummary
 
 DEVICE = "pump-1"
 
@@ -105,8 +105,8 @@ def test_tiny_training_exports_a_working_int8_bundle(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
     from cloud_controller.training import sensor_train as st
-    from edge_agent.inference.bundle import load_bundle
-    from edge_agent.inference.sensor_runtime import SensorModel
+    from edge_agent.models.bundle import load_bundle
+    from edge_agent.models.sensor_runtime import SensorModel
 
     cfg = st.SensorTrainConfig.named("tiny")
     report = st.run(cfg, tmp_path / "out", log=lambda *_: None, name="tiny")

@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 
 from cloud_controller.app import ControllerApp, ControllerSettings, configure_run_args, settings_from_args
-from cloud_controller.hard_examples import HardExampleStore, handle_hard_examples
-from cloud_controller.sensor_teacher import SensorTeacher, load_sensor_teacher
-from edge_agent import topics, wire
+from cloud_controller.ingest.hard_examples import HardExampleStore, handle_hard_examples
+from cloud_controller.teachers.sensor_labeller import SensorTeacher, load_sensor_teacher
 from edge_agent.config import MqttConfig
-from edge_agent.delivery.store import OutboxRecord
-from edge_agent.mqtt import MqttClient
+from edge_agent.outbox.agent_store import OutboxRecord
+from edge_agent.protocol import messages as wire
+from edge_agent.protocol import topics
+from edge_agent.transport.mqtt import MqttClient
 from tests.test_sensor_hard_examples import pipeline, telemetry, tiny_sensor_bundle
 
 NODE = "n1"

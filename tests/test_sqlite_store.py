@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from cloud_controller.resources.sqlite_store import SqliteResourceStore
-from cloud_controller.resources.store import (
+from cloud_controller.resources.store_protocol import (
     AlreadyExists,
     Conflict,
     Gone,

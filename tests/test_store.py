@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import OutboxConfig
-from edge_agent.delivery.store import (
+from edge_agent.outbox.agent_store import (
     DEAD_LETTER_PAYLOAD_MAX,
     AgentStore,
     DeadLetter,
@@ -22,7 +22,7 @@ from edge_agent.delivery.store import (
     OutboxStats,
     record_size,
 )
-from edge_agent.errors import OutboxError
+from edge_agent.protocol.errors import OutboxError
 
 REPO = Path(__file__).resolve().parents[1]
 TOPIC = "edgeloop/v1/nodes/n1/summaries"
@@ -175,7 +175,7 @@ CRASH_SCRIPT = textwrap.dedent(
     import asyncio, os, sys
     from pathlib import Path
     from edge_agent.config import OutboxConfig
-    from edge_agent.delivery.store import AgentStore, DeadLetter, OutboxRecord
+    from edge_agent.outbox.agent_store import AgentStore, DeadLetter, OutboxRecord
 
     async def main(path, ticks):
         store = AgentStore(Path(path), OutboxConfig())

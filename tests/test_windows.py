@@ -19,7 +19,7 @@ from hypothesis import strategies as hs
 
 from edge_agent.config import WindowConfig
 from edge_agent.preprocess.windows import Accumulator, WindowAggregator, state_key
-from edge_agent.wire import WindowSummary
+from edge_agent.protocol.messages import WindowSummary
 
 DATA = Path(os.environ.get("EDGELOOP_DATA", "/work/shared/datasets"))
 DEV = "pump-1"

@@ -19,10 +19,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from cloud_controller.desired import DesiredPublisher, RefFor, default_ref, ordered_rollouts
-from cloud_controller.fleet import Fleet, StatusThrottle
-from cloud_controller.resources.models import EdgeModel, EdgeNode, EdgePipeline, ModelRollout
-from cloud_controller.resources.store import Obj, ResourceStore
+from cloud_controller.ingest.fleet import Fleet, StatusThrottle
+from cloud_controller.reconcilers.desired import DesiredPublisher, RefFor, default_ref, ordered_rollouts
+from cloud_controller.resources.kinds import EdgeModel, EdgeNode, EdgePipeline, ModelRollout
+from cloud_controller.resources.store_protocol import Obj, ResourceStore
 from cloud_controller.runtime.controller import Controller
 
 T = TypeVar("T")

@@ -22,11 +22,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from cloud_controller.desired import build_content
-from cloud_controller.fleet import DesiredRecord, NodeState
+from cloud_controller.ingest.fleet import DesiredRecord, NodeState
 from cloud_controller.reconcilers.common import Context, conditions_differ, fields_differ
-from cloud_controller.resources.models import EdgeNode, Traffic
-from cloud_controller.resources.store import NotFound, Obj
+from cloud_controller.reconcilers.desired import build_content
+from cloud_controller.resources.kinds import EdgeNode, Traffic
+from cloud_controller.resources.store_protocol import NotFound, Obj
 from cloud_controller.runtime.controller import (
     Condition,
     ReconcileFn,

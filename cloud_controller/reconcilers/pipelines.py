@@ -12,10 +12,10 @@ spec generation every selected node has been sent).
 
 from __future__ import annotations
 
-from cloud_controller.desired import pipeline_hash, pipeline_payload, select_pipeline
 from cloud_controller.reconcilers.common import Context, approved, conditions_differ, fields_differ, labels_of
-from cloud_controller.resources.models import EdgePipeline
-from cloud_controller.resources.store import NotFound, Obj
+from cloud_controller.reconcilers.desired import pipeline_hash, pipeline_payload, select_pipeline
+from cloud_controller.resources.kinds import EdgePipeline
+from cloud_controller.resources.store_protocol import NotFound, Obj
 from cloud_controller.runtime.controller import (
     Condition,
     ReconcileFn,

@@ -47,16 +47,16 @@ from urllib.parse import unquote, urlparse
 
 from pydantic import ValidationError
 
-from cloud_controller.desired import (
+from cloud_controller.reconcilers.common import Context, approved, conditions_differ, fields_differ, labels_of
+from cloud_controller.reconcilers.desired import (
     SEQ_ANNOTATION,
     assignments,
     find_model,
     format_prev,
     rollout_seq,
 )
-from cloud_controller.reconcilers.common import Context, approved, conditions_differ, fields_differ, labels_of
-from cloud_controller.resources.models import Analysis, EdgeModel, ModelRollout
-from cloud_controller.resources.store import NotFound, Obj
+from cloud_controller.resources.kinds import Analysis, EdgeModel, ModelRollout
+from cloud_controller.resources.store_protocol import NotFound, Obj
 from cloud_controller.runtime.controller import (
     Condition,
     ReconcileFn,
@@ -65,7 +65,7 @@ from cloud_controller.runtime.controller import (
     patch_status_with_observed_generation,
 )
 from cloud_controller.runtime.informer import split_key
-from edge_agent import wire
+from edge_agent.protocol import messages as wire
 
 TERMINAL = ("Succeeded", "RolledBack", "Failed")
 

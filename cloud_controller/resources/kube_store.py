@@ -25,7 +25,7 @@ import urllib3
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from cloud_controller.resources.store import (
+from cloud_controller.resources.store_protocol import (
     API_VERSION,
     GROUP,
     KINDS,

@@ -28,7 +28,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .store import API_VERSION, Invalid, Obj
+from cloud_controller.resources.store_protocol import API_VERSION, Invalid, Obj
 
 # DNS-1123 subdomain (object names) and label (namespaces), as the API server checks them.
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

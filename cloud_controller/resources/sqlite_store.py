@@ -45,8 +45,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
-from .schema import Schemas, load_schemas
-from .store import AlreadyExists, Conflict, Gone, Invalid, NotFound, Obj, Unavailable, WatchEvent
+from cloud_controller.resources.schema import Schemas, load_schemas
+from cloud_controller.resources.store_protocol import (
+    AlreadyExists,
+    Conflict,
+    Gone,
+    Invalid,
+    NotFound,
+    Obj,
+    Unavailable,
+    WatchEvent,
+)
 
 T = TypeVar("T")
 _Objs = list[Obj]

@@ -22,11 +22,11 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cloud_controller.resources.store import Conflict, Obj, ResourceStore
+from cloud_controller.resources.store_protocol import Conflict, Obj, ResourceStore
 from cloud_controller.runtime.informer import Informer, split_key
 from cloud_controller.runtime.leader import Leadership, LocalLeader
 from cloud_controller.runtime.workqueue import WorkQueue
-from edge_agent.errors import PermanentError, TransientError
+from edge_agent.protocol.errors import PermanentError, TransientError
 
 log = logging.getLogger(__name__)
 

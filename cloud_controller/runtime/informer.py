@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cloud_controller.resources.store import Gone, Obj, ResourceStore
+from cloud_controller.resources.store_protocol import Gone, Obj, ResourceStore
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from cloud_controller.resources.kube_store import MERGE_PATCH, map_api_error, microtime
-from cloud_controller.resources.store import Conflict, NotFound, Obj, StoreError
+from cloud_controller.resources.store_protocol import Conflict, NotFound, Obj, StoreError
 
 log = logging.getLogger(__name__)
 

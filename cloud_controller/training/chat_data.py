@@ -16,8 +16,8 @@ import torch
 
 from cloud_controller.datasets.snips import Example
 from cloud_controller.training.distill import TeacherLogits
-from edge_agent.inference.chat_runtime import bio_spans
-from edge_agent.inference.tokenizer import Tokenizer
+from edge_agent.models.chat_runtime import bio_spans
+from edge_agent.models.tokenizer import Tokenizer
 
 __all__ = ["EncodedSet", "augment_swap_slots", "collate", "encode_examples"]
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from cloud_controller.datasets.snips import Example, label_sets, load_snips
 from cloud_controller.training.chat_data import EncodedSet, augment_swap_slots, collate, encode_examples
-from cloud_controller.training.chat_models import StudentConfig, StudentTagger
+from cloud_controller.training.chat_nets import StudentConfig, StudentTagger
 from cloud_controller.training.distill import (
     TeacherLogits,
     distill_loss,
@@ -41,8 +41,7 @@ from cloud_controller.training.distill import (
     save_teacher_logits,
 )
 from cloud_controller.training.export import export_onnx, quantize_int8
-from cloud_controller.training.metrics import NluMetrics, evaluate_nlu
-from cloud_controller.training.teacher import (
+from cloud_controller.training.minilm_teacher import (
     TeacherConfig,
     TeacherHandle,
     load_or_train_teacher,
@@ -51,9 +50,10 @@ from cloud_controller.training.teacher import (
     teacher_word_vectors,
     torch_threads,
 )
-from edge_agent.inference.bundle import write_bundle
-from edge_agent.inference.chat_runtime import bio_transitions, bio_viterbi, softmax
-from edge_agent.inference.tokenizer import UNK_ID, Tokenizer
+from cloud_controller.training.nlu_metrics import NluMetrics, evaluate_nlu
+from edge_agent.models.bundle import write_bundle
+from edge_agent.models.chat_runtime import bio_transitions, bio_viterbi, softmax
+from edge_agent.models.tokenizer import UNK_ID, Tokenizer
 
 __all__ = [
     "CONFIGS",

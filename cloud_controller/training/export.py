@@ -15,7 +15,7 @@ import onnx
 import torch
 from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
-from cloud_controller.training.chat_models import StudentTagger
+from cloud_controller.training.chat_nets import StudentTagger
 
 __all__ = ["INPUT_NAMES", "OUTPUT_NAMES", "export_onnx", "quantize_int8"]
 

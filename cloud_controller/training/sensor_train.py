@@ -45,10 +45,10 @@ from torch import nn
 from cloud_controller.datasets.skab import list_experiments, load_experiment
 from cloud_controller.training.export import quantize_int8
 from edge_agent.config import WindowConfig
-from edge_agent.inference.features import FeatureSpec, feature_matrix, fit_baseline, model_input
-from edge_agent.inference.sensor_runtime import write_sensor_bundle
+from edge_agent.models.features import FeatureSpec, feature_matrix, fit_baseline, model_input
+from edge_agent.models.sensor_runtime import write_sensor_bundle
 from edge_agent.preprocess.windows import WindowAggregator
-from edge_agent.wire import WindowSummary
+from edge_agent.protocol.messages import WindowSummary
 
 __all__ = [
     "FileWindows",

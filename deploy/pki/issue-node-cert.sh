@@ -15,7 +15,7 @@
 #          --san IP:127.0.0.1). Refuses to overwrite an existing NAME.crt unless
 #          --force: two holders of one name would be one identity to the ACL.
 #
-# NAME must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$ (edge_agent.topics.ID_PATTERN):
+# NAME must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$ (edge_agent.protocol.topics.ID_PATTERN):
 # a name with '/', '+', '#' or NUL would change the meaning of the ACL patterns.
 # The names "ca" and "edgeloop-controller" are special: "ca" is refused (it would
 # overwrite the CA), "edgeloop-controller" is the controller's identity in the ACL;

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 
-from ..wire import DialogueView
+from edge_agent.protocol.messages import DialogueView
 
 __all__ = ["DialogueState", "DialogueStore", "Transaction", "state_key"]
 

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..config import ChatConfig
+from edge_agent.config import ChatConfig
 
 __all__ = ["Redacted", "Redactor", "luhn_ok"]
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import math
 import struct
 
-from ..config import WindowConfig
-from ..wire import WindowSummary
+from edge_agent.config import WindowConfig
+from edge_agent.protocol.messages import WindowSummary
 
 __all__ = ["Accumulator", "WindowAggregator", "state_key"]
 

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
 from edge_agent.config import AgentConfig
-from edge_agent.delivery.verify import chunks_filter
-from edge_agent.pipeline import Pipeline
-from edge_agent.wire import Status, loads, validate
-from tests.reliability.fuzz_targets import (
+from edge_agent.pipeline.core import Pipeline
+from edge_agent.protocol.manifest import chunks_filter
+from edge_agent.protocol.messages import Status, loads, validate
+from edgeloop_sim.harness.fuzz_targets import (
     CHUNKS,
     MANIFEST,
     TARGETS,
@@ -86,7 +86,7 @@ def test_chunk_topic_with_unicode_digit_is_ignored() -> None:
 
 
 def test_status_refuses_non_finite_numbers() -> None:
-    from edge_agent.errors import RejectedMessage
+    from edge_agent.protocol.errors import RejectedMessage
 
     with pytest.raises(RejectedMessage):
         validate(Status, loads(b'{"node": "n1", "online": true, "ts": 1, "counters": {"x": 1e999}}'))

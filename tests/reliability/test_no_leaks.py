@@ -27,7 +27,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeloop_sim.broker import Broker, add_password
-from tests.support import AgentProcess, agent_config, wait_until
+from edgeloop_sim.harness.agent import AgentProcess, agent_config, wait_until
 
 PASSWORD = "S3cr3t-Broker-Pa55word!"
 PII = {

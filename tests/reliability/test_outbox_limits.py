@@ -31,11 +31,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 
-from edge_agent import wire
 from edge_agent.config import OutboxConfig
-from edge_agent.delivery.store import AgentStore
+from edge_agent.outbox.agent_store import AgentStore
+from edge_agent.protocol import messages as wire
 from edgeloop_sim.broker import Broker
-from tests.support import AgentProcess, agent_config, wait_until
+from edgeloop_sim.harness.agent import AgentProcess, agent_config, wait_until
 
 NODE = "n1"
 DEVICES = 40

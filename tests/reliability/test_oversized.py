@@ -19,7 +19,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeloop_sim.broker import Broker
-from tests.support import AgentProcess, agent_config, wait_until
+from edgeloop_sim.harness.agent import AgentProcess, agent_config, wait_until
 
 LIMIT = 1024
 

@@ -28,11 +28,11 @@ from typing import Any
 import pytest
 
 from edge_agent.config import OutboxConfig
-from edge_agent.delivery.store import AgentStore
+from edge_agent.outbox.agent_store import AgentStore
 from edgeloop_sim.broker import Broker, free_port
+from edgeloop_sim.harness.agent import AgentProcess, agent_config, wait_until
+from edgeloop_sim.harness.receiver import ReceiverProcess
 from edgeloop_sim.replay import BackgroundReplay, ReplayConfig
-from tests.cloud import ReceiverProcess
-from tests.support import AgentProcess, agent_config, wait_until
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from edge_agent.config import MqttConfig
-from edge_agent.delivery.models import ModelManager
-from edge_agent.delivery.verify import canonical_json, manifest_digest, manifest_topic
-from edge_agent.mqtt import MqttClient
+from edge_agent.protocol.manifest import canonical_json, manifest_digest, manifest_topic
+from edge_agent.transport.mqtt import MqttClient
+from edge_agent.updates.manager import ModelManager
 from tests.test_model_delivery import NODE, Cloud, TinyModel, desired, health
 
 REPO = Path(__file__).resolve().parents[2]

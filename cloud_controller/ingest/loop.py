@@ -1,0 +1,313 @@
+"""Controller-side ingest: summaries (deduplicated, stored), statuses, node auto-registration.
+
+Throughput comes from batching, not from concurrency: messages are drained
+from the MQTT client in bursts (up to ``batch_max``, lingering ``linger_s`` for
+more), every summary of the burst is stored in ONE SQLite transaction
+(``SummaryStore.add_many``, the receiver's dedup by batch id), the fleet's
+status rows in one more, and only then is the whole burst acknowledged. That
+keeps store-before-ack (at-least-once on the wire + dedup = exactly-once
+counting) at a fraction of the per-message commit cost.
+
+Replicas: summaries may be split between replicas with a shared subscription
+(``$share/GROUP/...``); statuses are never shared, so every replica, and in
+particular the leader whose reconcilers read the fleet, sees every node's
+status. (With a shared group the summary counts are per replica; the node
+reconciler then takes traffic counters from node-reported status instead.)
+
+Registration: the first status or summary of an unknown node creates its
+EdgeNode with ``spec.enrollment.approved`` = (enrollment == "auto"). It runs in
+its own task so a slow API server never stalls ingest; create is idempotent
+(AlreadyExists means someone, maybe another replica, was first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud_controller.ingest.fleet import Fleet, StatusChange
+from cloud_controller.ingest.hard_examples import HardExampleStore, SensorLabeller, handle_hard_examples
+from cloud_controller.ingest.summaries import SummaryStore
+from cloud_controller.resources.store_protocol import API_VERSION, AlreadyExists, ResourceStore
+from edge_agent.config import MqttConfig
+from edge_agent.protocol import messages as wire
+from edge_agent.protocol import topics
+from edge_agent.protocol.errors import RejectedMessage, TransientError
+from edge_agent.transport.mqtt import Message, MqttClient
+
+log = logging.getLogger(__name__)
+
+Enrollment = Literal["auto", "manual"]
+
+
+class IngestConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    db_path: Path
+    client_id: str = "edgeloop-controller"
+    shared_group: str | None = None  # applies to summaries only
+    namespace: str = "default"
+    enrollment: Enrollment = "auto"
+    max_payload_bytes: int = 8 * wire.DEFAULT_MAX_PAYLOAD
+    batch_max: int = Field(default=1000, ge=1, le=50_000)
+    linger_s: float = Field(default=0.002, ge=0, le=1)
+    # MQTT Receive Maximum (= the client's inbound queue bound). On a reconnect with a session
+    # backlog the broker sends this many messages ahead of the SUBACK, which must arrive within
+    # connect_timeout_s: 10,000 at a loaded controller's ~1k/s missed it and looped (bench_fleet).
+    receive_max: int = Field(default=2000, ge=1, le=65535)
+    auto_register: bool = True
+
+
+@dataclass
+class IngestStats:
+    messages: int = 0
+    bursts: int = 0
+    summaries_stored: int = 0
+    duplicates: int = 0
+    statuses: int = 0
+    rejected: int = 0
+    registered: int = 0
+    registration_errors: int = 0
+    hard_examples: int = 0
+    hard_example_duplicates: int = 0
+    hard_examples_labelled: int = 0  # sensor examples labelled by the sensor teacher on arrival
+    hard_examples_unlabelled: int = 0  # sensor examples stored without a label
+
+
+# (node, what changed) -> None; called on the event loop right after the burst is stored.
+StatusHook = Callable[[str, StatusChange], None]
+SummaryHook = Callable[[str], None]
+
+
+class Ingest:
+    def __init__(
+        self,
+        cfg: IngestConfig,
+        store: ResourceStore | None,
+        fleet: Fleet,
+        *,
+        on_status: StatusHook | None = None,
+        on_summary: SummaryHook | None = None,
+        clock: Callable[[], float] = time.time,
+        hard_examples: HardExampleStore | None = None,
+        label_sensor: SensorLabeller | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.fleet = fleet
+        self.on_status = on_status
+        self.on_summary = on_summary
+        self.clock = clock
+        self.summaries = SummaryStore(cfg.db_path)
+        self.hard_examples = hard_examples
+        self.label_sensor = label_sensor
+        self.stats = IngestStats()
+        self.rejected: dict[str, int] = {}
+        subs = [(self._summaries_filter(), 1), (topics.all_nodes("status"), 1)]
+        if hard_examples is not None:
+            # Not shared: every replica keeps all hard examples; the leader's DistillationJobs read them.
+            subs.append((topics.all_nodes("hard-examples"), 1))
+        self.client = MqttClient(
+            cfg.mqtt,
+            cfg.client_id,
+            subscriptions=subs,
+            manual_ack=True,
+            max_incoming=cfg.receive_max,
+            name="ingest",
+        )
+        self._known: set[str] = set()
+        self._registrations: asyncio.Queue[str] | None = None
+        self._progress = asyncio.Condition()
+        self.ready = asyncio.Event()
+
+    def _summaries_filter(self) -> str:
+        flt = topics.all_nodes("summaries")
+        return f"$share/{self.cfg.shared_group}/{flt}" if self.cfg.shared_group else flt
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Ingest until cancelled. The MQTT session is persistent: what arrives while down is redelivered."""
+        self.summaries.open()
+        if self.hard_examples is not None:
+            self.hard_examples.open()
+        self.fleet.open()
+        self.fleet.load_totals(self.summaries.totals())
+        self._registrations = asyncio.Queue()
+        registrar: asyncio.Task[None] | None = None
+        try:
+            if self.store is not None and self.cfg.auto_register:
+                await self._load_known()
+                registrar = asyncio.create_task(self._registrar(), name="ingest-registrar")
+            await self.client.start()
+            self.ready.set()
+            while True:
+                burst = await self._next_burst()
+                self.process(burst)
+                for msg in burst:
+                    self.client.ack(msg)  # after the commits
+                async with self._progress:
+                    self._progress.notify_all()
+        finally:
+            self.ready.clear()
+            if registrar is not None:
+                registrar.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await registrar
+            await self.client.stop()
+            self.fleet.flush()
+            self.summaries.close()
+            if self.hard_examples is not None:
+                self.hard_examples.close()
+
+    async def _next_burst(self) -> list[Message]:
+        burst = [await self.client.receive()]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.cfg.linger_s):
+                while len(burst) < self.cfg.batch_max:
+                    burst.append(await self.client.receive())
+        return burst
+
+    async def _load_known(self) -> None:
+        assert self.store is not None
+        while True:
+            try:
+                objs, _rv = await self.store.list("EdgeNode", self.cfg.namespace)
+                self._known.update(o["metadata"]["name"] for o in objs)
+                return
+            except TransientError as exc:
+                log.warning("ingest: cannot list EdgeNodes yet (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+
+    # ------------------------------------------------------------------ processing
+
+    def process(self, burst: list[Message]) -> None:
+        """Store one burst (one summary transaction + one status transaction); never raises for bad input."""
+        now = self.clock()
+        items: list[tuple[wire.SummaryBatch, float, int]] = []
+        statuses: list[wire.Status] = []
+        hard: list[Message] = []
+        for msg in burst:
+            self.stats.messages += 1
+            try:
+                node, leaf = topics.parse_node_topic(msg.topic)
+                if leaf == "summaries":
+                    batch = wire.decode_summary(msg.payload, self.cfg.max_payload_bytes)
+                    if batch.node != node:
+                        raise RejectedMessage(
+                            "node_mismatch", f"topic node {node!r} != batch node {batch.node!r}"
+                        )
+                    items.append((batch, now, len(msg.payload)))
+                elif leaf == "status":
+                    if not msg.payload:  # a cleared retained status
+                        self.fleet.clear_status(node)
+                        continue
+                    status = wire.parse_json(wire.Status, msg.payload)
+                    if status.node != node:
+                        raise RejectedMessage(
+                            "node_mismatch", f"topic node {node!r} != status node {status.node!r}"
+                        )
+                    statuses.append(status)
+                elif leaf == "hard-examples" and self.hard_examples is not None:
+                    hard.append(msg)
+                else:
+                    raise RejectedMessage("bad_topic", f"unexpected leaf {leaf!r}")
+            except RejectedMessage as exc:
+                self.stats.rejected += 1
+                self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
+                log.warning("ingest: rejected message on %s: %s", msg.topic, exc)
+                self.summaries.reject(exc.reason, f"{msg.topic}: {exc.detail}")
+
+        if hard:
+            assert self.hard_examples is not None
+            res = handle_hard_examples(self.hard_examples, hard, now, label_sensor=self.label_sensor)
+            self.stats.hard_examples += res.accepted
+            self.stats.hard_example_duplicates += res.duplicates
+            self.stats.hard_examples_labelled += res.labelled
+            self.stats.hard_examples_unlabelled += sum(res.unlabelled.values())
+            for reason, n in res.rejected.items():
+                self.stats.rejected += n
+                self.rejected[reason] = self.rejected.get(reason, 0) + n
+        touched: set[str] = set()
+        if items:
+            for (batch, received, nbytes), new in zip(items, self.summaries.add_many(items), strict=True):
+                self.fleet.observe_summary(
+                    batch.node,
+                    readings=batch.readings,
+                    windows=len(batch.windows),
+                    nbytes=nbytes,
+                    received=received,
+                    new=new,
+                )
+                if new:
+                    self.stats.summaries_stored += 1
+                else:
+                    self.stats.duplicates += 1
+                touched.add(batch.node)
+        changes: dict[str, StatusChange] = {}
+        for status in statuses:
+            self.stats.statuses += 1
+            changes[status.node] = self.fleet.observe_status(status, now)
+        self.fleet.flush()
+        if items or statuses:
+            self.stats.bursts += 1
+
+        for node in touched | set(changes):
+            self._maybe_register(node)
+        for node, change in changes.items():
+            if self.on_status is not None:
+                self.on_status(node, change)
+        for node in touched - set(changes):
+            if self.on_summary is not None:
+                self.on_summary(node)
+
+    def _maybe_register(self, node: str) -> None:
+        if (
+            node in self._known
+            or self._registrations is None
+            or self.store is None
+            or not self.cfg.auto_register
+        ):
+            return
+        self._known.add(node)
+        self._registrations.put_nowait(node)
+
+    async def _registrar(self) -> None:
+        assert self._registrations is not None and self.store is not None
+        while True:
+            node = await self._registrations.get()
+            obj = {
+                "apiVersion": API_VERSION,
+                "kind": "EdgeNode",
+                "metadata": {"name": node, "namespace": self.cfg.namespace},
+                "spec": {"enrollment": {"approved": self.cfg.enrollment == "auto"}},
+            }
+            try:
+                await self.store.create(obj)
+                self.stats.registered += 1
+                log.info("registered EdgeNode %s (approved: %s)", node, self.cfg.enrollment == "auto")
+            except AlreadyExists:
+                pass
+            except TransientError as exc:
+                self.stats.registration_errors += 1
+                log.warning("registering %s failed (%s); retrying", node, exc)
+                await asyncio.sleep(0.5)
+                self._registrations.put_nowait(node)
+            except Exception:
+                self.stats.registration_errors += 1
+                log.exception("registering %s failed; it will be retried on its next message", node)
+                self._known.discard(node)
+
+    async def wait_processed(self, n: int, timeout: float) -> None:
+        """Wait until ``n`` messages were processed in total (tests, benchmarks)."""
+        async with asyncio.timeout(timeout), self._progress:
+            await self._progress.wait_for(lambda: self.stats.messages >= n)

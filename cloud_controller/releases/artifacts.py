@@ -1,0 +1,348 @@
+"""Content-addressed artifact store for signed model releases.
+
+Layout under ``root``::
+
+    objects/sha256/ab/cdef...      immutable blobs: bundle files and signed release manifests
+    releases/{name}/{version}      text: the release's manifest digest (``sha256:...``)
+
+Blobs are named by their sha256, so a labels.json or vocab.json shared by many
+versions is stored once, and a blob is written by temp file + rename, so a
+crash never leaves a half blob under a valid name. A release is immutable:
+putting the same name and version again is a no-op when the signed manifest is
+byte-identical (Ed25519 signatures are deterministic and ``created`` comes from
+the bundle, so re-running a release is idempotent) and an error otherwise,
+because nodes may already hold chunks of the first one.
+
+The archive is the bundle's files concatenated in manifest order (format
+``concat-v1``): deterministic by construction, and the edge needs no archive
+parser, only the sizes and hashes the signed manifest already carries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud_controller.releases.signing import sign_manifest
+from edge_agent.models.bundle import MANIFEST, load_bundle
+from edge_agent.protocol.manifest import (
+    ARCHIVE_FORMAT,
+    MANIFEST_SCHEMA,
+    canonical_json,
+    manifest_digest,
+    parse_manifest,
+    release_prefix,
+    task_slot,
+    version_key,
+)
+from edge_agent.protocol.messages import ModelRef
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "ArtifactError", "ArtifactStore", "Release"]
+
+DEFAULT_CHUNK_SIZE = 64 * 1024
+
+
+class ArtifactError(Exception):
+    """The store cannot accept or find a release (immutability conflict, missing blob, bad bundle)."""
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    task: str  # agent task slot: "chat" | "sensor"
+    version: str
+    manifest: bytes  # the signed manifest exactly as published
+    digest: str  # "sha256:..." of ``manifest``: what ModelRef.digest pins
+    size: int  # archive bytes
+    chunks: int
+    chunk_size: int
+    parsed: dict[str, Any]
+
+    def model_ref(self) -> ModelRef:
+        return ModelRef.model_validate(
+            {
+                "name": self.name,
+                "task": self.task,
+                "version": self.version,
+                "digest": self.digest,
+                "size": self.size,
+                "chunks": self.chunks,
+            }
+        )
+
+
+def _hex(digest: str) -> str:
+    return digest.removeprefix("sha256:")
+
+
+class ArtifactStore:
+    """Blobs and release refs on a local disk (a PVC in the cluster); no I/O until a method is called."""
+
+    def __init__(self, root: str | Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+        self.root = Path(root)
+        self.chunk_size = chunk_size
+
+    # ------------------------------------------------------------------ resources
+
+    def edge_model(
+        self,
+        rel: Release,
+        *,
+        namespace: str = "default",
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        metrics: dict[str, float] | None = None,
+        **spec: Any,
+    ) -> dict[str, Any]:
+        """The ``EdgeModel`` that pins ``rel``: digest, size, signature and this store's URI.
+
+        One place for it: the DistillationJob reconciler, the operator CLI path of
+        the demo and the fleet bench all publish releases the same way.
+        """
+        from cloud_controller.resources.store_protocol import API_VERSION
+
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "EdgeModel",
+            "metadata": {
+                "name": name or f"{rel.name}-{rel.version}",
+                "namespace": namespace,
+                "labels": {"edgeloop.io/model": rel.name, **(labels or {})},
+            },
+            "spec": {
+                "model": rel.name,
+                "task": rel.task,
+                "version": rel.version,
+                "digest": rel.digest,
+                "sizeBytes": rel.size,
+                "uri": (self.root / "releases" / rel.name / rel.version).resolve().as_uri(),
+                "signature": rel.parsed["signature"],
+                "keyId": rel.parsed["key_id"],
+                "metrics": dict(metrics or {}),
+                **spec,
+            },
+        }
+
+    # ------------------------------------------------------------------ blobs
+
+    def _blob_path(self, hexdigest: str) -> Path:
+        return self.root / "objects" / "sha256" / hexdigest[:2] / hexdigest[2:]
+
+    def put_blob(self, data: bytes) -> str:
+        hexdigest = hashlib.sha256(data).hexdigest()
+        path = self._blob_path(hexdigest)
+        if path.exists():
+            return hexdigest
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return hexdigest
+
+    def get_blob(self, hexdigest: str) -> bytes:
+        path = self._blob_path(_hex(hexdigest))
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ArtifactError(f"blob {hexdigest} missing from {self.root}") from None
+        if hashlib.sha256(data).hexdigest() != _hex(hexdigest):
+            raise ArtifactError(f"blob {hexdigest} is corrupt on disk")
+        return data
+
+    # ------------------------------------------------------------------ releases
+
+    def _ref_path(self, name: str, version: str) -> Path:
+        release_prefix(name, version)  # both must be safe single path and topic levels
+        return self.root / "releases" / name / version
+
+    def put_bundle(
+        self,
+        bundle_dir: str | Path,
+        private_key: Ed25519PrivateKey,
+        *,
+        chunk_size: int | None = None,
+        task: str | None = None,
+    ) -> Release:
+        """Verify a bundle directory, sign its release manifest, store blobs and the ref."""
+        try:
+            bundle = load_bundle(bundle_dir)
+        except Exception as exc:
+            raise ArtifactError(f"bundle {bundle_dir} does not verify: {exc}") from exc
+        bm = bundle.manifest
+        size_per_chunk = chunk_size or self.chunk_size
+        root = Path(bundle_dir)
+        names = sorted({*bm.files, MANIFEST})
+        contents = {n: (root / n).read_bytes() for n in names}
+        if contents["model.onnx"] != bundle.model_bytes:
+            raise ArtifactError(f"{bundle_dir}: model.onnx changed while it was being released")
+        archive = b"".join(contents[n] for n in names)
+        chunks = [archive[i : i + size_per_chunk] for i in range(0, len(archive), size_per_chunk)]
+        body: dict[str, Any] = {
+            "schema": MANIFEST_SCHEMA,
+            "name": bm.name,
+            "task": task or task_slot(bm.task),
+            "bundle_task": bm.task,
+            "version": bm.version,
+            "created": bm.created.isoformat(),
+            "parent_version": bm.parent_version,
+            "metrics": dict(bm.metrics),
+            "files": [
+                {"name": n, "sha256": hashlib.sha256(contents[n]).hexdigest(), "size": len(contents[n])}
+                for n in names
+            ],
+            "archive": {
+                "format": ARCHIVE_FORMAT,
+                "sha256": hashlib.sha256(archive).hexdigest(),
+                "size": len(archive),
+                "chunk_size": size_per_chunk,
+                "chunks": [hashlib.sha256(c).hexdigest() for c in chunks],
+            },
+        }
+        manifest_bytes = canonical_json(sign_manifest(body, private_key))
+        parse_manifest(manifest_bytes)  # the edge's schema must accept what we publish
+        digest = manifest_digest(manifest_bytes)
+        ref = self._ref_path(bm.name, bm.version)
+        if ref.exists():
+            existing = ref.read_text().strip()
+            if existing != digest:
+                raise ArtifactError(
+                    f"{bm.name}@{bm.version} was already released as {existing}; versions are immutable"
+                )
+        for n in names:
+            self.put_blob(contents[n])
+        self.put_blob(manifest_bytes)
+        if not ref.exists():
+            ref.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ref.with_name(f".{ref.name}.tmp")
+            tmp.write_text(digest + "\n")
+            os.replace(tmp, ref)
+        return self._release(manifest_bytes)
+
+    def _release(self, manifest_bytes: bytes) -> Release:
+        m, raw = parse_manifest(manifest_bytes)
+        return Release(
+            name=m.name,
+            task=m.task,
+            version=m.version,
+            manifest=manifest_bytes,
+            digest=manifest_digest(manifest_bytes),
+            size=m.archive.size,
+            chunks=len(m.archive.chunks),
+            chunk_size=m.archive.chunk_size,
+            parsed=raw,
+        )
+
+    def get(self, name: str, version: str) -> Release:
+        ref = self._ref_path(name, version)
+        if not ref.exists():
+            raise ArtifactError(f"no release {name}@{version}")
+        return self._release(self.get_blob(ref.read_text().strip()))
+
+    def releases(self, name: str) -> list[Release]:
+        """Every stored release of ``name``, oldest first by version order."""
+        d = self.root / "releases" / name
+        if not d.is_dir():
+            return []
+        versions = sorted((p.name for p in d.iterdir() if not p.name.startswith(".")), key=version_key)
+        return [self.get(name, v) for v in versions]
+
+    def iter_chunks(self, release: Release) -> Iterator[bytes]:
+        """Chunk i of the archive, rebuilt from the file blobs (chunks are never stored twice)."""
+        m, _ = parse_manifest(release.manifest)
+        archive = b"".join(self.get_blob(f.sha256) for f in m.files)
+        if hashlib.sha256(archive).hexdigest() != m.archive.sha256:
+            raise ArtifactError(f"{release.name}@{release.version}: archive does not match its manifest")
+        step = m.archive.chunk_size
+        for i in range(len(m.archive.chunks)):
+            yield archive[i * step : (i + 1) * step]
+
+    # ------------------------------------------------------------------ retention
+
+    def retain(self, name: str, keep: int = 3) -> list[Release]:
+        """Drop all but the newest ``keep`` releases of ``name`` and garbage-collect unreferenced blobs."""
+        if keep < 1:
+            raise ValueError("keep at least one release")
+        old = self.releases(name)[:-keep]
+        for r in old:
+            self._ref_path(r.name, r.version).unlink(missing_ok=True)
+        if old:
+            self.gc()
+        return old
+
+    def gc(self) -> int:
+        """Mark blobs reachable from any release ref, sweep the rest; returns blobs removed."""
+        live: set[str] = set()
+        rel_root = self.root / "releases"
+        for ref in rel_root.glob("*/*") if rel_root.is_dir() else []:
+            if ref.name.startswith("."):
+                continue
+            digest = _hex(ref.read_text().strip())
+            live.add(digest)
+            m, _ = parse_manifest(self.get_blob(digest))
+            live.update(f.sha256 for f in m.files)
+        removed = 0
+        obj_root = self.root / "objects" / "sha256"
+        for path in obj_root.glob("*/*") if obj_root.is_dir() else []:
+            if path.name.startswith("."):
+                continue
+            if path.parent.name + path.name not in live:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+
+# --------------------------------------------------------------------------- CLI hook
+
+
+def configure_release_command(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", type=Path, required=True, help="bundle directory")
+    p.add_argument("--key", type=Path, required=True, help="Ed25519 private key PEM (0600)")
+    p.add_argument("--store", type=Path, required=True, help="artifact store directory")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    p.add_argument("--task", choices=["chat", "sensor"], default=None, help="override the task slot")
+    p.add_argument("--broker", default=None, help="HOST:PORT: also publish the release (retained)")
+    p.add_argument("--client-id", default="edgeloop-controller-release")
+
+
+def run_release_command(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from cloud_controller.releases.signing import load_private_key
+
+    store = ArtifactStore(args.store, chunk_size=args.chunk_size)
+    release = store.put_bundle(args.bundle, load_private_key(args.key), task=args.task)
+    print(json.dumps(release.model_ref().model_dump(), indent=2))
+    if args.broker:
+        from cloud_controller.releases.publisher import ModelPublisher
+        from edge_agent.config import MqttConfig
+        from edge_agent.transport.mqtt import MqttClient
+
+        host, _, port = str(args.broker).rpartition(":")
+
+        async def publish() -> None:
+            client = MqttClient(MqttConfig(host=host, port=int(port)), args.client_id, clean_start=True)
+            await client.start()
+            try:
+                await client.wait_connected(10)
+                await ModelPublisher(client, store).publish(release)
+            finally:
+                await client.stop()
+
+        asyncio.run(publish())
+    return 0

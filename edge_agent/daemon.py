@@ -31,7 +31,9 @@ from edge_agent.ops.logs import setup_logging
 from edge_agent.ops.metrics import AgentMetrics
 from edge_agent.ops.sdnotify import Notifier, watchdog_interval
 from edge_agent.ops.tasks import Supervisor
-from edge_agent.outbox.agent_store import AgentStore, DeadLetter, OutboxRecord
+from edge_agent.outbox.agent_store import AgentStore
+from edge_agent.outbox.dead_letters import DeadLetter
+from edge_agent.outbox.records import OutboxRecord
 from edge_agent.outbox.uplink import Uplink
 from edge_agent.pipeline.core import ChatAnswer, ChatJob, ModelCounters, Pipeline
 from edge_agent.protocol import messages as wire
@@ -40,7 +42,8 @@ from edge_agent.protocol.errors import ConfigError, MqttError, OutboxError, Reje
 from edge_agent.protocol.manifest import key_id, load_public_key
 from edge_agent.transport.mqtt import Message, MqttClient, Will
 from edge_agent.transport.redelivery import RedeliveryGuard
-from edge_agent.updates.manager import ModelManager, default_health_check, default_loaders
+from edge_agent.updates.activate import default_health_check, default_loaders
+from edge_agent.updates.manager import ModelManager
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from cloud_controller.app import ControllerApp, ControllerSettings, configure_ru
 from cloud_controller.ingest.hard_examples import HardExampleStore, handle_hard_examples
 from cloud_controller.teachers.sensor_labeller import SensorTeacher, load_sensor_teacher
 from edge_agent.config import MqttConfig
-from edge_agent.outbox.agent_store import OutboxRecord
+from edge_agent.outbox.records import OutboxRecord
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol import topics
 from edge_agent.transport.mqtt import MqttClient

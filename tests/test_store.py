@@ -14,14 +14,10 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import OutboxConfig
-from edge_agent.outbox.agent_store import (
-    DEAD_LETTER_PAYLOAD_MAX,
-    AgentStore,
-    DeadLetter,
-    OutboxRecord,
-    OutboxStats,
-    record_size,
-)
+from edge_agent.outbox.agent_store import AgentStore
+from edge_agent.outbox.counters import OutboxStats
+from edge_agent.outbox.dead_letters import DEAD_LETTER_PAYLOAD_MAX, DeadLetter
+from edge_agent.outbox.records import OutboxRecord, record_size
 from edge_agent.protocol.errors import OutboxError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,7 +171,9 @@ CRASH_SCRIPT = textwrap.dedent(
     import asyncio, os, sys
     from pathlib import Path
     from edge_agent.config import OutboxConfig
-    from edge_agent.outbox.agent_store import AgentStore, DeadLetter, OutboxRecord
+    from edge_agent.outbox.agent_store import AgentStore
+    from edge_agent.outbox.dead_letters import DeadLetter
+    from edge_agent.outbox.records import OutboxRecord
 
     async def main(path, ticks):
         store = AgentStore(Path(path), OutboxConfig())

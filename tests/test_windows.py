@@ -18,7 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 from edge_agent.config import WindowConfig
-from edge_agent.preprocess.windows import Accumulator, WindowAggregator, state_key
+from edge_agent.preprocess.running_stats import Accumulator
+from edge_agent.preprocess.window_state import state_key
+from edge_agent.preprocess.windows import WindowAggregator
 from edge_agent.protocol.messages import WindowSummary
 
 DATA = Path(os.environ.get("EDGELOOP_DATA", "/work/shared/datasets"))

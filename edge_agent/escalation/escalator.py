@@ -49,7 +49,7 @@ from pydantic import ValidationError
 
 from edge_agent.escalation.answer_cache import AnswerCache
 from edge_agent.escalation.budget import EscalationBudget
-from edge_agent.outbox.agent_store import OutboxRecord
+from edge_agent.outbox.records import OutboxRecord
 from edge_agent.preprocess.text import normalize
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol import topics

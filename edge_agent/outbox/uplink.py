@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from edge_agent.outbox.agent_store import AgentStore, OutboxRow
+from edge_agent.outbox.agent_store import AgentStore
+from edge_agent.outbox.records import OutboxRow
 from edge_agent.protocol.errors import MqttError, PublishDenied
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,8 @@ from pydantic import ValidationError
 
 from edge_agent.config import AgentConfig
 from edge_agent.escalation.escalator import hard_example_record
-from edge_agent.outbox.agent_store import DeadLetter, OutboxRecord
+from edge_agent.outbox.dead_letters import DeadLetter
+from edge_agent.outbox.records import OutboxRecord
 from edge_agent.preprocess.dialogue import DialogueStore
 from edge_agent.preprocess.pii import Redactor
 from edge_agent.preprocess.text import normalize

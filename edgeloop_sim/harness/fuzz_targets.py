@@ -17,10 +17,10 @@ count is caught too. Every call is timed: no call may take longer than
 ``MAX_CALL_S`` (no hang).
 
 The chunk target is the exception to "real entry point": the chunk check lives
-inside a closure of ``ModelManager._fetch_chunks`` and cannot be called without
+inside a closure of ``Downloader._fetch_chunks`` and cannot be called without
 a broker session, so :func:`check_chunk` mirrors it line by line on the real
 primitives (``ArchiveInfo.chunk_length``, ``chunks_filter``, sha256). A pure
-``check_chunk`` in ``edge_agent/updates/manager.py`` would let this test call
+``check_chunk`` in ``edge_agent/updates/download.py`` would let this test call
 the real thing; see the report.
 """
 
@@ -850,7 +850,7 @@ class ModelManifestTarget(FuzzTarget):
 
 
 def check_chunk(topic: str, payload: bytes, m: verify.ReleaseManifest, have: set[int]) -> str:
-    """Mirror of the ``on_message`` closure in ``ModelManager._fetch_chunks`` (see module doc).
+    """Mirror of the ``on_message`` closure in ``Downloader._fetch_chunks`` (see module doc).
 
     Returns "accepted", "ignored" (the closure returns False: not a chunk of this
     release) or "duplicate"; raises ModelRejected on a bad chunk, like the closure.

@@ -48,7 +48,7 @@ def test_configuration_reference_is_current() -> None:
     from edge_agent.config_reference import render
 
     assert (ROOT / "docs" / "configuration.md").read_text() == render(), (
-        "docs/configuration.md is stale: run `edge-agent config-reference > docs/configuration.md`"
+        "docs/configuration.md is stale: run `make config-docs`"
     )
 
 
@@ -56,8 +56,7 @@ def test_controller_configuration_reference_is_current() -> None:
     from cloud_controller.cli.config_reference import render
 
     assert (ROOT / "docs" / "controller-configuration.md").read_text() == render(), (
-        "docs/controller-configuration.md is stale: run "
-        "`cloud-controller config-reference > docs/controller-configuration.md`"
+        "docs/controller-configuration.md is stale: run `make config-docs`"
     )
 
 

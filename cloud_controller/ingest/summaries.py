@@ -73,22 +73,6 @@ class SummaryStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def add(self, batch: wire.SummaryBatch, received: float, payload_bytes: int = 0) -> bool:
-        """Store one batch; False (and a duplicate counted) if its id was seen before."""
-        with self.db:
-            cur = self.db.execute(
-                "INSERT OR IGNORE INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (batch.id, batch.node, batch.seq, batch.readings, len(batch.windows), payload_bytes,
-                 batch.created, received),
-            )
-            if cur.rowcount == 1:
-                return True
-            self.db.execute(
-                "INSERT INTO duplicates VALUES (?, 1) ON CONFLICT(node) DO UPDATE SET count = count + 1",
-                (batch.node,),
-            )
-            return False
-
     def add_many(self, items: Sequence[tuple[wire.SummaryBatch, float, int]]) -> list[bool]:
         """Store ``(batch, received, payload_bytes)`` items in ONE transaction; per item, new or duplicate.
 

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.edgeloop-installed
 EXTRAS ?= cloud,train,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint demo bench clean
+.PHONY: setup test test-fast lint demo bench config-docs clean
 
 $(STAMP): pyproject.toml
 	@missing=""; \
@@ -41,6 +41,11 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+# Both configuration references, generated from the settings models (a test fails when they are stale).
+config-docs: setup
+	$(BIN)/python -m edge_agent.cli config-reference > docs/configuration.md
+	$(BIN)/python -m cloud_controller.cli config-reference > docs/controller-configuration.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var out

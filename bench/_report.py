@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
 
-__all__ = ["DOC", "REPO", "command_line", "machine_info", "machine_line", "markdown_table", "write_block"]
+__all__ = ["DOC", "REPO", "command_line", "machine_info", "machine_line", "write_block"]
 
 
 def cpu_model() -> str:
@@ -92,12 +92,6 @@ def command_line(argv: Sequence[str] | None = None) -> str:
         if script.is_absolute() and script.resolve().is_relative_to(REPO):
             args[0] = str(script.resolve().relative_to(REPO))
     return shlex.join([exe, *args])
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def write_block(name: str, body: str, doc: Path = DOC) -> Path:

@@ -46,7 +46,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from _report import command_line, machine_info, machine_line, markdown_table, write_block  # noqa: E402
+from _report import command_line, machine_info, machine_line, write_block  # noqa: E402
+
+from edge_agent.ops.tables import markdown_table, text_table  # noqa: E402
 
 NAME = "agent"
 TARGET_SINGLE_RATIO = 0.70
@@ -1205,10 +1207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _finish(res: dict[str, Any], cmd: str, quick: bool, args: argparse.Namespace) -> int:
     body, table = build_report(res, cmd, quick)
-    widths = [max(len(str(r[i])) for r in table) for i in range(len(table[0]))]
     print()
-    for r in table:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print(text_table(table[0], table[1:]))
     print(f"\n({res.get('elapsed_s', 0):.1f} s)")
     if not args.no_write:
         write_block(NAME, body, args.doc)

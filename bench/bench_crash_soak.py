@@ -27,8 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from _report import command_line, machine_line, markdown_table, write_block  # noqa: E402
+from _report import command_line, machine_line, write_block  # noqa: E402
 
+from edge_agent.ops.tables import markdown_table  # noqa: E402
 from edgeloop_sim.faults import CrashReport, CrashScenario, run_crash_scenario  # noqa: E402
 
 NAME = "crash"

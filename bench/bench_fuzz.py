@@ -27,7 +27,8 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from edgeloop_sim.harness.fuzz_targets import MAX_CALL_S, TARGETS, Tally, make_target  # noqa: E402
 
 try:
-    from bench._report import command_line, machine_line, markdown_table, write_block
+    from bench._report import command_line, machine_line, write_block
+    from edge_agent.ops.tables import markdown_table
 except ImportError:  # pragma: no cover - _report.py is written by someone else; fall back to a local writer
     write_block = None  # type: ignore[assignment]
 

@@ -37,7 +37,8 @@ from typing import Any, Literal
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._report import command_line, machine_line, markdown_table, write_block  # noqa: E402
+from bench._report import command_line, machine_line, write_block  # noqa: E402
+from edge_agent.ops.tables import markdown_table  # noqa: E402
 
 
 def chat(

@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _report import command_line, machine_line, markdown_table, write_block  # noqa: E402
+from _report import command_line, machine_line, write_block  # noqa: E402
+
+from edge_agent.ops.tables import markdown_table  # noqa: E402
 
 CHAT_BUNDLE = ROOT / "var" / "bench-chat" / "bundle"
 SENSOR_ROOT = ROOT / ".cache" / "bench-sensor" / "full" / "bundle"

@@ -1,4 +1,10 @@
-"""``edge-agent``: run the daemon, check a config, inspect the local store."""
+"""``edge-agent``: run the daemon, check a config, inspect the local store.
+
+Built with the CLI kit ``cloud-controller`` uses too (``edge_agent/ops/cli_kit.py``):
+the same ``--log-level`` before the verb and the same error style. The agent's
+log format and level come from its config; ``--log-level`` overrides the level
+for ``run`` (a flag beats ``EDGE_AGENT_LOG__LEVEL`` and the file).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +14,18 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from edge_agent import __version__
-from edge_agent.config import load_config
+from edge_agent.config import AgentConfig, load_config
+from edge_agent.ops.cli_kit import Cli, UsageError, Verb
 from edge_agent.protocol.errors import ConfigError
 
 
 def _check_config(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
-    except ConfigError as exc:
+    except ConfigError as exc:  # this verb's job is the full list, one error per line
         print(f"{exc.source}: {len(exc.problems)} error(s)", file=sys.stderr)
         for path, msg in exc.problems:
             print(f"  {path or '<root>'}: {msg}", file=sys.stderr)
@@ -44,14 +52,24 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
         pass  # not glibc: nothing to tune
 
 
+def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config values given as flags (the highest precedence)."""
+    return {"log": {"level": args.log_level}} if args.log_level else {}
+
+
+def load_or_fail(args: argparse.Namespace) -> AgentConfig:
+    """The config, or one line naming every bad field (exit 2, the CLI kit's style)."""
+    try:
+        return load_config(args.config, overrides=_flag_overrides(args))
+    except ConfigError as exc:
+        problems = "; ".join(f"{path or '<root>'}: {msg}" for path, msg in exc.problems)
+        raise UsageError(f"invalid config {exc.source}: {problems}") from exc
+
+
 def _run(args: argparse.Namespace) -> int:
     _limit_malloc_arenas()
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    from edge_agent.daemon import run_agent
+    cfg = load_or_fail(args)
+    from edge_agent.daemon import run_agent  # the daemon's imports (onnxruntime) only for this verb
 
     return run_agent(cfg, Path(args.config))
 
@@ -59,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
 def _dead_letters(args: argparse.Namespace) -> int:
     from edge_agent.outbox.agent_store import AgentStore
 
-    cfg = load_config(args.config)
+    cfg = load_or_fail(args)
 
     async def read() -> list[dict[str, object]]:
         store = AgentStore(cfg.db_path, cfg.outbox)
@@ -90,30 +108,35 @@ def _config_reference(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-agent", description="EdgeLoop edge agent")
-    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="run the daemon (systemd Type=notify aware)")
-    p.add_argument("--config", "-c", required=True)
-    p.set_defaults(func=_run)
-    p = sub.add_parser(
-        "check-config", help="validate a config file and print every error with its field path"
-    )
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", required=True, help="YAML or TOML config file")
+
+
+def _check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config")
-    p.set_defaults(func=_check_config)
-    p = sub.add_parser("dead-letters", help="print the newest rejected inbound messages")
-    p.add_argument("--config", "-c", required=True)
+
+
+def _dead_letter_args(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
     p.add_argument("--limit", type=int, default=50)
-    p.set_defaults(func=_dead_letters)
-    p = sub.add_parser("config-reference", help="print the configuration reference (Markdown)")
-    p.set_defaults(func=_config_reference)
-    return parser
+
+
+VERBS = (
+    Verb("run", "run the daemon (systemd Type=notify aware)", _run, _config_arg),
+    Verb(
+        "check-config",
+        "validate a config file and print every error with its field path",
+        _check_config,
+        _check_args,
+    ),
+    Verb("dead-letters", "print the newest rejected inbound messages", _dead_letters, _dead_letter_args),
+    Verb("config-reference", "print the configuration reference (Markdown)", _config_reference),
+)
+CLI = Cli("edge-agent", VERBS, description="EdgeLoop edge agent", version=__version__, basic_logging=False)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    return CLI.main(argv)
 
 
 if __name__ == "__main__":

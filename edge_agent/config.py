@@ -1,8 +1,14 @@
-"""Agent configuration: one pydantic model, loaded from YAML or TOML.
+"""Agent configuration: one pydantic model, loaded from YAML or TOML, with environment overrides.
 
 Settings are passed in explicitly and never read at import time; loading
 reports every problem with its field path at once, because a half-fixed config
 that fails again on the next field wastes an operator's night.
+
+The file is the primary source. Precedence, highest first: ``edge-agent run``
+flags, ``EDGE_AGENT_*`` environment variables (``__`` between nested sections:
+``EDGE_AGENT_MQTT__HOST``, ``EDGE_AGENT_OUTBOX__MAX_BYTES``; lists as JSON), the
+file, the defaults. The variables are read by pydantic-settings, so a container
+or a systemd drop-in can change one field without templating the file.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,6 +30,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic_settings import EnvSettingsSource
 
 from edge_agent.protocol.errors import ConfigError
 from edge_agent.protocol.topics import ID_PATTERN
@@ -35,25 +43,38 @@ class _Section(BaseModel):
 
 
 class TlsConfig(_Section):
-    ca_file: Path
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    insecure_skip_hostname: bool = False
+    ca_file: Path = Field(description="CA certificate that verifies the broker")
+    cert_file: Path | None = Field(default=None, description="client certificate (mutual TLS)")
+    key_file: Path | None = Field(default=None, description="private key of the client certificate")
+    insecure_skip_hostname: bool = Field(
+        default=False, description="accept a broker certificate issued for another host name"
+    )
 
 
 class MqttConfig(_Section):
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 1883
-    client_id: str | None = None  # default: edge-agent-{node_id}
-    username: str | None = None
-    password: SecretStr | None = None
+    host: str = Field(default="127.0.0.1", description="broker host")
+    port: Annotated[int, Field(ge=1, le=65535, description="broker port")] = 1883
+    client_id: str | None = Field(
+        default=None,
+        description="MQTT client id; edge agent default: `edge-agent-{node_id}`; "
+        "the controller names its connections after its own `client_id` instead",
+    )
+    username: str | None = Field(default=None, description="broker user name")
+    password: SecretStr | None = Field(default=None, description="broker password")
     tls: TlsConfig | None = None
-    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    keepalive_s: Annotated[int, Field(ge=5, le=3600, description="MQTT keepalive interval")] = 30
     # Persistent session: the broker keeps unacknowledged device messages while the agent restarts.
-    session_expiry_s: Annotated[int, Field(ge=0)] = 7 * 24 * 3600
-    reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 0.2
-    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
-    connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    session_expiry_s: Annotated[
+        int,
+        Field(
+            ge=0,
+            description="how long the broker keeps a persistent session (unacknowledged messages) "
+            "while the client is away",
+        ),
+    ] = 7 * 24 * 3600
+    reconnect_min_s: Annotated[float, Field(gt=0, le=60, description="first reconnect backoff")] = 0.2
+    reconnect_max_s: Annotated[float, Field(gt=0, le=3600, description="reconnect backoff cap")] = 30.0
+    connect_timeout_s: Annotated[float, Field(gt=0, le=120, description="seconds to wait for CONNACK")] = 10.0
 
 
 class DevicesConfig(_Section):
@@ -211,6 +232,53 @@ class AgentConfig(_Section):
         return self.mqtt.client_id or f"edge-agent-{self.node_id}"
 
 
+ENV_PREFIX = "EDGE_AGENT_"
+ENV_NESTED_DELIMITER = "__"
+
+
+def env_var(path: str) -> str:
+    """The variable that overrides the field at ``path``: ``mqtt.host`` -> ``EDGE_AGENT_MQTT__HOST``."""
+    return ENV_PREFIX + path.replace(".", ENV_NESTED_DELIMITER).upper()
+
+
+class _EnvOverrides(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (tests, the daemon's ``environ``)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(
+            AgentConfig,  # type: ignore[arg-type]  # a plain model: the file stays the primary source
+            case_sensitive=False,
+            env_prefix=ENV_PREFIX,
+            env_nested_delimiter=ENV_NESTED_DELIMITER,
+        )
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # An empty variable is unset (also inside sections, which env_ignore_empty does not cover).
+        return {k.lower(): v for k, v in self._environ.items() if v and k.upper().startswith(ENV_PREFIX)}
+
+
+def env_overrides(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """The ``EDGE_AGENT_*`` variables of ``environ`` as a nested mapping of config values."""
+    try:
+        return _EnvOverrides(environ)()
+    except ValueError as exc:  # e.g. a list variable that is not JSON
+        detail = str(exc).splitlines()[0]
+        raise ConfigError("environment", [("", f"{detail} (a list is JSON: '[\"a\", \"b\"]')")]) from exc
+
+
+def merge(base: Mapping[str, Any], *overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with each override laid over it, section by section."""
+    out = dict(base)
+    for over in overrides:
+        for key, value in over.items():
+            if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+                out[key] = merge(out[key], value)
+            else:
+                out[key] = value
+    return out
+
+
 def _read_mapping(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -238,7 +306,15 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> AgentConfig:
         raise ConfigError(source, problems) from exc
 
 
-def load_config(path: str | os.PathLike[str]) -> AgentConfig:
-    """Load and validate a YAML (.yaml/.yml) or TOML (.toml) agent config."""
+def load_config(
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] = os.environ,
+    overrides: Mapping[str, Any] | None = None,
+) -> AgentConfig:
+    """Load and validate a YAML (.yaml/.yml) or TOML (.toml) agent config.
+
+    ``overrides`` (flags) win over ``EDGE_AGENT_*`` variables in ``environ``, which win over the file.
+    """
     p = Path(path)
-    return parse_config(_read_mapping(p), str(p))
+    data = merge(_read_mapping(p), env_overrides(environ), overrides or {})
+    return parse_config(data, str(p))

@@ -2,7 +2,7 @@
 
 The reference in ``docs/configuration.md`` is generated (``edge-agent
 config-reference``) and a test checks it is current, so the documentation
-cannot drift from the code that parses the file.
+cannot drift from the code that parses the file and the environment.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, env_var
+from edge_agent.ops.tables import markdown_table
 
 HEADER = """# Edge agent configuration reference
 
@@ -25,27 +26,32 @@ prints every error with its field path. SIGHUP reloads the file: `mqtt`, `node_i
 `outbox.path` need a restart, everything else applies live. The cloud can override the
 pipeline sections through the node's desired state (an `EdgePipeline`).
 
-| field | type | default | constraints |
-|---|---|---|---|
+Precedence, highest first: `edge-agent run` flags (`edge-agent --log-level LEVEL run` sets
+`log.level`), `EDGE_AGENT_*` environment variables, the config file, the defaults. Each
+field's variable is in the table: `EDGE_AGENT_` and the field path in capitals with `__`
+between sections; a list or pair is JSON (`EDGE_AGENT_DEVICES__ALLOWED='["d1", "d2"]'`); an
+empty variable is unset. A SIGHUP reload reads the file and the environment again; flags
+keep applying only from the start.
+
 """
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is typing.Annotated:
-        return _type_name(typing.get_args(tp)[0])
+        return type_name(typing.get_args(tp)[0])
     if origin in (typing.Union, types.UnionType):
-        return " \\| ".join(_type_name(a) for a in typing.get_args(tp))
+        return " \\| ".join(type_name(a) for a in typing.get_args(tp))
     if origin is typing.Literal:
         return " \\| ".join(repr(a) for a in typing.get_args(tp))
     if origin in (list, dict, tuple):
-        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
+        return f"{origin.__name__}[{', '.join(type_name(a) for a in typing.get_args(tp))}]"
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))
 
 
-def _constraints(info: FieldInfo) -> str:
+def constraints(info: FieldInfo) -> str:
     parts: list[str] = []
     for m in info.metadata:
         for attr in ("gt", "ge", "lt", "le", "min_length", "max_length", "pattern"):
@@ -69,8 +75,8 @@ def _default(info: FieldInfo) -> str:
     return f"`{info.default!r}`" if not isinstance(info.default, BaseModel) else "(section)"
 
 
-def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
-    rows: list[str] = []
+def _rows(model: type[BaseModel], prefix: str = "") -> list[list[str]]:
+    rows: list[list[str]] = []
     for name, info in model.model_fields.items():
         path = f"{prefix}{name}"
         tp = info.annotation
@@ -78,11 +84,13 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
         if isinstance(tp, type) and issubclass(tp, BaseModel):
             rows.extend(_rows(tp, f"{path}."))
             continue
-        rows.append(f"| `{path}` | {_type_name(tp)} | {_default(info)} | {_constraints(info)} |")
+        var = f"`{env_var(path)}`" if not inner else ""
+        rows.append([f"`{path}`", type_name(tp), _default(info), constraints(info), var])
         for sub in inner:
             rows.extend(_rows(sub, f"{path}."))
     return rows
 
 
 def render() -> str:
-    return HEADER + "\n".join(_rows(AgentConfig)) + "\n"
+    header = ["field", "type", "default", "constraints", "env var"]
+    return HEADER + markdown_table(header, _rows(AgentConfig)) + "\n"

@@ -97,7 +97,7 @@ def distillation_flags(artifacts: Path, key: Path, work: Path, config: str) -> l
     instead of guessing: until the reconciler is registered, the demo runs the
     loop without step 5 and says so.
     """
-    from cloud_controller.app import configure_run_args
+    from cloud_controller.cli.run import configure_run_args
 
     ap = argparse.ArgumentParser()
     configure_run_args(ap)

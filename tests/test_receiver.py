@@ -1,4 +1,4 @@
-"""Cloud receiver against a real mosquitto and a real SQLite file."""
+"""The summary receiver (the ingest loop without a resource store) against a real mosquitto and SQLite."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cloud_controller.cli.main import main as cli_main
-from cloud_controller.ingest.summaries import Receiver, ReceiverConfig
+from cloud_controller.ingest.loop import Ingest, IngestConfig, summary_receiver
 from edge_agent.config import MqttConfig
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol import topics
@@ -37,9 +37,13 @@ def batch(node: str, seq: int, counts: list[int]) -> wire.SummaryBatch:
     return wire.SummaryBatch(id=f"{node}-{seq:08d}", node=node, seq=seq, created=1.0, windows=windows)
 
 
+def receiver_config(mqtt_cfg: MqttConfig, tmp_path: Path) -> IngestConfig:
+    return IngestConfig(mqtt=mqtt_cfg, db_path=tmp_path / "cloud.db", client_id="cloud-receiver")
+
+
 @pytest.fixture
-async def receiver(mqtt_cfg: MqttConfig, tmp_path: Path) -> AsyncIterator[Receiver]:
-    r = Receiver(ReceiverConfig(mqtt=mqtt_cfg, db_path=tmp_path / "cloud.db"))
+async def receiver(mqtt_cfg: MqttConfig, tmp_path: Path) -> AsyncIterator[Ingest]:
+    r = summary_receiver(receiver_config(mqtt_cfg, tmp_path))
     task = asyncio.create_task(r.run(), name="test-receiver")
     await r.client.wait_connected(5)  # connected implies subscribed
     try:
@@ -60,7 +64,7 @@ async def publisher(mqtt_cfg: MqttConfig) -> AsyncIterator[MqttClient]:
 
 
 async def test_totals_exact_with_duplicates_and_rejects(
-    receiver: Receiver, publisher: MqttClient, tmp_path: Path
+    receiver: Ingest, publisher: MqttClient, tmp_path: Path
 ) -> None:
     sent = [batch("n1", s, [3, 4]) for s in range(5)] + [batch("n2", s, [10]) for s in (0, 1, 3)]
     payloads = [(topics.summaries(b.node), wire.encode_summary(b)) for b in sent]
@@ -77,30 +81,31 @@ async def test_totals_exact_with_duplicates_and_rejects(
 
     await receiver.wait_processed(len(payloads), 10)
 
-    by_node = {t.node: t for t in receiver.store.totals()}
+    by_node = {t.node: t for t in receiver.summaries.totals()}
     n1, n2 = by_node["n1"], by_node["n2"]
     assert (n1.batches, n1.readings, n1.windows, n1.duplicates) == (5, 35, 10, 2)
     assert (n1.first_seq, n1.last_seq, n1.seq_gaps) == (0, 4, 0)
     assert (n2.batches, n2.readings, n2.windows, n2.duplicates) == (3, 30, 3, 0)
     assert (n2.first_seq, n2.last_seq, n2.seq_gaps) == (0, 3, 1)
     assert n1.bytes == sum(len(p) for _, p in payloads[:5])
-    assert receiver.store.rejects() == {
+    assert receiver.summaries.rejects() == {
         "malformed_payload": 1, "node_mismatch": 1, "wrong_type": 1, "malformed_json": 1,
     }
-    assert receiver.statuses["n1"].agent_version == "0.1.0"
+    node = receiver.fleet.get("n1")
+    assert node is not None and node.status is not None and node.status.agent_version == "0.1.0"
 
     # Still running after the junk, and everything was acked (nothing comes back).
     await publisher.publish(topics.summaries("n1"), wire.encode_summary(batch("n1", 5, [1])), timeout=5)
     await receiver.wait_processed(len(payloads) + 1, 10)
-    assert {t.node: t.readings for t in receiver.store.totals()}["n1"] == 36
+    assert {t.node: t.readings for t in receiver.summaries.totals()}["n1"] == 36
     assert receiver.client.stats.acks == len(payloads) + 1
 
 
 async def test_unacked_summaries_survive_receiver_restart(
     mqtt_cfg: MqttConfig, publisher: MqttClient, tmp_path: Path
 ) -> None:
-    cfg = ReceiverConfig(mqtt=mqtt_cfg, db_path=tmp_path / "cloud.db")
-    first = Receiver(cfg)
+    cfg = receiver_config(mqtt_cfg, tmp_path)
+    first = summary_receiver(cfg)
     task = asyncio.create_task(first.run())
     await first.client.wait_connected(5)
     task.cancel()
@@ -108,18 +113,18 @@ async def test_unacked_summaries_survive_receiver_restart(
         await task
     for s in range(20):  # receiver offline: the broker queues for its session
         await publisher.publish(topics.summaries("n1"), wire.encode_summary(batch("n1", s, [2])), timeout=5)
-    second = Receiver(cfg)
+    second = summary_receiver(cfg)
     task = asyncio.create_task(second.run())
     try:
         await asyncio.wait_for(_wait_until(second, 20), 10)
-        assert [(t.batches, t.readings) for t in second.store.totals()] == [(20, 40)]
+        assert [(t.batches, t.readings) for t in second.summaries.totals()] == [(20, 40)]
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
 
-async def _wait_until(r: Receiver, n: int) -> None:
+async def _wait_until(r: Ingest, n: int) -> None:
     await r.client.wait_connected(5)
     await r.wait_processed(n, 10)
 

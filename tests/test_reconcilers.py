@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from cloud_controller.app import ControllerApp, ControllerSettings
+from cloud_controller.app import ControllerApp
 from cloud_controller.resources.sqlite_store import SqliteResourceStore
 from cloud_controller.resources.store_protocol import API_VERSION, NotFound, Obj
+from cloud_controller.settings import ControllerSettings
 from edge_agent.config import MqttConfig
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol import topics

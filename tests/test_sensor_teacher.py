@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 
-from cloud_controller.app import ControllerApp, ControllerSettings, configure_run_args, settings_from_args
+from cloud_controller.app import ControllerApp
+from cloud_controller.cli.run import configure_run_args, settings_from_args
 from cloud_controller.ingest.hard_examples import HardExampleStore, handle_hard_examples
+from cloud_controller.settings import ControllerSettings
 from cloud_controller.teachers.sensor_labeller import SensorTeacher, load_sensor_teacher
 from edge_agent.config import MqttConfig
 from edge_agent.outbox.records import OutboxRecord
@@ -220,7 +222,7 @@ async def test_uplink_to_labelled_row_through_mosquitto(
     )
     settings = settings_from_args(args, environ={})
     assert settings.sensor_teacher == teacher_bundle
-    assert ControllerSettings.from_env({"EDGELOOP_SENSOR_TEACHER": "/b"}).sensor_teacher == Path("/b")
+    assert ControllerSettings.load(environ={"EDGELOOP_SENSOR_TEACHER": "/b"}).sensor_teacher == Path("/b")
     app = ControllerApp(settings.model_copy(update={"http_host": "127.0.0.1", "shutdown_timeout_s": 2.0}))
     recs = edge_records(student)
     node = MqttClient(mqtt_cfg, f"edge-agent-{NODE}", clean_start=True, name="node")

@@ -8,13 +8,9 @@ created``) are kubectl's, and the columns come from the same CRDs, so what
 shows here. It talks to the store file directly, so it works while the
 controller runs (SQLite WAL: the CLI's reads never block it).
 
-Hooking into ``cloud_controller/cli/main.py`` (its owner's registry)::
-
-    from .resources import kubectl as _kubectl
-    for _c in _kubectl.COMMANDS: command(_c.name, _c.help, _c.configure)(_c.run)
-
-or, with a plain argparse tree, ``register(subparsers)`` (each sub-parser gets
-``func``). ``python -m cloud_controller.cli.kubectl`` runs it standalone.
+The four verbs are ``VERBS`` for the ``cloud-controller`` registry
+(``cloud_controller/cli/main.py``); ``python -m cloud_controller.cli.kubectl``
+runs them standalone with the same CLI kit.
 
 Differences from kubectl: ``apply`` is an update of spec, labels and
 annotations (no last-applied three-way merge, finalizers the file does not
@@ -32,7 +28,6 @@ import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -41,6 +36,8 @@ import yaml
 from cloud_controller.resources.schema import Crd, Schemas, human_duration, load_schemas, parse_time
 from cloud_controller.resources.sqlite_store import SqliteResourceStore
 from cloud_controller.resources.store_protocol import Conflict, Invalid, NotFound, Obj, StoreError
+from edge_agent.ops.cli_kit import Cli, Verb
+from edge_agent.ops.tables import text_table
 
 DEFAULT_STORE = "var/controller/resources.db"
 
@@ -207,15 +204,8 @@ async def get(store: SqliteResourceStore, schemas: Schemas, kind: str, names: Se
         if namespace is None:
             header.insert(0, "NAMESPACE")
             rows = [[o["metadata"]["namespace"], *r] for o, r in zip(objs, rows, strict=True)]
-        print(format_table(header, rows), file=out)
+        print(text_table(header, rows, gap=3), file=out)  # kubectl's tabwriter layout
     return rc
-
-
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    """kubectl's tabwriter layout: left-aligned columns, three spaces apart, no trailing blanks."""
-    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=True)]
-    lines = ["   ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
-    return "\n".join(lines)
 
 
 async def describe(store: SqliteResourceStore, schemas: Schemas, kind: str, names: Sequence[str],
@@ -304,8 +294,8 @@ def describe_text(obj: Obj, events: list[Obj], now: dt.datetime) -> str:
                 first = human_duration((now - parse_time(e["firstTimestamp"])).total_seconds())
                 age = f"{age} (x{e['count']} over {first})"
             rows.append([e["type"], e["reason"], age, "edgeloop-controller", e["message"]])
-        table = format_table(["Type", "Reason", "Age", "From", "Message"],
-                             [["----", "------", "----", "----", "-------"], *rows])
+        table = text_table(["Type", "Reason", "Age", "From", "Message"],
+                           [["----", "------", "----", "----", "-------"], *rows], gap=3)
         lines += ["  " + x for x in table.splitlines()]
     return "\n".join(lines)
 
@@ -444,37 +434,16 @@ def run_delete(args: argparse.Namespace) -> int:
     return _session(args, body)
 
 
-@dataclass(frozen=True)
-class CommandSpec:
-    name: str
-    help: str
-    configure: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-
-
-COMMANDS: tuple[CommandSpec, ...] = (
-    CommandSpec("apply", "create or update resources from YAML (embedded store)", _apply_args, run_apply),
-    CommandSpec("get", "list resources with the CRDs' printer columns", _get_args, run_get),
-    CommandSpec("describe", "show one resource's spec, status, conditions and events", _describe_args,
-                run_describe),
-    CommandSpec("delete", "delete resources by name or from YAML", _delete_args, run_delete),
+VERBS = (
+    Verb("apply", "create or update resources from YAML (embedded store)", run_apply, _apply_args),
+    Verb("get", "list resources with the CRDs' printer columns", run_get, _get_args),
+    Verb("describe", "show one resource's spec, status, conditions and events", run_describe, _describe_args),
+    Verb("delete", "delete resources by name or from YAML", run_delete, _delete_args),
 )
 
 
-def register(subparsers: Any) -> None:
-    """Add the four verbs to an argparse sub-parser set; each parser gets ``func=run``."""
-    for c in COMMANDS:
-        p = subparsers.add_parser(c.name, help=c.help)
-        c.configure(p)
-        p.set_defaults(func=c.run)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cloud-controller")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    rc: int = args.func(args)
-    return rc
+    return Cli("cloud-controller", VERBS).main(argv)
 
 
 if __name__ == "__main__":

@@ -250,6 +250,7 @@ class Ingest:
                 )
                 if new:
                     self.stats.summaries_stored += 1
+                    log.debug("stored batch %s from %s seq %d", batch.id, batch.node, batch.seq)
                 else:
                     self.stats.duplicates += 1
                 touched.add(batch.node)
@@ -311,3 +312,12 @@ class Ingest:
         """Wait until ``n`` messages were processed in total (tests, benchmarks)."""
         async with asyncio.timeout(timeout), self._progress:
             await self._progress.wait_for(lambda: self.stats.messages >= n)
+
+
+def summary_receiver(cfg: IngestConfig) -> Ingest:
+    """The ingest loop without a resource store: summaries stored, statuses in memory, nothing registered.
+
+    What ``cloud-controller receive`` runs (and the receiver tests and fuzz targets drive): the same
+    parsing, dedup and store-then-ack as the controller, without a second copy of the loop.
+    """
+    return Ingest(cfg, None, Fleet(None))

@@ -2,7 +2,7 @@
 
 Each target feeds generated input into the REAL parsing entry point of the side
 that receives it (the agent's ``Pipeline.handle``, the cloud's
-``Receiver.handle``, the teacher's request handler, ...). Inputs are both
+``Ingest.process`` (the summary receiver), the teacher's request handler, ...). Inputs are both
 structure-aware (a valid payload with one field mutated: wrong types, NaN/Inf,
 huge numbers, deep nesting, unicode, topic injection strings, oversize) and raw
 bytes.
@@ -47,7 +47,7 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud_controller.ingest.summaries import Receiver, ReceiverConfig
+from cloud_controller.ingest.loop import Ingest, IngestConfig, summary_receiver
 from cloud_controller.releases.signing import public_key_id, sign_manifest
 from cloud_controller.teachers.chat_service import TeacherService
 from edge_agent.config import AgentConfig, DevicesConfig, MqttConfig
@@ -529,39 +529,50 @@ def _node_topic(leaf: str) -> st.SearchStrategy[str]:
 
 
 class _ReceiverTarget(FuzzTarget):
-    """The cloud receiver's ``handle``: never raises, every reject counted in memory and in SQLite."""
+    """The cloud ingest loop's ``process`` (as ``cloud-controller receive`` runs it): never raises, every
+    reject counted in memory and in SQLite."""
 
     leaf = ""
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
-        self.receiver = Receiver(ReceiverConfig(mqtt=MqttConfig(), db_path=workdir / "receiver.db"))
-        self.receiver.store.open()
+        self.receiver = summary_receiver(IngestConfig(mqtt=MqttConfig(), db_path=workdir / "receiver.db"))
+        self.receiver.summaries.open()
         self.non_finite_accepted = 0
 
     def feed(self, case: Any) -> str:
         topic, payload = case
         r = self.receiver
-        before = dict(r.rejected), r.stored + r.duplicates
-        r.handle(_msg(topic, payload))
+        before = dict(r.rejected), self._summaries()
+        r.process([_msg(topic, payload)])
         delta = Counter(r.rejected) - Counter(before[0])
         if delta:
-            assert sum(delta.values()) == 1 and r.stored + r.duplicates == before[1]
+            assert sum(delta.values()) == 1 and self._summaries() == before[1]
             return next(iter(delta))
         if self.leaf == "summaries":
-            assert r.stored + r.duplicates == before[1] + 1, "summary neither stored nor rejected"
-        elif payload and not _all_finite(r.statuses[NODE].model_dump()):
+            assert self._summaries() == before[1] + 1, "summary neither stored nor rejected"
+        elif payload and not _all_finite(_status(r, NODE).model_dump()):
             self.non_finite_accepted += 1
         return "accepted"
 
     def verify_counts(self, tally: Tally) -> None:
         assert self.receiver.rejected == dict(tally.rejected)
-        assert self.receiver.store.rejects() == dict(tally.rejected), "SQLite rejects table"
+        assert self.receiver.summaries.rejects() == dict(tally.rejected), "SQLite rejects table"
         if self.leaf == "summaries":
-            assert self.receiver.stored + self.receiver.duplicates == tally.accepted
+            assert self._summaries() == tally.accepted
+
+    def _summaries(self) -> int:
+        """Summary batches taken: stored the first time or counted as duplicates."""
+        return self.receiver.stats.summaries_stored + self.receiver.stats.duplicates
 
     def close(self) -> None:
-        self.receiver.store.close()
+        self.receiver.summaries.close()
+
+
+def _status(ingest: Ingest, node: str) -> wire.Status:
+    state = ingest.fleet.get(node)
+    assert state is not None and state.status is not None, "status neither stored nor rejected"
+    return state.status
 
 
 def _all_finite(obj: Any) -> bool:

@@ -1,0 +1,37 @@
+"""``cloud-controller totals``: per-node totals of a summaries database, as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from cloud_controller.ingest.summaries import NodeTotals, SummaryStore
+from edge_agent.ops.cli_kit import Verb
+from edge_agent.ops.tables import text_table
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", type=Path, required=True)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _totals(args: argparse.Namespace) -> int:
+    if not args.db.exists():
+        print(f"no such database: {args.db}", file=sys.stderr)
+        return 2
+    with SummaryStore(args.db) as store:
+        totals, rejects = store.totals(), store.rejects()
+    if args.json:
+        print(json.dumps({"nodes": [dataclasses.asdict(t) for t in totals], "rejects": rejects}, indent=2))
+        return 0
+    cols = [f.name for f in dataclasses.fields(NodeTotals)] if totals else ["node"]
+    print(text_table(cols, [[getattr(t, c) for c in cols] for t in totals]))
+    for reason, count in rejects.items():
+        print(f"rejected {reason}: {count}")
+    return 0
+
+
+VERBS = (Verb("totals", "print per-node totals from a receiver database", _totals, _args),)

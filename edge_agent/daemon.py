@@ -31,7 +31,7 @@ from edge_agent.ops.logs import setup_logging
 from edge_agent.ops.metrics import AgentMetrics
 from edge_agent.ops.sdnotify import Notifier, watchdog_interval
 from edge_agent.ops.tasks import Supervisor
-from edge_agent.outbox.agent_store import AgentStore, DeadLetter, OutboxRecord
+from edge_agent.outbox.agent_store import AgentStore, CommitResult, DeadLetter, OutboxRecord
 from edge_agent.outbox.uplink import Uplink
 from edge_agent.pipeline.core import ChatAnswer, ChatJob, ModelCounters, Pipeline
 from edge_agent.protocol import messages as wire
@@ -359,12 +359,11 @@ class Agent:
         if tick.records:
             self.uplink.wake()
 
-    def _note_commit(self, result: object) -> None:
-        dropped = getattr(result, "dropped", None) or getattr(result, "dropped_seqs", None)
-        if dropped:
+    def _note_commit(self, result: CommitResult) -> None:
+        if result.dropped:
             log.warning(
                 "outbox full: dropped records by policy",
-                extra={"policy": self.cfg.outbox.when_full, "count": len(dropped)},
+                extra={"policy": self.cfg.outbox.when_full, "count": len(result.dropped)},
             )
 
     # ------------------------------------------------------------------ desired state

@@ -503,10 +503,6 @@ class Pipeline:
         if chat:
             self._chat = _ChatAccumulator.from_bytes(chat)
 
-    @property
-    def pending_windows(self) -> int:
-        return len(self._pending_windows)
-
 
 _STAT_FIELDS = ("min", "max", "mean", "std", "first", "last", "slope", "anomaly_score")
 

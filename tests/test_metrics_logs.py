@@ -143,23 +143,23 @@ async def test_agent_sync_mirrors_sensor_and_hard_example_counters(tmp_path: Pat
 
     try:
         p, c = agent.pipeline, agent.pipeline.counters
-        await agent._sync_metrics()
+        await agent.housekeeping.sync_metrics()
         assert exported() == (0, 0, 0, 0)
 
         p.model_counters["sensor"].samples = 10
         c.sensor_uncertain, c.hard_examples, c.sensor_hard_examples_dropped = 3, 4, 1
-        await agent._sync_metrics()
+        await agent.housekeeping.sync_metrics()
         assert exported() == (10, 3, 4, 1)
-        await agent._sync_metrics()  # nothing moved: nothing counted twice
+        await agent.housekeeping.sync_metrics()  # nothing moved: nothing counted twice
         assert exported() == (10, 3, 4, 1)
 
         p.set_sensor_model(None)  # a model swap: a fresh ModelCounters from zero
         p.model_counters["sensor"].samples = 2
         c.sensor_uncertain, c.hard_examples, c.sensor_hard_examples_dropped = 5, 6, 2
-        await agent._sync_metrics()
+        await agent.housekeeping.sync_metrics()
         assert exported() == (12, 5, 6, 2)
         p.model_counters["sensor"].samples = 15
-        await agent._sync_metrics()
+        await agent.housekeeping.sync_metrics()
         assert exported() == (25, 5, 6, 2)
     finally:
         await agent.store.close()

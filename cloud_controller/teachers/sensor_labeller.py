@@ -1,7 +1,7 @@
 """Label the sensor hard examples the nodes send with a bigger sensor model (the sensor teacher).
 
 A node sends a sensor window upstream when its student scored it inside the
-uncertainty band (see ``edge_agent.pipeline.core``). The example carries the exact
+uncertainty band (see ``edge_agent.pipeline.sensor_scoring``). The example carries the exact
 model input the student scored: the window's features relative to the
 device's own baseline. The cloud has no per-device baseline, so that vector is
 the only input it can re-score; any sensor bundle built on the same

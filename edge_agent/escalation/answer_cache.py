@@ -83,15 +83,6 @@ class AnswerCache(Generic[V]):
         while len(self._data) > self.max_entries:
             self._evict_one()
 
-    def purge_expired(self) -> int:
-        """Drop every expired entry (O(n)); call it from a periodic task, not per lookup."""
-        now = self._clock()
-        dead = [k for k, (exp, _) in self._data.items() if now >= exp]
-        for k in dead:
-            del self._data[k]
-        self.stats.expired += len(dead)
-        return len(dead)
-
     def clear(self) -> None:
         self._data.clear()
 

@@ -149,10 +149,6 @@ class EscalationBudget:
                 hi = mid
         return min(lo / _BINS, self.ceiling)
 
-    @property
-    def escalated_in_window(self) -> int:
-        return self._in_window
-
     # ------------------------------------------------------------------ internals
 
     def _candidate(self, conf: float) -> bool:

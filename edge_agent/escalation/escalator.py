@@ -15,7 +15,7 @@ Order of a decision (why in that order):
 Each answer from the teacher (not each cache hit: that would duplicate the same
 pair in the training set) yields a :class:`edge_agent.protocol.messages.HardExample` with
 the redacted text, the student's and the teacher's outputs, ready for the
-outbox (:func:`hard_example_record`) and the next distillation.
+outbox (:func:`edge_agent.pipeline.records.hard_example_record`) and the next distillation.
 
 Fail fast on disconnect. ``MqttClient.request`` fails at once when it cannot
 publish, but a connection lost *after* the PUBACK would leave the request
@@ -49,7 +49,6 @@ from pydantic import ValidationError
 
 from edge_agent.escalation.answer_cache import AnswerCache
 from edge_agent.escalation.budget import EscalationBudget
-from edge_agent.outbox.records import OutboxRecord
 from edge_agent.preprocess.text import normalize
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol import topics
@@ -64,7 +63,7 @@ from edge_agent.protocol.escalation_wire import (
 )
 from edge_agent.transport.mqtt import Message, MqttClient
 
-__all__ = ["Answer", "EscalationStats", "Escalator", "StudentLike", "hard_example_record"]
+__all__ = ["Answer", "EscalationStats", "Escalator", "StudentLike"]
 
 log = logging.getLogger(__name__)
 
@@ -367,13 +366,3 @@ class Escalator:
         except MqttError:  # the client was stopped for good
             return
 
-
-def hard_example_record(example: wire.HardExample) -> OutboxRecord:
-    """The outbox row for a hard example, sent to ``nodes/{node}/hard-examples`` by the uplink."""
-    return OutboxRecord(
-        id=example.id,
-        topic=topics.hard_examples(example.node),
-        payload=wire.dumps(example),
-        created=example.created,
-        kind="hard_example",
-    )

@@ -81,10 +81,6 @@ class AgentStore:
     def path(self) -> Path:
         return self._path
 
-    @property
-    def is_open(self) -> bool:
-        return self._conn is not None
-
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:

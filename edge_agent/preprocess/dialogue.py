@@ -119,10 +119,6 @@ class Transaction:
         self._check()
         self.state.slots.update(slots)
 
-    def clear_slots(self) -> None:
-        self._check()
-        self.state.slots.clear()
-
     def bump_step(self, by: int = 1) -> None:
         self._check()
         self.state.step += by

@@ -751,7 +751,7 @@ class DesiredStateTarget(FuzzTarget):
     async def _feed(self, payload: bytes) -> str:
         c = self.agent.pipeline.counters.rejected
         before = c.copy()
-        self.agent._on_desired(_msg(f"edgeloop/v1/nodes/{NODE}/desired", payload))
+        self.agent.desired.on_message(_msg(f"edgeloop/v1/nodes/{NODE}/desired", payload))
         # Applying is another concern (model delivery tests): cancel it before it starts.
         started = [t for n, t in self.agent.tasks._tasks.items() if n.startswith("apply-") and not t.done()]
         for t in started:

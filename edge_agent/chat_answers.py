@@ -1,0 +1,99 @@
+"""Chat utterances answered off the ingest path: student model, maybe the cloud teacher, then the reply.
+
+Inference (and an escalation round trip) must not stall telemetry, so the
+inbound reader queues each :class:`ChatJob` here; a worker answers it, hands
+the answer to the pipeline and leaves the inbound message for the next commit
+tick to acknowledge. Replies to devices go out after that tick (see
+:class:`ReplyPublisher`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from edge_agent.active_models import ActiveModels
+from edge_agent.config import AgentConfig
+from edge_agent.escalation.escalator import Escalator
+from edge_agent.ops.metrics import AgentMetrics
+from edge_agent.pipeline.chat_flow import ChatAnswer, ChatJob
+from edge_agent.pipeline.core import Pipeline
+from edge_agent.pipeline.records import Reply
+from edge_agent.protocol.errors import MqttError
+from edge_agent.tick import CommitTick
+from edge_agent.transport.mqtt import Message, MqttClient
+from edge_agent.transport.redelivery import RedeliveryGuard
+
+log = logging.getLogger(__name__)
+
+
+class ChatAnswers:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        redelivery: RedeliveryGuard,
+        tick: CommitTick,
+        models: ActiveModels,
+        escalator: Escalator | None,
+        metrics: AgentMetrics,
+        *,
+        config: Callable[[], AgentConfig],
+    ) -> None:
+        self._pipeline = pipeline
+        self._redelivery = redelivery
+        self._tick = tick
+        self._models = models
+        self._escalator = escalator
+        self._metrics = metrics
+        self._config = config
+        self.queue: asyncio.Queue[tuple[ChatJob, Message]] = asyncio.Queue(maxsize=1000)
+
+    async def worker(self) -> None:
+        while True:
+            job, msg = await self.queue.get()
+            answer = await self.answer(job)
+            self._pipeline.complete_chat(job, answer)
+            self._redelivery.absorbed(msg.mid, msg.topic, msg.payload)
+            self._tick.ack_after_commit(msg)
+
+    async def answer(self, job: ChatJob) -> ChatAnswer:
+        model = self._models.chat_model
+        if model is None:
+            return ChatAnswer(None, {}, 0.0, "none")
+        t0 = time.perf_counter()
+        try:
+            pred = await asyncio.to_thread(model.predict, job.text)
+        except Exception:
+            log.exception("chat model failed on an input")
+            self._pipeline.note_model_error("chat")
+            return ChatAnswer(None, {}, 0.0, "none")
+        self._metrics.inference_seconds.labels(model="chat").observe(time.perf_counter() - t0)
+        if self._escalator is None:
+            return ChatAnswer(pred.intent, dict(pred.slots), pred.confidence, "edge")
+        ans = await self._escalator.answer(job.text, pred)
+        hard = ans.hard_example if self._config().chat.escalation.hard_examples else None
+        return ChatAnswer(ans.intent, dict(ans.slots), ans.confidence, ans.source, ans.escalated, hard)
+
+
+class ReplyPublisher:
+    """Replies to devices on the local broker; a full queue drops a reply rather than stall the tick."""
+
+    def __init__(self, client: MqttClient, metrics: AgentMetrics) -> None:
+        self._client = client
+        self._metrics = metrics
+        self._queue: asyncio.Queue[Reply] = asyncio.Queue(maxsize=10_000)
+
+    def offer(self, reply: Reply) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(reply)
+
+    async def run(self) -> None:
+        while True:
+            reply = await self._queue.get()
+            try:
+                await self._client.publish(reply.topic, reply.payload, qos=1, timeout=5.0)
+            except (MqttError, TimeoutError):
+                self._metrics.uplink_errors.labels(kind="reply").inc()

@@ -1,0 +1,34 @@
+"""Plain counters the core bumps on the hot path; the daemon copies them into metrics once a second."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelCounters:
+    """Per-task health since the active model was loaded: what a rollout's analysis reads."""
+
+    samples: int = 0
+    escalated: int = 0
+    errors: int = 0
+    confidence_sum: float = 0.0
+
+
+@dataclass
+class PipelineCounters:
+    messages: Counter[str] = field(default_factory=Counter)
+    readings: int = 0
+    raw_equivalent_bytes: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    windows_emitted: int = 0
+    summaries: int = 0
+    chat_messages: int = 0
+    pii_redactions: Counter[str] = field(default_factory=Counter)
+    stale_chat: int = 0
+    chat_by_source: Counter[str] = field(default_factory=Counter)
+    anomaly_events: int = 0
+    hard_examples: int = 0
+    sensor_uncertain: int = 0  # windows scored inside the uncertainty band
+    sensor_hard_examples_dropped: int = 0  # uncertain windows over the per-minute cap

@@ -30,7 +30,7 @@ import yaml
 from cloud_controller.ingest.summaries import SummaryStore
 from edgeloop_sim.broker import Broker
 from edgeloop_sim.replay import BackgroundReplay, ReplayConfig, ReplayResult, Source, select_devices
-from edgeloop_sim.supervisor import Supervisor
+from edgeloop_sim.supervisor import ProcessSupervisor
 
 
 def say(msg: str) -> None:
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     broker = Broker(out / "broker")
     broker.start()
     say(f"mosquitto on 127.0.0.1:{broker.port}")
-    sup = Supervisor(out / "logs")
+    sup = ProcessSupervisor(out / "logs")
     py = sys.executable
     try:
         db = out / "cloud.db"

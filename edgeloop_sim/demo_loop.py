@@ -65,7 +65,7 @@ from edgeloop_sim.demo_models import (
     ensure_sensor_models,
 )
 from edgeloop_sim.replay import BackgroundReplay, ReplayConfig, Source, select_devices
-from edgeloop_sim.supervisor import Supervisor
+from edgeloop_sim.supervisor import ProcessSupervisor
 
 Say = Callable[[str], None]
 PY = sys.executable
@@ -154,7 +154,7 @@ class Loop:
     def __init__(self, args: argparse.Namespace, out: Path) -> None:
         self.args, self.out = args, out
         self.broker = Broker(out / "broker")
-        self.sup = Supervisor(out / "logs")
+        self.sup = ProcessSupervisor(out / "logs")
         self.traffic: ChatTraffic | None = None
         self.timeline: list[dict[str, Any]] = []  # phase marks for the plot
         self.report: dict[str, Any] = {"phases": {}, "wall": {}}

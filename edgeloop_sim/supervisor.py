@@ -52,7 +52,7 @@ class Proc:
     stopping: bool = False
 
 
-class Supervisor:
+class ProcessSupervisor:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.procs: dict[str, Proc] = {}

@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 OWNER = r"""
 import sys, time
 from pathlib import Path
-from edgeloop_sim.supervisor import Supervisor
-s = Supervisor(Path(sys.argv[1]))
+from edgeloop_sim.supervisor import ProcessSupervisor
+s = ProcessSupervisor(Path(sys.argv[1]))
 p = s.start("sleeper", ["sleep", "300"])
 print(p.popen.pid, flush=True)
 time.sleep(300)

@@ -54,7 +54,7 @@ class _Model(BaseModel):
 # --------------------------------------------------------------------------- common
 
 
-class Condition(_Model):
+class StatusCondition(_Model):
     type: str
     status: ConditionStatus
     reason: str = ""
@@ -63,12 +63,12 @@ class Condition(_Model):
     observed_generation: int | None = None
 
 
-def get_condition(conditions: list[Condition], type: str) -> Condition | None:
+def get_condition(conditions: list[StatusCondition], type: str) -> StatusCondition | None:
     return next((c for c in conditions if c.type == type), None)
 
 
 def set_condition(
-    conditions: list[Condition],
+    conditions: list[StatusCondition],
     type: str,
     status: ConditionStatus,
     reason: str,
@@ -85,7 +85,7 @@ def set_condition(
     """
     cur = get_condition(conditions, type)
     if cur is None:
-        conditions.append(Condition(type=type, status=status, reason=reason, message=message,
+        conditions.append(StatusCondition(type=type, status=status, reason=reason, message=message,
                                     last_transition_time=now, observed_generation=observed_generation))
         return True
     changed = (cur.status, cur.reason, cur.message, cur.observed_generation) != (
@@ -125,7 +125,7 @@ class ObjectMeta(_Model):
 
 class _Status(_Model):
     observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[StatusCondition] = Field(default_factory=list)
 
 
 SpecT = TypeVar("SpecT", bound=_Model)
@@ -209,7 +209,7 @@ class Window(_Model):
     idle_close_seconds: Annotated[float, Field(gt=0, le=86400)] | None = None
 
 
-class PiiRule(_Model):
+class PiiRuleSpec(_Model):
     name: str
     pattern: str
     replacement: str | None = None
@@ -217,7 +217,7 @@ class PiiRule(_Model):
 
 class Pii(_Model):
     builtin: list[PiiKind] = Field(default_factory=list)
-    rules: list[PiiRule] = Field(default_factory=list)
+    rules: list[PiiRuleSpec] = Field(default_factory=list)
 
 
 class Escalation(_Model):
@@ -225,7 +225,7 @@ class Escalation(_Model):
     budget_per_hour: NonNegInt | None = None
 
 
-class Uplink(_Model):
+class UplinkSpec(_Model):
     budget_bytes_per_hour: NonNegInt | None = None
 
 
@@ -235,7 +235,7 @@ class EdgePipelineSpec(_Model):
     features: list[Feature] = Field(default_factory=list)
     pii: Pii | None = None
     escalation: Escalation | None = None
-    uplink: Uplink | None = None
+    uplink: UplinkSpec | None = None
 
 
 class EdgePipelineStatus(_Status):

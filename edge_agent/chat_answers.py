@@ -21,7 +21,7 @@ from edge_agent.escalation.escalator import Escalator
 from edge_agent.ops.metrics import AgentMetrics
 from edge_agent.pipeline.chat_flow import ChatAnswer, ChatJob
 from edge_agent.pipeline.core import Pipeline
-from edge_agent.pipeline.records import Reply
+from edge_agent.pipeline.outputs import Reply
 from edge_agent.protocol.errors import MqttError
 from edge_agent.tick import CommitTick
 from edge_agent.transport.mqtt import Message, MqttClient

@@ -21,7 +21,7 @@ from edge_agent import __version__
 from edge_agent.active_models import ActiveModels
 from edge_agent.chat_answers import ChatAnswers, ReplyPublisher
 from edge_agent.config import AgentConfig, load_config
-from edge_agent.desired import DesiredState
+from edge_agent.desired_apply import DesiredStateApplier
 from edge_agent.escalation.answer_cache import AnswerCache
 from edge_agent.escalation.budget import EscalationBudget
 from edge_agent.escalation.escalator import Escalator
@@ -156,7 +156,7 @@ class Agent:
             self.models.status,
             lambda: self.desired.applied_generation,
         )
-        self.desired = DesiredState(
+        self.desired = DesiredStateApplier(
             cfg.node_id,
             cfg,
             self.pipeline,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from edge_agent.chat_answers import ChatAnswers
-from edge_agent.desired import DesiredState
+from edge_agent.desired_apply import DesiredStateApplier
 from edge_agent.pipeline.core import Pipeline
 from edge_agent.protocol import topics
 from edge_agent.tick import CommitTick
@@ -32,7 +32,7 @@ class Inbound:
         redelivery: RedeliveryGuard,
         tick: CommitTick,
         chat: ChatAnswers,
-        desired: DesiredState,
+        desired: DesiredStateApplier,
     ) -> None:
         self._client = client
         self._cloud = cloud

@@ -25,7 +25,7 @@ from edge_agent.outbox.dead_letters import DeadLetter
 from edge_agent.outbox.records import CommitResult, OutboxRecord
 from edge_agent.outbox.uplink import Uplink
 from edge_agent.pipeline.core import Pipeline
-from edge_agent.pipeline.records import Reply
+from edge_agent.pipeline.outputs import Reply
 from edge_agent.protocol.errors import OutboxError
 from edge_agent.transport.mqtt import Message, MqttClient
 from edge_agent.transport.redelivery import RedeliveryGuard

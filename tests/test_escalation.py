@@ -25,7 +25,7 @@ from edge_agent.config import MqttConfig
 from edge_agent.escalation.answer_cache import AnswerCache
 from edge_agent.escalation.budget import EscalationBudget
 from edge_agent.escalation.escalator import Escalator
-from edge_agent.pipeline.records import hard_example_record
+from edge_agent.pipeline.outputs import hard_example_record
 from edge_agent.protocol import escalation_wire as ew
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol import topics

@@ -53,7 +53,7 @@ def test_configuration_reference_is_current() -> None:
 
 
 def test_controller_configuration_reference_is_current() -> None:
-    from cloud_controller.cli.config_reference import render
+    from cloud_controller.cli.settings_reference import render
 
     assert (ROOT / "docs" / "controller-configuration.md").read_text() == render(), (
         "docs/controller-configuration.md is stale: run `make config-docs`"

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cloud_controller.cli.config_reference import flag_fields, run_actions
 from cloud_controller.cli.main import CLI
 from cloud_controller.cli.run import configure_run_args, settings_from_args
+from cloud_controller.cli.settings_reference import flag_fields, run_actions
 from cloud_controller.settings import STORE_VAR, ControllerSettings, EnvSource, env_var, setting_fields
 from edge_agent.config import env_overrides, load_config
 from edge_agent.protocol.errors import ConfigError

@@ -15,8 +15,8 @@ import pytest
 
 from edge_agent.config import OutboxConfig
 from edge_agent.outbox.agent_store import AgentStore
-from edge_agent.outbox.counters import OutboxStats
 from edge_agent.outbox.dead_letters import DEAD_LETTER_PAYLOAD_MAX, DeadLetter
+from edge_agent.outbox.ledger import OutboxStats
 from edge_agent.outbox.records import OutboxRecord, record_size
 from edge_agent.protocol.errors import OutboxError
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from cloud_controller.cli import config_reference, keys, kubectl, receive, release, run, totals
+from cloud_controller.cli import keys, kubectl, receive, release, run, totals
+from cloud_controller.cli import settings_reference as config_reference
 from edge_agent.ops.cli_kit import Cli
 
 CLI = Cli("cloud-controller")

@@ -15,7 +15,7 @@ Order of a decision (why in that order):
 Each answer from the teacher (not each cache hit: that would duplicate the same
 pair in the training set) yields a :class:`edge_agent.protocol.messages.HardExample` with
 the redacted text, the student's and the teacher's outputs, ready for the
-outbox (:func:`edge_agent.pipeline.records.hard_example_record`) and the next distillation.
+outbox (:func:`edge_agent.pipeline.outputs.hard_example_record`) and the next distillation.
 
 Fail fast on disconnect. ``MqttClient.request`` fails at once when it cannot
 publish, but a connection lost *after* the PUBACK would leave the request

@@ -12,10 +12,10 @@ harmlessly be, acked) or none of it is (and the broker redelivers the messages,
 which are processed again from the state of the previous tick). A message is
 therefore counted exactly once, and the cloud drops uplink duplicates by record ``id``.
 
-The rooms of the file: :mod:`~edge_agent.outbox.schema` (tables, pragmas, why
+The rooms of the file: :mod:`~edge_agent.outbox.ddl` (tables, pragmas, why
 ``synchronous=FULL``), :mod:`~edge_agent.outbox.outbox_table` (the size limit and
 what happens when full), :mod:`~edge_agent.outbox.dead_letters`,
-:mod:`~edge_agent.outbox.counters` (totals, per-kind counters, stats). This module
+:mod:`~edge_agent.outbox.ledger` (totals, per-kind counters, stats). This module
 owns the connection and the transactions; the others only run statements inside them.
 
 Sequence numbers
@@ -47,7 +47,9 @@ import aiosqlite
 
 from edge_agent.config import OutboxConfig
 from edge_agent.outbox import outbox_table
-from edge_agent.outbox.counters import (
+from edge_agent.outbox.ddl import prepare, read_totals
+from edge_agent.outbox.dead_letters import DeadLetter, insert_dead_letters, newest_dead_letters
+from edge_agent.outbox.ledger import (
     NEXT_SEQ_KEY,
     RESERVED_META_PREFIX,
     OutboxStats,
@@ -56,9 +58,7 @@ from edge_agent.outbox.counters import (
     build_stats,
     prefix_upper,
 )
-from edge_agent.outbox.dead_letters import DeadLetter, insert_dead_letters, newest_dead_letters
 from edge_agent.outbox.records import CommitResult, OutboxRecord, OutboxRow
-from edge_agent.outbox.schema import prepare, read_totals
 from edge_agent.protocol.errors import OutboxError
 
 __all__ = ["AgentStore"]

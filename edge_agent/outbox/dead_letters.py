@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import aiosqlite
 
-from edge_agent.outbox.counters import TxEffects
+from edge_agent.outbox.ledger import TxEffects
 
 __all__ = [
     "DEAD_LETTER_PAYLOAD_MAX",

@@ -35,7 +35,7 @@ from typing import Any
 
 import aiosqlite
 
-from edge_agent.outbox.counters import TxEffects
+from edge_agent.outbox.ledger import TxEffects
 from edge_agent.outbox.records import OutboxRecord, OutboxRow, record_size
 from edge_agent.protocol.errors import OutboxError
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from edge_agent.config import AgentConfig
 from edge_agent.pipeline.counters import PipelineCounters
-from edge_agent.pipeline.records import Outgoing
+from edge_agent.pipeline.outputs import Outgoing
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol import topics
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from edge_agent.config import ChatConfig
 from edge_agent.pipeline.batching import Batcher
 from edge_agent.pipeline.counters import ModelCounters, PipelineCounters
-from edge_agent.pipeline.records import Reply, hard_example_record
+from edge_agent.pipeline.outputs import Reply, hard_example_record
 from edge_agent.preprocess.dialogue import DialogueStore
 from edge_agent.preprocess.pii import Redactor
 from edge_agent.preprocess.text import normalize

@@ -24,7 +24,7 @@ from edge_agent.pipeline.batching import Batcher
 from edge_agent.pipeline.chat_flow import ChatAnswer, ChatFlow, ChatJob
 from edge_agent.pipeline.counters import ModelCounters, PipelineCounters
 from edge_agent.pipeline.limits import RateLimitedLog
-from edge_agent.pipeline.records import Outgoing, RejectedInput, Reply
+from edge_agent.pipeline.outputs import Outgoing, RejectedInput, Reply
 from edge_agent.pipeline.sensor_scoring import SensorScorer, SensorScoring
 from edge_agent.pipeline.telemetry import absorb_telemetry
 from edge_agent.preprocess.pii import Redactor

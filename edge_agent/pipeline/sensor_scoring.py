@@ -14,7 +14,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.pipeline.batching import Batcher
 from edge_agent.pipeline.counters import ModelCounters, PipelineCounters
 from edge_agent.pipeline.limits import MinuteCap
-from edge_agent.pipeline.records import hard_example_record
+from edge_agent.pipeline.outputs import hard_example_record
 from edge_agent.protocol import messages as wire
 
 if TYPE_CHECKING:  # numpy is imported only when a sensor model is loaded

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 _GENERATION_KEY = "applied_generation"
 
 
-class DesiredState:
+class DesiredStateApplier:
     def __init__(
         self,
         node: str,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from edge_agent.outbox.counters import NEXT_SEQ_KEY, Totals, read_counts
+from edge_agent.outbox.ledger import NEXT_SEQ_KEY, Totals, read_counts
 from edge_agent.protocol.errors import OutboxError
 
 __all__ = ["SCHEMA_VERSION", "prepare", "read_totals"]

@@ -295,7 +295,7 @@ class Agent:
                 self._on_desired(msg)
                 self.client.ack(msg)  # retained: the current desired state comes again after any reconnect
                 continue
-            if msg.topic.startswith(topics.API):
+            if topics.is_node_topic(msg.topic):
                 self.client.ack(msg)  # a cloud topic on the device connection: not ours to process
                 continue
             if not guard.is_duplicate(msg.mid, msg.dup, msg.topic, msg.payload):

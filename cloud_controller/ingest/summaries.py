@@ -182,14 +182,13 @@ class Receiver:
         self.client = MqttClient(
             cfg.mqtt,
             cfg.client_id,
-            subscriptions=[(self._filter("summaries"), 1), (self._filter("status"), 1)],
+            subscriptions=[(self._filter(topics.SUMMARIES), 1), (self._filter(topics.STATUS), 1)],
             manual_ack=True,
             name="receiver",
         )
 
     def _filter(self, leaf: str) -> str:
-        flt = topics.all_nodes(leaf)
-        return f"$share/{self.cfg.shared_group}/{flt}" if self.cfg.shared_group else flt
+        return topics.shared(self.cfg.shared_group, topics.all_nodes(leaf))
 
     async def run(self) -> None:
         """Receive until cancelled; the MQTT session survives restarts (persistent, manual ack)."""
@@ -210,9 +209,9 @@ class Receiver:
         """Process one message; never raises for bad input (it would never get better)."""
         try:
             node, leaf = topics.parse_node_topic(msg.topic)
-            if leaf == "summaries":
+            if leaf == topics.SUMMARIES:
                 self._summary(node, msg)
-            elif leaf == "status":
+            elif leaf == topics.STATUS:
                 self._status(node, msg)
             else:
                 raise RejectedMessage("bad_topic", f"unexpected leaf {leaf!r}")

@@ -13,6 +13,11 @@ One fresh paho client per connection attempt: nothing paho queued or kept in
 flight on a dead connection is silently replayed later. The caller's outbox is
 the source of truth; a publish whose ack was lost raises MqttError and is
 retried from there (the cloud deduplicates by batch id).
+
+MQTT 5 request/response lives beside this in :mod:`edge_agent.transport.rpc`; it
+plugs in through :meth:`MqttClient.add_router` (take a message before it reaches
+:meth:`MqttClient.receive`), :meth:`MqttClient.add_on_connection_lost` (fail what
+waits on a dead connection) and :meth:`MqttClient.spawn` (tasks ``stop()`` cancels).
 """
 
 from __future__ import annotations
@@ -20,12 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import select
 import socket
 import ssl
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +40,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent.config import MqttConfig
-from edge_agent.protocol.errors import MqttError, PermanentError, PublishDenied
+from edge_agent.protocol.errors import ConnectRefused, MqttError, PublishDenied
+from edge_agent.transport.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +54,6 @@ PERMANENT_CONNACK = {
     0x8C: "bad authentication method",
 }
 _MISC_INTERVAL_S = 1.0
-
-
-class ConnectRefused(PermanentError):
-    """The broker refused the CONNECT for a reason retrying will not fix (e.g. bad credentials)."""
-
-    def __init__(self, reason_code: int, reason: str) -> None:
-        self.reason_code = reason_code
-        super().__init__(f"broker refused connection: {reason_code} {reason}")
 
 
 @dataclass(frozen=True)
@@ -94,8 +90,10 @@ class MqttStats:
     paused: int = 0
 
 
-# A handler returns the response body, or None to send no response (e.g. a misdirected reply topic).
-Handler = Callable[[Message], Awaitable[bytes | None]]
+# Takes a message before the receive() queue (True: taken, e.g. an RPC response); runs on the loop thread.
+Router = Callable[[Message], bool]
+# Told when a connection ends (or the client stops), with the error what waited on it should fail with.
+LostCallback = Callable[[MqttError], None]
 
 
 @dataclass
@@ -153,11 +151,9 @@ class MqttClient:
         self._misc_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._stopped = False
-        # request/response
-        self._response_topics: set[str] = set()
-        self._requests: dict[bytes, asyncio.Future[Message]] = {}
-        self._handlers: dict[str, Handler] = {}
-        self._handler_tasks: set[asyncio.Task[None]] = set()
+        self._routers: list[Router] = []
+        self._on_lost: list[LostCallback] = []
+        self._spawned: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ public API
 
@@ -167,6 +163,27 @@ class MqttClient:
 
     def add_on_connect(self, cb: Callable[[], Awaitable[None]]) -> None:
         self._on_connect.append(cb)
+
+    def add_router(self, route: Router) -> None:
+        """``route(msg)`` sees every message first; when it returns True the message is its own."""
+        self._routers.append(route)
+
+    def add_on_connection_lost(self, cb: LostCallback) -> None:
+        self._on_lost.append(cb)
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run work on behalf of this client's messages; :meth:`stop` cancels what is still running."""
+        task = asyncio.create_task(coro, name=f"{self.name}-{name}")
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
+        return task
+
+    async def subscribe(self, topic: str, qos: int) -> None:
+        """Subscribe now if connected, and again on every reconnect."""
+        self.subscriptions.append((topic, qos))
+        conn = self._conn
+        if conn is not None and self._connected.is_set():
+            await self._subscribe(conn, [(topic, qos)])
 
     async def start(self) -> None:
         if self._task is not None:
@@ -269,69 +286,25 @@ class MqttClient:
             conn.client.disconnect()  # reason 0: the broker discards the will
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(conn.closed), timeout)
-        tasks = [t for t in (self._task, self._misc_task, *self._handler_tasks) if t is not None]
+        tasks = [t for t in (self._task, self._misc_task, *self._spawned) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if conn is not None:
             self._teardown(conn, MqttError(f"{self.name}: client stopped"))
-        for f in self._requests.values():
-            if not f.done():
-                f.set_exception(MqttError(f"{self.name}: client stopped"))
-        self._requests.clear()
+        self._lost(MqttError(f"{self.name}: client stopped"))
         self._stopped = True
-
-    # ------------------------------------------------------------------ request/response
-
-    async def request(
-        self, topic: str, payload: bytes, timeout: float = 5.0, qos: int = 1,
-        response_topic: str | None = None,
-    ) -> Message:
-        """MQTT 5 request/response: returns the response message (correlated by id).
-
-        ``response_topic`` should lie in a subtree the responder may write and this
-        client may read under the broker's ACL (``nodes/{node}/rpc/response/...``).
-        """
-        reply_to = response_topic or f"edgeloop/v1/rpc/{self.client_id}/responses"
-        if reply_to not in self._response_topics:
-            self._response_topics.add(reply_to)
-            await self._add_subscription(reply_to, 1)
-        assert self._loop is not None
-        corr = uuid.uuid4().bytes
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = reply_to
-        props.CorrelationData = corr
-        fut: asyncio.Future[Message] = self._loop.create_future()
-        self._requests[corr] = fut
-        try:
-            async with asyncio.timeout(timeout):
-                await self.publish(topic, payload, qos=qos, properties=props)
-                return await fut
-        except TimeoutError:
-            raise MqttError(f"{self.name}: no response on {topic!r} within {timeout}s") from None
-        finally:
-            self._requests.pop(corr, None)
-
-    async def serve(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
-        """Answer requests on ``topic_filter``: ``handler(msg)`` returns the response payload."""
-        self._handlers[topic_filter] = handler
-        await self._add_subscription(topic_filter, qos)
-
-    async def _add_subscription(self, topic: str, qos: int) -> None:
-        self.subscriptions.append((topic, qos))
-        conn = self._conn
-        if conn is not None and self._connected.is_set():
-            await self._subscribe(conn, [(topic, qos)])
 
     # ------------------------------------------------------------------ supervisor
 
     async def _supervise(self) -> None:
-        attempt = 0
+        # Full jitter: a fleet reconnecting after a broker restart spreads out as widely as it can.
+        backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, jitter="full")
         while not self._stopping:
             conn = self._new_conn()
             try:
                 await self._establish(conn)
-                attempt = 0
+                backoff.reset()
                 await conn.closed
                 self.stats.disconnects += 1
                 if not self._stopping:
@@ -351,13 +324,8 @@ class MqttClient:
                 self._teardown(conn, MqttError(f"{self.name}: connection lost"))
             if self._stopping:
                 break
-            lo, hi = self.cfg.reconnect_min_s, self.cfg.reconnect_max_s
-            if self._refused is not None:
-                delay = random.uniform(hi / 2, hi)  # permanent refusal: never spin fast
-            else:  # exponential backoff, full jitter
-                delay = random.uniform(lo, max(lo, min(hi, lo * 2 ** min(attempt, 30))))
-            attempt += 1
-            log.info("%s: reconnect attempt %d in %.2fs", self.name, attempt, delay)
+            delay = backoff.next(slow=self._refused is not None)  # a permanent refusal never spins fast
+            log.info("%s: reconnect attempt %d in %.2fs", self.name, backoff.attempt, delay)
             await asyncio.sleep(delay)
 
     def _new_conn(self) -> _Conn:
@@ -563,10 +531,8 @@ class MqttClient:
                 fut.set_exception(exc)
         conn.pending.clear()
         conn.subacks.clear()
-        # A request whose response would come on the dead connection will not come: fail it now.
-        for rfut in self._requests.values():
-            if not rfut.done():
-                rfut.set_exception(MqttError(f"{self.name}: connection lost while waiting for a response"))
+        # A response that would come on the dead connection will not come: fail its waiter now.
+        self._lost(MqttError(f"{self.name}: connection lost while waiting for a response"))
         conn.connack.cancel()
         if not conn.closed.done():
             conn.closed.set_result(None)
@@ -578,6 +544,13 @@ class MqttClient:
             conn.reading = False
             conn.fd = None
             self._close_socket(conn.client)
+
+    def _lost(self, exc: MqttError) -> None:
+        for cb in list(self._on_lost):
+            try:
+                cb(exc)
+            except Exception:
+                log.exception("%s: connection-lost callback failed", self.name)
 
     # ------------------------------------------------------------------ paho callbacks (event loop thread)
 
@@ -627,8 +600,9 @@ class MqttClient:
             generation=conn.generation,
         )
         self.stats.received += 1
-        if self._route_rpc(msg):
-            return
+        for route in self._routers:
+            if route(msg):
+                return
         self._incoming.put_nowait(msg)
         if self._incoming.qsize() >= self.max_incoming and conn.reading and conn.fd is not None:
             assert self._loop is not None
@@ -636,40 +610,3 @@ class MqttClient:
             self._loop.remove_reader(conn.fd)
             conn.reading = False
             self.stats.paused += 1
-
-    def _route_rpc(self, msg: Message) -> bool:
-        props = msg.properties
-        if msg.topic in self._response_topics:
-            corr = getattr(props, "CorrelationData", None)
-            fut = self._requests.get(corr) if corr is not None else None
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
-            self._auto_ack(msg)
-            return True
-        for flt, handler in self._handlers.items():
-            match = flt.split("/", 2)[2] if flt.startswith("$share/") else flt
-            if paho.topic_matches_sub(match, msg.topic):
-                task = asyncio.create_task(self._answer(msg, handler), name=f"{self.name}-rpc")
-                self._handler_tasks.add(task)
-                task.add_done_callback(self._handler_tasks.discard)
-                return True
-        return False
-
-    def _auto_ack(self, msg: Message) -> None:
-        if self.manual_ack:
-            self.ack(msg)
-
-    async def _answer(self, msg: Message, handler: Handler) -> None:
-        try:
-            reply_to = getattr(msg.properties, "ResponseTopic", None)
-            body = await handler(msg)
-            if reply_to and body is not None:
-                props = Properties(PacketTypes.PUBLISH)
-                corr = getattr(msg.properties, "CorrelationData", None)
-                if corr is not None:
-                    props.CorrelationData = corr
-                await self.publish(reply_to, body, qos=1, properties=props)
-        except Exception:
-            log.exception("%s: request handler for %r failed", self.name, msg.topic)
-        finally:
-            self._auto_ack(msg)

@@ -36,7 +36,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 import tempfile
 from collections import Counter
@@ -45,19 +44,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_agent.protocol.errors import MqttError
+from edge_agent.protocol.errors import ModelRejected, MqttError
 from edge_agent.protocol.manifest import (
-    ModelRejected,
     ReleaseManifest,
     check_newer,
-    chunk_topic,
-    chunks_filter,
     manifest_digest,
-    manifest_topic,
     verify_manifest,
     version_key,
 )
 from edge_agent.protocol.messages import DesiredState, ModelRef, ModelStatus
+from edge_agent.protocol.topics import chunk_prefix, chunk_topic, chunks_filter, manifest_topic
+from edge_agent.transport.backoff import Backoff
 from edge_agent.transport.mqtt import Message, MqttClient
 
 __all__ = ["ActiveModel", "DeliveryStats", "ModelManager", "default_health_check", "default_loaders"]
@@ -373,15 +370,14 @@ class ModelManager:
             await client.stop()
 
     async def _retrying(self, what: str, attempt: Callable[[], Any]) -> None:
-        delay = self.client.cfg.reconnect_min_s
+        backoff = Backoff(self.client.cfg.reconnect_min_s, self.client.cfg.reconnect_max_s)
         while True:
             try:
                 await attempt()
                 return
             except MqttError as exc:
-                log.warning("%s: %s; retrying in %.2fs", what, exc, delay)
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-            delay = min(delay * 2, self.client.cfg.reconnect_max_s)
+                log.warning("%s: %s; retrying in %.2fs", what, exc, backoff.ceiling())
+            await backoff.sleep()
 
     async def _fetch(self, task: str, ref: ModelRef) -> tuple[ReleaseManifest, Path]:
         partial = self._partial_dir(ref.digest)
@@ -416,7 +412,7 @@ class ModelManager:
         total = len(m.archive.chunks)
         have = await asyncio.to_thread(self._verified_chunks, m, partial)
         self.stats.chunks_from_disk += len(have)
-        prefix = chunks_filter(ref.name, ref.version)[:-1]  # ".../chunks/"
+        prefix = chunk_prefix(ref.name, ref.version)
 
         def take(window: set[int]) -> Callable[[Message], bool]:
             def on_message(msg: Message) -> bool:

@@ -7,7 +7,8 @@ runs on the event loop thread, so futures are resolved directly and no message
 crosses a thread. On loopback this received 15-18k msg/s of 16-byte QoS 0
 messages against 8-16k msg/s for paho's ``loop_start`` thread bridged with
 ``call_soon_threadsafe`` (GIL ping-pong and one self-pipe write per message).
-Only the blocking TCP/TLS connect runs in a worker thread.
+Only the blocking TCP/TLS connect runs in a worker thread. That socket glue, and
+the state of one connection attempt, live in :mod:`edge_agent.transport.connection`.
 
 One fresh paho client per connection attempt: nothing paho queued or kept in
 flight on a dead connection is silently replayed later. The caller's outbox is
@@ -25,11 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import select
-import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -42,6 +41,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edge_agent.config import MqttConfig
 from edge_agent.protocol.errors import ConnectRefused, MqttError, PublishDenied
 from edge_agent.transport.backoff import Backoff
+from edge_agent.transport.connection import Connection, close_socket
 
 log = logging.getLogger(__name__)
 
@@ -96,21 +96,6 @@ Router = Callable[[Message], bool]
 LostCallback = Callable[[MqttError], None]
 
 
-@dataclass
-class _Conn:
-    """State of one connection attempt; discarded with its paho client."""
-
-    client: paho.Client
-    generation: int
-    connack: asyncio.Future[tuple[ReasonCode, Properties | None, bool]]
-    closed: asyncio.Future[ReasonCode | None]
-    pending: dict[int, asyncio.Future[ReasonCode]] = field(default_factory=dict)
-    subacks: dict[int, asyncio.Future[list[ReasonCode]]] = field(default_factory=dict)
-    # The fd, not the socket object: asyncio rejects a closed socket object on removal.
-    fd: int | None = None
-    reading: bool = False
-
-
 class MqttClient:
     def __init__(
         self,
@@ -144,7 +129,7 @@ class MqttClient:
         self._connected = asyncio.Event()
         self._disconnected = asyncio.Event()
         self._disconnected.set()
-        self._conn: _Conn | None = None
+        self._conn: Connection | None = None
         self._generation = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -328,16 +313,18 @@ class MqttClient:
             log.info("%s: reconnect attempt %d in %.2fs", self.name, backoff.attempt, delay)
             await asyncio.sleep(delay)
 
-    def _new_conn(self) -> _Conn:
+    def _new_conn(self) -> Connection:
         assert self._loop is not None
         self._generation += 1
         loop = self._loop
-        conn = _Conn(self._make_client(), self._generation, loop.create_future(), loop.create_future())
+        conn = Connection(
+            self._make_client(), self._generation, loop, loop.create_future(), loop.create_future()
+        )
         self._conn = conn
         self._bind_callbacks(conn)
         return conn
 
-    async def _establish(self, conn: _Conn) -> None:
+    async def _establish(self, conn: Connection) -> None:
         assert self._loop is not None
         loop = self._loop
         client = conn.client
@@ -356,11 +343,11 @@ class MqttClient:
             await asyncio.shield(fut)
         except asyncio.CancelledError:
             # The worker thread cannot be interrupted: close its socket when it is done.
-            fut.add_done_callback(lambda _f: self._close_socket(client))
+            fut.add_done_callback(lambda _f: close_socket(client))
             raise
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise MqttError(f"cannot connect to {cfg.host}:{cfg.port}: {exc}") from exc
-        self._attach_socket(conn)
+        conn.attach_socket()
         try:
             rc, cprops, session_present = await asyncio.wait_for(
                 asyncio.shield(conn.connack), cfg.connect_timeout_s
@@ -421,7 +408,7 @@ class MqttClient:
             client.will_set(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
         return client
 
-    async def _subscribe(self, conn: _Conn, subs: Sequence[tuple[str, int]]) -> None:
+    async def _subscribe(self, conn: Connection, subs: Sequence[tuple[str, int]]) -> None:
         assert self._loop is not None
         rc, mid = conn.client.subscribe([(t, SubscribeOptions(qos=q)) for t, q in subs])
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
@@ -442,83 +429,18 @@ class MqttClient:
             elif code.value < qos:
                 log.warning("%s: subscription to %r granted QoS %s < %s", self.name, topic, code.value, qos)
 
-    async def _misc_loop(self, conn: _Conn) -> None:
+    async def _misc_loop(self, conn: Connection) -> None:
         while not conn.closed.done():
             await asyncio.sleep(_MISC_INTERVAL_S)
             conn.client.loop_misc()
-
-    # ------------------------------------------------------------------ socket <-> event loop
-
-    def _attach_socket(self, conn: _Conn) -> None:
-        assert self._loop is not None
-        sock = conn.client.socket()
-        if sock is None:
-            raise MqttError("connection closed during connect")
-        conn.fd = fd = sock.fileno()
-        # Small QoS 1 exchanges (PUBLISH/PUBACK, request/response) must not wait for Nagle + delayed ACK.
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
-        client = conn.client
-        loop = self._loop
-
-        def register_write(_c: paho.Client, _u: Any, s: Any) -> None:
-            loop.add_writer(fd, client.loop_write)
-
-        def unregister_write(_c: paho.Client, _u: Any, s: Any) -> None:
-            loop.remove_writer(fd)
-
-        def socket_close(_c: paho.Client, _u: Any, s: Any) -> None:
-            # Forget the fd before paho closes it: the number may be reused at once.
-            loop.remove_reader(fd)
-            loop.remove_writer(fd)
-            conn.reading = False
-            conn.fd = None
-
-        client.on_socket_register_write = register_write
-        client.on_socket_unregister_write = unregister_write
-        client.on_socket_close = socket_close
-        self._resume_reading(conn)
-        if client.want_write():
-            loop.add_writer(fd, client.loop_write)
-
-    def _resume_reading(self, conn: _Conn) -> None:
-        assert self._loop is not None
-        if conn.reading or conn.fd is None:
-            return
-        client = conn.client
-
-        def readable() -> None:
-            client.loop_read()
-            # paho reads one packet per call: keep reading while bytes are waiting (up to 200
-            # packets), since one event-loop pass per message is the bottleneck otherwise. TLS:
-            # decrypted bytes can sit inside the SSL object where epoll cannot see them.
-            for _ in range(200):
-                sock = client.socket()
-                if sock is None or not conn.reading:
-                    return
-                pending = getattr(sock, "pending", None)
-                if not (pending is not None and pending() > 0) and not select.select([sock], [], [], 0)[0]:
-                    return
-                client.loop_read()
-
-        assert conn.fd is not None
-        self._loop.add_reader(conn.fd, readable)
-        conn.reading = True
 
     def _maybe_resume(self) -> None:
         conn = self._conn
         if conn is not None and not conn.reading and self._incoming.qsize() <= self.max_incoming // 2:
             if not conn.closed.done():
-                self._resume_reading(conn)
+                conn.resume_reading()
 
-    @staticmethod
-    def _close_socket(client: paho.Client) -> None:
-        sock = client.socket()
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.close()
-
-    def _teardown(self, conn: _Conn, exc: BaseException) -> None:
+    def _teardown(self, conn: Connection, exc: BaseException) -> None:
         if self._conn is conn:
             self._connected.clear()
             self._disconnected.set()
@@ -536,14 +458,7 @@ class MqttClient:
         conn.connack.cancel()
         if not conn.closed.done():
             conn.closed.set_result(None)
-        # Only a socket handed to the event loop is ours to close; one still being
-        # connected in the worker thread is closed by the connect future's callback.
-        if conn.fd is not None and self._loop is not None:
-            self._loop.remove_reader(conn.fd)
-            self._loop.remove_writer(conn.fd)
-            conn.reading = False
-            conn.fd = None
-            self._close_socket(conn.client)
+        conn.close_socket()
 
     def _lost(self, exc: MqttError) -> None:
         for cb in list(self._on_lost):
@@ -554,7 +469,7 @@ class MqttClient:
 
     # ------------------------------------------------------------------ paho callbacks (event loop thread)
 
-    def _bind_callbacks(self, conn: _Conn) -> None:
+    def _bind_callbacks(self, conn: Connection) -> None:
         def on_connect(_c: paho.Client, _u: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
             if not conn.connack.done():
                 conn.connack.set_result((rc, props, bool(getattr(flags, "session_present", False))))
@@ -588,7 +503,7 @@ class MqttClient:
         conn.client.on_subscribe = on_subscribe
         conn.client.on_message = on_message
 
-    def _dispatch(self, conn: _Conn, m: paho.MQTTMessage) -> None:
+    def _dispatch(self, conn: Connection, m: paho.MQTTMessage) -> None:
         msg = Message(
             topic=m.topic,
             payload=bytes(m.payload),
@@ -604,9 +519,5 @@ class MqttClient:
             if route(msg):
                 return
         self._incoming.put_nowait(msg)
-        if self._incoming.qsize() >= self.max_incoming and conn.reading and conn.fd is not None:
-            assert self._loop is not None
-            # Backpressure: stop reading; TCP and the broker queue hold the rest.
-            self._loop.remove_reader(conn.fd)
-            conn.reading = False
+        if self._incoming.qsize() >= self.max_incoming and conn.pause_reading():
             self.stats.paused += 1

@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from _report import command_line, machine_info, machine_line, write_block  # noqa: E402
 
 from edge_agent.ops.tables import markdown_table, text_table  # noqa: E402
+from edge_agent.protocol import topics  # noqa: E402
 
 NAME = "agent"
 TARGET_SINGLE_RATIO = 0.70
@@ -57,7 +58,7 @@ TARGET_BANDWIDTH_RATIO = 20.0
 TARGET_RSS_MB = 60.0
 BATCH = 100
 SESSION_EXPIRY_S = 3600
-DEVICE_SUB = "devices/+/telemetry"
+DEVICE_SUB = topics.DEVICE_TELEMETRY_SUB
 
 
 # ============================================================================ payloads
@@ -564,7 +565,6 @@ def simulate_uplink(
     """
     from edge_agent.config import parse_config
     from edge_agent.pipeline.core import Pipeline
-    from edge_agent.protocol import topics
     from edgeloop_sim.replay import ReplayConfig, iter_messages, raw_reading_bytes
 
     node = "bench-bw"
@@ -663,7 +663,6 @@ def bandwidth_via_agent(port: int, tmp: Path) -> dict[str, Any]:
     from paho.mqtt.enums import CallbackAPIVersion
 
     from edge_agent.protocol import messages as wire
-    from edge_agent.protocol import topics
     from edgeloop_sim.harness.agent import AgentProcess, agent_config, wait_until
     from edgeloop_sim.replay import ReplayConfig, iter_messages, raw_reading_bytes
 

@@ -136,15 +136,11 @@ async def measure(port: int, n: int, warmup: int, nodelay: bool) -> dict[str, fl
         "p99_ms": lat[int(0.99 * (n - 1))],
         "max_ms": lat[-1],
         "mean_ms": statistics.fmean(lat),
-        "native_request": float(bool(esc._native)),
     }
 
 
 def render(results: dict[str, dict[str, float]], command: str, mosquitto: str) -> str:
-    first = next(iter(results.values()))
-    path = "MqttClient.request(response_topic=...)" if first["native_request"] else (
-        "Escalator's own correlation over publish(properties) + serve() (request() has no response_topic=)"
-    )
+    path = "Rpc.request(response_topic=...)"
     rows = [
         f"| {name} | {int(r['n'])} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | "
         f"{r['max_ms']:.3f} | {r['mean_ms']:.3f} |"

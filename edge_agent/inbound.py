@@ -53,7 +53,7 @@ class Inbound:
                 self._desired.on_message(msg)
                 self._client.ack(msg)  # retained: the current desired state comes again after any reconnect
                 continue
-            if msg.topic.startswith(topics.API):
+            if topics.is_node_topic(msg.topic):
                 self._client.ack(msg)  # a cloud topic on the device connection: not ours to process
                 continue
             if not guard.is_duplicate(msg.mid, msg.dup, msg.topic, msg.payload):

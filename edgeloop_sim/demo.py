@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from cloud_controller.ingest.summaries import SummaryStore
+from edge_agent.protocol import topics
 from edgeloop_sim.broker import Broker
 from edgeloop_sim.replay import BackgroundReplay, ReplayConfig, ReplayResult, Source, select_devices
 from edgeloop_sim.supervisor import ProcessSupervisor
@@ -287,7 +288,7 @@ class ChatReplies:
         self._c = paho.Client(CallbackAPIVersion.VERSION2, client_id="demo-chat-watch", protocol=paho.MQTTv5)
         self._c.on_message = self._on_message
         self._c.connect("127.0.0.1", port)
-        self._c.subscribe("devices/+/chat/out", qos=1)
+        self._c.subscribe(topics.DEVICE_CHAT_OUT_SUB, qos=1)
         self._c.loop_start()
 
     def _on_message(self, _c: Any, _u: Any, m: Any) -> None:

@@ -92,7 +92,7 @@ class ChatTraffic:
         c.on_subscribe = lambda *_a: subscribed.set()
         c.connect(self.host, self.port)
         c.loop_start()
-        c.subscribe([("devices/+/chat/out", 1), (topics.all_nodes("status"), 1)])
+        c.subscribe([(topics.DEVICE_CHAT_OUT_SUB, 1), (topics.all_nodes(topics.STATUS), 1)])
         if not subscribed.wait(10):
             raise TimeoutError("chat traffic: no SUBACK from the broker")
         self._client = c
@@ -192,7 +192,7 @@ class ChatTraffic:
                 self._by_id[u.msg_id] = u
                 self.utterances.append(u)
             sent.append(u)
-            self._client.publish(f"devices/{device}/chat/in", wire.dumps(msg), qos=1)
+            self._client.publish(topics.device_chat_in(device), wire.dumps(msg), qos=1)
             if on_progress is not None and time.monotonic() - last_progress >= 5.0:
                 last_progress = time.monotonic()
                 on_progress(i + 1, len(plan), sent)

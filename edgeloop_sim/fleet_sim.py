@@ -47,15 +47,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol import topics
-from edge_agent.protocol.manifest import (
-    ModelRejected,
-    check_newer,
-    chunks_filter,
-    key_id,
-    load_public_key,
-    manifest_topic,
-    verify_manifest,
-)
+from edge_agent.protocol.errors import ModelRejected
+from edge_agent.protocol.manifest import check_newer, key_id, load_public_key, verify_manifest
 
 log = logging.getLogger(__name__)
 
@@ -338,8 +331,8 @@ class SimNode:
         loop = self.w.loop
         done: asyncio.Future[bytes] = loop.create_future()
         state: dict[str, Any] = {"manifest": None, "chunks": {}}
-        prefix = chunks_filter(ref.name, ref.version)[:-1]
-        mtopic = manifest_topic(ref.name, ref.version)
+        prefix = topics.chunk_prefix(ref.name, ref.version)
+        mtopic = topics.manifest_topic(ref.name, ref.version)
         c = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=f"{self.client_id}-models-{ref.task}", protocol=paho.MQTTv5
         )
@@ -368,7 +361,7 @@ class SimNode:
                         raise ModelRejected("malformed", "manifest names another release")
                     check_newer(m.version, self.highest.get(m.name))
                     state["manifest"] = m
-                    cl.subscribe([(chunks_filter(ref.name, ref.version), SubscribeOptions(qos=1))])
+                    cl.subscribe([(topics.chunks_filter(ref.name, ref.version), SubscribeOptions(qos=1))])
                     return
                 m = state["manifest"]
                 idx_s = msg.topic.removeprefix(prefix)

@@ -121,7 +121,7 @@ async def test_hard_example_store_and_ingest_hook_over_a_real_broker(
 ) -> None:
     store = HardExampleStore(tmp_path / "hard.db")
     sub = MqttClient(
-        mqtt_cfg, "hx-ingest", subscriptions=[(topics.all_nodes("hard-examples"), 1)], name="sub"
+        mqtt_cfg, "hx-ingest", subscriptions=[(topics.all_nodes(topics.HARD_EXAMPLES), 1)], name="sub"
     )
     pub = MqttClient(mqtt_cfg, "hx-node", clean_start=True, name="pub")
     await sub.start()

@@ -31,6 +31,7 @@ from edge_agent.protocol import messages as wire
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import RejectedMessage
 from edge_agent.transport.mqtt import Message, MqttClient
+from edge_agent.transport.rpc import Rpc
 from edgeloop_sim.broker import Broker
 
 NODE = "node-1"
@@ -198,11 +199,11 @@ def test_wire_strict_and_topics() -> None:
         with pytest.raises(RejectedMessage) as ei:
             ew.parse_request(bad)
         assert ei.value.reason == reason
-    assert ew.request_topic(NODE) == "edgeloop/v1/nodes/node-1/rpc/request/escalate"
-    assert ew.response_topic(NODE, "c1") == "edgeloop/v1/nodes/node-1/rpc/response/c1"
-    assert ew.parse_request_topic(ew.request_topic(NODE)) == NODE
+    assert topics.escalation_request(NODE) == "edgeloop/v1/nodes/node-1/rpc/request/escalate"
+    assert topics.rpc_response(NODE, "c1") == "edgeloop/v1/nodes/node-1/rpc/response/c1"
+    assert topics.parse_escalation_request(topics.escalation_request(NODE)) == NODE
     with pytest.raises(RejectedMessage):
-        ew.response_topic(NODE, "a/#")
+        topics.rpc_response(NODE, "a/#")
 
 
 # --------------------------------------------------------------------------- over a real broker
@@ -307,15 +308,15 @@ async def test_bad_requests_get_errors_and_are_counted(mqtt_cfg: MqttConfig) -> 
         return b""
 
     async with teacher(mqtt_cfg, model) as svc, client(mqtt_cfg, "probe") as c:
-        reply_to = ew.response_topic(NODE, "probe")
-        await c.serve(reply_to, sink)
+        reply_to = topics.rpc_response(NODE, "probe")
+        await Rpc(c).serve(reply_to, sink)
 
         async def send(payload: bytes, rt: str | None = reply_to) -> None:
             props = Properties(PacketTypes.PUBLISH)
             if rt is not None:
                 props.ResponseTopic = rt
             props.CorrelationData = b"c"
-            await c.publish(ew.request_topic(NODE), payload, qos=1, properties=props)
+            await c.publish(topics.escalation_request(NODE), payload, qos=1, properties=props)
 
         good = ew.EscalationRequest(id="r-1", node="other-node", text="x",
                                     student=ew.StudentOutput(intent="a", confidence=0.1), ts=1.0)
@@ -331,7 +332,7 @@ async def test_bad_requests_get_errors_and_are_counted(mqtt_cfg: MqttConfig) -> 
             ("", "malformed_json"), ("r-1", "node_mismatch"), ("r-2", "missing_field")]
         # No response topic, or one in another node's inbox: dropped, counted, never answered.
         await send(wire.dumps(good), rt=None)
-        await send(wire.dumps(good), rt=ew.response_topic("node-2", "probe"))
+        await send(wire.dumps(good), rt=topics.rpc_response("node-2", "probe"))
         await until(lambda: svc.stats.rejected_total == 5, 5, "5 rejected requests")
     assert svc.stats.rejected == {"malformed_json": 1, "node_mismatch": 1, "missing_field": 1,
                                   "no_response_topic": 1, "bad_response_topic": 1}

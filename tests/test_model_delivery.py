@@ -30,8 +30,9 @@ from cloud_controller.releases.publisher import ModelPublisher
 from cloud_controller.releases.signing import generate_keys, load_private_key, load_public_key_file
 from edge_agent.config import MqttConfig
 from edge_agent.models.bundle import load_bundle, write_bundle
-from edge_agent.protocol.manifest import canonical_json, chunk_topic, manifest_digest, manifest_topic
+from edge_agent.protocol.manifest import canonical_json, manifest_digest
 from edge_agent.protocol.messages import DesiredState, ModelRef
+from edge_agent.protocol.topics import chunk_topic, manifest_topic
 from edge_agent.transport.mqtt import MqttClient
 from edge_agent.updates.manager import ModelManager
 from edgeloop_sim.broker import Broker

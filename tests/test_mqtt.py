@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import MqttConfig
-from edge_agent.protocol.errors import MqttError, PublishDenied
-from edge_agent.transport.mqtt import ConnectRefused, Message, MqttClient, Will
+from edge_agent.protocol.errors import ConnectRefused, MqttError, PublishDenied
+from edge_agent.transport.mqtt import Message, MqttClient, Will
+from edge_agent.transport.rpc import Rpc
 from edgeloop_sim.broker import Broker, add_password
 
 REPO = Path(__file__).resolve().parents[1]
@@ -262,11 +263,12 @@ async def test_request_response(make_client: Callable[..., MqttClient]) -> None:
     async def upper(msg: Message) -> bytes:
         return msg.payload.upper()
 
-    await server.serve("rpc/upper/#", upper)
-    replies = await asyncio.gather(*(client.request(f"rpc/upper/{i}", b"abc%d" % i, 5) for i in range(20)))
+    await Rpc(server).serve("rpc/upper/#", upper)
+    rpc = Rpc(client)
+    replies = await asyncio.gather(*(rpc.request(f"rpc/upper/{i}", b"abc%d" % i, 5) for i in range(20)))
     assert [r.payload for r in replies] == [b"ABC%d" % i for i in range(20)]
     with pytest.raises(MqttError):
-        await client.request("rpc/nobody", b"x", 0.3)
+        await rpc.request("rpc/nobody", b"x", 0.3)
 
 
 async def test_backpressure_pauses_and_resumes(make_client: Callable[..., MqttClient]) -> None:

@@ -45,7 +45,6 @@ from edge_agent.protocol import topics
 from edge_agent.protocol.errors import RejectedMessage
 
 __all__ = [
-    "HARD_EXAMPLES_LEAF",
     "HandleResult",
     "HardExampleStore",
     "SensorLabeller",
@@ -62,7 +61,6 @@ log = logging.getLogger(__name__)
 # Feature vectors in, one teacher dict (or None: cannot label this one) per vector out.
 SensorLabeller = Callable[[Sequence[Sequence[float] | None]], Sequence[dict[str, Any] | None]]
 
-HARD_EXAMPLES_LEAF = "hard-examples"
 # A hard example is one utterance (<= 2000 chars) or one feature vector plus two small
 # outputs: 64 KiB is generous and keeps a misbehaving node from filling the disk quickly.
 MAX_HARD_EXAMPLE_BYTES = 64 * 1024
@@ -340,7 +338,7 @@ def parse_hard_example(
     cannot inject training data in another node's name.
     """
     node, leaf = topics.parse_node_topic(topic)
-    if leaf != HARD_EXAMPLES_LEAF:
+    if leaf != topics.HARD_EXAMPLES:
         raise RejectedMessage("bad_topic", f"not a hard-examples topic: {topic[:200]!r}")
     ex = wire.parse_json(wire.HardExample, payload, max_bytes)
     if ex.node != node:

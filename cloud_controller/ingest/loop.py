@@ -112,10 +112,10 @@ class Ingest:
         self.label_sensor = label_sensor
         self.stats = IngestStats()
         self.rejected: dict[str, int] = {}
-        subs = [(self._summaries_filter(), 1), (topics.all_nodes("status"), 1)]
+        subs = [(self._summaries_filter(), 1), (topics.all_nodes(topics.STATUS), 1)]
         if hard_examples is not None:
             # Not shared: every replica keeps all hard examples; the leader's DistillationJobs read them.
-            subs.append((topics.all_nodes("hard-examples"), 1))
+            subs.append((topics.all_nodes(topics.HARD_EXAMPLES), 1))
         self.client = MqttClient(
             cfg.mqtt,
             cfg.client_id,
@@ -130,8 +130,7 @@ class Ingest:
         self.ready = asyncio.Event()
 
     def _summaries_filter(self) -> str:
-        flt = topics.all_nodes("summaries")
-        return f"$share/{self.cfg.shared_group}/{flt}" if self.cfg.shared_group else flt
+        return topics.shared(self.cfg.shared_group, topics.all_nodes(topics.SUMMARIES))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -200,14 +199,14 @@ class Ingest:
             self.stats.messages += 1
             try:
                 node, leaf = topics.parse_node_topic(msg.topic)
-                if leaf == "summaries":
+                if leaf == topics.SUMMARIES:
                     batch = wire.decode_summary(msg.payload, self.cfg.max_payload_bytes)
                     if batch.node != node:
                         raise RejectedMessage(
                             "node_mismatch", f"topic node {node!r} != batch node {batch.node!r}"
                         )
                     items.append((batch, now, len(msg.payload)))
-                elif leaf == "status":
+                elif leaf == topics.STATUS:
                     if not msg.payload:  # a cleared retained status
                         self.fleet.clear_status(node)
                         continue
@@ -217,7 +216,7 @@ class Ingest:
                             "node_mismatch", f"topic node {node!r} != status node {status.node!r}"
                         )
                     statuses.append(status)
-                elif leaf == "hard-examples" and self.hard_examples is not None:
+                elif leaf == topics.HARD_EXAMPLES and self.hard_examples is not None:
                     hard.append(msg)
                 else:
                     raise RejectedMessage("bad_topic", f"unexpected leaf {leaf!r}")

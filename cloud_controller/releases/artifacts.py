@@ -39,11 +39,11 @@ from edge_agent.protocol.manifest import (
     canonical_json,
     manifest_digest,
     parse_manifest,
-    release_prefix,
     task_slot,
     version_key,
 )
 from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.topics import release_prefix
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "ArtifactError", "ArtifactStore", "Release"]
 

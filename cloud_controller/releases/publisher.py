@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Iterable
 
 from cloud_controller.releases.artifacts import ArtifactStore, Release
-from edge_agent.protocol.manifest import chunk_topic, manifest_topic
+from edge_agent.protocol.topics import chunk_topic, manifest_topic
 from edge_agent.transport.mqtt import MqttClient
 
 __all__ = ["ModelPublisher", "Progress"]

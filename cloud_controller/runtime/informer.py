@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloud_controller.resources.store_protocol import Gone, Obj, ResourceStore
+from edge_agent.transport.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class Informer:
 
     async def run(self) -> None:
         """List, then watch forever (until cancelled)."""
-        backoff = self.backoff_initial_s
+        backoff = Backoff(self.backoff_initial_s, self.backoff_max_s, jitter="none")
         while True:
             try:
                 if self.resource_version is None:
@@ -77,7 +78,7 @@ class Informer:
                 self.metrics.watches += 1
                 async for event in self.store.watch(self.kind, self.namespace, self.resource_version):
                     self._apply(event.type, event.object)
-                    backoff = self.backoff_initial_s
+                    backoff.reset()
                 # The server ended the watch (its timeout): resume from where we are.
             except asyncio.CancelledError:
                 raise
@@ -88,9 +89,8 @@ class Informer:
             except Exception as exc:
                 self.metrics.watch_errors += 1
                 log.warning("watch of %s failed (%s: %s); retrying from resourceVersion %s in %.2fs",
-                            self.kind, type(exc).__name__, exc, self.resource_version, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.backoff_max_s)
+                            self.kind, type(exc).__name__, exc, self.resource_version, backoff.ceiling())
+                await backoff.sleep()
 
     async def _relist(self) -> None:
         items, rv = await self.store.list(self.kind, self.namespace)

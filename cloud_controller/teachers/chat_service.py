@@ -55,11 +55,10 @@ from edge_agent.protocol.escalation_wire import (
     EscalationResponse,
     error_response,
     parse_request,
-    parse_request_topic,
-    request_filter,
-    response_prefix,
 )
+from edge_agent.protocol.topics import escalation_requests, parse_escalation_request, rpc_response_prefix
 from edge_agent.transport.mqtt import Message, MqttClient
+from edge_agent.transport.rpc import Rpc
 
 __all__ = [
     "TEACHER_LOADERS",
@@ -162,20 +161,21 @@ class TeacherService:
         self.model = model
         self.max_batch = max_batch
         self.max_wait_s = max(0.0, max_wait_ms / 1000.0)
-        self.topic_filter = request_filter(share_group)
+        self.topic_filter = escalation_requests(share_group)
         self.max_pending = max_pending
         self.stats = TeacherStats()
         self._queue: deque[_Job] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_batch = 0
+        self._rpc = Rpc(client)
 
     async def start(self) -> None:
         """Start the batcher and subscribe (the client may connect later: serve() resubscribes)."""
         if self._task is not None:
             return
         self._task = asyncio.create_task(self._run(), name="teacher-batcher")
-        await self.client.serve(self.topic_filter, self._handle, qos=1)
+        await self._rpc.serve(self.topic_filter, self._handle, qos=1)
 
     async def stop(self) -> None:
         """Stop batching; waiting requests get an error answer so their edges degrade at once."""
@@ -199,8 +199,8 @@ class TeacherService:
             return None  # nowhere to answer
         rid = _guess_id(msg.payload)
         try:
-            node = parse_request_topic(msg.topic)
-            if not str(reply_to).startswith(response_prefix(node)):
+            node = parse_escalation_request(msg.topic)
+            if not str(reply_to).startswith(rpc_response_prefix(node)):
                 # Any node could aim replies at another node's topic: count it, answer nothing, log nothing.
                 self.stats.reject("bad_response_topic")
                 return None

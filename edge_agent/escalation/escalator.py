@@ -17,34 +17,27 @@ pair in the training set) yields a :class:`edge_agent.protocol.messages.HardExam
 the redacted text, the student's and the teacher's outputs, ready for the
 outbox (:func:`edge_agent.pipeline.outputs.hard_example_record`) and the next distillation.
 
-Fail fast on disconnect. ``MqttClient.request`` fails at once when it cannot
-publish, but a connection lost *after* the PUBACK would leave the request
-waiting for the full timeout. A small watcher task therefore holds one future
-per connection that resolves when the link drops; every in-flight request
-races against it, so a disconnect degrades within milliseconds.
+Fail fast on disconnect. :meth:`edge_agent.transport.rpc.Rpc.request` fails at
+once when it cannot publish, but a connection lost *after* the PUBACK would leave
+the request waiting for the full timeout. A small watcher task therefore holds
+one future per connection that resolves when the link drops; every in-flight
+request races against it, so a disconnect degrades within milliseconds.
 
 Response topic. The broker ACL lets a node read only
-``edgeloop/v1/nodes/{node}/rpc/response/#``. When ``MqttClient.request``
-accepts ``response_topic=`` it is used; otherwise this module correlates by
-itself over ``publish(properties=...)`` and a ``serve()`` registration on the
-response topic (the responses carry no ResponseTopic, so ``serve`` never
-replies to them). Both paths use only the client's public API.
+``edgeloop/v1/nodes/{node}/rpc/response/#``, so the request names
+:func:`edge_agent.protocol.topics.rpc_response` as its reply topic.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from edge_agent.escalation.answer_cache import AnswerCache
@@ -58,10 +51,9 @@ from edge_agent.protocol.escalation_wire import (
     EscalationResponse,
     StudentOutput,
     parse_response,
-    request_topic,
-    response_topic,
 )
 from edge_agent.transport.mqtt import Message, MqttClient
+from edge_agent.transport.rpc import Rpc
 
 __all__ = ["Answer", "EscalationStats", "Escalator", "StudentLike"]
 
@@ -140,13 +132,10 @@ class Escalator:
         self.timeout_s = timeout_s
         self.qos = qos
         self._clock = clock
-        self.request_topic = request_topic(node_id)
-        self.response_topic = response_topic(node_id, client.client_id)
+        self.request_topic = topics.escalation_request(node_id)
+        self.response_topic = topics.rpc_response(node_id, client.client_id)
         self.stats = EscalationStats()
-        self._native: bool | None = None
-        self._pending: dict[bytes, asyncio.Future[Message]] = {}
-        self._sink_ready = False
-        self._sink_lock = asyncio.Lock()
+        self._rpc = Rpc(client)
         self._watch_task: asyncio.Task[None] | None = None
         self._down: asyncio.Future[None] | None = None
 
@@ -167,10 +156,6 @@ class Escalator:
         if self._down is not None and not self._down.done():
             self._down.cancel()
         self._down = None
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(MqttError("escalator stopped"))
-        self._pending.clear()
 
     # ------------------------------------------------------------------ the decision
 
@@ -298,50 +283,13 @@ class Escalator:
         return req.result()
 
     async def _request(self, payload: bytes) -> Message:
-        if self._native is None:
-            self._native = "response_topic" in inspect.signature(self.client.request).parameters
-        if self._native:
-            return await self.client.request(  # type: ignore[call-arg,unused-ignore]
-                self.request_topic,
-                payload,
-                timeout=self.timeout_s,
-                qos=self.qos,
-                response_topic=self.response_topic,
-            )
-        return await self._own_request(payload)
-
-    async def _own_request(self, payload: bytes) -> Message:
-        """Request/response on the client's public API, for an MqttClient without ``response_topic=``."""
-        await self._ensure_sink()
-        corr = uuid.uuid4().bytes
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = self.response_topic
-        props.CorrelationData = corr
-        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending[corr] = fut
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                await self.client.publish(self.request_topic, payload, qos=self.qos, properties=props)
-                return await fut
-        except TimeoutError:
-            raise MqttError(f"no escalation response within {self.timeout_s}s") from None
-        finally:
-            self._pending.pop(corr, None)
-
-    async def _ensure_sink(self) -> None:
-        if self._sink_ready:
-            return
-        async with self._sink_lock:
-            if not self._sink_ready:
-                await self.client.serve(self.response_topic, self._on_response, qos=1)
-                self._sink_ready = True
-
-    async def _on_response(self, msg: Message) -> bytes:
-        corr = getattr(msg.properties, "CorrelationData", None)
-        fut = self._pending.get(bytes(corr)) if corr is not None else None
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
-        return b""  # responses carry no ResponseTopic: serve() publishes nothing
+        return await self._rpc.request(
+            self.request_topic,
+            payload,
+            timeout=self.timeout_s,
+            qos=self.qos,
+            response_topic=self.response_topic,
+        )
 
     def _arm(self) -> asyncio.Future[None] | None:
         """The future that resolves when the current connection drops (None while disconnected).

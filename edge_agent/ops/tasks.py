@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable
+
+from edge_agent.transport.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class Supervisor:
         return task
 
     async def _guard(self, name: str, factory: TaskFactory, restart: bool) -> None:
-        delay = self._restart_min
+        backoff = Backoff(self._restart_min, self._restart_max)
         while True:
             try:
                 await factory()
@@ -49,8 +50,7 @@ class Supervisor:
                 if not restart or self._stopping:
                     return
                 self.restarts[name] = self.restarts.get(name, 0) + 1
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, self._restart_max)
+                await backoff.sleep()
 
     def running(self) -> list[str]:
         return [n for n, t in self._tasks.items() if not t.done()]

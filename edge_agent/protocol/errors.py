@@ -7,6 +7,12 @@ wrong) are not. Callers branch on the class, never on message text.
 
 from __future__ import annotations
 
+from typing import Literal
+
+ModelRejectedReason = Literal[
+    "bad_signature", "unknown_key", "digest_mismatch", "file_hash_mismatch", "not_newer", "malformed"
+]
+
 
 class EdgeLoopError(Exception):
     """Root of every error EdgeLoop raises on purpose."""
@@ -47,6 +53,14 @@ class MqttError(TransientError):
     """The MQTT connection failed or was lost."""
 
 
+class ConnectRefused(PermanentError):
+    """The broker refused the CONNECT for a reason retrying will not fix (e.g. bad credentials)."""
+
+    def __init__(self, reason_code: int, reason: str) -> None:
+        self.reason_code = reason_code
+        super().__init__(f"broker refused connection: {reason_code} {reason}")
+
+
 class PublishDenied(PermanentError):
     """The broker refused a publish (MQTT 5 reason code >= 0x80, e.g. 135 not authorized)."""
 
@@ -58,3 +72,15 @@ class PublishDenied(PermanentError):
 
 class OutboxError(EdgeLoopError):
     """The durable outbox could not store or read a record."""
+
+
+class ModelRejected(PermanentError):
+    """A model release was refused; fetching the same release again would be refused again.
+
+    ``reason`` is one of :data:`ModelRejectedReason`, reported in the node's status and metrics.
+    """
+
+    def __init__(self, reason: ModelRejectedReason, detail: str) -> None:
+        self.reason: ModelRejectedReason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")

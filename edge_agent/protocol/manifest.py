@@ -1,7 +1,7 @@
 """Verify signed model releases on the edge before a single large byte is trusted.
 
 A release is described by one *release manifest* (JSON, published retained on
-``edgeloop/v1/models/{name}/{version}/manifest``). It names the bundle files
+:func:`edge_agent.protocol.topics.manifest_topic`). It names the bundle files
 with their sha256 and size, the archive they form (the files concatenated in
 manifest order, so unpacking needs no parser that an attacker could aim at), and
 the sha256 of every transfer chunk. The controller signs the canonical JSON of
@@ -11,7 +11,7 @@ against a *pinned* public key chosen by ``key_id`` and refuses everything else.
 The checks run cheapest-and-most-decisive first: the manifest's sha256 against
 the digest the desired state asks for, then the signature, then per-chunk
 hashes as chunks arrive, then the whole archive and each file. Every refusal is
-a :class:`ModelRejected` with a stable reason label for status and metrics.
+a :class:`~edge_agent.protocol.errors.ModelRejected` with a stable reason label for status and metrics.
 
 Version ordering (replay protection) is natural order: a version is split into
 runs of digits and non-digits and compared run by run, digits as integers, so
@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from edge_agent.protocol.errors import PermanentError
-from edge_agent.protocol.topics import API, ID_PATTERN
+from edge_agent.protocol.errors import ModelRejected
+from edge_agent.protocol.topics import ID_PATTERN
 
 __all__ = [
     "ARCHIVE_FORMAT",
@@ -44,18 +44,13 @@ __all__ = [
     "MAX_MANIFEST_BYTES",
     "ArchiveInfo",
     "FileEntry",
-    "ModelRejected",
     "ReleaseManifest",
     "canonical_json",
     "check_newer",
-    "chunk_topic",
-    "chunks_filter",
     "key_id",
     "load_public_key",
     "manifest_digest",
-    "manifest_topic",
     "parse_manifest",
-    "release_prefix",
     "sha256_hex",
     "task_slot",
     "verify_manifest",
@@ -67,42 +62,8 @@ ARCHIVE_FORMAT = "concat-v1"
 MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_CHUNKS = 1 << 16
 
-Reason = Literal[
-    "bad_signature", "unknown_key", "digest_mismatch", "file_hash_mismatch", "not_newer", "malformed"
-]
 SafeId = Annotated[str, StringConstraints(pattern=ID_PATTERN.pattern)]
 Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-
-
-class ModelRejected(PermanentError):
-    """A release was refused; fetching the same release again would be refused again."""
-
-    def __init__(self, reason: Reason, detail: str) -> None:
-        self.reason: Reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}")
-
-
-# --------------------------------------------------------------------------- topics
-
-
-def release_prefix(name: str, version: str) -> str:
-    for kind, value in (("model name", name), ("model version", version)):
-        if not ID_PATTERN.match(value):
-            raise ModelRejected("malformed", f"{kind} {value!r} is not a safe topic level")
-    return f"{API}/models/{name}/{version}"
-
-
-def manifest_topic(name: str, version: str) -> str:
-    return f"{release_prefix(name, version)}/manifest"
-
-
-def chunk_topic(name: str, version: str, index: int) -> str:
-    return f"{release_prefix(name, version)}/chunks/{index}"
-
-
-def chunks_filter(name: str, version: str) -> str:
-    return f"{release_prefix(name, version)}/chunks/+"
 
 
 # --------------------------------------------------------------------------- schema

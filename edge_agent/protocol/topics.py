@@ -1,7 +1,24 @@
 """Topic names: the MQTT contract between devices, agents and the cloud.
 
-Every id that becomes a topic level is validated here, once, so that a device
-or node id can never inject a level separator, a wildcard or a NUL into a topic.
+Every topic string and subscription filter of EdgeLoop is built here and only
+here, so the wire layout can be read (and changed) in one place; the broker ACL
+(``deploy/``) is its mirror. Every id that becomes a topic level is validated
+once, so a device, node, client or model id can never inject a level separator,
+a wildcard or a NUL into a topic.
+
+Layout::
+
+    devices/{device}/telemetry | chat/in | chat/out          device <-> agent (local broker)
+    edgeloop/v1/nodes/{node}/summaries | hard-examples | status | desired
+    edgeloop/v1/nodes/{node}/rpc/request/escalate             node -> teacher
+    edgeloop/v1/nodes/{node}/rpc/response/{client_id}         teacher -> node (its own inbox)
+    edgeloop/v1/models/{name}/{version}/manifest | chunks/{i} signed release, retained
+    $share/{group}/{filter}                                   replicas splitting one filter
+
+Why the escalation pair lives under ``nodes/{node}/``: a node may write only
+under its own subtree (broker ACL), so the teacher can trust the node named in
+the request topic; the response subtree is one the node may read and the
+controller may write, so MQTT 5 request/response works under per-node ACLs.
 """
 
 from __future__ import annotations
@@ -9,13 +26,26 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from edge_agent.protocol.errors import RejectedMessage
+from edge_agent.protocol.errors import ModelRejected, RejectedMessage
 
 API = "edgeloop/v1"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 DEVICE_TELEMETRY_SUB = "devices/+/telemetry"
 DEVICE_CHAT_IN_SUB = "devices/+/chat/in"
+DEVICE_CHAT_OUT_SUB = "devices/+/chat/out"
+ALL_DEVICES = "devices/#"
+
+# Leaves under ``edgeloop/v1/nodes/{node}/``.
+SUMMARIES = "summaries"
+HARD_EXAMPLES = "hard-examples"
+STATUS = "status"
+DESIRED = "desired"
+ESCALATION_REQUEST_LEAF = "rpc/request/escalate"
+RPC_RESPONSE_LEAF = "rpc/response/"
+
+_SHARE = "$share/"
+_NODES = f"{API}/nodes/"
 
 
 def validate_id(value: str, kind: str = "id") -> str:
@@ -23,6 +53,22 @@ def validate_id(value: str, kind: str = "id") -> str:
     if not isinstance(value, str) or not ID_PATTERN.match(value):
         raise RejectedMessage("bad_id", f"{kind} {value!r} must match {ID_PATTERN.pattern}")
     return value
+
+
+def shared(group: str | None, topic_filter: str) -> str:
+    """``$share/{group}/{filter}`` so replicas split the messages; the plain filter when ``group`` is unset.
+
+    ``group`` comes from trusted config here; callers that take it from elsewhere validate it first.
+    """
+    return f"{_SHARE}{group}/{topic_filter}" if group else topic_filter
+
+
+def unshared(topic_filter: str) -> str:
+    """The filter a shared subscription matches topics against (``$share/g/a/+`` -> ``a/+``)."""
+    return topic_filter.split("/", 2)[2] if topic_filter.startswith(_SHARE) else topic_filter
+
+
+# --------------------------------------------------------------------------- devices
 
 
 def device_telemetry(device: str) -> str:
@@ -35,36 +81,6 @@ def device_chat_in(device: str) -> str:
 
 def device_chat_out(device: str) -> str:
     return f"devices/{validate_id(device, 'device')}/chat/out"
-
-
-def node_prefix(node: str) -> str:
-    return f"{API}/nodes/{validate_id(node, 'node')}"
-
-
-def node_topic(node: str, leaf: str) -> str:
-    """``edgeloop/v1/nodes/{node}/{leaf}`` for leaf in summaries, hard-examples, status, desired, ..."""
-    return f"{node_prefix(node)}/{leaf}"
-
-
-def summaries(node: str) -> str:
-    return node_topic(node, "summaries")
-
-
-def hard_examples(node: str) -> str:
-    return node_topic(node, "hard-examples")
-
-
-def status(node: str) -> str:
-    return node_topic(node, "status")
-
-
-def desired(node: str) -> str:
-    return node_topic(node, "desired")
-
-
-def all_nodes(leaf: str) -> str:
-    """Subscription filter for one leaf across every node, for the cloud side."""
-    return f"{API}/nodes/+/{leaf}"
 
 
 @dataclass(frozen=True)
@@ -84,13 +100,115 @@ def parse_device_topic(topic: str) -> DeviceTopic:
     raise RejectedMessage("bad_topic", f"unexpected device topic {topic!r}")
 
 
+# --------------------------------------------------------------------------- nodes
+
+
+def node_prefix(node: str) -> str:
+    return f"{_NODES}{validate_id(node, 'node')}"
+
+
+def node_topic(node: str, leaf: str) -> str:
+    """``edgeloop/v1/nodes/{node}/{leaf}`` for leaf in summaries, hard-examples, status, desired, ..."""
+    return f"{node_prefix(node)}/{leaf}"
+
+
+def summaries(node: str) -> str:
+    return node_topic(node, SUMMARIES)
+
+
+def hard_examples(node: str) -> str:
+    return node_topic(node, HARD_EXAMPLES)
+
+
+def status(node: str) -> str:
+    return node_topic(node, STATUS)
+
+
+def desired(node: str) -> str:
+    return node_topic(node, DESIRED)
+
+
+def all_nodes(leaf: str) -> str:
+    """Subscription filter for one leaf across every node, for the cloud side."""
+    return f"{_NODES}+/{leaf}"
+
+
+def is_node_topic(topic: str) -> bool:
+    """True for anything under ``edgeloop/v1/`` (the cloud link), as opposed to a device topic."""
+    return topic.startswith(API)
+
+
 def parse_node_topic(topic: str) -> tuple[str, str]:
     """Return ``(node, leaf)`` for ``edgeloop/v1/nodes/{node}/{leaf...}``."""
-    prefix = f"{API}/nodes/"
-    if not topic.startswith(prefix):
+    if not topic.startswith(_NODES):
         raise RejectedMessage("bad_topic", f"not a node topic: {topic!r}")
-    node, _, leaf = topic[len(prefix) :].partition("/")
+    node, _, leaf = topic[len(_NODES) :].partition("/")
     validate_id(node, "node")
     if not leaf:
         raise RejectedMessage("bad_topic", f"node topic without leaf: {topic!r}")
     return node, leaf
+
+
+# --------------------------------------------------------------------------- RPC (escalation)
+
+
+def escalation_request(node: str) -> str:
+    """``edgeloop/v1/nodes/{node}/rpc/request/escalate``."""
+    return node_topic(node, ESCALATION_REQUEST_LEAF)
+
+
+def escalation_requests(share_group: str | None = "teachers") -> str:
+    """Teacher subscription for every node; a shared subscription splits the load across replicas."""
+    group = validate_id(share_group, "share group") if share_group else None
+    return shared(group, all_nodes(ESCALATION_REQUEST_LEAF))
+
+
+def parse_escalation_request(topic: str) -> str:
+    """Return the node of an escalation request topic; RejectedMessage('bad_topic') otherwise."""
+    suffix = "/" + ESCALATION_REQUEST_LEAF
+    if not (topic.startswith(_NODES) and topic.endswith(suffix)):
+        raise RejectedMessage("bad_topic", f"not an escalation request topic: {topic[:200]!r}")
+    return validate_id(topic[len(_NODES) : -len(suffix)], "node")
+
+
+def rpc_response_prefix(node: str) -> str:
+    """Every response topic of ``node`` starts with this; the teacher refuses to answer elsewhere."""
+    return node_topic(node, RPC_RESPONSE_LEAF)
+
+
+def rpc_response(node: str, client_id: str) -> str:
+    """``edgeloop/v1/nodes/{node}/rpc/response/{client_id}``: one reply inbox per MQTT client."""
+    return rpc_response_prefix(node) + validate_id(client_id, "client id")
+
+
+def rpc_inbox(client_id: str) -> str:
+    """Default reply topic of a client that names none (only where no per-node ACL applies)."""
+    return f"{API}/rpc/{client_id}/responses"
+
+
+# --------------------------------------------------------------------------- model releases
+
+
+def release_prefix(name: str, version: str) -> str:
+    """``edgeloop/v1/models/{name}/{version}``; both must be safe levels (they are also path names)."""
+    for kind, value in (("model name", name), ("model version", version)):
+        if not ID_PATTERN.match(value):
+            raise ModelRejected("malformed", f"{kind} {value!r} is not a safe topic level")
+    return f"{API}/models/{name}/{version}"
+
+
+def manifest_topic(name: str, version: str) -> str:
+    return f"{release_prefix(name, version)}/manifest"
+
+
+def chunk_prefix(name: str, version: str) -> str:
+    """Every chunk topic of a release is this plus the decimal chunk index."""
+    return f"{release_prefix(name, version)}/chunks/"
+
+
+def chunk_topic(name: str, version: str, index: int) -> str:
+    return f"{chunk_prefix(name, version)}{index}"
+
+
+def chunks_filter(name: str, version: str) -> str:
+    return f"{chunk_prefix(name, version)}+"

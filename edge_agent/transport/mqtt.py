@@ -7,12 +7,18 @@ runs on the event loop thread, so futures are resolved directly and no message
 crosses a thread. On loopback this received 15-18k msg/s of 16-byte QoS 0
 messages against 8-16k msg/s for paho's ``loop_start`` thread bridged with
 ``call_soon_threadsafe`` (GIL ping-pong and one self-pipe write per message).
-Only the blocking TCP/TLS connect runs in a worker thread.
+Only the blocking TCP/TLS connect runs in a worker thread. That socket glue, and
+the state of one connection attempt, live in :mod:`edge_agent.transport.connection`.
 
 One fresh paho client per connection attempt: nothing paho queued or kept in
 flight on a dead connection is silently replayed later. The caller's outbox is
 the source of truth; a publish whose ack was lost raises MqttError and is
 retried from there (the cloud deduplicates by batch id).
+
+MQTT 5 request/response lives beside this in :mod:`edge_agent.transport.rpc`; it
+plugs in through :meth:`MqttClient.add_router` (take a message before it reaches
+:meth:`MqttClient.receive`), :meth:`MqttClient.add_on_connection_lost` (fail what
+waits on a dead connection) and :meth:`MqttClient.spawn` (tasks ``stop()`` cancels).
 """
 
 from __future__ import annotations
@@ -20,13 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import select
-import socket
 import ssl
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -37,7 +39,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent.config import MqttConfig
-from edge_agent.protocol.errors import MqttError, PermanentError, PublishDenied
+from edge_agent.protocol.errors import ConnectRefused, MqttError, PublishDenied
+from edge_agent.transport.backoff import Backoff
+from edge_agent.transport.connection import Connection, close_socket
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +54,6 @@ PERMANENT_CONNACK = {
     0x8C: "bad authentication method",
 }
 _MISC_INTERVAL_S = 1.0
-
-
-class ConnectRefused(PermanentError):
-    """The broker refused the CONNECT for a reason retrying will not fix (e.g. bad credentials)."""
-
-    def __init__(self, reason_code: int, reason: str) -> None:
-        self.reason_code = reason_code
-        super().__init__(f"broker refused connection: {reason_code} {reason}")
 
 
 @dataclass(frozen=True)
@@ -94,23 +90,10 @@ class MqttStats:
     paused: int = 0
 
 
-# A handler returns the response body, or None to send no response (e.g. a misdirected reply topic).
-Handler = Callable[[Message], Awaitable[bytes | None]]
-
-
-@dataclass
-class _Conn:
-    """State of one connection attempt; discarded with its paho client."""
-
-    client: paho.Client
-    generation: int
-    connack: asyncio.Future[tuple[ReasonCode, Properties | None, bool]]
-    closed: asyncio.Future[ReasonCode | None]
-    pending: dict[int, asyncio.Future[ReasonCode]] = field(default_factory=dict)
-    subacks: dict[int, asyncio.Future[list[ReasonCode]]] = field(default_factory=dict)
-    # The fd, not the socket object: asyncio rejects a closed socket object on removal.
-    fd: int | None = None
-    reading: bool = False
+# Takes a message before the receive() queue (True: taken, e.g. an RPC response); runs on the loop thread.
+Router = Callable[[Message], bool]
+# Told when a connection ends (or the client stops), with the error what waited on it should fail with.
+LostCallback = Callable[[MqttError], None]
 
 
 class MqttClient:
@@ -146,18 +129,16 @@ class MqttClient:
         self._connected = asyncio.Event()
         self._disconnected = asyncio.Event()
         self._disconnected.set()
-        self._conn: _Conn | None = None
+        self._conn: Connection | None = None
         self._generation = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._misc_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._stopped = False
-        # request/response
-        self._response_topics: set[str] = set()
-        self._requests: dict[bytes, asyncio.Future[Message]] = {}
-        self._handlers: dict[str, Handler] = {}
-        self._handler_tasks: set[asyncio.Task[None]] = set()
+        self._routers: list[Router] = []
+        self._on_lost: list[LostCallback] = []
+        self._spawned: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ public API
 
@@ -167,6 +148,27 @@ class MqttClient:
 
     def add_on_connect(self, cb: Callable[[], Awaitable[None]]) -> None:
         self._on_connect.append(cb)
+
+    def add_router(self, route: Router) -> None:
+        """``route(msg)`` sees every message first; when it returns True the message is its own."""
+        self._routers.append(route)
+
+    def add_on_connection_lost(self, cb: LostCallback) -> None:
+        self._on_lost.append(cb)
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run work on behalf of this client's messages; :meth:`stop` cancels what is still running."""
+        task = asyncio.create_task(coro, name=f"{self.name}-{name}")
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
+        return task
+
+    async def subscribe(self, topic: str, qos: int) -> None:
+        """Subscribe now if connected, and again on every reconnect."""
+        self.subscriptions.append((topic, qos))
+        conn = self._conn
+        if conn is not None and self._connected.is_set():
+            await self._subscribe(conn, [(topic, qos)])
 
     async def start(self) -> None:
         if self._task is not None:
@@ -269,69 +271,25 @@ class MqttClient:
             conn.client.disconnect()  # reason 0: the broker discards the will
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(conn.closed), timeout)
-        tasks = [t for t in (self._task, self._misc_task, *self._handler_tasks) if t is not None]
+        tasks = [t for t in (self._task, self._misc_task, *self._spawned) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if conn is not None:
             self._teardown(conn, MqttError(f"{self.name}: client stopped"))
-        for f in self._requests.values():
-            if not f.done():
-                f.set_exception(MqttError(f"{self.name}: client stopped"))
-        self._requests.clear()
+        self._lost(MqttError(f"{self.name}: client stopped"))
         self._stopped = True
-
-    # ------------------------------------------------------------------ request/response
-
-    async def request(
-        self, topic: str, payload: bytes, timeout: float = 5.0, qos: int = 1,
-        response_topic: str | None = None,
-    ) -> Message:
-        """MQTT 5 request/response: returns the response message (correlated by id).
-
-        ``response_topic`` should lie in a subtree the responder may write and this
-        client may read under the broker's ACL (``nodes/{node}/rpc/response/...``).
-        """
-        reply_to = response_topic or f"edgeloop/v1/rpc/{self.client_id}/responses"
-        if reply_to not in self._response_topics:
-            self._response_topics.add(reply_to)
-            await self._add_subscription(reply_to, 1)
-        assert self._loop is not None
-        corr = uuid.uuid4().bytes
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = reply_to
-        props.CorrelationData = corr
-        fut: asyncio.Future[Message] = self._loop.create_future()
-        self._requests[corr] = fut
-        try:
-            async with asyncio.timeout(timeout):
-                await self.publish(topic, payload, qos=qos, properties=props)
-                return await fut
-        except TimeoutError:
-            raise MqttError(f"{self.name}: no response on {topic!r} within {timeout}s") from None
-        finally:
-            self._requests.pop(corr, None)
-
-    async def serve(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
-        """Answer requests on ``topic_filter``: ``handler(msg)`` returns the response payload."""
-        self._handlers[topic_filter] = handler
-        await self._add_subscription(topic_filter, qos)
-
-    async def _add_subscription(self, topic: str, qos: int) -> None:
-        self.subscriptions.append((topic, qos))
-        conn = self._conn
-        if conn is not None and self._connected.is_set():
-            await self._subscribe(conn, [(topic, qos)])
 
     # ------------------------------------------------------------------ supervisor
 
     async def _supervise(self) -> None:
-        attempt = 0
+        # Full jitter: a fleet reconnecting after a broker restart spreads out as widely as it can.
+        backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, jitter="full")
         while not self._stopping:
             conn = self._new_conn()
             try:
                 await self._establish(conn)
-                attempt = 0
+                backoff.reset()
                 await conn.closed
                 self.stats.disconnects += 1
                 if not self._stopping:
@@ -351,25 +309,22 @@ class MqttClient:
                 self._teardown(conn, MqttError(f"{self.name}: connection lost"))
             if self._stopping:
                 break
-            lo, hi = self.cfg.reconnect_min_s, self.cfg.reconnect_max_s
-            if self._refused is not None:
-                delay = random.uniform(hi / 2, hi)  # permanent refusal: never spin fast
-            else:  # exponential backoff, full jitter
-                delay = random.uniform(lo, max(lo, min(hi, lo * 2 ** min(attempt, 30))))
-            attempt += 1
-            log.info("%s: reconnect attempt %d in %.2fs", self.name, attempt, delay)
+            delay = backoff.next(slow=self._refused is not None)  # a permanent refusal never spins fast
+            log.info("%s: reconnect attempt %d in %.2fs", self.name, backoff.attempt, delay)
             await asyncio.sleep(delay)
 
-    def _new_conn(self) -> _Conn:
+    def _new_conn(self) -> Connection:
         assert self._loop is not None
         self._generation += 1
         loop = self._loop
-        conn = _Conn(self._make_client(), self._generation, loop.create_future(), loop.create_future())
+        conn = Connection(
+            self._make_client(), self._generation, loop, loop.create_future(), loop.create_future()
+        )
         self._conn = conn
         self._bind_callbacks(conn)
         return conn
 
-    async def _establish(self, conn: _Conn) -> None:
+    async def _establish(self, conn: Connection) -> None:
         assert self._loop is not None
         loop = self._loop
         client = conn.client
@@ -388,11 +343,11 @@ class MqttClient:
             await asyncio.shield(fut)
         except asyncio.CancelledError:
             # The worker thread cannot be interrupted: close its socket when it is done.
-            fut.add_done_callback(lambda _f: self._close_socket(client))
+            fut.add_done_callback(lambda _f: close_socket(client))
             raise
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise MqttError(f"cannot connect to {cfg.host}:{cfg.port}: {exc}") from exc
-        self._attach_socket(conn)
+        conn.attach_socket()
         try:
             rc, cprops, session_present = await asyncio.wait_for(
                 asyncio.shield(conn.connack), cfg.connect_timeout_s
@@ -453,7 +408,7 @@ class MqttClient:
             client.will_set(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
         return client
 
-    async def _subscribe(self, conn: _Conn, subs: Sequence[tuple[str, int]]) -> None:
+    async def _subscribe(self, conn: Connection, subs: Sequence[tuple[str, int]]) -> None:
         assert self._loop is not None
         rc, mid = conn.client.subscribe([(t, SubscribeOptions(qos=q)) for t, q in subs])
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
@@ -474,83 +429,18 @@ class MqttClient:
             elif code.value < qos:
                 log.warning("%s: subscription to %r granted QoS %s < %s", self.name, topic, code.value, qos)
 
-    async def _misc_loop(self, conn: _Conn) -> None:
+    async def _misc_loop(self, conn: Connection) -> None:
         while not conn.closed.done():
             await asyncio.sleep(_MISC_INTERVAL_S)
             conn.client.loop_misc()
-
-    # ------------------------------------------------------------------ socket <-> event loop
-
-    def _attach_socket(self, conn: _Conn) -> None:
-        assert self._loop is not None
-        sock = conn.client.socket()
-        if sock is None:
-            raise MqttError("connection closed during connect")
-        conn.fd = fd = sock.fileno()
-        # Small QoS 1 exchanges (PUBLISH/PUBACK, request/response) must not wait for Nagle + delayed ACK.
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
-        client = conn.client
-        loop = self._loop
-
-        def register_write(_c: paho.Client, _u: Any, s: Any) -> None:
-            loop.add_writer(fd, client.loop_write)
-
-        def unregister_write(_c: paho.Client, _u: Any, s: Any) -> None:
-            loop.remove_writer(fd)
-
-        def socket_close(_c: paho.Client, _u: Any, s: Any) -> None:
-            # Forget the fd before paho closes it: the number may be reused at once.
-            loop.remove_reader(fd)
-            loop.remove_writer(fd)
-            conn.reading = False
-            conn.fd = None
-
-        client.on_socket_register_write = register_write
-        client.on_socket_unregister_write = unregister_write
-        client.on_socket_close = socket_close
-        self._resume_reading(conn)
-        if client.want_write():
-            loop.add_writer(fd, client.loop_write)
-
-    def _resume_reading(self, conn: _Conn) -> None:
-        assert self._loop is not None
-        if conn.reading or conn.fd is None:
-            return
-        client = conn.client
-
-        def readable() -> None:
-            client.loop_read()
-            # paho reads one packet per call: keep reading while bytes are waiting (up to 200
-            # packets), since one event-loop pass per message is the bottleneck otherwise. TLS:
-            # decrypted bytes can sit inside the SSL object where epoll cannot see them.
-            for _ in range(200):
-                sock = client.socket()
-                if sock is None or not conn.reading:
-                    return
-                pending = getattr(sock, "pending", None)
-                if not (pending is not None and pending() > 0) and not select.select([sock], [], [], 0)[0]:
-                    return
-                client.loop_read()
-
-        assert conn.fd is not None
-        self._loop.add_reader(conn.fd, readable)
-        conn.reading = True
 
     def _maybe_resume(self) -> None:
         conn = self._conn
         if conn is not None and not conn.reading and self._incoming.qsize() <= self.max_incoming // 2:
             if not conn.closed.done():
-                self._resume_reading(conn)
+                conn.resume_reading()
 
-    @staticmethod
-    def _close_socket(client: paho.Client) -> None:
-        sock = client.socket()
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.close()
-
-    def _teardown(self, conn: _Conn, exc: BaseException) -> None:
+    def _teardown(self, conn: Connection, exc: BaseException) -> None:
         if self._conn is conn:
             self._connected.clear()
             self._disconnected.set()
@@ -563,25 +453,23 @@ class MqttClient:
                 fut.set_exception(exc)
         conn.pending.clear()
         conn.subacks.clear()
-        # A request whose response would come on the dead connection will not come: fail it now.
-        for rfut in self._requests.values():
-            if not rfut.done():
-                rfut.set_exception(MqttError(f"{self.name}: connection lost while waiting for a response"))
+        # A response that would come on the dead connection will not come: fail its waiter now.
+        self._lost(MqttError(f"{self.name}: connection lost while waiting for a response"))
         conn.connack.cancel()
         if not conn.closed.done():
             conn.closed.set_result(None)
-        # Only a socket handed to the event loop is ours to close; one still being
-        # connected in the worker thread is closed by the connect future's callback.
-        if conn.fd is not None and self._loop is not None:
-            self._loop.remove_reader(conn.fd)
-            self._loop.remove_writer(conn.fd)
-            conn.reading = False
-            conn.fd = None
-            self._close_socket(conn.client)
+        conn.close_socket()
+
+    def _lost(self, exc: MqttError) -> None:
+        for cb in list(self._on_lost):
+            try:
+                cb(exc)
+            except Exception:
+                log.exception("%s: connection-lost callback failed", self.name)
 
     # ------------------------------------------------------------------ paho callbacks (event loop thread)
 
-    def _bind_callbacks(self, conn: _Conn) -> None:
+    def _bind_callbacks(self, conn: Connection) -> None:
         def on_connect(_c: paho.Client, _u: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
             if not conn.connack.done():
                 conn.connack.set_result((rc, props, bool(getattr(flags, "session_present", False))))
@@ -615,7 +503,7 @@ class MqttClient:
         conn.client.on_subscribe = on_subscribe
         conn.client.on_message = on_message
 
-    def _dispatch(self, conn: _Conn, m: paho.MQTTMessage) -> None:
+    def _dispatch(self, conn: Connection, m: paho.MQTTMessage) -> None:
         msg = Message(
             topic=m.topic,
             payload=bytes(m.payload),
@@ -627,49 +515,9 @@ class MqttClient:
             generation=conn.generation,
         )
         self.stats.received += 1
-        if self._route_rpc(msg):
-            return
+        for route in self._routers:
+            if route(msg):
+                return
         self._incoming.put_nowait(msg)
-        if self._incoming.qsize() >= self.max_incoming and conn.reading and conn.fd is not None:
-            assert self._loop is not None
-            # Backpressure: stop reading; TCP and the broker queue hold the rest.
-            self._loop.remove_reader(conn.fd)
-            conn.reading = False
+        if self._incoming.qsize() >= self.max_incoming and conn.pause_reading():
             self.stats.paused += 1
-
-    def _route_rpc(self, msg: Message) -> bool:
-        props = msg.properties
-        if msg.topic in self._response_topics:
-            corr = getattr(props, "CorrelationData", None)
-            fut = self._requests.get(corr) if corr is not None else None
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
-            self._auto_ack(msg)
-            return True
-        for flt, handler in self._handlers.items():
-            match = flt.split("/", 2)[2] if flt.startswith("$share/") else flt
-            if paho.topic_matches_sub(match, msg.topic):
-                task = asyncio.create_task(self._answer(msg, handler), name=f"{self.name}-rpc")
-                self._handler_tasks.add(task)
-                task.add_done_callback(self._handler_tasks.discard)
-                return True
-        return False
-
-    def _auto_ack(self, msg: Message) -> None:
-        if self.manual_ack:
-            self.ack(msg)
-
-    async def _answer(self, msg: Message, handler: Handler) -> None:
-        try:
-            reply_to = getattr(msg.properties, "ResponseTopic", None)
-            body = await handler(msg)
-            if reply_to and body is not None:
-                props = Properties(PacketTypes.PUBLISH)
-                corr = getattr(msg.properties, "CorrelationData", None)
-                if corr is not None:
-                    props.CorrelationData = corr
-                await self.publish(reply_to, body, qos=1, properties=props)
-        except Exception:
-            log.exception("%s: request handler for %r failed", self.name, msg.topic)
-        finally:
-            self._auto_ack(msg)

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from edge_agent.protocol.manifest import ModelRejected, ReleaseManifest, manifest_digest, verify_manifest
+from edge_agent.protocol.errors import ModelRejected
+from edge_agent.protocol.manifest import ReleaseManifest, manifest_digest, verify_manifest
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.updates.download import chunk_path
 from edge_agent.updates.durable_files import fsync_dir

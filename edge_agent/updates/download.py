@@ -24,22 +24,15 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from edge_agent.protocol.errors import MqttError
-from edge_agent.protocol.manifest import (
-    ModelRejected,
-    ReleaseManifest,
-    chunk_topic,
-    chunks_filter,
-    manifest_digest,
-    manifest_topic,
-    verify_manifest,
-)
+from edge_agent.protocol.errors import ModelRejected, MqttError
+from edge_agent.protocol.manifest import ReleaseManifest, manifest_digest, verify_manifest
 from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.topics import chunk_prefix, chunk_topic, chunks_filter, manifest_topic
+from edge_agent.transport.backoff import Backoff
 from edge_agent.transport.mqtt import Message, MqttClient
 from edge_agent.updates.delivery_stats import DeliveryStats
 from edge_agent.updates.durable_files import atomic_write
@@ -120,15 +113,14 @@ class Downloader:
             await client.stop()
 
     async def _retrying(self, what: str, attempt: Callable[[], Any]) -> None:
-        delay = self.client.cfg.reconnect_min_s
+        backoff = Backoff(self.client.cfg.reconnect_min_s, self.client.cfg.reconnect_max_s)
         while True:
             try:
                 await attempt()
                 return
             except MqttError as exc:
-                log.warning("%s: %s; retrying in %.2fs", what, exc, delay)
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-            delay = min(delay * 2, self.client.cfg.reconnect_max_s)
+                log.warning("%s: %s; retrying in %.2fs", what, exc, backoff.ceiling())
+            await backoff.sleep()
 
     async def fetch(self, task: str, ref: ModelRef) -> tuple[ReleaseManifest, Path]:
         partial = partial_dir(self.root, ref.digest)
@@ -163,7 +155,7 @@ class Downloader:
         total = len(m.archive.chunks)
         have = await asyncio.to_thread(self._verified_chunks, m, partial)
         self.stats.chunks_from_disk += len(have)
-        prefix = chunks_filter(ref.name, ref.version)[:-1]  # ".../chunks/"
+        prefix = chunk_prefix(ref.name, ref.version)
 
         def take(window: set[int]) -> Callable[[Message], bool]:
             def on_message(msg: Message) -> bool:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent.protocol.manifest import ModelRejected
+from edge_agent.protocol.errors import ModelRejected
 from edge_agent.protocol.messages import DesiredState, ModelRef, ModelStatus
 from edge_agent.transport.mqtt import MqttClient
 from edge_agent.updates.activate import HealthCheck, Loader, installed, load_checked, prune, unpack

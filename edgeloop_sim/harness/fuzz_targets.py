@@ -19,7 +19,7 @@ count is caught too. Every call is timed: no call may take longer than
 The chunk target is the exception to "real entry point": the chunk check lives
 inside a closure of ``Downloader._fetch_chunks`` and cannot be called without
 a broker session, so :func:`check_chunk` mirrors it line by line on the real
-primitives (``ArchiveInfo.chunk_length``, ``chunks_filter``, sha256). A pure
+primitives (``ArchiveInfo.chunk_length``, ``topics.chunk_prefix``, sha256). A pure
 ``check_chunk`` in ``edge_agent/updates/download.py`` would let this test call
 the real thing; see the report.
 """
@@ -56,7 +56,8 @@ from edge_agent.pipeline.core import Pipeline
 from edge_agent.protocol import escalation_wire as ew
 from edge_agent.protocol import manifest as verify
 from edge_agent.protocol import messages as wire
-from edge_agent.protocol.errors import RejectedMessage
+from edge_agent.protocol import topics
+from edge_agent.protocol.errors import ModelRejected, RejectedMessage
 from edge_agent.transport.mqtt import Message, MqttClient
 
 __all__ = ["MAX_CALL_S", "TARGETS", "FuzzTarget", "Tally", "check_chunk", "make_target", "run_case"]
@@ -450,7 +451,8 @@ class FuzzTarget:
 
 
 def _device_topic(kind: str) -> st.SearchStrategy[str]:
-    good = f"devices/{DEVICE}/{kind}"
+    good = topics.device_telemetry(DEVICE) if kind == "telemetry" else topics.device_chat_in(DEVICE)
+    # The malformed ones are spelled out on purpose: topics.py would refuse to build them.
     return st.one_of(
         st.just(good),
         st.just(good),
@@ -517,12 +519,12 @@ def _msg(topic: str, payload: bytes, props: Properties | None = None) -> Message
 
 
 def _node_topic(leaf: str) -> st.SearchStrategy[str]:
-    good = f"edgeloop/v1/nodes/{NODE}/{leaf}"
+    good = topics.node_topic(NODE, leaf)
     return st.one_of(
         st.just(good),
         st.just(good),
         st.just(good),
-        st.just(f"edgeloop/v1/nodes/n2/{leaf}"),
+        st.just(topics.node_topic("n2", leaf)),
         st.builds(lambda n: f"edgeloop/v1/nodes/{n}/{leaf}", st.sampled_from(TOPIC_INJECTION)),
         st.sampled_from(["edgeloop/v1/nodes/n1", "edgeloop/v1/nodes/n1/other", "x/y", ""]),
     )
@@ -668,10 +670,12 @@ class EscalationRequestTarget(FuzzTarget):
         self.no_reply = 0
 
     def strategy(self) -> st.SearchStrategy[Any]:
-        good_rt = f"edgeloop/v1/nodes/{NODE}/rpc/response/c1"
+        good_rt = topics.rpc_response(NODE, "c1")
         return st.tuples(
             st.one_of(
-                st.just(ew.request_topic(NODE)), st.just(ew.request_topic(NODE)), _node_topic(ew.REQUEST_LEAF)
+                st.just(topics.escalation_request(NODE)),
+                st.just(topics.escalation_request(NODE)),
+                _node_topic(topics.ESCALATION_REQUEST_LEAF),
             ),
             st.one_of(
                 st.just(good_rt),
@@ -751,7 +755,7 @@ class DesiredStateTarget(FuzzTarget):
     async def _feed(self, payload: bytes) -> str:
         c = self.agent.pipeline.counters.rejected
         before = c.copy()
-        self.agent.desired.on_message(_msg(f"edgeloop/v1/nodes/{NODE}/desired", payload))
+        self.agent.desired.on_message(_msg(topics.desired(NODE), payload))
         # Applying is another concern (model delivery tests): cancel it before it starts.
         started = [t for n, t in self.agent.tasks._tasks.items() if n.startswith("apply-") and not t.done()]
         for t in started:
@@ -854,7 +858,7 @@ class ModelManifestTarget(FuzzTarget):
         digest = verify.manifest_digest(SIGNED_BYTES) if pin_digest else None
         try:
             m = verify.verify_manifest(payload, KEYS, digest)
-        except verify.ModelRejected as exc:
+        except ModelRejected as exc:
             return exc.reason
         assert m.archive.size == sum(f.size for f in m.files)
         return "accepted"
@@ -866,7 +870,7 @@ def check_chunk(topic: str, payload: bytes, m: verify.ReleaseManifest, have: set
     Returns "accepted", "ignored" (the closure returns False: not a chunk of this
     release) or "duplicate"; raises ModelRejected on a bad chunk, like the closure.
     """
-    prefix = verify.chunks_filter(m.name, m.version)[:-1]
+    prefix = topics.chunk_prefix(m.name, m.version)
     total = len(m.archive.chunks)
     idx_s = topic.removeprefix(prefix)
     if not topic.startswith(prefix) or not (idx_s.isascii() and idx_s.isdigit()) or not payload:
@@ -880,14 +884,14 @@ def check_chunk(topic: str, payload: bytes, m: verify.ReleaseManifest, have: set
         len(payload) != m.archive.chunk_length(idx)
         or hashlib.sha256(payload).hexdigest() != m.archive.chunks[idx]
     ):
-        raise verify.ModelRejected("file_hash_mismatch", f"chunk {idx} does not match its signed sha256")
+        raise ModelRejected("file_hash_mismatch", f"chunk {idx} does not match its signed sha256")
     have.add(idx)
     return "accepted"
 
 
 @st.composite
 def chunk_cases(draw: st.DrawFn) -> tuple[str, bytes]:
-    prefix = verify.chunks_filter(MANIFEST.name, MANIFEST.version)[:-1]
+    prefix = topics.chunk_prefix(MANIFEST.name, MANIFEST.version)
     idx = draw(
         st.one_of(
             st.integers(0, 3).map(str),
@@ -920,7 +924,7 @@ class ModelChunkTarget(FuzzTarget):
         topic, payload = case
         try:
             out = check_chunk(topic, payload, MANIFEST, set())
-        except verify.ModelRejected as exc:
+        except ModelRejected as exc:
             return exc.reason
         return "accepted" if out == "accepted" else out
 

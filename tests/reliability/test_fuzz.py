@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 
 from edge_agent.config import AgentConfig
 from edge_agent.pipeline.core import Pipeline
-from edge_agent.protocol.manifest import chunks_filter
 from edge_agent.protocol.messages import Status, loads, validate
+from edge_agent.protocol.topics import chunk_prefix
 from edgeloop_sim.harness.fuzz_targets import (
     CHUNKS,
     MANIFEST,
@@ -81,7 +81,7 @@ def test_absurd_timestamp_is_rejected_not_raised() -> None:
 
 def test_chunk_topic_with_unicode_digit_is_ignored() -> None:
     # check_chunk mirrors the closure line by line (it cannot be called without a broker session).
-    prefix = chunks_filter(MANIFEST.name, MANIFEST.version)[:-1]
+    prefix = chunk_prefix(MANIFEST.name, MANIFEST.version)
     assert check_chunk(prefix + "\u00b9", CHUNKS[1], MANIFEST, set()) == "ignored"
 
 

@@ -34,12 +34,13 @@ from paho.mqtt.properties import Properties
 from edge_agent.config import OutboxConfig
 from edge_agent.outbox.agent_store import AgentStore
 from edge_agent.protocol import messages as wire
+from edge_agent.protocol import topics
 from edgeloop_sim.broker import Broker
 from edgeloop_sim.harness.agent import AgentProcess, agent_config, wait_until
 
 NODE = "n1"
 DEVICES = 40
-SUMMARIES = f"edgeloop/v1/nodes/{NODE}/summaries"
+SUMMARIES = topics.summaries(NODE)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 
 from edge_agent.config import MqttConfig
-from edge_agent.protocol.manifest import canonical_json, manifest_digest, manifest_topic
+from edge_agent.protocol.manifest import canonical_json, manifest_digest
+from edge_agent.protocol.topics import manifest_topic
 from edge_agent.transport.mqtt import MqttClient
 from edge_agent.updates.manager import ModelManager
 from tests.test_model_delivery import NODE, Cloud, TinyModel, desired, health

@@ -1,0 +1,118 @@
+"""MQTT 5 request/response over one :class:`~edge_agent.transport.mqtt.MqttClient`.
+
+A request carries a ResponseTopic and CorrelationData; the responder publishes
+its answer to that topic with the same correlation data. This is how the edge
+asks the cloud teacher (``edge_agent.escalation.escalator``) and how the teacher
+answers (``cloud_controller.teachers.chat_service``); both use this one module,
+so correlation, the reply subscription and the failure on a lost connection are
+written once.
+
+Why a separate object and not methods on the client: connection handling (connect,
+backoff, manual ack, backpressure) does not need to know RPC exists. An
+:class:`Rpc` plugs into the client's router, connection-lost and spawn hooks.
+
+The reply topic should lie in a subtree the responder may write and this client
+may read under the broker ACL: :func:`edge_agent.protocol.topics.rpc_response`
+(``nodes/{node}/rpc/response/{client_id}``) for a node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_agent.protocol import topics
+from edge_agent.protocol.errors import MqttError
+from edge_agent.transport.mqtt import Message, MqttClient
+
+__all__ = ["Handler", "Rpc"]
+
+log = logging.getLogger(__name__)
+
+# A handler returns the response body, or None to send no response (e.g. a misdirected reply topic).
+Handler = Callable[[Message], Awaitable[bytes | None]]
+
+
+class Rpc:
+    """Requests out and answers in (:meth:`request`), or requests in and answers out (:meth:`serve`)."""
+
+    def __init__(self, client: MqttClient) -> None:
+        self.client = client
+        self._response_topics: set[str] = set()
+        self._requests: dict[bytes, asyncio.Future[Message]] = {}
+        self._handlers: dict[str, Handler] = {}
+        client.add_router(self._route)
+        client.add_on_connection_lost(self._fail_waiting)
+
+    async def request(
+        self, topic: str, payload: bytes, timeout: float = 5.0, qos: int = 1,
+        response_topic: str | None = None,
+    ) -> Message:
+        """Publish a request and return its response message (correlated by id); MqttError on timeout."""
+        client = self.client
+        reply_to = response_topic or topics.rpc_inbox(client.client_id)
+        if reply_to not in self._response_topics:
+            self._response_topics.add(reply_to)
+            await client.subscribe(reply_to, 1)
+        corr = uuid.uuid4().bytes
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = reply_to
+        props.CorrelationData = corr
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._requests[corr] = fut
+        try:
+            async with asyncio.timeout(timeout):
+                await client.publish(topic, payload, qos=qos, properties=props)
+                return await fut
+        except TimeoutError:
+            raise MqttError(f"{client.name}: no response on {topic!r} within {timeout}s") from None
+        finally:
+            self._requests.pop(corr, None)
+
+    async def serve(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
+        """Answer requests on ``topic_filter``: ``handler(msg)`` returns the response payload."""
+        self._handlers[topic_filter] = handler
+        await self.client.subscribe(topic_filter, qos)
+
+    # ------------------------------------------------------------------ client hooks
+
+    def _fail_waiting(self, exc: MqttError) -> None:
+        for fut in self._requests.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._requests.clear()
+
+    def _route(self, msg: Message) -> bool:
+        if msg.topic in self._response_topics:
+            corr = getattr(msg.properties, "CorrelationData", None)
+            fut = self._requests.get(corr) if corr is not None else None
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+            self.client.ack(msg)
+            return True
+        for flt, handler in self._handlers.items():
+            if paho.topic_matches_sub(topics.unshared(flt), msg.topic):
+                self.client.spawn(self._answer(msg, handler), "rpc")
+                return True
+        return False
+
+    async def _answer(self, msg: Message, handler: Handler) -> None:
+        try:
+            reply_to = getattr(msg.properties, "ResponseTopic", None)
+            body = await handler(msg)
+            if reply_to and body is not None:
+                props = Properties(PacketTypes.PUBLISH)
+                corr = getattr(msg.properties, "CorrelationData", None)
+                if corr is not None:
+                    props.CorrelationData = corr
+                await self.client.publish(reply_to, body, qos=1, properties=props)
+        except Exception:
+            log.exception("%s: request handler for %r failed", self.client.name, msg.topic)
+        finally:
+            self.client.ack(msg)

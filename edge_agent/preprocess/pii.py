@@ -25,13 +25,15 @@ ID). Counts are keyed by the configured kind (the switch in
 ``id_number``, like the long account numbers before it, but its token says
 ``<IBAN>``.
 
-Cost matters (this runs on every utterance): each rule is skipped unless the
-text has the character it cannot do without ("@", ":", a digit), so prose
-without digits costs three substring tests. Libraries were weighed and not
-taken: ``phonenumbers`` and ``python-stdnum`` validate rather than find, add
-megabytes of metadata to the edge install and are slower per candidate;
-``presidio`` needs spaCy. The checksums are a few lines each, and IPv6
-validation is the stdlib's ``ipaddress``.
+Cost matters (this runs on every utterance): a rule is skipped unless the
+text has the character it cannot do without ("@", ":", ".") and at least as
+many digits as its shortest match, so prose costs one scan for digits and a
+few substring tests, and "a table for 4 at 7 pm" runs no digit pattern at all.
+Libraries were weighed and not taken: ``python-stdnum`` validates IBANs and
+Chinese IDs but does not find them in text (the regexes would stay; only two
+ten-line checksums would go); ``phonenumbers`` carries every numbering plan's
+metadata and its matcher costs far more than a regex pass; ``presidio`` needs
+spaCy. IPv6 validation is the stdlib's ``ipaddress``.
 """
 
 from __future__ import annotations
@@ -194,30 +196,27 @@ class Redacted:
         return bool(self.counts)
 
 
-# What a built-in rule needs in the text before it is worth running.
-_NEEDS_AT, _NEEDS_COLON, _NEEDS_DIGIT = "@", ":", "digit"
-
-
 @dataclass(frozen=True)
 class _Rule:
     name: str
     pattern: re.Pattern[str]
     replacement: str
     accept: Callable[[re.Match[str]], bool] | None = None
-    needs: str | None = None
+    needs: str = ""  # a character the text must contain ("@", ":") before the rule is worth running
+    min_digits: int = 0  # nor is it worth running on text with fewer digits than any match has
 
 
 _BUILTIN = (
-    _Rule("email", _EMAIL, "<EMAIL>", needs=_NEEDS_AT),
-    _Rule("ip", _IPV6, "<IP>", _ipv6_ok, needs=_NEEDS_COLON),
-    _Rule("ip", _IPV4, "<IP>", needs=_NEEDS_DIGIT),
-    _Rule("id_number", _IBAN, "<IBAN>", _iban_ok, needs=_NEEDS_DIGIT),
-    _Rule("id_number", _CN_ID, "<ID>", _cn_id_ok, needs=_NEEDS_DIGIT),
-    _Rule("phone", _CN_MOBILE, "<PHONE>", needs=_NEEDS_DIGIT),
-    _Rule("card", _CARD, "<CARD>", _card_ok, needs=_NEEDS_DIGIT),
-    _Rule("id_number", _SSN, "<ID>", needs=_NEEDS_DIGIT),
-    _Rule("phone", _PHONE, "<PHONE>", _phone_ok, needs=_NEEDS_DIGIT),
-    _Rule("id_number", _LONG_DIGITS, "<ID>", needs=_NEEDS_DIGIT),
+    _Rule("email", _EMAIL, "<EMAIL>", needs="@"),
+    _Rule("ip", _IPV6, "<IP>", _ipv6_ok, needs=":"),
+    _Rule("ip", _IPV4, "<IP>", needs=".", min_digits=4),
+    _Rule("id_number", _IBAN, "<IBAN>", _iban_ok, min_digits=2),
+    _Rule("id_number", _CN_ID, "<ID>", _cn_id_ok, min_digits=17),
+    _Rule("phone", _CN_MOBILE, "<PHONE>", min_digits=11),
+    _Rule("card", _CARD, "<CARD>", _card_ok, min_digits=13),
+    _Rule("id_number", _SSN, "<ID>", min_digits=9),
+    _Rule("phone", _PHONE, "<PHONE>", _phone_ok, min_digits=7),
+    _Rule("id_number", _LONG_DIGITS, "<ID>", min_digits=9),
 )
 
 
@@ -235,14 +234,10 @@ class Redactor:
     def redact(self, text: str) -> Redacted:
         spans: list[tuple[int, int, _Rule]] = []
         folded = text if text.isascii() else text.translate(_FOLD)
-        has = {
-            _NEEDS_AT: "@" in folded,
-            _NEEDS_COLON: ":" in folded,
-            _NEEDS_DIGIT: _DIGIT.search(folded) is not None,
-        }
+        digits = len(_DIGIT.findall(folded))
         for rules, subject in ((self._builtin, folded), (self._custom, text)):
             for rule in rules:
-                if rule.needs is not None and not has[rule.needs]:
+                if digits < rule.min_digits or (rule.needs and rule.needs not in folded):
                     continue
                 for m in rule.pattern.finditer(subject):
                     start, end = m.span()

@@ -17,7 +17,7 @@ the original. Boundaries are "no ASCII letter or digit next to it" rather than
 Configured rules run on the original text, as they always did.
 
 Overlaps are resolved by a fixed priority (email, ip, IBAN, Chinese ID,
-Chinese mobile, card, SSN, phone, long digit runs, then the configured rules),
+Chinese mobile/landline/service numbers, card, SSN, phone, long digit runs, then the configured rules),
 so a replacement token is never re-matched by a later pattern and the more
 specific reading of a digit run wins ("13800138000" is a phone number, not an
 ID). Counts are keyed by the configured kind (the switch in
@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from edge_agent.config import ChatConfig
@@ -93,9 +93,25 @@ _CN_ID = re.compile(
 )
 # Chinese mobile: 1[3-9]x xxxx xxxx, optional +86/0086; never a piece of a longer digit run.
 _CN_MOBILE = re.compile(
-    r"(?<![0-9A-Za-z+])(?<!\d[ -])(?:\(?(?:\+|00)86\)?[ -]?)?1[3-9]\d([ -]?)\d{4}\1\d{4}(?![ -]?\d|[A-Za-z])",
+    r"(?<![0-9A-Za-z+])(?<!\d-)(?:\(?(?:\+|00)86\)?[ -]?)?1[3-9]\d([ -]?)\d{4}\1\d{4}(?!-?\d|[A-Za-z])",
     re.ASCII,
 )
+# Chinese landline: area code 0xx/0xxx (optionally in parentheses), local number of 7-8
+# digits not starting with 0 or 1; and the nationwide 400/800 service numbers.
+_CN_LANDLINE = re.compile(
+    r"(?<![0-9A-Za-z+])(?<!\d-)(?:\(0[1-9]\d{1,2}\)|0[1-9]\d{1,2})[ -]?[2-9]\d{6,7}(?!-?\d|[A-Za-z])",
+    re.ASCII,
+)
+_CN_SERVICE = re.compile(
+    r"(?<![0-9A-Za-z+])(?<!\d[ -])[48]00([ -]?)\d{3}\1\d{4}(?![ -]?\d|[A-Za-z])", re.ASCII
+)
+# A bare 7-8 digit local number ("电话是<PHONE>,67080562", "call 5551234", "64045361-3015") is a
+# phone number only in a clause that names a phone; elsewhere it is as likely a date (20261206)
+# or an order number. The clause runs from the word to the end of the sentence; the word stays.
+_PHONE_CLAUSE = re.compile(
+    r"(?i:电话|手机|座机|固话|联系方式|热线|拨打|致电|tel|phone|call)[^。\uff1b;\uff01!\uff1f?\n]{1,80}"
+)
+_LOCAL_NUMBER = re.compile(r"(?<![0-9A-Za-z.-])[2-9]\d{6,7}(?:-\d{1,4})?(?![0-9A-Za-z元块%]|\.\d|-\d)")
 # 13-19 digits, single spaces or dashes allowed between any two of them.
 _CARD = re.compile(r"(?<![\d+])\d(?:[ -]?\d){12,18}(?![\d])")
 _SSN = re.compile(r"(?<!\d)\d{3}-\d{2}-\d{4}(?![\d])")
@@ -204,6 +220,7 @@ class _Rule:
     accept: Callable[[re.Match[str]], bool] | None = None
     needs: str = ""  # a character the text must contain ("@", ":") before the rule is worth running
     min_digits: int = 0  # nor is it worth running on text with fewer digits than any match has
+    within: re.Pattern[str] | None = None  # what is replaced inside each match (which is only context)
 
 
 _BUILTIN = (
@@ -213,11 +230,23 @@ _BUILTIN = (
     _Rule("id_number", _IBAN, "<IBAN>", _iban_ok, min_digits=2),
     _Rule("id_number", _CN_ID, "<ID>", _cn_id_ok, min_digits=17),
     _Rule("phone", _CN_MOBILE, "<PHONE>", min_digits=11),
+    _Rule("phone", _CN_LANDLINE, "<PHONE>", min_digits=10),
+    _Rule("phone", _CN_SERVICE, "<PHONE>", min_digits=10),
+    _Rule("phone", _PHONE_CLAUSE, "<PHONE>", min_digits=7, within=_LOCAL_NUMBER),
     _Rule("card", _CARD, "<CARD>", _card_ok, min_digits=13),
     _Rule("id_number", _SSN, "<ID>", min_digits=9),
     _Rule("phone", _PHONE, "<PHONE>", _phone_ok, min_digits=7),
     _Rule("id_number", _LONG_DIGITS, "<ID>", min_digits=9),
 )
+
+
+def _matches(rule: _Rule, subject: str) -> Iterator[re.Match[str]]:
+    if rule.within is None:
+        yield from rule.pattern.finditer(subject)
+        return
+    for context in rule.pattern.finditer(subject):
+        # pos/endpos keep the lookbehinds seeing the real text before the context.
+        yield from rule.within.finditer(subject, context.start(), context.end())
 
 
 class Redactor:
@@ -239,7 +268,7 @@ class Redactor:
             for rule in rules:
                 if digits < rule.min_digits or (rule.needs and rule.needs not in folded):
                     continue
-                for m in rule.pattern.finditer(subject):
+                for m in _matches(rule, subject):
                     start, end = m.span()
                     if start == end or (rule.accept is not None and not rule.accept(m)):
                         continue

@@ -130,6 +130,20 @@ POSITIVES = [
     _pos("cn_mobile", "(+86)", "(+86)13800138000", _PH, phone=1),
     _pos("cn_mobile", "fullwidth", "电话\uff1a" + fullwidth("13800138000"), f"电话\uff1a{_PH}", phone=1),
     _pos("cn_mobile", "fullwidth, spaced", fullwidth("138 0013 8000"), _PH, phone=1),
+    # Chinese landlines, service numbers, and local numbers in a clause that names a phone
+    # (the forms of the CrossWOZ dialogues: 010-63553377, 01088374993, 电话是67010327, lists)
+    _pos("cn_phone", "landline, dash", "电话是010-67498258。", f"电话是{_PH}。", phone=1),
+    _pos("cn_phone", "landline, no separator", "电话是01088374993。", f"电话是{_PH}。", phone=1),
+    _pos("cn_phone", "landline, 4-digit area", "tel 0755-86013388", f"tel {_PH}", phone=1),
+    _pos("cn_phone", "landline, fullwidth parentheses", "\uff08010\uff0984659299", _PH, phone=1),
+    _pos("cn_phone", "landline, fullwidth", fullwidth("010-67498258"), _PH, phone=1),
+    _pos("cn_phone", "service number", "电话4006101101", f"电话{_PH}", phone=1),
+    _pos("cn_phone", "service number, dashes", "call 400-610-1101", f"call {_PH}", phone=1),
+    _pos("cn_phone", "labelled", "记一下\uff0c电话是67010327。", f"记一下\uff0c电话是{_PH}。", phone=1),
+    _pos("cn_phone", "local with extension", "电话是88681188-6808。", f"电话是{_PH}。", phone=1),
+    _pos("cn_phone", "list, CJK", "电话是67080561,010-65673663。", f"电话是{_PH},{_PH}。", phone=2),
+    _pos("cn_phone", "list of mobiles", "13800138000 13900139000", f"{_PH} {_PH}", phone=2),
+    _pos("cn_phone", "English, labelled", "phone: 5551234", f"phone: {_PH}", phone=1),
 ]
 
 NEGATIVES = [
@@ -182,6 +196,11 @@ NEGATIVES = [
     _neg("prose", "CJK", "我想订一张明天去上海的机票"),
     _neg("prose", "CJK with time", "明天下午3点提醒我开会"),
     _neg("iban", "code, bad checksum", "product XY12 3456 7890 ABCD"),
+    _neg("cn_phone", "phone bill", "电话费是12345678元"),
+    _neg("cn_phone", "phone price", "手机价格是2999元"),
+    _neg("cn_phone", "unlabelled 8 digits", "订单号20261206"),
+    _neg("cn_phone", "labelled, not a number", "电话里说2026年12月6日到"),
+    _neg("cn_phone", "postcode", "邮编100080"),
 ]
 
 CASES: tuple[PiiCase, ...] = tuple(POSITIVES + NEGATIVES)

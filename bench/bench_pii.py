@@ -1,10 +1,13 @@
 """PII redaction: precision/recall per category on the forms table, and what it costs per utterance.
 
 The table is ``edgeloop_sim.harness.pii_cases`` (the one the tests assert on).
-Throughput is measured on two workloads, each against baselines in the same
-run, since the redactor runs on every chat utterance before anything else:
-``str.lower`` (the floor of touching a string at all) and the text
-normaliser (``normalize``, which the pipeline runs right after redaction).
+Real utterances check both directions: SNIPS (English, no PII: any change is a
+false positive) and CrossWOZ (Chinese dialogues full of phone numbers: what is
+left is a leak). The redactor runs on every chat utterance before anything
+else, so its throughput is measured on SNIPS, CrossWOZ and the table against
+baselines in the same run: ``str.lower`` (the floor of touching a string at
+all) and the text normaliser (``normalize``, which the pipeline runs right
+after redaction).
 
     .venv/bin/python bench/bench_pii.py [--quick] [-n 10000] [--repeat 5] [--doc PATH] [--no-write]
 """
@@ -13,9 +16,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
+import re
 import sys
 import timeit
+import zipfile
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,18 +39,61 @@ from edgeloop_sim.harness.pii_cases import CASES, Evaluation, evaluate  # noqa: 
 DATA = Path(os.environ.get("EDGELOOP_DATA", "/work/shared/datasets"))
 
 
+def snips(split: str) -> list[str]:
+    path = DATA / "snips" / split / "seq.in"
+    if not path.is_file():
+        return []
+    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def crosswoz(split: str) -> list[str]:
+    """Every turn of the CrossWOZ dialogues (Chinese, hotels/restaurants/sights: full of phone numbers)."""
+    path = DATA / "crosswoz" / f"{split}.json.zip"
+    if not path.is_file():
+        return []
+    with zipfile.ZipFile(path) as z:
+        dialogues = json.loads(z.read(z.namelist()[0]))
+    return [m["content"] for d in dialogues.values() for m in d["messages"]]
+
+
 def workloads(n: int) -> dict[str, list[str]]:
-    """SNIPS test utterances (typical chat) and the table's rows (every one has a number or an @)."""
-    table = [c.text for c in CASES]
-    snips_path = DATA / "snips" / "test" / "seq.in"
+    """Typical chat in English (SNIPS) and Chinese (CrossWOZ), and the table's rows (PII or numbers)."""
     out: dict[str, list[str]] = {}
-    if snips_path.is_file():
-        snips = [ln.strip() for ln in snips_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        out[f"SNIPS test ({len(snips)} utterances, cycled)"] = list(
-            itertools.islice(itertools.cycle(snips), n)
-        )
-    out[f"PII forms table ({len(table)} rows, cycled)"] = list(itertools.islice(itertools.cycle(table), n))
+    for name, utts in (
+        ("SNIPS test", snips("test")),
+        ("CrossWOZ val", crosswoz("val")),
+        ("PII forms table", [c.text for c in CASES]),
+    ):
+        if utts:
+            out[f"{name} ({len(utts):,} utterances, cycled)"] = list(
+                itertools.islice(itertools.cycle(utts), n)
+            )
     return out
+
+
+# What a phone or account number left in the text looks like: 7+ digits, or area-dash-number.
+_NUMBER_LEFT = re.compile(r"(?<!\d)(?:\d{7,}|0\d{2,3}-\d{7,8})(?!\d)")
+
+
+def real_data(redactor: Redactor) -> list[list[object]]:
+    """Real utterances: SNIPS has no PII (every change is a false positive); CrossWOZ has phone numbers."""
+    rows: list[list[object]] = []
+    for name, utts in (
+        ("SNIPS train+valid+test (English)", snips("train") + snips("valid") + snips("test")),
+        ("CrossWOZ val+test (Chinese)", crosswoz("val") + crosswoz("test")),
+    ):
+        if not utts:
+            continue
+        counts: Counter[str] = Counter()
+        changed = left = 0
+        for u in utts:
+            out = redactor.redact(u)
+            counts.update(out.counts)
+            changed += out.changed
+            left += len(_NUMBER_LEFT.findall(out.text))
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+        rows.append([name, f"{len(utts):,}", changed, kinds, left])
+    return rows
 
 
 def throughput(fn: Callable[[str], object], utts: list[str], repeat: int) -> float:
@@ -52,7 +102,9 @@ def throughput(fn: Callable[[str], object], utts: list[str], repeat: int) -> flo
     return len(utts) / best
 
 
-def render(ev: Evaluation, speed: dict[str, dict[str, float]], n: int, repeat: int) -> str:
+def render(
+    ev: Evaluation, real: list[list[object]], speed: dict[str, dict[str, float]], n: int, repeat: int
+) -> str:
     cat_rows = [
         [cat, t.positives, f"{t.recall:.3f}", t.negatives, t.fp, f"{t.precision:.3f}"]
         for cat, t in sorted(ev.by_category.items())
@@ -84,6 +136,11 @@ def render(ev: Evaluation, speed: dict[str, dict[str, float]], n: int, repeat: i
             "Per placeholder kind (`chat.pii_builtin` switch):",
             "",
             markdown_table(["kind", "expected", "TP", "FP", "FN", "precision", "recall"], kind_rows),
+            "",
+            "Real utterances (SNIPS has no PII, so every changed utterance there is a false positive; "
+            "'numbers left' counts 7+ digit runs and area-code numbers still in the redacted text):",
+            "",
+            markdown_table(["corpus", "utterances", "changed", "placeholders", "numbers left"], real),
             "",
             f"Throughput, {n:,} utterances per workload, best of {repeat} passes, one thread "
             "(`Redactor.redact` with every built-in kind on; `redact + normalize` is what the "
@@ -126,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         w: {name: throughput(fn, utts, repeat) for name, fn in fns.items()}
         for w, utts in workloads(n).items()
     }
-    block = render(ev, speed, n, repeat)
+    block = render(ev, real_data(redactor), speed, n, repeat)
     print(block)
     if not args.no_write:
         write_block("pii", block, args.doc)

@@ -11,6 +11,8 @@ and local numbers in a clause that names a phone leaked too.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from edge_agent.config import ChatConfig
 from edge_agent.preprocess.pii import Redacted, Redactor, cn_id_ok, iban_ok
@@ -79,6 +81,20 @@ def test_iban_counts_under_the_id_number_switch() -> None:
     text = "DE89 3704 0044 0532 0130 00"
     assert Redactor(ChatConfig(pii_builtin=["id_number"])).redact(text).text == "<IBAN>"
     assert Redactor(ChatConfig(pii_builtin=["email"])).redact(text).text == text
+
+
+_PLACEHOLDERS = ("<EMAIL>", "<IP>", "<IBAN>", "<ID>", "<PHONE>", "<CARD>")
+_PIECES = [*"0123456789 -.:@+()Xx", "电话", "中", "ab", "de", fullwidth("1@."), "\u3002", "\uff0c"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(hs.lists(hs.sampled_from(_PIECES), max_size=40).map("".join))
+def test_redaction_is_a_fixed_point_and_counts_its_tokens(redactor: Redactor, text: str) -> None:
+    # Digit soup, separators, CJK and fullwidth pieces: whatever is left is not PII the second time,
+    # and every count is one token in the text (offsets survive the fullwidth fold).
+    out = redactor.redact(text)
+    assert redactor.redact(out.text).text == out.text
+    assert sum(out.counts.values()) == sum(out.text.count(p) for p in _PLACEHOLDERS)
 
 
 def test_iban_checksum() -> None:

@@ -120,7 +120,7 @@ def render(
         base = by_fn["str.lower"]
         for name, ups in by_fn.items():
             speed_rows.append([workload, name, f"{ups:,.0f}", f"{1e6 / ups:.2f}", f"{base / ups:.1f}x"])
-    wrong = "".join(f"\n- wrong: `{c.text}` -> `{got}` (expected `{c.expected}`)" for c, got in ev.wrong)
+    wrong = [f"- wrong: `{c.text}` -> `{got}` (expected `{c.expected}`)" for c, got in ev.wrong]
     return "\n".join(
         [
             "## PII redaction: forms table and cost per utterance",
@@ -149,7 +149,7 @@ def render(
             markdown_table(
                 ["workload", "function", "utterances/s", "us/utterance", "cost vs str.lower"], speed_rows
             ),
-            wrong,
+            *(["", *wrong] if wrong else []),
             "",
             f"Machine: {machine_line()}",
             "",

@@ -10,17 +10,21 @@ cloud cannot label it.
 
 The built-in patterns run against a copy of the text in which fullwidth ASCII
 (U+FF01..U+FF5E: the digits, letters and "@" that CJK input methods type in
-fullwidth mode) and the ideographic space are folded to ASCII,
-one code point for one, so every span found in the copy is the same span in
-the original. Boundaries are "no ASCII letter or digit next to it" rather than
-``\\b``: CJK text has no spaces, and "电话13800138000谢谢" must still match.
-Configured rules run on the original text, as they always did.
+fullwidth mode), the ideographic space and the decimal digits of every script
+(Arabic-Indic, Devanagari, ...) are folded to ASCII, one code point for one, so
+every span found in the copy is the same span in the original. The copy is
+only made when the text has one of the characters that matter (a fullwidth
+letter, digit or separator, or a non-ASCII digit): fullwidth punctuation
+alone, common in Chinese text, changes no match. Boundaries are "no ASCII
+letter or digit next to it" rather than ``\\b``: CJK text has no spaces, and
+"电话13800138000谢谢" must still match. Configured rules run on the original
+text, as they always did.
 
 Overlaps are resolved by a fixed priority (email, ip, IBAN, Chinese ID,
-Chinese mobile/landline/service numbers, card, SSN, phone, long digit runs, then the configured rules),
-so a replacement token is never re-matched by a later pattern and the more
-specific reading of a digit run wins ("13800138000" is a phone number, not an
-ID). Counts are keyed by the configured kind (the switch in
+Chinese mobile/landline/service numbers, card, SSN, phone, long digit runs,
+then the configured rules), so a replacement token is never re-matched by a
+later pattern and the more specific reading of a digit run wins ("13800138000"
+is a phone number, not an ID). Counts are keyed by the configured kind (the switch in
 ``chat.pii_builtin``): an IBAN is an account number and counts as
 ``id_number``, like the long account numbers before it, but its token says
 ``<IBAN>``.
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -47,8 +52,36 @@ from edge_agent.config import ChatConfig
 
 __all__ = ["Redacted", "Redactor", "cn_id_ok", "iban_ok", "luhn_ok"]
 
-# Fullwidth ASCII and the ideographic space, one code point each: offsets survive the fold.
-_FOLD = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
+# Fullwidth ASCII, the ideographic space and every script's decimal digits (all below
+# U+1FC00), one code point each: offsets survive the fold.
+_NON_ASCII_DIGITS = [c for c in range(0x80, 0x1FC00) if chr(c).isdecimal()]
+_FOLD = (
+    {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)}
+    | {0x3000: 0x20}
+    | {c: 0x30 + unicodedata.digit(chr(c)) for c in _NON_ASCII_DIGITS}
+)
+
+
+def _char_class(codes: list[int]) -> str:
+    """A regex class of code points as ranges: a long list of single characters makes a slow search."""
+    runs: list[list[int]] = []
+    for c in sorted(codes):
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return "[" + "".join(f"\\U{a:08x}-\\U{b:08x}" if a < b else f"\\U{a:08x}" for a, b in runs) + "]"
+
+
+# What makes the fold worth doing: fullwidth letters, digits and separators, the ideographic
+# space, non-ASCII digits. Fullwidth punctuation alone (U+FF0C, U+FF1A) changes no match.
+_FOLD_TRIGGER = re.compile(
+    _char_class(
+        [c for c in range(0xFF01, 0xFF5F) if chr(c - 0xFEE0).isalnum() or chr(c - 0xFEE0) in "@.:+-()%_"]
+        + [0x3000]
+        + _NON_ASCII_DIGITS
+    )
+)
 
 # --- e-mail. The local part is ASCII (then whatever precedes it, e.g. CJK text with no
 # space, is not swallowed) or ends in a non-ASCII letter ("用户@例子.中国"). Domain labels
@@ -262,7 +295,7 @@ class Redactor:
 
     def redact(self, text: str) -> Redacted:
         spans: list[tuple[int, int, _Rule]] = []
-        folded = text if text.isascii() else text.translate(_FOLD)
+        folded = text if text.isascii() or not _FOLD_TRIGGER.search(text) else text.translate(_FOLD)
         digits = len(_DIGIT.findall(folded))
         for rules, subject in ((self._builtin, folded), (self._custom, text)):
             for rule in rules:

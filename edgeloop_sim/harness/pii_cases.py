@@ -143,6 +143,20 @@ POSITIVES = [
     _pos("cn_phone", "local with extension", "电话是88681188-6808。", f"电话是{_PH}。", phone=1),
     _pos("cn_phone", "list, CJK", "电话是67080561,010-65673663。", f"电话是{_PH},{_PH}。", phone=2),
     _pos("cn_phone", "list of mobiles", "13800138000 13900139000", f"{_PH} {_PH}", phone=2),
+    _pos(
+        "phone",
+        "Arabic-Indic digits",
+        "call +\u0664\u0664 \u0662\u0660 \u0667\u0669\u0664\u0666 \u0660\u0669\u0665\u0668",
+        "call <PHONE>",
+        phone=1,
+    ),
+    _pos(
+        "phone",
+        "Devanagari digits, CJK",
+        "电话\u0967\u0969\u096e\u0966\u0966\u0967\u0969\u096e\u0966\u0966\u0966",
+        "电话<PHONE>",
+        phone=1,
+    ),
     _pos("cn_phone", "English, labelled", "phone: 5551234", f"phone: {_PH}", phone=1),
 ]
 

@@ -102,7 +102,7 @@ def _dead_letters(args: argparse.Namespace) -> int:
 
 
 def _config_reference(args: argparse.Namespace) -> int:
-    from edge_agent.config_reference import render
+    from edge_agent.ops.config_reference import render
 
     print(render(), end="")
     return 0

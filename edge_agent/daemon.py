@@ -18,15 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from edge_agent import __version__
-from edge_agent.active_models import ActiveModels
-from edge_agent.chat_answers import ChatAnswers, ReplyPublisher
 from edge_agent.config import AgentConfig, load_config
-from edge_agent.desired_apply import DesiredStateApplier
 from edge_agent.escalation.answer_cache import AnswerCache
 from edge_agent.escalation.budget import EscalationBudget
 from edge_agent.escalation.escalator import Escalator
-from edge_agent.housekeeping import Housekeeping
-from edge_agent.inbound import Inbound
 from edge_agent.ops.logs import setup_logging
 from edge_agent.ops.metrics import AgentMetrics
 from edge_agent.ops.sdnotify import Notifier, watchdog_interval
@@ -37,7 +32,12 @@ from edge_agent.pipeline.core import Pipeline
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import ConfigError, MqttError
 from edge_agent.protocol.manifest import key_id, load_public_key
-from edge_agent.status import StatusReporter, status_payload
+from edge_agent.services.active_models import ActiveModels
+from edge_agent.services.chat_answers import ChatAnswers, ReplyPublisher
+from edge_agent.services.desired_apply import DesiredStateApplier
+from edge_agent.services.housekeeping import Housekeeping
+from edge_agent.services.inbound import Inbound
+from edge_agent.services.status import StatusReporter, status_payload
 from edge_agent.tick import CommitTick
 from edge_agent.transport.mqtt import MqttClient, Will
 from edge_agent.transport.redelivery import RedeliveryGuard

@@ -45,7 +45,7 @@ def test_mypy_clean() -> None:
 
 
 def test_configuration_reference_is_current() -> None:
-    from edge_agent.config_reference import render
+    from edge_agent.ops.config_reference import render
 
     assert (ROOT / "docs" / "configuration.md").read_text() == render(), (
         "docs/configuration.md is stale: run `make config-docs`"

@@ -19,10 +19,10 @@ from pydantic_core import PydanticUndefined
 
 from cloud_controller.cli.run import BROKER, CONFIG, configure_run_args
 from cloud_controller.settings import STORE_VAR, ControllerSettings, env_var, setting_fields
+from edge_agent.ops.cli_kit import Verb
 
 # One rendering of types and constraints for both references, so they read alike.
-from edge_agent.config_reference import constraints, type_name
-from edge_agent.ops.cli_kit import Verb
+from edge_agent.ops.config_reference import constraints, type_name
 from edge_agent.ops.tables import markdown_table
 
 HEADER = """# Controller configuration reference

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from edge_agent.preprocess.pii import Redacted
 
-__all__ = ["CASES", "PiiCase", "Tally", "evaluate", "fullwidth"]
+__all__ = ["CASES", "PiiCase", "PiiTally", "evaluate", "fullwidth"]
 
 
 def fullwidth(text: str) -> str:
@@ -221,7 +221,7 @@ CASES: tuple[PiiCase, ...] = tuple(POSITIVES + NEGATIVES)
 
 
 @dataclass
-class Tally:
+class PiiTally:
     tp: int = 0
     fp: int = 0
     fn: int = 0
@@ -239,24 +239,24 @@ class Tally:
 
 @dataclass
 class Evaluation:
-    by_category: dict[str, Tally]
-    by_kind: dict[str, Tally]
-    overall: Tally
+    by_category: dict[str, PiiTally]
+    by_kind: dict[str, PiiTally]
+    overall: PiiTally
     wrong: list[tuple[PiiCase, str]]  # (case, what came out)
 
 
 def evaluate(redact: Callable[[str], Redacted], cases: Iterable[PiiCase] = CASES) -> Evaluation:
     """Case-level tallies per category and placeholder-level tallies per kind."""
-    by_category: dict[str, Tally] = {}
-    by_kind: dict[str, Tally] = {}
-    overall = Tally()
+    by_category: dict[str, PiiTally] = {}
+    by_kind: dict[str, PiiTally] = {}
+    overall = PiiTally()
     wrong: list[tuple[PiiCase, str]] = []
     for case in cases:
         out = redact(case.text)
         exact = out.text == case.expected and dict(out.counts) == dict(case.counts)
         if not exact:
             wrong.append((case, out.text))
-        cat = by_category.setdefault(case.category, Tally())
+        cat = by_category.setdefault(case.category, PiiTally())
         for t in (cat, overall):
             if case.positive:
                 t.positives += 1
@@ -268,7 +268,7 @@ def evaluate(redact: Callable[[str], Redacted], cases: Iterable[PiiCase] = CASES
                 t.fp += out.changed
         kinds = set(case.counts) | set(out.counts)
         for kind in kinds:
-            k = by_kind.setdefault(kind, Tally())
+            k = by_kind.setdefault(kind, PiiTally())
             want, got = case.counts.get(kind, 0), out.counts.get(kind, 0)
             k.positives += want
             if exact:

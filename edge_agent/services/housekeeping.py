@@ -15,7 +15,7 @@ from edge_agent.outbox.agent_store import AgentStore
 from edge_agent.outbox.uplink import Uplink
 from edge_agent.pipeline.core import Pipeline
 from edge_agent.pipeline.counters import ModelCounters
-from edge_agent.status import StatusReporter
+from edge_agent.services.status import StatusReporter
 from edge_agent.transport.mqtt import MqttClient
 
 log = logging.getLogger(__name__)

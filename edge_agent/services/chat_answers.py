@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Callable
 
-from edge_agent.active_models import ActiveModels
 from edge_agent.config import AgentConfig
 from edge_agent.escalation.escalator import Escalator
 from edge_agent.ops.metrics import AgentMetrics
@@ -23,6 +22,7 @@ from edge_agent.pipeline.chat_flow import ChatAnswer, ChatJob
 from edge_agent.pipeline.core import Pipeline
 from edge_agent.pipeline.outputs import Reply
 from edge_agent.protocol.errors import MqttError
+from edge_agent.services.active_models import ActiveModels
 from edge_agent.tick import CommitTick
 from edge_agent.transport.mqtt import Message, MqttClient
 from edge_agent.transport.redelivery import RedeliveryGuard

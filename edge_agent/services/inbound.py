@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 
-from edge_agent.chat_answers import ChatAnswers
-from edge_agent.desired_apply import DesiredStateApplier
 from edge_agent.pipeline.core import Pipeline
 from edge_agent.protocol import topics
+from edge_agent.services.chat_answers import ChatAnswers
+from edge_agent.services.desired_apply import DesiredStateApplier
 from edge_agent.tick import CommitTick
 from edge_agent.transport.mqtt import MqttClient
 from edge_agent.transport.redelivery import RedeliveryGuard

@@ -11,13 +11,13 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from edge_agent.active_models import ActiveModels
 from edge_agent.config import AgentConfig, parse_config
 from edge_agent.ops.tasks import Supervisor
 from edge_agent.outbox.agent_store import AgentStore
 from edge_agent.pipeline.core import Pipeline
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol.errors import ConfigError, RejectedMessage
+from edge_agent.services.active_models import ActiveModels
 from edge_agent.transport.mqtt import Message
 from edge_agent.updates.manager import ModelManager
 

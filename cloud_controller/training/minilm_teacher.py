@@ -139,10 +139,6 @@ def _cache_key(cfg: TeacherConfig, intents: list[str], tags: list[str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def load_or_train_teacher(
     cfg: TeacherConfig,
     train: Sequence[Example],

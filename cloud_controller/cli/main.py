@@ -121,7 +121,7 @@ from cloud_controller.cli import kubectl as _kubectl  # noqa: E402
 for _c in _kubectl.COMMANDS:
     command(_c.name, _c.help, _c.configure)(_c.run)
 
-from cloud_controller.releases.artifacts import configure_release_command, run_release_command  # noqa: E402
+from cloud_controller.releases.release_command import configure_release_command, run_release_command  # noqa: E402
 from cloud_controller.releases.signing import configure_keys_command, run_keys_command  # noqa: E402
 
 command("keys", "release signing key: 'keys init --dir DIR', 'keys id PATH'", configure_keys_command)(

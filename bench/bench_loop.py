@@ -141,8 +141,8 @@ def sensors(config: Literal["tiny", "full"], seeds: list[int], work: Path) -> di
     from cloud_controller.distill_runner.sensor_job import evaluate_fixed
     from cloud_controller.ingest.hard_examples import StoredHardExample, write_snapshot
     from cloud_controller.training.sensor_train import (
+        BaselineDetector,
         SensorTrainConfig,
-        Teacher,
         build_files,
         evaluate,
         export_student,
@@ -163,7 +163,7 @@ def sensors(config: Literal["tiny", "full"], seeds: list[int], work: Path) -> di
     if not v1_files or not unseen:
         return {"skipped": f"groups missing in config {config}: {[f.key for f in files]}"}
     spec = fit_floor([*v1_files, *free], raw, cfg0.floor_frac)  # v1 knows only its own devices
-    prepare([*files, *free], spec, Teacher())
+    prepare([*files, *free], spec, BaselineDetector())
     teacher = evaluate(unseen, [f.teacher > 1.0 for f in unseen])
     gold_teacher = np.concatenate([f.teacher > 1.0 for f in unseen])
 

@@ -33,8 +33,8 @@ MODEL = "skab-sensor"
 
 def _data() -> Any:
     from cloud_controller.training.sensor_train import (
+        BaselineDetector,
         SensorTrainConfig,
-        Teacher,
         build_files,
         fit_floor,
         prepare,
@@ -44,7 +44,7 @@ def _data() -> Any:
     files, free, raw = build_files(cfg, None, lambda *_: None, groups=["valve1"])
     spec = fit_floor([*files, *free], raw, cfg.floor_frac)
     others, _, _ = build_files(cfg, None, lambda *_: None, groups=["other", "valve2"])
-    prepare([*files, *free, *others], spec, Teacher())
+    prepare([*files, *free, *others], spec, BaselineDetector())
     return cfg, files, free, others, spec
 
 

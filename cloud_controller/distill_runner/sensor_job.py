@@ -179,8 +179,8 @@ def run_sensor(
 ) -> dict[str, Any]:
     """Collect, re-distill, quantize, evaluate (sensor); returns what goes into result.json."""
     from cloud_controller.training.sensor_train import (
+        BaselineDetector,
         SensorTrainConfig,
-        Teacher,
         build_files,
         export_student,
         fit,
@@ -207,7 +207,7 @@ def run_sensor(
     fspec = parent_spec or fit_floor([*files, *free], raw_spec, cfg.floor_frac)
     if parent_spec is not None and tuple(parent_spec.metrics) != tuple(raw_spec.metrics):
         raise ValueError(f"parent's metrics {parent_spec.metrics} differ from SKAB's {raw_spec.metrics}")
-    prepare([*files, *free], fspec, Teacher())
+    prepare([*files, *free], fspec, BaselineDetector())
     hx, hp, ex, ep, dropped = _split_hard(hard, fspec.n_features, spec.new_eval_fraction, held_out)
     in_train = len(ex) < 4 and len(hx) > 0
     if in_train:  # too few to hold out: evaluate on all of them (reported as new_in_train = 1)

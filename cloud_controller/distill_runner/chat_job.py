@@ -71,7 +71,6 @@ def to_example(h: StoredHardExample, intents: set[str], tags: set[str]) -> Examp
     return Example(tuple(tokens), tuple(ex_tags), h.label)
 
 
-
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -258,4 +257,3 @@ def run_chat(spec: RunnerSpec, out: Path, progress: ProgressLog) -> dict[str, An
         },
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
-

@@ -19,9 +19,7 @@ def load_hard_examples(spec: RunnerSpec) -> list[StoredHardExample]:
     return []
 
 
-
 def held_out(ex_id: str, fraction: float) -> bool:
     """Whether a hard example is kept for evaluation: a hash of its id, so every run (and both
     tasks) splits the same rows the same way."""
     return int(hashlib.sha256(ex_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
-

@@ -112,7 +112,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-
 def resolve_paths(spec: RunnerSpec, out: Path) -> RunnerSpec:
     """Relative paths in the spec are relative to the work directory: the controller and a Job pod
     mount that directory at different places, and both must read the same spec."""
@@ -124,4 +123,3 @@ def resolve_paths(spec: RunnerSpec, out: Path) -> RunnerSpec:
     if spec.parent_bundle and not Path(spec.parent_bundle).is_absolute():
         upd["parent_bundle"] = str(out / spec.parent_bundle)
     return spec.model_copy(update=upd)
-

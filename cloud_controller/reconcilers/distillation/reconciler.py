@@ -89,10 +89,8 @@ def _ts(t: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(t, dt.UTC)
 
 
-
 def _k8s_name(model: str, version: str) -> str:
     return re.sub(r"[^a-z0-9-]", "-", f"{model}-{version}".lower())[:253].strip("-")
-
 
 
 def make_distillation_reconciler(

@@ -54,7 +54,6 @@ class JobRef:
     attempt: int = 1  # which start of the runner this is (``attempts`` in the work directory)
 
 
-
 def job_ref(work_dir: Path, obj: Obj) -> JobRef:
     """The job of ``obj`` and its work directory ``work_dir/uid``, at the attempt last started."""
     meta = obj["metadata"]
@@ -130,4 +129,3 @@ def materialize(artifacts: ArtifactStore, release: Release, target: Path) -> Pat
         (tmp / f.name).write_bytes(artifacts.get_blob(f.sha256))
     os.replace(tmp, target)
     return target
-

@@ -6,7 +6,7 @@ a sample of SNIPS *train* utterances (half held-back intents); the ones v1
 answers below the escalation threshold are escalated, i.e. answered by the
 teacher (the demo's full-data int8 student) and kept as hard examples with the
 teacher's intent and tags, exactly what a node uploads. One DistillationJob
-run (:func:`cloud_controller.distill_runner.chat_job.run`, the same code the reconciler
+run (:func:`cloud_controller.distill_runner.job.run`, the same code the reconciler
 starts) re-distils v2 from the base data + those hard examples. Both versions
 are then scored through the edge runtime on SNIPS *test*: the held-back
 intents (accuracy, escalation rate at the same threshold) and the original
@@ -45,7 +45,9 @@ def chat(
     config: Literal["tiny", "full"], threshold: float, n_traffic: int, work: Path, job_teacher: str
 ) -> dict[str, Any]:
     from cloud_controller.datasets.snips import load_snips
-    from cloud_controller.distill_runner.chat_job import Progress, RunnerSpec, evaluate_bundle, run
+    from cloud_controller.distill_runner.chat_job import evaluate_bundle
+    from cloud_controller.distill_runner.job import run
+    from cloud_controller.distill_runner.protocol import ProgressLog, RunnerSpec
     from cloud_controller.ingest.hard_examples import StoredHardExample, write_snapshot
     from edge_agent.models.chat_runtime import ChatModel
     from edgeloop_sim.demo_models import DEMO_EPOCHS, MODEL_NAME, base_spec, ensure_models
@@ -99,7 +101,7 @@ def chat(
         escalation_threshold=threshold,
     )
     t0 = time.monotonic()
-    result = run(spec, work / "job", Progress(work / "progress.jsonl"))
+    result = run(spec, work / "job", ProgressLog(work / "progress.jsonl"))
     job_s = time.monotonic() - t0
     v2 = work / "job" / result["bundle"]
     test = load_snips("test")
@@ -135,12 +137,13 @@ def sensors(config: Literal["tiny", "full"], seeds: list[int], work: Path) -> di
     """One turn of the sensor loop per seed: v1 on valve1, hard examples from valve2/other, one job."""
     import numpy as np
 
-    from cloud_controller.distill_runner.chat_job import Progress, RunnerSpec, run
+    from cloud_controller.distill_runner.job import run
+    from cloud_controller.distill_runner.protocol import ProgressLog, RunnerSpec
     from cloud_controller.distill_runner.sensor_job import evaluate_fixed
     from cloud_controller.ingest.hard_examples import StoredHardExample, write_snapshot
     from cloud_controller.training.sensor_train import (
+        BaselineDetector,
         SensorTrainConfig,
-        Teacher,
         build_files,
         evaluate,
         export_student,
@@ -161,7 +164,7 @@ def sensors(config: Literal["tiny", "full"], seeds: list[int], work: Path) -> di
     if not v1_files or not unseen:
         return {"skipped": f"groups missing in config {config}: {[f.key for f in files]}"}
     spec = fit_floor([*v1_files, *free], raw, cfg0.floor_frac)  # v1 knows only its own devices
-    prepare([*files, *free], spec, Teacher())
+    prepare([*files, *free], spec, BaselineDetector())
     teacher = evaluate(unseen, [f.teacher > 1.0 for f in unseen])
     gold_teacher = np.concatenate([f.teacher > 1.0 for f in unseen])
 
@@ -217,13 +220,13 @@ def sensors(config: Literal["tiny", "full"], seeds: list[int], work: Path) -> di
             seed=seed,
         )
         t0 = time.monotonic()
-        result = run(job, d / "job", Progress(d / "progress.jsonl"))
+        result = run(job, d / "job", ProgressLog(d / "progress.jsonl"))
         job_s = time.monotonic() - t0
         v2 = d / "job" / result["bundle"]
         # Control: the same job without the fleet's data, so the gain is not the fine-tune itself.
         write_snapshot(d / "none.jsonl", [])
         control = job.model_copy(update={"hard_examples_file": str(d / "none.jsonl")})
-        v2c = d / "control" / run(control, d / "control", Progress(d / "progress-control.jsonl"))["bundle"]
+        v2c = d / "control" / run(control, d / "control", ProgressLog(d / "progress-control.jsonl"))["bundle"]
         runs.append(
             {
                 "seed": seed,
@@ -331,7 +334,7 @@ def render(c: dict[str, Any], s: dict[str, Any], config: str) -> str:
             f"The other groups' experiments alternate: {s['new_seen']} stream through v1 as new traffic "
             f"(windows scored inside the uncertainty band {lo} to {hi} are escalated and labelled by the "
             f"teacher's soft score, no gold labels), one DistillationJob run "
-            f"(`cloud_controller.distill_runner.chat_job`, task sensor: warm start from v1, "
+            f"(`cloud_controller.distill_runner`, task sensor: warm start from v1, "
             f"fine-tuned on valve1 + "
             f"those hard examples) gives v2; both are scored through the edge runtime (int8) on the other "
             f"{s['eval']} valve2/other experiments ({s['windows_eval']} windows), which neither saw. "

@@ -27,10 +27,9 @@ from cloud_controller.ingest.hard_examples import HardExampleStore
 from cloud_controller.ingest.loop import Ingest, IngestConfig
 from cloud_controller.reconcilers.common import ArtifactCheck, Context, ReconcileSettings
 from cloud_controller.reconcilers.desired import DesiredPublisher, RefFor, default_ref
+from cloud_controller.reconcilers.distillation.launchers import KubeJobLauncher, LocalJobLauncher
 from cloud_controller.reconcilers.distillation.reconciler import (
     DistillationSettings,
-    KubeJobLauncher,
-    LocalJobLauncher,
     make_distillation_reconciler,
 )
 from cloud_controller.reconcilers.nodes import make_node_reconciler

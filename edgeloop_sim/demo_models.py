@@ -1,6 +1,6 @@
 """The demo's chat models: the first student (v1) and the teacher, trained once and cached.
 
-Why the DistillationJob runner trains them (:func:`cloud_controller.distill_runner.chat_job.run`):
+Why the DistillationJob runner trains them (:func:`cloud_controller.distill_runner.job.run`):
 the first student then comes out of exactly the recipe, tokenizer and int8
 export that later versions come out of, so "before" and "after" differ only in
 the data, which is the point of the demo.
@@ -94,7 +94,8 @@ def _train_one(
     task: Literal["chat", "sensor"] = "chat",
     student_params: dict[str, float] | None = None,
 ) -> tuple[Path, bool]:
-    from cloud_controller.distill_runner.chat_job import Progress, RunnerSpec, run
+    from cloud_controller.distill_runner.job import run
+    from cloud_controller.distill_runner.protocol import ProgressLog, RunnerSpec
 
     spec = RunnerSpec(
         job=f"demo-{name}",
@@ -119,7 +120,7 @@ def _train_one(
     work.mkdir(parents=True)
     say(f"{name}: training ({config}, base {base}); cached afterwards under {final}")
     t0 = time.monotonic()
-    result = run(spec, work, Progress(work / "progress.jsonl"))
+    result = run(spec, work, ProgressLog(work / "progress.jsonl"))
     (work / "result.json").write_text(json.dumps(result, indent=2, default=str))
     m = result["metrics_after"]
     if task == "chat":

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cloud_controller.distill_runner.chat_job import RunnerSpec, parse_base
+from cloud_controller.distill_runner.protocol import RunnerSpec, parse_base
 from cloud_controller.ingest.hard_examples import StoredHardExample, write_snapshot
 from edge_agent.protocol import messages as wire
 
@@ -33,8 +33,8 @@ MODEL = "skab-sensor"
 
 def _data() -> Any:
     from cloud_controller.training.sensor_train import (
+        BaselineDetector,
         SensorTrainConfig,
-        Teacher,
         build_files,
         fit_floor,
         prepare,
@@ -44,7 +44,7 @@ def _data() -> Any:
     files, free, raw = build_files(cfg, None, lambda *_: None, groups=["valve1"])
     spec = fit_floor([*files, *free], raw, cfg.floor_frac)
     others, _, _ = build_files(cfg, None, lambda *_: None, groups=["other", "valve2"])
-    prepare([*files, *free, *others], spec, Teacher())
+    prepare([*files, *free, *others], spec, BaselineDetector())
     return cfg, files, free, others, spec
 
 
@@ -158,7 +158,7 @@ def test_runner_process_redistills_a_sensor_student(sensor_case: dict[str, Any],
     )
     (tmp_path / "spec.json").write_text(spec.model_dump_json())
     proc = subprocess.run(
-        [sys.executable, "-m", "cloud_controller.distill_runner.chat_job",
+        [sys.executable, "-m", "cloud_controller.distill_runner",
          "--spec", str(tmp_path / "spec.json"),
          "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
@@ -196,7 +196,7 @@ def test_unknown_group_fails_with_a_clear_error(tmp_path: Path) -> None:
                       version="1")  # fmt: skip
     (tmp_path / "spec.json").write_text(spec.model_dump_json())
     proc = subprocess.run(
-        [sys.executable, "-m", "cloud_controller.distill_runner.chat_job",
+        [sys.executable, "-m", "cloud_controller.distill_runner",
          "--spec", str(tmp_path / "spec.json"),
          "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=60,

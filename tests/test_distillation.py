@@ -24,17 +24,19 @@ from typing import Any, TypeVar
 import pytest
 
 from cloud_controller.ingest.hard_examples import HardExampleStore, handle_hard_examples
-from cloud_controller.reconcilers.distillation.reconciler import (
+from cloud_controller.reconcilers.distillation.gate import evaluate_gate
+from cloud_controller.reconcilers.distillation.launchers import (
     DEFAULT_TEMPLATE,
-    DistillationSettings,
-    JobRef,
     KubeJobLauncher,
     LocalJobLauncher,
-    evaluate_gate,
     job_name,
-    make_distillation_reconciler,
     render_job,
 )
+from cloud_controller.reconcilers.distillation.reconciler import (
+    DistillationSettings,
+    make_distillation_reconciler,
+)
+from cloud_controller.reconcilers.distillation.workdir import JobRef
 from cloud_controller.releases.artifacts import ArtifactStore
 from cloud_controller.releases.signing import generate_keys, load_private_key, load_public_key_file
 from cloud_controller.resources.kinds import DistillationJob, Gate, GateGuard
@@ -102,14 +104,15 @@ def hard_examples(node: str = "n1", n_new: int = 40, n_low: int = 8) -> list[wir
 def parent_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Student version 1, trained by the runner (in-process) without the held-back intent."""
     pytest.importorskip("torch")
-    from cloud_controller.distill_runner.chat_job import Progress, RunnerSpec, run
+    from cloud_controller.distill_runner.job import run
+    from cloud_controller.distill_runner.protocol import ProgressLog, RunnerSpec
 
     out = tmp_path_factory.mktemp("parent")
     spec = RunnerSpec(
         job="parent", task="chat", base=BASE, config="tiny", output_model=MODEL, version="1", epochs=4
     )
     os.environ.setdefault("TQDM_DISABLE", "1")
-    result = run(spec, out, Progress(out / "progress.jsonl"))
+    result = run(spec, out, ProgressLog(out / "progress.jsonl"))
     return out / result["bundle"]
 
 
@@ -510,7 +513,7 @@ async def _read_fifo(path: Path, timeout: float) -> str:
 async def test_local_stop_kills_the_process_group_after_sigterm_timeout(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from cloud_controller.distill_runner.chat_job import RunnerSpec
+    from cloud_controller.distill_runner.protocol import RunnerSpec
 
     site = tmp_path / "site"
     site.mkdir()
@@ -538,7 +541,7 @@ async def test_local_stop_kills_the_process_group_after_sigterm_timeout(
     second = LocalJobLauncher(kill_timeout_s=0.5)
     assert (await second.poll(ref)).kind == "running"
     assert _alive(pid) and _alive(grandchild)
-    with caplog.at_level("WARNING", logger="cloud_controller.reconcilers.distillation.reconciler"):
+    with caplog.at_level("WARNING", logger="cloud_controller.reconcilers.distillation.launchers"):
         async with asyncio.timeout(15):
             await second.stop(ref)
     assert "after SIGTERM; killing its process group" in caplog.text
@@ -880,7 +883,7 @@ def test_job_template_renders_with_required_fields() -> None:
     )
     assert pod["restartPolicy"] == "Never" and pod["securityContext"]["runAsNonRoot"] is True
     c = pod["containers"][0]
-    assert c["image"] == "registry/x:1" and c["command"][-1] == "cloud_controller.distill_runner.chat_job"
+    assert c["image"] == "registry/x:1" and c["command"][-1] == "cloud_controller.distill_runner"
     assert c["args"] == ["--spec", "/work/spec.json", "--out", "/work", "--progress", "/work/progress.jsonl"]
     assert c["resources"]["limits"]["memory"] and c["resources"]["requests"]["cpu"]
     sc = c["securityContext"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cloud_controller.releases.artifacts import configure_release_command, run_release_command
+from cloud_controller.releases.release_command import configure_release_command, run_release_command
 from edge_agent.ops.cli_kit import Verb
 
 VERBS = (

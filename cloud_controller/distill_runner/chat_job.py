@@ -1,23 +1,8 @@
-"""One DistillationJob run, as a process: collect, re-distill, quantize, evaluate; write result.json.
+"""The chat half of a DistillationJob run: SNIPS base data + the fleet's escalated utterances.
 
-::
-
-    python -m cloud_controller.distill_runner.chat_job --spec spec.json --out DIR --progress progress.jsonl
-
-Why a separate process (locally) or a Kubernetes Job (cluster): training is
-minutes of CPU and hundreds of MB of torch; the controller must keep
-reconciling meanwhile, and a crash or OOM of training must not take it down.
-The process talks to the controller only through files in its work directory,
-the same protocol in both modes:
-
-* ``progress.jsonl``: one JSON line per step, ``{"ts", "stage", "progress", "message"}``,
-  appended and flushed; the reconciler mirrors it into ``status.stage``/``progress``
-  and takes each stage's first ``ts`` as the stage timestamp;
-* ``result.json`` (written last, atomically): ``ok``, metrics before/after, the
-  bundle directory, or ``error``. Its presence means "done", whoever started us.
-
-The runner never signs and never touches the API server: it has no key and no
-token (least privilege); the controller gates, signs and publishes.
+Collect, re-distill, quantize, evaluate (:func:`run_chat`, started through
+:mod:`cloud_controller.distill_runner.job`); files and metric naming follow
+:mod:`cloud_controller.distill_runner.protocol`.
 
 Evaluation goes through the edge's own inference code
 (:class:`edge_agent.models.chat_runtime.ChatModel` on the int8 bundle), so
@@ -25,124 +10,39 @@ the numbers are what a node will see. Metric keys: ``fixed_*`` on the fixed
 evaluation set (SNIPS test restricted to the base's intents), ``new_*`` on the
 held-out part of the new hard examples (teacher labels as gold), both for the
 parent bundle (``metrics_before``) and the new one (``metrics_after``). The
-sensor task (:mod:`cloud_controller.distill_runner.sensor_job`) follows the same protocol
-and naming with SKAB experiment groups as the base data.
+sensor task (:mod:`cloud_controller.distill_runner.sensor_job`) follows the same
+naming with SKAB experiment groups as the base data.
+
+Training modules (torch, the train extra) are imported inside the functions that
+need them, so reading this module costs no torch.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
-import os
 import random
-import sys
 import time
-import traceback
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import parse_qs
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
 
 from cloud_controller.datasets.snips import Example, label_sets, load_snips
-from cloud_controller.ingest.hard_examples import HardExampleStore, StoredHardExample, read_snapshot
+from cloud_controller.distill_runner.collect import held_out, load_hard_examples
+from cloud_controller.distill_runner.protocol import ProgressLog, RunnerSpec, parse_base
+from cloud_controller.ingest.hard_examples import StoredHardExample
+from cloud_controller.training.nlu_metrics import evaluate_nlu
+from edge_agent.models.bundle import write_bundle
+from edge_agent.models.chat_runtime import ChatModel
+from edge_agent.models.tokenizer import Tokenizer
 
-__all__ = ["BaseSpec", "RunnerSpec", "main", "parse_base", "run"]
-
-Stage = Literal["Collecting", "Training", "Evaluating"]
-
-
-class RunnerSpec(BaseModel):
-    """What the reconciler hands the runner (``spec.json``): the job spec, resolved."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    job: str
-    uid: str = ""
-    task: Literal["chat", "sensor"]
-    teacher: str = "labels"  # "labels" | "bundle:PATH" | a MiniLM teacher name
-    base: str = "snips"
-    temperature: float = 2.0
-    alpha: float = 0.5
-    epochs: int | None = None
-    student_params: dict[str, float] = Field(default_factory=dict)
-    config: Literal["tiny", "full"] = "full"
-    data_root: str | None = None
-    # Hard examples: a snapshot file written by the reconciler, or a store queried here.
-    hard_examples_file: str | None = None
-    hard_examples_db: str | None = None
-    since: float | None = None
-    min_teacher_confidence: float | None = None
-    max_hard_examples: int | None = None
-    parent_bundle: str | None = None
-    output_model: str
-    version: str
-    parent_version: str | None = None
-    hard_repeat: int = Field(default=3, ge=1, le=100)  # oversampling: a few hundred new rows vs thousands
-    new_eval_fraction: float = Field(default=0.25, ge=0, lt=1)
-    escalation_threshold: float = Field(default=0.5, ge=0, le=1)
-    max_fixed_eval: int | None = None
-    # Sensor: the edge's uncertainty band (a window scored inside it is escalated as a hard example).
-    uncertain_band: tuple[float, float] = (0.35, 0.65)
-    seed: int | None = None
-
-
-class BaseSpec(BaseModel):
-    dataset: str
-    exclude: list[str] = Field(default_factory=list)
-    groups: list[str] = Field(default_factory=list)
-
-
-def parse_base(base: str) -> BaseSpec:
-    """``snips``, ``snips?exclude=IntentA,IntentB`` (the held-back intents the first student never
-    saw) or ``skab?groups=valve1`` (the SKAB experiment groups the first sensor student saw)."""
-    name, _, query = base.partition("?")
-    q = parse_qs(query)
-
-    def items(key: str) -> list[str]:
-        return [x for v in q.get(key, []) for x in v.split(",") if x]
-
-    return BaseSpec(dataset=name, exclude=items("exclude"), groups=items("groups"))
-
-
-class Progress:
-    """Appends progress lines; flushed per line so a reader (or a restarted controller) sees them at once."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __call__(self, stage: Stage, progress: float, message: str = "") -> None:
-        line = {"ts": time.time(), "stage": stage, "progress": round(progress, 4), "message": message}
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
-            f.flush()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------------- collecting
-
-
-def load_hard_examples(spec: RunnerSpec) -> list[StoredHardExample]:
-    if spec.hard_examples_file:
-        return read_snapshot(spec.hard_examples_file)
-    if spec.hard_examples_db:
-        with HardExampleStore(spec.hard_examples_db) as store:
-            return store.since(spec.since, spec.task, spec.min_teacher_confidence, spec.max_hard_examples)
-    return []
+__all__ = ["evaluate_bundle", "run_chat", "to_example"]
 
 
 def _tags_from_slots(tokens: Sequence[str], slots: dict[str, Any]) -> list[str]:
     """BIO tags from the teacher's slot values, when it sent no per-token tags: first match of each value."""
-    from edge_agent.models.tokenizer import Tokenizer
-
     tags = ["O"] * len(tokens)
     for slot, value in slots.items():
         words = Tokenizer.split(str(value))
@@ -158,8 +58,6 @@ def _tags_from_slots(tokens: Sequence[str], slots: dict[str, Any]) -> list[str]:
 
 def to_example(h: StoredHardExample, intents: set[str], tags: set[str]) -> Example | None:
     """A training example from the teacher's answer; None when its labels are outside the label sets."""
-    from edge_agent.models.tokenizer import Tokenizer
-
     tokens = Tokenizer.split(h.text or "")
     if not tokens or h.label not in intents:
         return None
@@ -173,12 +71,6 @@ def to_example(h: StoredHardExample, intents: set[str], tags: set[str]) -> Examp
     return Example(tuple(tokens), tuple(ex_tags), h.label)
 
 
-def held_out(ex_id: str, fraction: float) -> bool:
-    """Whether a hard example is kept for evaluation: a hash of its id, so every run (and both
-    tasks) splits the same rows the same way."""
-    return int(hashlib.sha256(ex_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
-
-
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -186,9 +78,6 @@ def evaluate_bundle(
     bundle: Path, examples: Sequence[Example], threshold: float, prefix: str
 ) -> dict[str, float]:
     """Metrics of a bundle through the edge runtime; escalation rate = share below the edge's threshold."""
-    from cloud_controller.training.nlu_metrics import evaluate_nlu
-    from edge_agent.models.chat_runtime import ChatModel
-
     if not examples:
         return {f"{prefix}_n": 0.0}
     model = ChatModel(bundle)
@@ -220,8 +109,6 @@ def _teacher_logits(
     if spec.teacher in ("labels", "none", ""):
         return None
     if spec.teacher.startswith("bundle:"):
-        from edge_agent.models.chat_runtime import ChatModel
-
         t = ChatModel(spec.teacher.removeprefix("bundle:"))
         if t.intents != intents or t.tags != tags:
             raise ValueError(f"teacher bundle {spec.teacher} has other label sets than the student")
@@ -232,8 +119,6 @@ def _teacher_logits(
             il, sl = t.run_logits(enc.word_ids, enc.ngram_ids)
             intent_rows.append(il)
             slot_rows += [sl[r, : len(e.tokens)] for r, e in enumerate(chunk)]
-        import numpy as np
-
         return TeacherLogits(np.concatenate(intent_rows), slot_rows)
     from cloud_controller.training.minilm_teacher import load_or_train_teacher, teacher_predict
 
@@ -242,12 +127,8 @@ def _teacher_logits(
     return TeacherLogits(intent, slots)
 
 
-def run(spec: RunnerSpec, out: Path, progress: Progress) -> dict[str, Any]:
-    """The whole job; returns what goes into result.json (``ok`` true)."""
-    if spec.task == "sensor":
-        from cloud_controller.distill_runner.sensor_job import run_sensor
-
-        return run_sensor(spec, out, progress, load_hard_examples(spec))
+def run_chat(spec: RunnerSpec, out: Path, progress: ProgressLog) -> dict[str, Any]:
+    """Collect, re-distill, quantize, evaluate (chat); returns what goes into result.json (``ok`` true)."""
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     base = parse_base(spec.base)
@@ -291,8 +172,6 @@ def run(spec: RunnerSpec, out: Path, progress: Progress) -> dict[str, Any]:
     t1 = time.perf_counter()
     from cloud_controller.training.chat_train import augment_swap_slots, train_student
     from cloud_controller.training.export import export_onnx, quantize_int8
-    from edge_agent.models.bundle import write_bundle
-    from edge_agent.models.tokenizer import Tokenizer
 
     p = spec.student_params
     cfg = replace(
@@ -378,53 +257,3 @@ def run(spec: RunnerSpec, out: Path, progress: Progress) -> dict[str, Any]:
         },
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
-
-
-def resolve_paths(spec: RunnerSpec, out: Path) -> RunnerSpec:
-    """Relative paths in the spec are relative to the work directory: the controller and a Job pod
-    mount that directory at different places, and both must read the same spec."""
-    upd: dict[str, str] = {}
-    for name in ("hard_examples_file", "hard_examples_db"):
-        v = getattr(spec, name)
-        if v and not Path(v).is_absolute():
-            upd[name] = str(out / v)
-    if spec.parent_bundle and not Path(spec.parent_bundle).is_absolute():
-        upd["parent_bundle"] = str(out / spec.parent_bundle)
-    return spec.model_copy(update=upd)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m cloud_controller.distill_runner.chat_job",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--spec", type=Path, required=True, help="RunnerSpec JSON")
-    ap.add_argument("--out", type=Path, required=True, help="work directory (result.json goes here)")
-    ap.add_argument(
-        "--progress", type=Path, default=None, help="progress JSON lines (default OUT/progress.jsonl)"
-    )
-    args = ap.parse_args(argv)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    progress = Progress(args.progress or out / "progress.jsonl")
-    try:
-        spec = resolve_paths(RunnerSpec.model_validate_json(args.spec.read_bytes()), out)
-        result = run(spec, out, progress)
-    except Exception as exc:  # reported in result.json: the reconciler turns it into Failed
-        write_json_atomic(
-            out / "result.json",
-            {
-                "ok": False,
-                "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc()[-4000:],
-            },
-        )
-        print(f"distill_job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    write_json_atomic(out / "result.json", result)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,7 +1,7 @@
 """The sensor half of a DistillationJob run: SKAB base data + the fleet's uncertain windows.
 
-Called by :func:`cloud_controller.distill_runner.chat_job.run` for ``task: sensor``; same
-files protocol (progress lines, result.json), same metric naming
+Called by :func:`cloud_controller.distill_runner.job.run` for ``task: sensor``; same
+files protocol (:mod:`cloud_controller.distill_runner.protocol`), same metric naming
 (``fixed_*`` / ``new_*`` before and after), so the reconciler's gate does not
 care which task it is judging.
 
@@ -53,10 +53,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cloud_controller.distill_runner.collect import held_out
+from cloud_controller.distill_runner.protocol import RunnerSpec, parse_base
 from cloud_controller.ingest.hard_examples import StoredHardExample
+from edge_agent.models.sensor_runtime import SensorModel
 
 if TYPE_CHECKING:
-    from cloud_controller.distill_runner.chat_job import RunnerSpec
     from cloud_controller.training.sensor_train import FileWindows
     from edge_agent.models.features import FeatureSpec
 
@@ -99,7 +101,6 @@ def evaluate_fixed(
 ) -> dict[str, float]:
     """SKAB protocol metrics of a bundle on labelled experiments (through the edge runtime)."""
     from cloud_controller.training.sensor_train import evaluate
-    from edge_agent.models.sensor_runtime import SensorModel
 
     if not files:
         return {f"{prefix}_n": 0.0}
@@ -123,8 +124,6 @@ def evaluate_new(
     bundle: Path, x: np.ndarray, p_teacher: np.ndarray, band: tuple[float, float], prefix: str = "new"
 ) -> dict[str, float]:
     """Agreement with the teacher's decisions on held-out hard examples (through the edge runtime)."""
-    from edge_agent.models.sensor_runtime import SensorModel
-
     if not len(x):
         return {f"{prefix}_n": 0.0}
     model = SensorModel(bundle).load()
@@ -172,8 +171,6 @@ def _split_hard(
 def _spec_of_parent(parent: str | None) -> FeatureSpec | None:
     if not parent:
         return None
-    from edge_agent.models.sensor_runtime import SensorModel
-
     return SensorModel(parent).load().spec
 
 
@@ -181,10 +178,9 @@ def run_sensor(
     spec: RunnerSpec, out: Path, progress: ProgressFn, hard: Sequence[StoredHardExample]
 ) -> dict[str, Any]:
     """Collect, re-distill, quantize, evaluate (sensor); returns what goes into result.json."""
-    from cloud_controller.distill_runner.chat_job import held_out, parse_base
     from cloud_controller.training.sensor_train import (
+        BaselineDetector,
         SensorTrainConfig,
-        Teacher,
         build_files,
         export_student,
         fit,
@@ -211,7 +207,7 @@ def run_sensor(
     fspec = parent_spec or fit_floor([*files, *free], raw_spec, cfg.floor_frac)
     if parent_spec is not None and tuple(parent_spec.metrics) != tuple(raw_spec.metrics):
         raise ValueError(f"parent's metrics {parent_spec.metrics} differ from SKAB's {raw_spec.metrics}")
-    prepare([*files, *free], fspec, Teacher())
+    prepare([*files, *free], fspec, BaselineDetector())
     hx, hp, ex, ep, dropped = _split_hard(hard, fspec.n_features, spec.new_eval_fraction, held_out)
     in_train = len(ex) < 4 and len(hx) > 0
     if in_train:  # too few to hold out: evaluate on all of them (reported as new_in_train = 1)

@@ -340,9 +340,6 @@ class StatusThrottle:
         last = self._last.get(key)
         return last is None or self.clock() - last >= self.min_interval_s
 
-    def last_write(self, key: str) -> float | None:
-        return self._last.get(key)
-
     def forget(self, key: str) -> None:
         self._last.pop(key, None)
         self._deferred.pop(key, None)

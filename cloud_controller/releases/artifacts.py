@@ -20,7 +20,6 @@ parser, only the sizes and hashes the signed manifest already carries.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import tempfile
@@ -32,6 +31,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_controller.releases.signing import sign_manifest
+from cloud_controller.resources.store_protocol import API_VERSION
 from edge_agent.models.bundle import MANIFEST, load_bundle
 from edge_agent.protocol.manifest import (
     ARCHIVE_FORMAT,
@@ -107,8 +107,6 @@ class ArtifactStore:
         One place for it: the DistillationJob reconciler, the operator CLI path of
         the demo and the fleet bench all publish releases the same way.
         """
-        from cloud_controller.resources.store_protocol import API_VERSION
-
         return {
             "apiVersion": API_VERSION,
             "kind": "EdgeModel",
@@ -304,45 +302,3 @@ class ArtifactStore:
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed
-
-
-# --------------------------------------------------------------------------- CLI hook
-
-
-def configure_release_command(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bundle", type=Path, required=True, help="bundle directory")
-    p.add_argument("--key", type=Path, required=True, help="Ed25519 private key PEM (0600)")
-    p.add_argument("--store", type=Path, required=True, help="artifact store directory")
-    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
-    p.add_argument("--task", choices=["chat", "sensor"], default=None, help="override the task slot")
-    p.add_argument("--broker", default=None, help="HOST:PORT: also publish the release (retained)")
-    p.add_argument("--client-id", default="edgeloop-controller-release")
-
-
-def run_release_command(args: argparse.Namespace) -> int:
-    import asyncio
-    import json
-
-    from cloud_controller.releases.signing import load_private_key
-
-    store = ArtifactStore(args.store, chunk_size=args.chunk_size)
-    release = store.put_bundle(args.bundle, load_private_key(args.key), task=args.task)
-    print(json.dumps(release.model_ref().model_dump(), indent=2))
-    if args.broker:
-        from cloud_controller.releases.publisher import ModelPublisher
-        from edge_agent.config import MqttConfig
-        from edge_agent.transport.mqtt import MqttClient
-
-        host, _, port = str(args.broker).rpartition(":")
-
-        async def publish() -> None:
-            client = MqttClient(MqttConfig(host=host, port=int(port)), args.client_id, clean_start=True)
-            await client.start()
-            try:
-                await client.wait_connected(10)
-                await ModelPublisher(client, store).publish(release)
-            finally:
-                await client.stop()
-
-        asyncio.run(publish())
-    return 0

@@ -24,11 +24,11 @@ from cloud_controller.releases.artifacts import ArtifactStore, Release
 from edge_agent.protocol.topics import chunk_topic, manifest_topic
 from edge_agent.transport.mqtt import MqttClient
 
-__all__ = ["ModelPublisher", "Progress"]
+__all__ = ["ModelPublisher", "PublishProgress"]
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]  # (chunks published, total)
+PublishProgress = Callable[[int, int], None]  # (chunks published, total)
 
 
 class ModelPublisher:
@@ -39,7 +39,7 @@ class ModelPublisher:
         self.max_inflight = max_inflight
         self.publish_timeout_s = publish_timeout_s
 
-    async def _publish_all(self, items: Iterable[tuple[str, bytes]], progress: Progress | None,
+    async def _publish_all(self, items: Iterable[tuple[str, bytes]], progress: PublishProgress | None,
                            total: int) -> None:
         """QoS 1 publishes, at most ``max_inflight`` awaiting PUBACK; a failure cancels the rest."""
         sem = asyncio.Semaphore(self.max_inflight)
@@ -60,7 +60,7 @@ class ModelPublisher:
                 await sem.acquire()
                 tg.create_task(one(topic, payload), name=f"model-publish-{i}")
 
-    async def publish(self, release: Release, progress: Progress | None = None) -> None:
+    async def publish(self, release: Release, progress: PublishProgress | None = None) -> None:
         """Chunks, then the manifest, all retained. Idempotent: re-publishing rewrites the same bytes."""
         chunks = ((chunk_topic(release.name, release.version, i), c)
                   for i, c in enumerate(self.store.iter_chunks(release)))

@@ -42,8 +42,8 @@ from cloud_controller.training.distill import (
 )
 from cloud_controller.training.export import export_onnx, quantize_int8
 from cloud_controller.training.minilm_teacher import (
-    TeacherConfig,
-    TeacherHandle,
+    MiniLmTeacherConfig,
+    MiniLmTeacherHandle,
     load_or_train_teacher,
     teacher_predict,
     teacher_whole_words,
@@ -88,7 +88,7 @@ class ChatTrainConfig:
     temperature: float = 2.0
     alpha: float = 0.5
     seed: int = 0
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    teacher: MiniLmTeacherConfig = field(default_factory=MiniLmTeacherConfig)
 
 
 CONFIGS: dict[str, ChatTrainConfig] = {
@@ -104,7 +104,7 @@ CONFIGS: dict[str, ChatTrainConfig] = {
         augment_copies=0.5,
         dropout=0.1,
         word_dropout=0.05,
-        teacher=TeacherConfig(epochs=1, max_train=200),
+        teacher=MiniLmTeacherConfig(epochs=1, max_train=200),
     ),
     "full": ChatTrainConfig(name="full"),
     # Wider LSTM + more n-gram buckets: +0.8 slot F1 on SNIPS test (94.3 vs 93.5) but a 5.5 MB bundle,
@@ -289,7 +289,7 @@ def train_student(
 
 
 # -- pipeline ---------------------------------------------------------------------------------
-def _teacher_logits(handle: TeacherHandle, examples: Sequence[Example]) -> TeacherLogits:
+def _teacher_logits(handle: MiniLmTeacherHandle, examples: Sequence[Example]) -> TeacherLogits:
     """Teacher logits for ``examples``, cached as .npz next to the teacher."""
     toks = [e.tokens for e in examples]
     path = handle.cache_dir / f"logits-{examples_digest(toks, handle.cache_dir.name)}.npz"
@@ -312,7 +312,7 @@ def _pca_table(vectors: np.ndarray, dim: int) -> np.ndarray:
     return table
 
 
-def _teacher_metrics(handle: TeacherHandle, examples: Sequence[Example]) -> NluMetrics:
+def _teacher_metrics(handle: MiniLmTeacherHandle, examples: Sequence[Example]) -> NluMetrics:
     il, sl = teacher_predict(handle, [e.tokens for e in examples], desc="teacher eval")
     pi, pt = [], []
     for k in range(len(examples)):
@@ -341,7 +341,7 @@ def run(
         "n_test": len(test),
         "created": datetime.now(UTC).isoformat(),
     }
-    handle: TeacherHandle | None = None
+    handle: MiniLmTeacherHandle | None = None
     if mode in {"teacher", "all"}:
         handle = load_or_train_teacher(cfg.teacher, train, intents, tags)
         report["teacher"] = {

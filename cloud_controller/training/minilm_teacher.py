@@ -29,8 +29,8 @@ from cloud_controller.datasets.snips import Example, snips_fingerprint
 from cloud_controller.training.chat_nets import TeacherTagger
 
 __all__ = [
-    "TeacherConfig",
-    "TeacherHandle",
+    "MiniLmTeacherConfig",
+    "MiniLmTeacherHandle",
     "cache_root",
     "load_or_train_teacher",
     "teacher_predict",
@@ -46,7 +46,7 @@ def cache_root() -> Path:
 
 
 @dataclass(frozen=True)
-class TeacherConfig:
+class MiniLmTeacherConfig:
     """Fine-tuning recipe; every field is part of the cache key."""
 
     epochs: int = 2
@@ -60,7 +60,7 @@ class TeacherConfig:
 
 
 @dataclass
-class TeacherHandle:
+class MiniLmTeacherHandle:
     """A trained teacher plus what is needed to run it."""
 
     model: TeacherTagger
@@ -125,7 +125,7 @@ def encode_for_teacher(
     return enc["input_ids"], enc["attention_mask"], word_index
 
 
-def _cache_key(cfg: TeacherConfig, intents: list[str], tags: list[str]) -> str:
+def _cache_key(cfg: MiniLmTeacherConfig, intents: list[str], tags: list[str]) -> str:
     blob = json.dumps(
         {
             "cfg": asdict(cfg),
@@ -139,18 +139,14 @@ def _cache_key(cfg: TeacherConfig, intents: list[str], tags: list[str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def load_or_train_teacher(
-    cfg: TeacherConfig,
+    cfg: MiniLmTeacherConfig,
     train: Sequence[Example],
     intents: list[str],
     tags: list[str],
     *,
     retrain: bool = False,
-) -> TeacherHandle:
+) -> MiniLmTeacherHandle:
     """Load the cached teacher for (config, data), or fine-tune and cache it."""
     torch.set_num_threads(torch_threads())
     cache_dir = cache_root() / "teacher-chat" / _cache_key(cfg, intents, tags)
@@ -160,7 +156,7 @@ def load_or_train_teacher(
         model.load_state_dict(torch.load(weights, map_location="cpu"))
         meta = json.loads((cache_dir / "meta.json").read_text())
         model.eval()
-        return TeacherHandle(
+        return MiniLmTeacherHandle(
             model, tok, intents, tags, cache_dir, weights.stat().st_size, meta["train_seconds"]
         )
 
@@ -220,12 +216,12 @@ def load_or_train_teacher(
             indent=2,
         )
     )
-    return TeacherHandle(model, tok, intents, tags, cache_dir, weights.stat().st_size, seconds)
+    return MiniLmTeacherHandle(model, tok, intents, tags, cache_dir, weights.stat().st_size, seconds)
 
 
 @torch.no_grad()
 def teacher_predict(
-    handle: TeacherHandle,
+    handle: MiniLmTeacherHandle,
     examples: Sequence[Sequence[str]],
     batch_size: int = 64,
     desc: str = "teacher infer",
@@ -246,7 +242,7 @@ def teacher_predict(
     return intent, slots
 
 
-def teacher_whole_words(handle: TeacherHandle) -> list[str]:
+def teacher_whole_words(handle: MiniLmTeacherHandle) -> list[str]:
     """Whole-word entries of the teacher's word-piece vocabulary (~21k lowercase words).
 
     Adding them to the student's vocabulary, initialized from the teacher (see
@@ -260,7 +256,9 @@ def teacher_whole_words(handle: TeacherHandle) -> list[str]:
 
 
 @torch.no_grad()
-def teacher_word_vectors(handle: TeacherHandle, words: Sequence[str], batch_size: int = 512) -> np.ndarray:
+def teacher_word_vectors(
+    handle: MiniLmTeacherHandle, words: Sequence[str], batch_size: int = 512
+) -> np.ndarray:
     """Fine-tuned teacher's encoding of each word on its own (mean over its pieces), [N, 384] float32.
 
     Cached as ``.npz`` next to the teacher, keyed by the word list.

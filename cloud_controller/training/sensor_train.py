@@ -12,8 +12,8 @@ summaries (the real :class:`WindowAggregator` is run over every file), the
 "first 400 rows" are the device's first ``400 / window_s`` windows, and each
 window's prediction is copied to every row in it for the point-wise metrics.
 
-Teacher: per-file detector (geometric mean of the max baseline |z| and a
-shrunk Mahalanobis distance, each divided by its protocol alarm limit).
+Teacher: a per-file detector, :class:`BaselineDetector` (geometric mean of the max baseline |z|
+and a shrunk Mahalanobis distance, each divided by its protocol alarm limit).
 Student: one global MLP over baseline-relative features, distilled from the
 teacher's soft scores (no labels: the protocol is unsupervised), exported to
 ONNX, int8-quantised, bundled. Student metrics are cross-validated over files
@@ -51,10 +51,10 @@ from edge_agent.preprocess.windows import WindowAggregator
 from edge_agent.protocol.messages import WindowSummary
 
 __all__ = [
+    "BaselineDetector",
     "FileWindows",
     "SensorStudent",
     "SensorTrainConfig",
-    "Teacher",
     "aggregate_skab",
     "build_files",
     "export_student",
@@ -195,8 +195,12 @@ def build_files(
 # -------------------------------------------------------------------------------- teacher
 
 
-class Teacher:
+class BaselineDetector:
     """Per-experiment detector fitted on the baseline windows only (numpy, no labels).
+
+    The teacher of sensor training: its scores are the student's soft targets. Not
+    to be confused with :class:`cloud_controller.teachers.sensor_labeller.SensorTeacher`,
+    the bundle that labels the fleet's escalated windows at ingest.
 
     Two views of "unlike the baseline": the largest single-feature z-score
     (catches one sensor going off) and a shrunk Mahalanobis distance (catches
@@ -233,7 +237,7 @@ class Teacher:
         return np.sqrt(s1 * s2)
 
 
-def prepare(files: Sequence[FileWindows], spec: FeatureSpec, teacher: Teacher) -> None:
+def prepare(files: Sequence[FileWindows], spec: FeatureSpec, teacher: BaselineDetector) -> None:
     """Fill each file's baseline-relative model input and teacher score, in place."""
     for f in files:
         n = min(spec.baseline_windows, len(f.starts))
@@ -474,7 +478,7 @@ def run(
     log(f"[sensor] config {name}: {asdict(cfg)}")
     files, free, spec = build_files(cfg, data_root, log)
     spec = fit_floor([*files, *free], spec, cfg.floor_frac)
-    teacher = Teacher()
+    teacher = BaselineDetector()
     prepare([*files, *free], spec, teacher)
     threshold = 0.5  # soft targets put the teacher's alarm limit exactly at 0.5
     teacher_m = evaluate(files, [f.teacher > 1.0 for f in files])

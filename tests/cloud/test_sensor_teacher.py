@@ -1,7 +1,7 @@
 """The cloud sensor teacher: sensor hard examples labelled on ingest, stored in real SQLite.
 
 Student and teacher are real bundles run by onnxruntime (the hand-written
-graphs of tests/test_sensor_hard_examples.py): the student is
+graphs of tests/edge/test_sensor_hard_examples.py): the student is
 ``sigmoid(x0)``, the teacher the sharper ``sigmoid(4 * x0)``, so each
 teacher label and confidence is known from the feature vector alone. The
 hard examples are the ones a real :class:`Pipeline` emits for uncertain windows.
@@ -27,7 +27,7 @@ from edge_agent.outbox.agent_store import OutboxRecord
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol import topics
 from edge_agent.transport.mqtt import MqttClient
-from tests.test_sensor_hard_examples import pipeline, telemetry, tiny_sensor_bundle
+from tests.edge.test_sensor_hard_examples import pipeline, telemetry, tiny_sensor_bundle
 
 NODE = "n1"
 DEVICE = "pump-1"

@@ -17,7 +17,7 @@ from edge_agent.protocol.errors import MqttError, PublishDenied
 from edge_agent.transport.mqtt import ConnectRefused, Message, MqttClient, Will
 from edgeloop_sim.broker import Broker, add_password
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

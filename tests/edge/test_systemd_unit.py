@@ -23,7 +23,7 @@ import pytest
 
 from edge_agent.config import AgentConfig, load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "systemd"
 UNIT = DEPLOY / "edge-agent.service"
 INSTALL = DEPLOY / "install.sh"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edge_agent.ops.metrics import AgentMetrics
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"
 
 

@@ -659,7 +659,7 @@ def test_gate_direction_explicit_overrides_the_name() -> None:
 
 
 def test_gate_direction_and_student_arch_against_the_crd_schema() -> None:
-    schemas = load_schemas(Path(__file__).resolve().parents[1] / "crds")
+    schemas = load_schemas(Path(__file__).resolve().parents[2] / "crds")
     for direction in ("higher", "lower"):
         obj = job_obj("dj-dir", metric="escalation_rate")
         obj["spec"]["gate"]["direction"] = direction
@@ -814,7 +814,7 @@ def test_gate_guard_direction_inferred_and_overridden() -> None:
 
 
 def test_gate_guards_against_the_crd_schema() -> None:
-    schemas = load_schemas(Path(__file__).resolve().parents[1] / "crds")
+    schemas = load_schemas(Path(__file__).resolve().parents[2] / "crds")
     obj = job_obj("dj-guards")
     obj["spec"]["gate"]["guards"] = [
         {"metric": "escalation_rate", "maxRegression": 0.06},
@@ -1016,7 +1016,7 @@ async def kube_job_loop(
     from kubernetes import client
 
     from cloud_controller.resources.kube_store import KubeResourceStore
-    from tests.kube_emulator import kube_emulator
+    from tests.cloud.kube_emulator import kube_emulator
 
     launcher_cls, started, stopped = signalling(KubeJobLauncher)
     async with kube_emulator() as (emu, api):

@@ -16,7 +16,7 @@ import pytest
 
 from edge_agent.ops.sdnotify import Notifier, watchdog_interval
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Listener:

@@ -10,7 +10,7 @@ import pytest
 
 from edge_agent.ops.heap import HeapTrimmer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Counting(HeapTrimmer):

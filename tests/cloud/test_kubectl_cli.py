@@ -14,7 +14,7 @@ from cloud_controller.cli import kubectl
 from cloud_controller.resources.kinds import EdgeNodeStatus, ModelRolloutStatus, Traffic
 from cloud_controller.resources.sqlite_store import SqliteResourceStore
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "crds" / "examples"
 
 

@@ -21,7 +21,7 @@ from cloud_controller.runtime.controller import (
 from cloud_controller.runtime.informer import split_key
 from cloud_controller.runtime.leader import LeaderElector
 from edge_agent.protocol.errors import PermanentError
-from tests.kube_emulator import EdgeLoopKubeEmulator, kube_emulator
+from tests.cloud.kube_emulator import EdgeLoopKubeEmulator, kube_emulator
 
 NS = "default"
 

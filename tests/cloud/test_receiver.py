@@ -23,7 +23,7 @@ from edge_agent.protocol import topics
 from edge_agent.transport.mqtt import MqttClient
 from edgeloop_sim.broker import Broker
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def batch(node: str, seq: int, counts: list[int]) -> wire.SummaryBatch:

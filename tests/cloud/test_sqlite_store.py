@@ -22,7 +22,7 @@ from cloud_controller.resources.store_protocol import (
     WatchEvent,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NODE: dict[str, Any] = yaml.safe_load(
     """
 apiVersion: edgeloop.io/v1alpha1

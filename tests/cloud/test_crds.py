@@ -15,7 +15,7 @@ from cloud_controller.resources import kinds as models
 from cloud_controller.resources.schema import SchemaInvalid, Schemas, load_schemas
 from cloud_controller.resources.store_protocol import GROUP, KINDS, VERSION
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CRD_FILES = sorted((ROOT / "crds").glob("*.yaml"))
 EXAMPLES = sorted((ROOT / "crds" / "examples").glob("*.yaml"))
 

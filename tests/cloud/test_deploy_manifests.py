@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KUBE = REPO / "deploy" / "kubernetes"
 BROKER_DIR = KUBE / "broker"
 ISSUE = REPO / "deploy" / "pki" / "issue-node-cert.sh"

@@ -24,7 +24,7 @@ from edge_agent.outbox.agent_store import (
 )
 from edge_agent.protocol.errors import OutboxError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOPIC = "edgeloop/v1/nodes/n1/summaries"
 
 

@@ -39,7 +39,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edgeloop_sim.broker import Broker, BrokerError, find_mosquitto
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "deploy" / "kubernetes" / "broker" / "mosquitto.conf"
 ACL = REPO / "deploy" / "kubernetes" / "broker" / "acl"
 ISSUE = REPO / "deploy" / "pki" / "issue-node-cert.sh"

@@ -25,7 +25,7 @@ from edge_agent.protocol import messages as wire
 
 pytest.importorskip("torch")
 
-from tests.cloud.test_distillation import NS, Loop, job_obj, running_loop, stage_is, wait_job
+from tests.cloud.distill_harness import NS, Loop, job_obj, running_loop, stage_is, wait_job
 
 BAND = (0.35, 0.65)
 MODEL = "skab-sensor"

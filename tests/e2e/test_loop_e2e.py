@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 
 
 def _has_distillation(tmp: Path) -> bool:
-    from edgeloop_sim.demo_loop import distillation_flags
+    from edgeloop_sim.demo_cluster import distillation_flags
 
     return distillation_flags(tmp / "a", tmp / "k", tmp / "w", "tiny") is not None
 

@@ -68,7 +68,9 @@ from edgeloop_sim.demo_models import (
     ensure_models,
     ensure_sensor_models,
 )
-from edgeloop_sim.replay import BackgroundReplay, ReplayConfig, Source, select_devices
+from edgeloop_sim.replay import BackgroundReplay
+from edgeloop_sim.replay_config import ReplayConfig, Source
+from edgeloop_sim.replay_streams import select_devices
 
 
 class Loop(DemoCluster):

@@ -42,7 +42,8 @@ def simulate_uplink(
     from edge_agent.config import parse_config
     from edge_agent.pipeline.core import Pipeline
     from edge_agent.protocol import topics
-    from edgeloop_sim.replay import ReplayConfig, iter_messages, raw_reading_bytes
+    from edgeloop_sim.replay_config import ReplayConfig
+    from edgeloop_sim.replay_streams import iter_messages, raw_reading_bytes
 
     node = "bench-bw"
     # idle_close_s must exceed the sampling interval, or every sparse stream's window is closed
@@ -142,7 +143,8 @@ def bandwidth_via_agent(port: int, tmp: Path) -> dict[str, Any]:
     from edge_agent.protocol import messages as wire
     from edge_agent.protocol import topics
     from edgeloop_sim.harness.agent import AgentProcess, agent_config, wait_until
-    from edgeloop_sim.replay import ReplayConfig, iter_messages, raw_reading_bytes
+    from edgeloop_sim.replay_config import ReplayConfig
+    from edgeloop_sim.replay_streams import iter_messages, raw_reading_bytes
 
     node = "bench-bwagent"
     by_topic: dict[str, list[bytes]] = defaultdict(list)

@@ -20,12 +20,13 @@ DEVICE_SUB = "devices/+/telemetry"
 
 def _skab_rows(n_readings: int, start: float) -> dict[str, list[tuple[float, dict[str, float]]]]:
     """Rows of real SKAB files (rebased to ``start``), per device topic, until ``n_readings`` values."""
-    from edgeloop_sim.replay import ReplayConfig, iter_messages
+    from edgeloop_sim.replay_config import ReplayConfig
+    from edgeloop_sim.replay_streams import iter_messages
 
     out: dict[str, list[tuple[float, dict[str, float]]]] = defaultdict(list)
     got = 0
     # Whole devices one after another: each device's rows stay in time order.
-    from edgeloop_sim.replay import select_devices
+    from edgeloop_sim.replay_streams import select_devices
 
     cfg = ReplayConfig(batch=1, speedup=0, start_time=start)
     for dev in select_devices("skab", cfg):

@@ -27,7 +27,8 @@ from bench.fleet.probes import (
 )
 from bench.fleet.rollout_release import create_rollout, make_release, publish_release, rollout_status
 from edgeloop_sim.broker import Broker
-from edgeloop_sim.fleet_sim import FleetSim, SimConfig, node_names
+from edgeloop_sim.fleet_sim import FleetSim
+from edgeloop_sim.sim_node import SimConfig, node_names
 
 REPO = Path(__file__).resolve().parents[2]
 

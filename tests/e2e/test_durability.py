@@ -10,7 +10,8 @@ from edge_agent.outbox.agent_store import AgentStore
 from edgeloop_sim.broker import Broker
 from edgeloop_sim.harness.agent import AgentProcess, agent_config, wait_until
 from edgeloop_sim.harness.receiver import ReceiverProcess
-from edgeloop_sim.replay import BackgroundReplay, ReplayConfig
+from edgeloop_sim.replay import BackgroundReplay
+from edgeloop_sim.replay_config import ReplayConfig
 
 
 def test_sigkill_and_broker_restart_mid_stream_lose_nothing(tmp_path: Path, broker: Broker) -> None:

@@ -21,16 +21,9 @@ from cloud_controller.datasets import data_root
 from edge_agent.protocol.messages import parse_chat_in, parse_telemetry
 from edge_agent.protocol.topics import ID_PATTERN, parse_device_topic
 from edgeloop_sim.broker import Broker, free_port
-from edgeloop_sim.replay import (
-    ReplayConfig,
-    ReplayError,
-    iter_messages,
-    main,
-    raw_reading_bytes,
-    replay,
-    sanitize_id,
-    select_devices,
-)
+from edgeloop_sim.replay import main, replay
+from edgeloop_sim.replay_config import ReplayConfig, ReplayError
+from edgeloop_sim.replay_streams import iter_messages, raw_reading_bytes, sanitize_id, select_devices
 
 START = 1_800_000_000.0  # fixed replay start: payloads are then deterministic
 

@@ -19,7 +19,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edgeloop_sim.broker import Broker
 from edgeloop_sim.harness.agent import AgentProcess, agent_config, wait_until
 from edgeloop_sim.harness.receiver import ReceiverProcess
-from edgeloop_sim.replay import ReplayConfig, replay
+from edgeloop_sim.replay import replay
+from edgeloop_sim.replay_config import ReplayConfig
 
 
 @pytest.fixture

@@ -136,7 +136,7 @@ def stage_is(*stages: str) -> Any:
     return lambda o: (o.get("status") or {}).get("stage") in stages
 
 
-class Loop:
+class DistillLoop:
     """One DistillationJob controller on a SQLite store; restartable (a new launcher forgets its children)."""
 
     def __init__(self, tmp: Path, launcher_cls: type[LocalJobLauncher] = LocalJobLauncher) -> None:
@@ -207,9 +207,9 @@ def signalling(base: type[L]) -> tuple[type[L], asyncio.Queue[JobRef], asyncio.Q
 @contextlib.asynccontextmanager
 async def running_loop(
     tmp: Path, parent: Path, task: str, examples: list[wire.HardExample]
-) -> AsyncIterator[Loop]:
-    """A started Loop whose store already has ``parent`` released and ``examples`` received."""
-    lp = Loop(tmp)
+) -> AsyncIterator[DistillLoop]:
+    """A started DistillLoop whose store already has ``parent`` released and ``examples`` received."""
+    lp = DistillLoop(tmp)
     lp.artifacts.put_bundle(parent, lp.key, task=task)  # the release the job improves on
     lp.hard.add_many([(e, 2000.0) for e in examples])
     await lp.start()

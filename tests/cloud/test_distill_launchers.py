@@ -26,7 +26,7 @@ from tests.cloud.distill_harness import (
     BASE,
     MODEL,
     NS,
-    Loop,
+    DistillLoop,
     job_obj,
     kube_job_loop,
     needs_snips,
@@ -43,7 +43,7 @@ from tests.cloud.distill_harness import (
 async def test_deleting_a_job_stops_its_local_runner(tmp_path: Path) -> None:
     SignallingLauncher, started, stopped = signalling(LocalJobLauncher)
 
-    lp = Loop(tmp_path, SignallingLauncher)
+    lp = DistillLoop(tmp_path, SignallingLauncher)
     await lp.start()
     try:
         await lp.store.create(job_obj("dj-del"))  # a real training run: tens of seconds, never finished here

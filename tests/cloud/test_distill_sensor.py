@@ -25,7 +25,7 @@ from edge_agent.protocol import messages as wire
 
 pytest.importorskip("torch")
 
-from tests.cloud.distill_harness import NS, Loop, job_obj, running_loop, stage_is, wait_job
+from tests.cloud.distill_harness import NS, DistillLoop, job_obj, running_loop, stage_is, wait_job
 
 BAND = (0.35, 0.65)
 MODEL = "skab-sensor"
@@ -207,13 +207,15 @@ def test_unknown_group_fails_with_a_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-async def sensor_loop(tmp_path: Path, sensor_case: dict[str, Any]) -> AsyncIterator[Loop]:
+async def sensor_loop(tmp_path: Path, sensor_case: dict[str, Any]) -> AsyncIterator[DistillLoop]:
     async with running_loop(tmp_path, sensor_case["v1"], "sensor", sensor_case["hard"]) as lp:
         yield lp
 
 
 @pytest.mark.slow
-async def test_sensor_job_through_the_reconciler_releases_a_signed_sensor_model(sensor_loop: Loop) -> None:
+async def test_sensor_job_through_the_reconciler_releases_a_signed_sensor_model(
+    sensor_loop: DistillLoop,
+) -> None:
     obj = job_obj("dj-sensor", base="skab?groups=valve1", metric="escalation_rate", min_gain=0.01)
     obj["spec"].update(task="sensor", teacher="skab-detector", studentArch="mlp", outputModel=MODEL)
     obj["spec"].pop("epochs")

@@ -25,7 +25,7 @@ from edge_agent.transport.mqtt import MqttClient
 from tests.cloud.distill_harness import (
     MODEL,
     NS,
-    Loop,
+    DistillLoop,
     hard_examples,
     job_obj,
     running_loop,
@@ -83,7 +83,7 @@ async def test_hard_example_store_and_ingest_hook_over_a_real_broker(
 
 
 @pytest.fixture
-async def loop(tmp_path: Path, parent_bundle: Path) -> AsyncIterator[Loop]:
+async def loop(tmp_path: Path, parent_bundle: Path) -> AsyncIterator[DistillLoop]:
     async with running_loop(tmp_path, parent_bundle, "chat", hard_examples()) as lp:
         yield lp
 
@@ -93,7 +93,7 @@ async def loop(tmp_path: Path, parent_bundle: Path) -> AsyncIterator[Loop]:
 
 @pytest.mark.slow
 @pytest.mark.train
-async def test_job_runs_through_stages_and_releases_a_signed_model_with_rollout(loop: Loop) -> None:
+async def test_job_runs_through_stages_and_releases_a_signed_model_with_rollout(loop: DistillLoop) -> None:
     await loop.store.create(job_obj("dj-pass"))
     obj = await wait_job(loop.store, "dj-pass", stage_is("Succeeded", "Rejected", "Failed"))
     st = obj["status"]
@@ -133,7 +133,7 @@ async def test_job_runs_through_stages_and_releases_a_signed_model_with_rollout(
 
 @pytest.mark.slow
 @pytest.mark.train
-async def test_gate_failure_is_rejected_with_metrics(loop: Loop) -> None:
+async def test_gate_failure_is_rejected_with_metrics(loop: DistillLoop) -> None:
     # Gate on a gain no run can reach: the escalation rate is a share (lower is better), it cannot fall
     # by 1.5. (min_gain=100 on intent_acc can pass: the parent scores 0 on the held-back intent.)
     await loop.store.create(job_obj("dj-reject", min_gain=1.5, metric="escalation_rate"))
@@ -148,7 +148,7 @@ async def test_gate_failure_is_rejected_with_metrics(loop: Loop) -> None:
 
 
 async def test_runner_that_crashes_ends_failed(tmp_path: Path) -> None:
-    lp = Loop(tmp_path)
+    lp = DistillLoop(tmp_path)
     await lp.start()
     try:
         await lp.store.create(job_obj("dj-crash", base="nosuchdata"))
@@ -164,7 +164,7 @@ async def test_runner_that_crashes_ends_failed(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.train
-async def test_controller_restart_reattaches_to_the_running_job(loop: Loop) -> None:
+async def test_controller_restart_reattaches_to_the_running_job(loop: DistillLoop) -> None:
     await loop.store.create(job_obj("dj-restart", rollout=False))
     await wait_job(loop.store, "dj-restart", stage_is("Collecting", "Training"), timeout=60)
     await loop.stop()  # the runner lives on in its own session
@@ -179,7 +179,7 @@ async def test_controller_restart_reattaches_to_the_running_job(loop: Loop) -> N
 
 @pytest.mark.slow
 @pytest.mark.train
-async def test_runner_killed_while_controller_is_down_is_restarted(loop: Loop) -> None:
+async def test_runner_killed_while_controller_is_down_is_restarted(loop: DistillLoop) -> None:
     await loop.store.create(job_obj("dj-kill", rollout=False, min_gain=None))
     await wait_job(loop.store, "dj-kill", stage_is("Collecting", "Training"), timeout=60)
     await loop.stop()

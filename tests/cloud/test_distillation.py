@@ -1,10 +1,12 @@
-"""The DistillationJob loop: hard examples over a real broker, the runner as a real process, the gate,
-signing into a real artifact store, restart re-attachment, and the cluster path against the kmock emulator.
+"""The DistillationJob loop on a local launcher: hard examples over a real broker, the runner as a real
+process, signing into a real artifact store, restart re-attachment. The gate is in test_distill_gate.py,
+launchers and the cluster path in test_distill_launchers.py.
 
-The parent student (version 1) is trained once per module by the runner itself on SNIPS without
-the AddToPlaylist intent (the "held-back part"); hard examples are AddToPlaylist utterances labelled
-by a confident teacher (their gold labels), plus low-confidence ones with wrong labels that the
-job's threshold must drop. One turn of the loop must then raise accuracy on the new traffic.
+The parent student (version 1) is trained once (``parent_bundle`` in tests/cloud/conftest.py) by the
+runner itself on SNIPS without the AddToPlaylist intent (the "held-back part"); hard examples are
+AddToPlaylist utterances labelled by a confident teacher (their gold labels), plus low-confidence ones
+with wrong labels that the job's threshold must drop. One turn of the loop must then raise accuracy on
+the new traffic.
 """
 
 from __future__ import annotations

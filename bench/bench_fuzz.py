@@ -24,7 +24,8 @@ if str(REPO) not in sys.path:
 
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 
-from edgeloop_sim.harness.fuzz_targets import MAX_CALL_S, TARGETS, Tally, make_target  # noqa: E402
+from edgeloop_sim.harness.fuzz.registry import TARGETS, make_target  # noqa: E402
+from edgeloop_sim.harness.fuzz.target_base import MAX_CALL_S, Tally  # noqa: E402
 
 try:
     from bench._report import command_line, machine_line, write_block

@@ -30,8 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench._report import DOC, command_line, machine_line, markdown_table, write_block  # noqa: E402
+from bench._report import DOC, command_line, machine_line, write_block  # noqa: E402
 from edge_agent.config import ChatConfig  # noqa: E402
+from edge_agent.ops.tables import markdown_table  # noqa: E402
 from edge_agent.preprocess.pii import Redactor  # noqa: E402
 from edge_agent.preprocess.text import normalize  # noqa: E402
 from edgeloop_sim.harness.pii_cases import CASES, Evaluation, evaluate  # noqa: E402

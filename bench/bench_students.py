@@ -83,7 +83,8 @@ def escalation_accuracy(budget_rate: float) -> dict[str, float]:
 
 def rss_with_both_models() -> dict[str, float]:
     from edgeloop_sim.broker import Broker
-    from edgeloop_sim.replay import ReplayConfig, replay
+    from edgeloop_sim.replay import replay
+    from edgeloop_sim.replay_config import ReplayConfig
 
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)

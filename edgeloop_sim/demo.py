@@ -30,7 +30,9 @@ import yaml
 from cloud_controller.ingest.summaries import SummaryStore
 from edge_agent.protocol import topics
 from edgeloop_sim.broker import Broker
-from edgeloop_sim.replay import BackgroundReplay, ReplayConfig, ReplayResult, Source, select_devices
+from edgeloop_sim.replay import BackgroundReplay
+from edgeloop_sim.replay_config import ReplayConfig, ReplayResult, Source
+from edgeloop_sim.replay_streams import select_devices
 from edgeloop_sim.supervisor import ProcessSupervisor
 
 

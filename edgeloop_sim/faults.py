@@ -44,7 +44,9 @@ from cloud_controller.ingest.summaries import NodeTotals, SummaryStore
 from edge_agent.config import OutboxConfig
 from edge_agent.outbox.agent_store import AgentStore
 from edgeloop_sim.broker import Broker
-from edgeloop_sim.replay import BackgroundReplay, ReplayConfig, iter_messages, select_devices
+from edgeloop_sim.replay import BackgroundReplay
+from edgeloop_sim.replay_config import ReplayConfig
+from edgeloop_sim.replay_streams import iter_messages, select_devices
 
 __all__ = [
     "AgentProc",

@@ -6,7 +6,7 @@ defaulted access to spec and status instead of nested ``dict.get`` chains.
 Field names are snake_case in Python and camelCase on the wire (aliases match
 the CRDs; ``populate_by_name`` lets code use either). Unknown fields are
 ignored rather than refused so an older controller can read objects written by
-a newer CRD version. ``tests/test_crds.py`` checks that every example parses
+a newer CRD version. ``tests/cloud/test_crds.py`` checks that every example parses
 and that these models dump back to objects the CRDs accept.
 
 Typical use::

@@ -23,7 +23,7 @@ timeout) and are counted by reason.
 Scale-out. The service subscribes with a shared subscription
 (``$share/teachers/...``), so several replicas split the load; mosquitto
 2.0.11 forwards the MQTT 5 response topic and correlation data through
-shared subscriptions (covered by tests/test_escalation.py, which always goes
+shared subscriptions (covered by tests/edge/test_escalation.py, which always goes
 through the shared filter).
 
 Models. Anything with ``version`` and ``predict_batch(texts)`` returning

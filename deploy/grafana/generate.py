@@ -1,7 +1,7 @@
 """Generate the Grafana dashboard for EdgeLoop's Prometheus metrics (agent and controller).
 
 Run ``python deploy/grafana/generate.py > deploy/grafana/edgeloop-dashboard.json``;
-``tests/test_dashboard.py`` checks the JSON is current and that every metric it
+``tests/edge/test_dashboard.py`` checks the JSON is current and that every metric it
 queries is one the code exports.
 """
 

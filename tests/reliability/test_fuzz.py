@@ -19,15 +19,9 @@ from edge_agent.config import AgentConfig
 from edge_agent.pipeline.core import Pipeline
 from edge_agent.protocol.messages import Status, loads, validate
 from edge_agent.protocol.topics import chunk_prefix
-from edgeloop_sim.harness.fuzz_targets import (
-    CHUNKS,
-    MANIFEST,
-    TARGETS,
-    Tally,
-    check_chunk,
-    make_target,
-    run_case,
-)
+from edgeloop_sim.harness.fuzz.model_targets import CHUNKS, MANIFEST, check_chunk
+from edgeloop_sim.harness.fuzz.registry import TARGETS, make_target
+from edgeloop_sim.harness.fuzz.target_base import Tally, run_case
 
 EXAMPLES = int(os.environ.get("EDGELOOP_FUZZ_EXAMPLES", "200"))
 RANDOM = os.environ.get("EDGELOOP_FUZZ_RANDOM") == "1"

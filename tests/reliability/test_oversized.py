@@ -2,7 +2,7 @@
 
 The broker half (``max_packet_size`` in ``deploy/kubernetes/broker/mosquitto.conf``
 refuses a larger PUBLISH) is already tested on the deployed config by
-``tests/test_broker_acl.py::test_oversized_publish_is_refused``; not duplicated here.
+``tests/protocol/test_broker_acl.py::test_oversized_publish_is_refused``; not duplicated here.
 This file covers the agent: a payload one byte over ``devices.max_payload_bytes``
 is refused with reason ``oversized``, one exactly at the limit is accepted, and
 the agent keeps processing.

@@ -32,7 +32,8 @@ from edge_agent.outbox.agent_store import AgentStore
 from edgeloop_sim.broker import Broker, free_port
 from edgeloop_sim.harness.agent import AgentProcess, agent_config, wait_until
 from edgeloop_sim.harness.receiver import ReceiverProcess
-from edgeloop_sim.replay import BackgroundReplay, ReplayConfig
+from edgeloop_sim.replay import BackgroundReplay
+from edgeloop_sim.replay_config import ReplayConfig
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 

@@ -27,52 +27,52 @@ from edge_agent.protocol.manifest import canonical_json, manifest_digest
 from edge_agent.protocol.topics import manifest_topic
 from edge_agent.transport.mqtt import MqttClient
 from edge_agent.updates.manager import ModelManager
-from tests.test_model_delivery import NODE, Cloud, TinyModel, desired, health
+from tests.protocol.test_model_delivery import NODE, Cloud, TinyModel, desired, health
 
 REPO = Path(__file__).resolve().parents[2]
 
 # promise -> tests ("path::function") that hold it
 SECURITY: dict[str, list[str]] = {
     "a node cannot publish as another node": [
-        "tests/test_broker_acl.py::test_node_cannot_publish_as_another_node",
-        "tests/test_broker_acl.py::test_last_will_only_on_own_status",
-        "tests/test_broker_acl.py::test_username_sent_by_the_client_is_ignored",
+        "tests/protocol/test_broker_acl.py::test_node_cannot_publish_as_another_node",
+        "tests/protocol/test_broker_acl.py::test_last_will_only_on_own_status",
+        "tests/protocol/test_broker_acl.py::test_username_sent_by_the_client_is_ignored",
     ],
     "a node cannot read another node's desired state": [
-        "tests/test_broker_acl.py::test_node_reads_only_its_own_downlink",
+        "tests/protocol/test_broker_acl.py::test_node_reads_only_its_own_downlink",
     ],
     "a node cannot publish to cloud-only topics": [
-        "tests/test_broker_acl.py::test_node_cannot_publish_cloud_only_topics",
-        "tests/test_broker_acl.py::test_shared_model_artifacts_readable_by_nodes_written_by_controller",
+        "tests/protocol/test_broker_acl.py::test_node_cannot_publish_cloud_only_topics",
+        "tests/protocol/test_broker_acl.py::test_shared_model_artifacts_readable_by_nodes_written_by_controller",
     ],
     "per-node certificates: foreign CA or no certificate cannot connect": [
-        "tests/test_broker_acl.py::test_foreign_ca_and_missing_certificate_fail_the_handshake",
+        "tests/protocol/test_broker_acl.py::test_foreign_ca_and_missing_certificate_fail_the_handshake",
     ],
     "unsigned models are refused": [
         "tests/reliability/test_security.py::test_unsigned_manifest_is_refused_before_any_chunk",
         "tests/reliability/test_security.py::test_node_without_pinned_keys_refuses_every_model",
-        "tests/test_model_delivery.py::test_wrong_key_and_bad_signature_are_refused_before_any_chunk",
+        "tests/protocol/test_model_delivery.py::test_wrong_key_and_bad_signature_are_refused_before_any_chunk",
     ],
     "tampered models are refused": [
-        "tests/test_model_delivery.py::test_flipped_byte_in_chunk_is_refused_and_previous_keeps_running",
-        "tests/test_model_delivery.py::test_wrong_key_and_bad_signature_are_refused_before_any_chunk",
-        "tests/test_model_delivery.py::test_digest_in_desired_state_must_match_manifest",
+        "tests/protocol/test_model_delivery.py::test_flipped_byte_in_chunk_is_refused_and_previous_keeps_running",
+        "tests/protocol/test_model_delivery.py::test_wrong_key_and_bad_signature_are_refused_before_any_chunk",
+        "tests/protocol/test_model_delivery.py::test_digest_in_desired_state_must_match_manifest",
     ],
     "replayed (older version) models are refused": [
-        "tests/test_model_delivery.py::test_older_version_replay_refused_but_pinned_rollback_allowed",
+        "tests/protocol/test_model_delivery.py::test_older_version_replay_refused_but_pinned_rollback_allowed",
     ],
     "oversized messages are refused by the broker config": [
-        "tests/test_broker_acl.py::test_oversized_publish_is_refused",
+        "tests/protocol/test_broker_acl.py::test_oversized_publish_is_refused",
     ],
     "oversized messages are refused by the agent": [
         "tests/reliability/test_oversized.py::test_agent_refuses_payload_over_its_limit",
     ],
     "an unapproved node gets nothing when enrollment is required": [
-        "tests/test_reconcilers.py::test_manual_enrollment_pending_gets_nothing_until_approved",
+        "tests/cloud/test_reconcilers.py::test_manual_enrollment_pending_gets_nothing_until_approved",
     ],
     "secrets and raw PII never appear in logs or on the uplink": [
         "tests/reliability/test_no_leaks.py::test_no_secret_or_raw_pii_in_logs_or_uplink",
-        "tests/test_metrics_logs.py::test_secrets_never_reach_the_log",
+        "tests/edge/test_metrics_logs.py::test_secrets_never_reach_the_log",
     ],
 }
 

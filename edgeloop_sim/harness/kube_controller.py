@@ -9,6 +9,7 @@ for the test's own, and a kubeconfig in place of the in-cluster service account.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,11 +21,11 @@ from typing import IO, Any
 
 import yaml
 
-from edgeloop_sim.broker import free_port
 from edgeloop_sim.harness.agent import wait_until
 from edgeloop_sim.harness.apiserver import REPO
 from edgeloop_sim.supervisor import die_with_parent
 
+_HTTP_PORT = re.compile(r"controller \S+ running \(store: .*, http :(\d+),")
 DEPLOYMENT = REPO / "deploy" / "kubernetes" / "controller" / "deployment.yaml"
 
 
@@ -51,14 +52,15 @@ class ControllerProcess:
         self.identity = identity
         self.dir = workdir / identity
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.http_port = free_port()
+        # Port 0: the process binds a free one and logs it (a port picked here could be taken meanwhile).
+        self.http_port: int | None = None
         env = deployment_env(namespace, identity)
         # Plain MQTT to the test broker (the pod uses mutual TLS to edgeloop-broker:8883).
         for var in ("EDGELOOP_MQTT_CA_FILE", "EDGELOOP_MQTT_CERT_FILE", "EDGELOOP_MQTT_KEY_FILE"):
             env.pop(var, None)
         env.update({
             "EDGELOOP_MQTT_HOST": broker[0], "EDGELOOP_MQTT_PORT": str(broker[1]),
-            "EDGELOOP_HTTP_PORT": str(self.http_port), "EDGELOOP_CACHE": str(self.dir / "cache"),
+            "EDGELOOP_HTTP_PORT": "0", "EDGELOOP_CACHE": str(self.dir / "cache"),
             "EDGELOOP_LOG_FORMAT": "text",
             "EDGELOOP_LEASE_DURATION_S": str(lease_duration_s),
             "EDGELOOP_LEASE_RENEW_DEADLINE_S": str(renew_deadline_s),
@@ -81,6 +83,11 @@ class ControllerProcess:
         return self
 
     def http(self, path: str) -> tuple[int, str]:
+        if self.http_port is None:
+            found = _HTTP_PORT.search(self.log_text())
+            if found is None:
+                return 0, ""
+            self.http_port = int(found.group(1))
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as r:
                 return int(r.status), r.read().decode()

@@ -107,7 +107,7 @@ __all__ = [
 TERMINAL: tuple[JobStage, ...] = ("Succeeded", "Rejected", "Failed")
 RUNNING_STAGES: tuple[JobStage, ...] = ("Collecting", "Training", "Evaluating")
 RUNNER_MODULE = "cloud_controller.distill_runner.chat_job"
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "deploy/kubernetes/distillation/job-template.yaml"
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[3] / "deploy/kubernetes/distillation/job-template.yaml"
 POD_WORK_DIR = "/work"  # where the template mounts the job's work directory
 
 

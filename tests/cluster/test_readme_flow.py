@@ -110,6 +110,9 @@ def test_readme_cluster_flow_ends_with_the_examples_reconciled(
         kind, name = doc["kind"], doc["metadata"]["name"]
         reconciled[(kind, name)] = wait_observed(getter(custom, kind, NS, name), 30.0, f"{kind}/{name}")
     assert {k for k, _ in reconciled} == set(KINDS)
+    # Status went through /status: the CRDs enable the subresource, so a status written to the main
+    # resource would have been dropped (no observedGeneration), and /status writes bump no generation.
+    assert all(obj["metadata"]["generation"] == 1 for obj in reconciled.values())
 
     # `kubectl get edgeloop` (the category) lists every kind.
     category = kube.kubectl("get", "edgeloop", "-n", NS).stdout

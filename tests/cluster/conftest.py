@@ -17,23 +17,32 @@ from edgeloop_sim.broker import Broker
 from edgeloop_sim.harness.apiserver import ApiServer, find_etcd
 from edgeloop_sim.harness.kube_controller import ControllerProcess
 
-GROUP, VERSION = "edgeloop.io", "v1alpha1"
-
 
 @pytest.fixture(scope="session")
-def kube() -> Iterator[ApiServer]:
+def bare_kube() -> Iterator[ApiServer]:
+    """etcd + kube-apiserver, nothing applied yet."""
     if find_etcd() is None:
         pytest.skip("etcd is not installed (apt-get install -y etcd-server): no real kube-apiserver")
     server = ApiServer().start()
     try:
-        # An RV from before the CRDs exist: older than any watch-cache window of theirs (the 410 test).
-        server.rv_before_crds = server.kubectl(  # type: ignore[attr-defined]
-            "get", "namespace", "default", "-o", "jsonpath={.metadata.resourceVersion}").stdout
-        server.kubectl("apply", "--server-side", "-f", "crds/")
-        server.kubectl("wait", "--for", "condition=established", "--timeout=60s", "crd", "--all")
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def rv_before_crds(bare_kube: ApiServer) -> str:
+    """A resourceVersion from before the CRDs existed: older than any watch-cache window of theirs."""
+    ns = bare_kube.kubectl("get", "namespace", "default", "-o", "jsonpath={.metadata.resourceVersion}")
+    return ns.stdout
+
+
+@pytest.fixture(scope="session")
+def kube(bare_kube: ApiServer, rv_before_crds: str) -> ApiServer:
+    """The session's API server with crds/ applied and Established."""
+    bare_kube.kubectl("apply", "--server-side", "-f", "crds/")
+    bare_kube.kubectl("wait", "--for", "condition=established", "--timeout=60s", "crd", "--all")
+    return bare_kube
 
 
 @pytest.fixture(scope="session")
@@ -48,19 +57,6 @@ def api(kube: ApiServer) -> Iterator[client.ApiClient]:
 @pytest.fixture(scope="session")
 def custom(api: client.ApiClient) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(api)
-
-
-def plural(kind: str) -> str:
-    return kind.lower() + "s"
-
-
-def getter(custom: client.CustomObjectsApi, kind: str, namespace: str, name: str) -> Callable[[], Any]:
-    return lambda: custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural(kind), name)
-
-
-def ensure_namespace(kube: ApiServer, name: str) -> None:
-    manifest = kube.kubectl("create", "namespace", name, "--dry-run=client", "-o", "yaml").stdout
-    kube.kubectl("apply", "-f", "-", input=manifest)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from cloud_controller.runtime.controller import (
 from cloud_controller.runtime.informer import Informer
 from edgeloop_sim.harness.agent import wait_until
 from edgeloop_sim.harness.apiserver import ApiServer
-from tests.cluster.conftest import ensure_namespace
+from tests.cluster.helpers import ensure_namespace
 
 pytestmark = pytest.mark.cluster
 
@@ -108,7 +108,7 @@ async def test_a_real_409_between_read_and_write_is_retried(store: KubeResourceS
 
 
 async def test_an_expired_watch_relists_without_losing_events(
-    kube: ApiServer, store: KubeResourceStore
+    kube: ApiServer, store: KubeResourceStore, rv_before_crds: str
 ) -> None:
     ensure_namespace(kube, "watch410")
     for name in ("keep", "change", "drop"):
@@ -144,7 +144,7 @@ async def test_an_expired_watch_relists_without_losing_events(
     # The API server's watch cache still holds those events, so a watch resumed from the informer's
     # own resourceVersion is not expired. One from before the cache's window is: the server answers
     # 410 Expired exactly as it does after a compaction, and the informer must re-list.
-    informer.resource_version = kube.rv_before_crds  # type: ignore[attr-defined]
+    informer.resource_version = rv_before_crds
     seen.clear()
     await run_until(lambda: informer.metrics.gone >= 1 and "watch410/w-new" in informer.cache)
     assert set(informer.cache) == {"watch410/w-keep", "watch410/w-change", "watch410/w-new"}

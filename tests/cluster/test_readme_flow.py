@@ -19,7 +19,7 @@ from kubernetes import client
 
 from edgeloop_sim.harness.apiserver import REPO, ApiServer
 from edgeloop_sim.harness.kube_controller import ControllerProcess, wait_observed
-from tests.cluster.conftest import ensure_namespace, getter
+from tests.cluster.helpers import ensure_namespace, getter
 
 pytestmark = pytest.mark.cluster
 

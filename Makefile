@@ -1,5 +1,6 @@
 # The README's two commands: `make demo` and `make test`. Each sets up what it needs
-# on a fresh Debian machine (mosquitto via apt, a venv, the project with its extras).
+# on a fresh Debian machine (mosquitto and etcd via apt, a venv, the project with its extras).
+# tests/cluster/ also needs the kube-apiserver assets (EDGELOOP_KUBE_ASSETS, default ../shared/kube).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -7,13 +8,15 @@ STAMP  := $(VENV)/.edgeloop-installed
 EXTRAS ?= cloud,train,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint demo bench config-docs clean
+.PHONY: setup test test-fast test-cluster lint demo bench config-docs clean
 
 $(STAMP): pyproject.toml
 	@missing=""; \
 	  { command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto; } || missing="$$missing mosquitto mosquitto-clients"; \
 	  command -v ip >/dev/null 2>&1 || test -x /usr/sbin/ip || test -x /sbin/ip || missing="$$missing iproute2"; \
 	  command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	  command -v etcd >/dev/null 2>&1 || test -x /usr/bin/etcd || missing="$$missing etcd-server"; \
+	  command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
 	  if [ -n "$$missing" ]; then \
 	    echo ">> installing$$missing (apt)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -30,6 +33,9 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-cluster: setup
+	$(BIN)/python -m pytest -q -m cluster tests/cluster $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check edge_agent cloud_controller edgeloop_sim tests bench

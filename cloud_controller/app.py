@@ -32,6 +32,7 @@ from cloud_controller.reconcilers.distillation.reconciler import (
     DistillationSettings,
     make_distillation_reconciler,
 )
+from cloud_controller.reconcilers.distillation.unconfigured import make_unconfigured_distillation_reconciler
 from cloud_controller.reconcilers.nodes import make_node_reconciler
 from cloud_controller.reconcilers.pipelines import make_pipeline_reconciler
 from cloud_controller.reconcilers.rollouts import (
@@ -183,6 +184,11 @@ class ControllerApp:
         ]
         if s.signing_key is not None:
             controllers.append(self._distillation_controller(store))
+        else:  # the jobs get a status condition that says why they do not run
+            controllers.append(
+                Controller(store, "DistillationJob", make_unconfigured_distillation_reconciler(store),
+                           namespace=ns)
+            )
         ctx.attach(controllers)
         self.controllers = {c.kind: c for c in controllers}
         self.manager = Manager(controllers, leader=leader, shutdown_timeout_s=s.shutdown_timeout_s)

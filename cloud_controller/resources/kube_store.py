@@ -319,9 +319,14 @@ class KubeResourceStore:
                     yield WatchEvent(type=etype, object=raw)
         finally:
             stopping.set()
+            answered = getattr(w, "_resp", None) is not None
             w.stop()
             # The socket shutdown in Watch.stop() unblocks the read; do not block the loop on join.
-            await asyncio.to_thread(thread.join, 5.0)
+            # Stopped while the request is still in flight (an informer stopped right after its list,
+            # seen on the real kube-apiserver), there is no socket to shut yet: the thread ends, saying
+            # nothing, once the server answers; waiting for it here only stalled the caller for 5 s.
+            if answered:
+                await asyncio.to_thread(thread.join, 5.0)
 
     # --- events -----------------------------------------------------------------------------------
 

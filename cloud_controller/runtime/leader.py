@@ -190,7 +190,10 @@ class LeaderElector(_LeaderState):
                          "renewTime": now_wall}
         if not i_hold:
             new_spec["acquireTime"] = now_wall
-            new_spec["leaseTransitions"] = transitions + (1 if holder else 0)
+            # Every change of holder counts, including taking over a lease released on shutdown
+            # (empty holder): client-go does the same, and an operator reads leaseTransitions to
+            # see how often leadership moved.
+            new_spec["leaseTransitions"] = transitions + 1
         patch: Obj = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "spec": new_spec}
         try:
             await self._raw(self.api.patch_namespaced_lease, self.lease_name, self.namespace, patch,

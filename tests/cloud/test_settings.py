@@ -17,7 +17,7 @@ from cloud_controller.settings import STORE_VAR, ControllerSettings, EnvSource, 
 from edge_agent.config import env_overrides, load_config
 from edge_agent.protocol.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cloud(argv: list[str], env: dict[str, str]) -> ControllerSettings:

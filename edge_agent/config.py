@@ -126,6 +126,9 @@ class EscalationConfig(_Section):
     window: Annotated[int, Field(ge=10, le=100_000)] = 200
     threshold: Annotated[float, Field(ge=0, le=1)] = 0.8
     timeout_s: Annotated[float, Field(gt=0, le=120)] = 5.0
+    # A request that timed out is sent again (same id) this many times before the turn degrades:
+    # a lost response then costs one timeout, not the turn's answer and its dialogue state.
+    retries: Annotated[int, Field(ge=0, le=5)] = 0
     cache_max_entries: Annotated[int, Field(ge=0)] = 10_000
     cache_ttl_s: Annotated[float, Field(gt=0)] = 3600.0
     # Escalated inputs (redacted) with the teacher's answers go upstream as hard examples.

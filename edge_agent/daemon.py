@@ -124,6 +124,7 @@ class Agent:
                 ),
                 AnswerCache(max_entries=esc.cache_max_entries, ttl_s=esc.cache_ttl_s),
                 timeout_s=esc.timeout_s,
+                retries=esc.retries,
             )
         self.model_manager = ModelManager(
             cfg.state_dir, self.cloud, _trusted_keys(cfg), default_loaders(), default_health_check

@@ -26,6 +26,14 @@ Scale-out. The service subscribes with a shared subscription
 shared subscriptions (covered by tests/edge/test_escalation.py, which always goes
 through the shared filter).
 
+Dialogue state. A request may carry the session's state and the version of
+its turn; the answer then returns that state updated by the turn (the model's
+intent when it names one, the slots it filled merged over the earlier ones,
+the next step) at that version. The service keeps no session: the state
+travels, so any replica answers any turn and a retried request gets the same
+answer. A model that wants the state as context (an LLM, the CrossWOZ oracle
+of the replay) implements :class:`DialogueTeacherModel`; the others see text only.
+
 Models. Anything with ``version`` and ``predict_batch(texts)`` returning
 objects with ``intent``, ``slots`` and ``confidence`` is a :class:`TeacherModel`.
 :class:`OnnxChatTeacher` lets any chat bundle act as teacher;
@@ -39,11 +47,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import ValidationError
 
@@ -51,17 +60,20 @@ from edge_agent.models.chat_runtime import ChatModel
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol.errors import RejectedMessage
 from edge_agent.protocol.escalation_wire import (
+    DialogueStateWire,
     EscalationRequest,
     EscalationResponse,
+    dialogue_state,
     error_response,
     parse_request,
 )
 from edge_agent.protocol.topics import escalation_requests, parse_escalation_request, rpc_response_prefix
 from edge_agent.transport.mqtt import Message, MqttClient
-from edge_agent.transport.rpc import Rpc
+from edge_agent.transport.rpc import Handler, Rpc
 
 __all__ = [
     "TEACHER_LOADERS",
+    "DialogueTeacherModel",
     "OnnxChatTeacher",
     "TeacherModel",
     "TeacherPrediction",
@@ -89,6 +101,20 @@ class TeacherModel(Protocol):
     def version(self) -> str: ...
 
     def predict_batch(self, texts: Sequence[str]) -> Sequence[TeacherPrediction]: ...
+
+
+@runtime_checkable
+class DialogueTeacherModel(Protocol):
+    """A teacher that reads the dialogue state with each utterance (None outside a dialogue)."""
+
+    @property
+    def version(self) -> str: ...
+
+    def predict_batch(self, texts: Sequence[str]) -> Sequence[TeacherPrediction]: ...
+
+    def predict_turns(
+        self, turns: Sequence[tuple[str, DialogueStateWire | None]]
+    ) -> Sequence[TeacherPrediction]: ...
 
 
 class OnnxChatTeacher:
@@ -154,6 +180,8 @@ class TeacherService:
         *,
         share_group: str | None = "teachers",
         max_pending: int = 4096,
+        wrap_handler: Callable[[Handler], Handler] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -169,13 +197,17 @@ class TeacherService:
         self._task: asyncio.Task[None] | None = None
         self._last_batch = 0
         self._rpc = Rpc(client)
+        # A test or the replay's fault injector sits here, between the service and the broker.
+        self._wrap = wrap_handler
+        self._clock = clock
 
     async def start(self) -> None:
         """Start the batcher and subscribe (the client may connect later: serve() resubscribes)."""
         if self._task is not None:
             return
         self._task = asyncio.create_task(self._run(), name="teacher-batcher")
-        await self._rpc.serve(self.topic_filter, self._handle, qos=1)
+        handler: Handler = self._handle if self._wrap is None else self._wrap(self._handle)
+        await self._rpc.serve(self.topic_filter, handler, qos=1)
 
     async def stop(self) -> None:
         """Stop batching; waiting requests get an error answer so their edges degrade at once."""
@@ -254,7 +286,12 @@ class TeacherService:
         self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(batch))
         version = self.model.version
         try:
-            preds = await asyncio.to_thread(self.model.predict_batch, [j.req.text for j in batch])
+            model = self.model
+            if isinstance(model, DialogueTeacherModel):
+                turns = [(j.req.text, j.req.state) for j in batch]
+                preds = await asyncio.to_thread(model.predict_turns, turns)
+            else:
+                preds = await asyncio.to_thread(model.predict_batch, [j.req.text for j in batch])
             if len(preds) != len(batch):
                 raise ValueError(f"teacher returned {len(preds)} predictions for {len(batch)} texts")
         except Exception:
@@ -265,20 +302,37 @@ class TeacherService:
             return
         for j, p in zip(batch, preds, strict=True):
             try:
+                slots = {str(k): str(v) for k, v in p.slots.items()}
                 resp = EscalationResponse(
                     id=j.req.id,
                     intent=str(p.intent),
-                    slots={str(k): str(v) for k, v in p.slots.items()},
+                    slots=slots,
                     confidence=min(max(float(p.confidence), 0.0), 1.0),
                     tags=_tags(p),
                     teacher_version=version,
+                    state=self._next_state(j.req, str(p.intent), slots),
                 )
                 self.stats.answered += 1
+            except RejectedMessage as exc:  # the merged state no longer fits the contract
+                self.stats.reject(exc.reason)
+                resp = error_response(j.req.id, exc.reason, version)
             except (ValidationError, TypeError, ValueError) as exc:
                 log.warning("teacher answer does not fit the contract: %s", exc)
                 self.stats.model_errors += 1
                 resp = error_response(j.req.id, "teacher_error", version)
             _settle(j.fut, resp)
+
+    def _next_state(
+        self, req: EscalationRequest, intent: str, slots: dict[str, str]
+    ) -> DialogueStateWire | None:
+        """The request's state after this turn, at the turn's version (None outside a dialogue)."""
+        st = req.state
+        if st is None:
+            return None
+        turn = req.turn if req.turn is not None else st.version + 1
+        return dialogue_state(
+            st.session, intent or st.intent, {**st.slots, **slots}, st.step + 1, turn, self._clock()
+        )
 
 
 def _settle(fut: asyncio.Future[EscalationResponse], resp: EscalationResponse) -> None:

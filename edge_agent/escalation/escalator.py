@@ -12,6 +12,17 @@ Order of a decision (why in that order):
    answer marked ``"edge-degraded"``: the device always gets an answer, and
    the status counters show how often the cloud was missed.
 
+Dialogue state. With ``state`` and ``turn`` the request carries the session's
+committed state and the version the turn will produce; the answer must return
+that session at exactly that version (else ``stale_state``: discarded, counted,
+and the turn degrades, so the caller rolls the session back). Responses that
+arrive after their request gave up, or twice, never reach this code: the RPC
+layer finds no waiting request for their correlation data and counts them
+(``late_or_duplicate``). A request that timed out is sent again up to
+``retries`` times with the same id (the teacher is stateless, so answering it
+twice is harmless), which turns a lost response into a late answer instead of
+a lost turn.
+
 Each answer from the teacher (not each cache hit: that would duplicate the same
 pair in the training set) yields a :class:`edge_agent.protocol.messages.HardExample` with
 the redacted text, the student's and the teacher's outputs, ready for the
@@ -47,6 +58,7 @@ from edge_agent.protocol import messages as wire
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import MqttError, PublishDenied, RejectedMessage
 from edge_agent.protocol.escalation_wire import (
+    DialogueStateWire,
     EscalationRequest,
     EscalationResponse,
     StudentOutput,
@@ -83,7 +95,9 @@ class Answer:
     cached: bool
     hard_example: wire.HardExample | None = None
     teacher_version: str | None = None
-    degraded_reason: str | None = None  # timeout | disconnect | denied | teacher_error | bad_response
+    # timeout | disconnect | denied | teacher_error | bad_response | bad_state | stale_state
+    degraded_reason: str | None = None
+    state: DialogueStateWire | None = None  # the teacher's state after this turn, checked
 
 
 @dataclass
@@ -93,7 +107,9 @@ class EscalationStats:
     answered: int = 0  # RPCs answered by the teacher
     degraded: int = 0
     local: int = 0
+    retried: int = 0  # requests sent again after a timeout
     reasons: dict[str, int] = field(default_factory=dict)  # degraded reasons
+    late_or_duplicate: Callable[[], int] = lambda: 0  # responses the RPC layer found nobody waiting for
 
     def as_dict(self) -> dict[str, int]:
         out = {
@@ -103,6 +119,10 @@ class EscalationStats:
             "degraded": self.degraded,
             "local": self.local,
         }
+        if self.retried:
+            out["retried"] = self.retried
+        if late := self.late_or_duplicate():
+            out["late_or_duplicate"] = late
         out.update({f"degraded_{k}": v for k, v in self.reasons.items()})
         return out
 
@@ -123,6 +143,7 @@ class Escalator:
         timeout_s: float = 5.0,
         *,
         qos: int = 1,
+        retries: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
@@ -131,11 +152,13 @@ class Escalator:
         self.cache = cache
         self.timeout_s = timeout_s
         self.qos = qos
+        self.retries = max(0, retries)
         self._clock = clock
         self.request_topic = topics.escalation_request(node_id)
         self.response_topic = topics.rpc_response(node_id, client.client_id)
         self.stats = EscalationStats()
         self._rpc = Rpc(client)
+        self.stats.late_or_duplicate = lambda: self._rpc.unmatched_responses
         self._watch_task: asyncio.Task[None] | None = None
         self._down: asyncio.Future[None] | None = None
 
@@ -159,10 +182,21 @@ class Escalator:
 
     # ------------------------------------------------------------------ the decision
 
-    async def answer(self, text_redacted: str, student: StudentLike) -> Answer:
-        """Answer one utterance; never raises for cloud trouble (that is a degraded answer)."""
+    async def answer(
+        self,
+        text_redacted: str,
+        student: StudentLike,
+        state: DialogueStateWire | None = None,
+        turn: int | None = None,
+    ) -> Answer:
+        """Answer one utterance; never raises for cloud trouble (that is a degraded answer).
+
+        ``state`` (redacted) and ``turn`` make it a dialogue turn: see the module docstring.
+        """
         text = normalize(text_redacted)[:2000]
         conf = float(student.confidence)
+        if state is not None and turn is None:
+            turn = state.version + 1
         hit = self.cache.get(text) if text else None
         if hit is not None:
             self.budget.observe(conf)
@@ -193,6 +227,8 @@ class Escalator:
                     confidence=min(max(conf, 0.0), 1.0),
                     slots={str(k): str(v) for k, v in student.slots.items()},
                 ),
+                state=state,
+                turn=turn if state is not None else None,
             )
             resp = await self._call(req)
         except _Degraded as exc:
@@ -225,6 +261,7 @@ class Escalator:
             cached=False,
             hard_example=hard,
             teacher_version=resp.teacher_version,
+            state=resp.state if req.state is not None else None,
         )
 
     def _local(
@@ -250,21 +287,34 @@ class Escalator:
 
     async def _call(self, req: EscalationRequest) -> EscalationResponse:
         await self.start()
-        try:
-            msg = await self._race_disconnect(wire.dumps(req))
-        except PublishDenied as exc:
-            raise _Degraded("denied", str(exc)) from exc
-        except MqttError as exc:
-            reason = "timeout" if self.client.connected else "disconnect"
-            raise _Degraded(reason, str(exc)) from exc
+        payload = wire.dumps(req)
+        attempt = 0
+        while True:
+            try:
+                msg = await self._race_disconnect(payload)
+                break
+            except PublishDenied as exc:
+                raise _Degraded("denied", str(exc)) from exc
+            except MqttError as exc:
+                if not self.client.connected:
+                    raise _Degraded("disconnect", str(exc)) from exc
+                if attempt >= self.retries:
+                    raise _Degraded("timeout", str(exc)) from exc
+                attempt += 1
+                self.stats.retried += 1
         try:
             resp = parse_response(msg.payload)
         except RejectedMessage as exc:
-            raise _Degraded("bad_response", str(exc)) from exc
+            raise _Degraded("bad_state" if exc.reason == "bad_state" else "bad_response", str(exc)) from exc
         if resp.error is not None:
             raise _Degraded("teacher_error", resp.error)
         if resp.id != req.id:
             raise _Degraded("bad_response", f"response id {resp.id!r} != request id {req.id!r}")
+        if req.state is not None:
+            got = resp.state
+            if got is None or got.session != req.state.session or got.version != req.turn:
+                seen = None if got is None else (got.session, got.version)
+                raise _Degraded("stale_state", f"asked {req.state.session!r} v{req.turn}, got {seen}")
         return resp
 
     async def _race_disconnect(self, payload: bytes) -> Message:

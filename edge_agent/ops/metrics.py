@@ -90,6 +90,10 @@ class AgentMetrics:
         self.escalations = Counter(
             f"{p}escalations", "Chat escalations to the cloud", ["outcome"], registry=r
         )
+        # Dialogue state sync: merged (teacher state adopted), rolled_back, answer_for_gone_session, ...
+        self.dialogue_events = Counter(
+            f"{p}dialogue_events", "Dialogue state outcomes of chat turns", ["event"], registry=r
+        )
         self.inference_seconds = Histogram(
             f"{p}inference_seconds",
             "Local model inference latency",

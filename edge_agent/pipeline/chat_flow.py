@@ -4,6 +4,23 @@ The answer itself (student model, maybe the cloud teacher) involves I/O, so it
 happens outside the core: :meth:`ChatFlow.read` returns a :class:`ChatJob`, the
 caller answers it, and :meth:`ChatFlow.complete` applies the answer to the
 dialogue state, the statistics and the device's reply.
+
+Dialogue state sync (what an escalated turn does to the session):
+
+* :meth:`ChatFlow.turn_state` gives the session's committed state, redacted
+  like the utterance, and the version this turn will produce; the escalation
+  carries both to the teacher.
+* An answer that carries the teacher's state replaces intent, slots and step
+  (the teacher saw the whole state and merged this turn into it), so edge and
+  cloud hold the same state after the turn.
+* An escalation that failed (timeout, rejected or stale answer) rolls the turn
+  back: the session stays at its last consistent state and the device still
+  gets the student's answer, marked ``edge-degraded``.
+* An answer for a session that went away (expired, evicted, ended) or moved
+  on while the teacher thought is counted and dropped.
+
+Callers must keep one turn per session in flight (:class:`edge_agent.services.session_queue.SessionQueue`):
+the checks above detect interleaving, they do not order it.
 """
 
 from __future__ import annotations
@@ -19,6 +36,7 @@ from edge_agent.preprocess.pii import Redactor
 from edge_agent.preprocess.text import normalize
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol import topics
+from edge_agent.protocol.escalation_wire import DialogueStateWire, dialogue_state
 
 
 @dataclass
@@ -39,6 +57,11 @@ class ChatAnswer:
     source: str  # edge | cloud | edge-degraded | none
     escalated: bool = False
     hard_example: wire.HardExample | None = None
+    # Dialogue sync: the teacher's state after this turn, the session version the turn started
+    # from (None: a new session) and whether a failed escalation rolls the turn back.
+    state: DialogueStateWire | None = None
+    base_version: int | None = None
+    rolled_back: bool = False
 
 
 class ChatFlow:
@@ -51,6 +74,7 @@ class ChatFlow:
     ) -> None:
         self.redactor = Redactor(cfg)
         self.dialogue = DialogueStore(cfg.max_sessions, cfg.session_ttl_s)
+        self._ttl = cfg.session_ttl_s
         self.replies: list[Reply] = []
         self._counters = counters
         self._model_counters = model_counters
@@ -66,21 +90,62 @@ class ChatFlow:
             self._counters.pii_redactions[kind] += k
         return ChatJob(device, msg.model_copy(update={"text": red.text}), normalize(red.text), now)
 
+    @staticmethod
+    def session_key(job: ChatJob) -> str:
+        """The key of the job's session in :attr:`dialogue` (and of its turn queue)."""
+        return job.msg.session_id
+
+    def turn_state(self, job: ChatJob, now: float) -> tuple[DialogueStateWire, int, int | None]:
+        """The session's committed state (redacted), the version this turn produces, the base version.
+
+        Raises RejectedMessage ``bad_state`` when the state is too large to travel.
+        """
+        key = self.session_key(job)
+        cur = self.dialogue.get(key)
+        if cur is not None and now - cur.updated > self._ttl:
+            cur = None  # past its TTL: the commit will start a new session
+        base = cur.version if cur is not None else None
+        seq = job.msg.seq
+        turn = seq if seq is not None else (base or 0) + 1
+        if cur is None:
+            return dialogue_state(job.msg.session_id, None, {}, 0, 0, now), turn, None
+        slots = {k: self.redactor.redact(v).text for k, v in cur.slots.items()}
+        sid = job.msg.session_id
+        return dialogue_state(sid, cur.intent, slots, cur.step, cur.version, cur.updated), turn, base
+
     def complete(self, job: ChatJob, answer: ChatAnswer, now: float) -> None:
         """Apply an answered utterance: dialogue state, reply, statistics, hard example."""
         counters = self._counters
         msg = job.msg
-        txn = self.dialogue.begin(msg.session_id, msg.seq, now)
-        if txn is None:
-            # An update older than the session's current version: dropped, and not answered.
-            counters.stale_chat += 1
-            return
-        with txn as state:
-            if answer.intent:
-                state.intent = answer.intent
-            state.slots.update(answer.slots)
-            state.step += 1
-        view = self.dialogue.get(msg.session_id)
+        key = self.session_key(job)
+        if answer.state is not None or answer.rolled_back:
+            cur = self.dialogue.get(key)
+            if answer.base_version is not None and (cur is None or cur.version != answer.base_version):
+                # The session expired, was evicted or moved on while the teacher answered.
+                counters.dialogue["answer_for_gone_session"] += 1
+                return
+        if answer.rolled_back:
+            counters.dialogue["rolled_back"] += 1
+            view = self.dialogue.get(key)
+        else:
+            txn = self.dialogue.begin(key, msg.seq, now)
+            if txn is None:
+                # An update older than the session's current version: dropped, and not answered.
+                counters.stale_chat += 1
+                return
+            with txn as state:
+                if answer.state is not None:
+                    state.intent = answer.state.intent
+                    state.slots = dict(answer.state.slots)
+                    state.step = answer.state.step
+                else:
+                    if answer.intent:
+                        state.intent = answer.intent
+                    state.slots.update(answer.slots)
+                    state.step += 1
+            if answer.state is not None:
+                counters.dialogue["merged"] += 1
+            view = self.dialogue.get(key)
         counters.chat_messages += 1
         counters.chat_by_source[answer.source] += 1
         degraded = answer.source == "edge-degraded"

@@ -31,6 +31,7 @@ from edge_agent.preprocess.pii import Redactor
 from edge_agent.preprocess.windows import WindowAggregator
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import RejectedMessage
+from edge_agent.protocol.escalation_wire import DialogueStateWire
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,10 @@ class Pipeline:
         except RejectedMessage as exc:
             self._reject(topic, payload, exc, now)
             return None
+
+    def chat_turn_state(self, job: ChatJob) -> tuple[DialogueStateWire, int, int | None]:
+        """The dialogue state an escalation of this turn carries; see :meth:`ChatFlow.turn_state`."""
+        return self._chat.turn_state(job, self._clock())
 
     def complete_chat(self, job: ChatJob, answer: ChatAnswer, now: float | None = None) -> None:
         """Apply an answered utterance: dialogue state, reply, statistics, hard example."""

@@ -5,6 +5,11 @@ inbound reader queues each :class:`ChatJob` here; a worker answers it, hands
 the answer to the pipeline and leaves the inbound message for the next commit
 tick to acknowledge. Replies to devices go out after that tick (see
 :class:`ReplyPublisher`).
+
+Turns of one session are answered one at a time, in arrival order
+(:class:`~edge_agent.services.session_queue.SessionQueue`): an escalated turn
+carries the session's state, and the next turn must start from the state this
+one leaves. Other sessions keep every worker meanwhile.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from collections.abc import Callable
 from edge_agent.config import AgentConfig
 from edge_agent.escalation.escalator import Escalator
 from edge_agent.ops.metrics import AgentMetrics
-from edge_agent.pipeline.chat_flow import ChatAnswer, ChatJob
+from edge_agent.pipeline.chat_flow import ChatAnswer, ChatFlow, ChatJob
 from edge_agent.pipeline.core import Pipeline
 from edge_agent.pipeline.outputs import Reply
-from edge_agent.protocol.errors import MqttError
+from edge_agent.protocol.errors import MqttError, RejectedMessage
 from edge_agent.services.active_models import ActiveModels
+from edge_agent.services.session_queue import SessionQueue
 from edge_agent.tick import CommitTick
 from edge_agent.transport.mqtt import Message, MqttClient
 from edge_agent.transport.redelivery import RedeliveryGuard
@@ -49,13 +55,20 @@ class ChatAnswers:
         self._escalator = escalator
         self._metrics = metrics
         self._config = config
-        self.queue: asyncio.Queue[tuple[ChatJob, Message]] = asyncio.Queue(maxsize=1000)
+        self.queue: SessionQueue[str, tuple[ChatJob, Message]] = SessionQueue(maxsize=1000)
+
+    async def submit(self, job: ChatJob, msg: Message) -> None:
+        """Queue a turn behind its session's earlier turns (waits while 1000 turns wait)."""
+        await self.queue.put(ChatFlow.session_key(job), (job, msg))
 
     async def worker(self) -> None:
         while True:
-            job, msg = await self.queue.get()
-            answer = await self.answer(job)
-            self._pipeline.complete_chat(job, answer)
+            key, (job, msg) = await self.queue.get()
+            try:
+                answer = await self.answer(job)
+                self._pipeline.complete_chat(job, answer)
+            finally:
+                self.queue.done(key)
             self._redelivery.absorbed(msg.mid, msg.topic, msg.payload)
             self._tick.ack_after_commit(msg)
 
@@ -73,9 +86,25 @@ class ChatAnswers:
         self._metrics.inference_seconds.labels(model="chat").observe(time.perf_counter() - t0)
         if self._escalator is None:
             return ChatAnswer(pred.intent, dict(pred.slots), pred.confidence, "edge")
-        ans = await self._escalator.answer(job.text, pred)
+        try:
+            state, turn, base = self._pipeline.chat_turn_state(job)
+        except RejectedMessage:
+            # Too large to travel: the teacher answers the utterance alone, the edge merges it.
+            self._pipeline.counters.dialogue["state_not_sent"] += 1
+            state, turn, base = None, None, None
+        ans = await self._escalator.answer(job.text, pred, state, turn)
         hard = ans.hard_example if self._config().chat.escalation.hard_examples else None
-        return ChatAnswer(ans.intent, dict(ans.slots), ans.confidence, ans.source, ans.escalated, hard)
+        return ChatAnswer(
+            ans.intent,
+            dict(ans.slots),
+            ans.confidence,
+            ans.source,
+            ans.escalated,
+            hard,
+            state=ans.state,
+            base_version=base,
+            rolled_back=state is not None and ans.source == "edge-degraded",
+        )
 
 
 class ReplyPublisher:

@@ -83,6 +83,8 @@ class Housekeeping:
         bump(m.uplink_published, "pub", u.published)
         bump(m.uplink_acked, "acked", u.acked)
         bump(m.uplink_bytes, "ubytes", u.bytes)
+        for event, n in c.dialogue.items():
+            bump(m.dialogue_events.labels(event=event), f"dlg:{event}", n)
         for source, n in c.chat_by_source.items():
             bump(m.chat_messages.labels(source=source), f"chat:{source}", n)
         # The sensor model's counters restart from zero, as a new object, with each model:

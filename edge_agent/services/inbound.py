@@ -60,7 +60,7 @@ class Inbound:
                 job = handle(msg.topic, msg.payload)
                 if job is not None:
                     # Answered by a chat worker, which acknowledges it once the answer is applied.
-                    await self._chat.queue.put((job, msg))
+                    await self._chat.submit(job, msg)
                     continue
                 guard.absorbed(msg.mid, msg.topic, msg.payload)
             tick.ack_after_commit(msg)

@@ -47,6 +47,8 @@ class Rpc:
         self._response_topics: set[str] = set()
         self._requests: dict[bytes, asyncio.Future[Message]] = {}
         self._handlers: dict[str, Handler] = {}
+        # Responses nobody waits for any more: a duplicate, or one that came after its timeout.
+        self.unmatched_responses = 0
         client.add_router(self._route)
         client.add_on_connection_lost(self._fail_waiting)
 
@@ -94,6 +96,8 @@ class Rpc:
             fut = self._requests.get(corr) if corr is not None else None
             if fut is not None and not fut.done():
                 fut.set_result(msg)
+            else:
+                self.unmatched_responses += 1
             self.client.ack(msg)
             return True
         for flt, handler in self._handlers.items():

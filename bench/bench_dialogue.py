@@ -39,7 +39,8 @@ def run(n: int, rate: float, seed: int) -> DialogueReplayResult:
         broker.start()
         try:
             mqtt = MqttConfig(host=broker.host, port=broker.port, reconnect_min_s=0.05, reconnect_max_s=0.5)
-            cfg = DialogueReplayConfig(load_crosswoz("val", limit=n), FaultRates(rate, rate, rate, rate), seed=seed)
+            faults = FaultRates(rate, rate, rate, rate)
+            cfg = DialogueReplayConfig(load_crosswoz("val", limit=n), faults, seed=seed)
             return asyncio.run(replay_dialogues(cfg, tmp, mqtt))
         finally:
             broker.stop()

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,9 +34,17 @@ from pydantic import (
 from pydantic_settings import EnvSettingsSource
 
 from edge_agent.protocol.errors import ConfigError
-from edge_agent.protocol.topics import ID_PATTERN
+from edge_agent.protocol.topics import NODE_ID_RULE, is_node_id
 
-NodeId = Annotated[str, StringConstraints(pattern=ID_PATTERN.pattern)]
+
+def _node_id(value: str) -> str:
+    if not is_node_id(value):
+        raise ValueError(f"{value[:80]!r} is not a valid node id: it must be {NODE_ID_RULE}")
+    return value
+
+
+# One rule on both sides (topics.NODE_ID_PATTERN): refused at load, not at the controller later.
+NodeId = Annotated[str, AfterValidator(_node_id)]
 
 
 class _Section(BaseModel):

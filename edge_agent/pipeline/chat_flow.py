@@ -70,7 +70,8 @@ class ChatFlow:
         """Apply an answered utterance: dialogue state, reply, statistics, hard example."""
         counters = self._counters
         msg = job.msg
-        txn = self.dialogue.begin(msg.session_id, msg.seq, now)
+        # Keyed by device too: session ids are the devices' own, two devices may both use "s1".
+        txn = self.dialogue.begin(job.device, msg.session_id, msg.seq, now)
         if txn is None:
             # An update older than the session's current version: dropped, and not answered.
             counters.stale_chat += 1
@@ -80,7 +81,7 @@ class ChatFlow:
                 state.intent = answer.intent
             state.slots.update(answer.slots)
             state.step += 1
-        view = self.dialogue.get(msg.session_id)
+        view = self.dialogue.get(job.device, msg.session_id)
         counters.chat_messages += 1
         counters.chat_by_source[answer.source] += 1
         degraded = answer.source == "edge-degraded"

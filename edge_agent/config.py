@@ -22,8 +22,8 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -34,17 +34,23 @@ from pydantic import (
 from pydantic_settings import EnvSettingsSource
 
 from edge_agent.protocol.errors import ConfigError
-from edge_agent.protocol.topics import NODE_ID_RULE, is_node_id
+from edge_agent.protocol.topics import NODE_ID_MAX, NODE_ID_PATTERN, NODE_ID_RULE, is_node_id
 
 
-def _node_id(value: str) -> str:
-    if not is_node_id(value):
+def _node_id(value: object) -> object:
+    """Runs first, so a bad node id is reported with the rule in words, not only as a regex."""
+    if isinstance(value, str) and not is_node_id(value):
         raise ValueError(f"{value[:80]!r} is not a valid node id: it must be {NODE_ID_RULE}")
     return value
 
 
 # One rule on both sides (topics.NODE_ID_PATTERN): refused at load, not at the controller later.
-NodeId = Annotated[str, AfterValidator(_node_id)]
+# The constraints repeat it for the generated reference (docs/configuration.md).
+NodeId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=NODE_ID_MAX, pattern=NODE_ID_PATTERN.pattern),
+    BeforeValidator(_node_id),
+]
 
 
 class _Section(BaseModel):

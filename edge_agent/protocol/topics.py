@@ -34,7 +34,8 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 # (an RFC 1123 subdomain: lower case) and its certificate's CN. 63 characters at most, so it is
 # also a safe topic level (ID_PATTERN) and fits ``edge-agent-{node}`` client ids and CNs (64).
 # deploy/pki/issue-node-cert.sh checks the same rule.
-NODE_ID_PATTERN = re.compile(r"^(?=.{1,63}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+NODE_ID_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+NODE_ID_MAX = 63
 NODE_ID_RULE = (
     "1-63 lower-case letters, digits, '-' and '.', starting and ending with a letter or digit, "
     "no empty part between dots (an RFC 1123 name: the node id is its EdgeNode's name)"
@@ -66,7 +67,7 @@ def validate_id(value: str, kind: str = "id") -> str:
 
 def is_node_id(value: object) -> bool:
     """True if ``value`` is a valid node id (NODE_ID_RULE)."""
-    return isinstance(value, str) and NODE_ID_PATTERN.match(value) is not None
+    return isinstance(value, str) and len(value) <= NODE_ID_MAX and NODE_ID_PATTERN.match(value) is not None
 
 
 def validate_node_id(value: str) -> str:

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -33,9 +34,23 @@ from pydantic import (
 from pydantic_settings import EnvSettingsSource
 
 from edge_agent.protocol.errors import ConfigError
-from edge_agent.protocol.topics import ID_PATTERN
+from edge_agent.protocol.topics import NODE_ID_MAX, NODE_ID_PATTERN, NODE_ID_RULE, is_node_id
 
-NodeId = Annotated[str, StringConstraints(pattern=ID_PATTERN.pattern)]
+
+def _node_id(value: object) -> object:
+    """Runs first, so a bad node id is reported with the rule in words, not only as a regex."""
+    if isinstance(value, str) and not is_node_id(value):
+        raise ValueError(f"{value[:80]!r} is not a valid node id: it must be {NODE_ID_RULE}")
+    return value
+
+
+# One rule on both sides (topics.NODE_ID_PATTERN): refused at load, not at the controller later.
+# The constraints repeat it for the generated reference (docs/configuration.md).
+NodeId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=NODE_ID_MAX, pattern=NODE_ID_PATTERN.pattern),
+    BeforeValidator(_node_id),
+]
 
 
 class _Section(BaseModel):

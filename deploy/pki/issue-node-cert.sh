@@ -5,7 +5,7 @@
 # and this script is the one place that decides which names exist.
 #
 #   issue-node-cert.sh init-ca DIR [--days N] [--cn NAME]
-#   issue-node-cert.sh issue   DIR NAME [--days N] [--server] [--san SAN]... [--force]
+#   issue-node-cert.sh issue   DIR NAME [--days N] [--node] [--server] [--san SAN]... [--force]
 #
 # init-ca  makes DIR/ca.key (0600) and DIR/ca.crt; refuses if DIR/ca.key exists.
 # issue    makes DIR/NAME.key (0600) and DIR/NAME.crt, signed by DIR/ca.*, CN=NAME.
@@ -17,6 +17,11 @@
 #
 # NAME must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$ (edge_agent.protocol.topics.ID_PATTERN):
 # a name with '/', '+', '#' or NUL would change the meaning of the ACL patterns.
+# A NODE's name is also its EdgeNode resource name, so node ids follow a stricter rule
+# (edge_agent.protocol.topics.NODE_ID_PATTERN, checked by the agent at config load and by
+# the controller's ingest): 1-63 lower-case letters, digits, '-' and '.', starting and
+# ending with a letter or digit, no empty part between dots (RFC 1123). --node enforces
+# it; without --node a name that breaks it is issued with a warning (fine for a device).
 # The names "ca" and "edgeloop-controller" are special: "ca" is refused (it would
 # overwrite the CA), "edgeloop-controller" is the controller's identity in the ACL;
 # issue it only for the controller.
@@ -28,6 +33,8 @@ umask 077
 export LC_ALL=C
 
 readonly NAME_RE='^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'
+readonly NODE_RE='^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$'
+readonly NODE_RULE="1-63 lower-case letters, digits, '-' and '.', starting and ending with a letter or digit, no empty part between dots (RFC 1123: the node id is its EdgeNode's name)"
 readonly SAN_RE='^(DNS:[A-Za-z0-9*][A-Za-z0-9.*-]{0,252}|IP:[0-9A-Fa-f.:]{2,45})$'
 DEFAULT_CA_DAYS=3650
 DEFAULT_CERT_DAYS=365
@@ -41,10 +48,11 @@ usage() {
     cat <<EOF
 Usage:
   ${0##*/} init-ca DIR [--days N] [--cn NAME]
-  ${0##*/} issue   DIR NAME [--days N] [--server] [--san DNS:host|IP:addr]... [--force]
+  ${0##*/} issue   DIR NAME [--days N] [--node] [--server] [--san DNS:host|IP:addr]... [--force]
 
   init-ca   create a CA (DIR/ca.key, DIR/ca.crt), default $DEFAULT_CA_DAYS days
   issue     create DIR/NAME.key and DIR/NAME.crt with CN=NAME, default $DEFAULT_CERT_DAYS days
+            --node     NAME is an edge node id: refuse it unless it is $NODE_RULE
             --server   broker certificate (serverAuth, SAN DNS:NAME + --san values)
             --force    replace an existing NAME.crt/NAME.key
 EOF
@@ -57,6 +65,10 @@ check_days() {
 check_name() {
     [[ "$1" =~ $NAME_RE ]] || die "name '$1' must match $NAME_RE"
     [[ "$1" != "ca" ]] || die "name 'ca' is reserved for the CA's own files"
+}
+
+is_node_id() {
+    [[ ${#1} -le 63 && "$1" =~ $NODE_RE ]]
 }
 
 init_ca() {
@@ -90,11 +102,12 @@ issue() {
     local dir="${1:-}" name="${2:-}"
     [[ -n "$dir" && -n "$name" ]] || { usage >&2; exit 2; }
     shift 2
-    local days=$DEFAULT_CERT_DAYS server=0 force=0
+    local days=$DEFAULT_CERT_DAYS server=0 force=0 node=0
     local -a sans=()
     while [[ $# -gt 0 ]]; do
         case "$1" in
             --days) days="${2:-}"; shift 2 || die "--days needs a value" ;;
+            --node) node=1; shift ;;
             --server) server=1; shift ;;
             --san) sans+=("${2:-}"); shift 2 || die "--san needs a value" ;;
             --force) force=1; shift ;;
@@ -102,6 +115,11 @@ issue() {
         esac
     done
     check_name "$name"
+    if ! is_node_id "$name"; then
+        [[ $node -eq 0 ]] || die "node id '$name' must be $NODE_RULE"
+        printf '%s: warning: %s is not a valid node id (%s); an edge agent with this node_id is refused\n' \
+            "${0##*/}" "'$name'" "$NODE_RULE" >&2
+    fi
     check_days "$days"
     [[ -f "$dir/ca.key" && -f "$dir/ca.crt" ]] || die "no CA in '$dir' (run: ${0##*/} init-ca $dir)"
     if [[ $server -eq 0 && ${#sans[@]} -gt 0 ]]; then

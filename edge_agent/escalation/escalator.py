@@ -147,7 +147,7 @@ class Escalator:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
-        self.node_id = topics.validate_id(node_id, "node")
+        self.node_id = topics.validate_node_id(node_id)
         self.budget = budget
         self.cache = cache
         self.timeout_s = timeout_s

@@ -55,6 +55,12 @@ class AgentMetrics:
 
         # Preprocessing.
         self.windows_emitted = Counter(f"{p}windows_emitted", "Aggregation windows closed", registry=r)
+        self.windows_dead_lettered = Counter(
+            f"{p}windows_dead_lettered", "Closed windows with no valid summary, dead-lettered", registry=r
+        )
+        self.readings_dead_lettered = Counter(
+            f"{p}readings_dead_lettered", "Readings in dead-lettered windows", registry=r
+        )
         self.summaries_enqueued = Counter(
             f"{p}summaries_enqueued", "Window summaries written to the outbox", registry=r
         )

@@ -31,7 +31,7 @@ from edge_agent.config import ChatConfig
 from edge_agent.pipeline.batching import Batcher
 from edge_agent.pipeline.counters import ModelCounters, PipelineCounters
 from edge_agent.pipeline.outputs import Reply, hard_example_record
-from edge_agent.preprocess.dialogue import DialogueStore
+from edge_agent.preprocess.dialogue import DialogueStore, SessionKey
 from edge_agent.preprocess.pii import Redactor
 from edge_agent.preprocess.text import normalize
 from edge_agent.protocol import messages as wire
@@ -91,9 +91,12 @@ class ChatFlow:
         return ChatJob(device, msg.model_copy(update={"text": red.text}), normalize(red.text), now)
 
     @staticmethod
-    def session_key(job: ChatJob) -> str:
-        """The key of the job's session in :attr:`dialogue` (and of its turn queue)."""
-        return job.msg.session_id
+    def session_key(job: ChatJob) -> SessionKey:
+        """The key of the job's session in :attr:`dialogue` (and of its turn queue).
+
+        Keyed by device too: session ids are the devices' own, two devices may both use "s1".
+        """
+        return job.device, job.msg.session_id
 
     def turn_state(self, job: ChatJob, now: float) -> tuple[DialogueStateWire, int, int | None]:
         """The session's committed state (redacted), the version this turn produces, the base version.
@@ -101,7 +104,7 @@ class ChatFlow:
         Raises RejectedMessage ``bad_state`` when the state is too large to travel.
         """
         key = self.session_key(job)
-        cur = self.dialogue.get(key)
+        cur = self.dialogue.get(*key)
         if cur is not None and now - cur.updated > self._ttl:
             cur = None  # past its TTL: the commit will start a new session
         base = cur.version if cur is not None else None
@@ -119,16 +122,16 @@ class ChatFlow:
         msg = job.msg
         key = self.session_key(job)
         if answer.state is not None or answer.rolled_back:
-            cur = self.dialogue.get(key)
+            cur = self.dialogue.get(*key)
             if answer.base_version is not None and (cur is None or cur.version != answer.base_version):
                 # The session expired, was evicted or moved on while the teacher answered.
                 counters.dialogue["answer_for_gone_session"] += 1
                 return
         if answer.rolled_back:
             counters.dialogue["rolled_back"] += 1
-            view = self.dialogue.get(key)
+            view = self.dialogue.get(*key)
         else:
-            txn = self.dialogue.begin(key, msg.seq, now)
+            txn = self.dialogue.begin(*key, msg.seq, now)
             if txn is None:
                 # An update older than the session's current version: dropped, and not answered.
                 counters.stale_chat += 1
@@ -145,7 +148,7 @@ class ChatFlow:
                     state.step += 1
             if answer.state is not None:
                 counters.dialogue["merged"] += 1
-            view = self.dialogue.get(key)
+            view = self.dialogue.get(*key)
         counters.chat_messages += 1
         counters.chat_by_source[answer.source] += 1
         degraded = answer.source == "edge-degraded"

@@ -1,6 +1,6 @@
 """The core's state as key/value rows, written in the same transaction as the tick's output.
 
-Open windows (``win:``) and dialogue sessions (``dlg:``) checkpoint themselves
+Open windows (``win:``) and dialogue sessions (``dlg:{device}/{session}``) checkpoint themselves
 as they change; what waits for the next summary is written whole under three
 keys whenever it changed. Restoring these rows puts the core back exactly where
 the last committed tick left it, which is what makes a redelivery safe.

@@ -28,7 +28,7 @@ from edge_agent.pipeline.outputs import Outgoing, RejectedInput, Reply
 from edge_agent.pipeline.sensor_scoring import SensorScorer, SensorScoring
 from edge_agent.pipeline.telemetry import absorb_telemetry
 from edge_agent.preprocess.pii import Redactor
-from edge_agent.preprocess.windows import WindowAggregator
+from edge_agent.preprocess.windows import UnsummarisableWindow, WindowAggregator
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import RejectedMessage
 from edge_agent.protocol.escalation_wire import DialogueStateWire
@@ -125,10 +125,32 @@ class Pipeline:
     # ------------------------------------------------------------------ tick output
     def poll_windows(self, now_wall: float, *, flush: bool = False) -> None:
         closed = self.windows.flush_all() if flush else self.windows.poll(now_wall)
+        for bad in self.windows.take_unsummarisable():
+            self._dead_window(bad, now_wall)
         if closed and self._sensor.model is not None:
             closed = self._sensor.score(self.cfg, closed, now_wall)
         if closed:
             self._batch.add_windows(closed, now_wall)
+
+    def _dead_window(self, bad: UnsummarisableWindow, now: float) -> None:
+        """A window with no valid summary: dead-lettered and counted, and the tick goes on."""
+        self.counters.windows_dead_lettered += 1
+        self.counters.readings_dead_lettered += bad.count
+        detail = f"{bad.metric} [{bad.start}, {bad.end}) count={bad.count}: {bad.error}"
+        self._rejected.append(
+            RejectedInput(
+                ts=now,
+                source="window",
+                topic=topics.device_telemetry(bad.device),
+                reason="window_unsummarisable",
+                detail=detail[:500],
+                payload=b"",
+            )
+        )
+        log.error(
+            "window dead-lettered: its statistics cannot be summarised",
+            extra={"device": bad.device, "metric": bad.metric, "count": bad.count, "error": bad.error[:200]},
+        )
 
     def take_records(
         self, now: float, seq_source: Callable[[], int], *, force: bool = False

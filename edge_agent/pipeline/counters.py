@@ -23,6 +23,10 @@ class PipelineCounters:
     raw_equivalent_bytes: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     windows_emitted: int = 0
+    # Closed windows whose statistics could not be summarised, and the readings in them:
+    # dead-lettered so one bad window never stops the commit for the others.
+    windows_dead_lettered: int = 0
+    readings_dead_lettered: int = 0
     summaries: int = 0
     chat_messages: int = 0
     pii_redactions: Counter[str] = field(default_factory=Counter)

@@ -1,5 +1,9 @@
 """Per-session dialogue state with versioned, transactional updates.
 
+A session is keyed by ``(device, session_id)``: session ids are chosen by
+devices, so two devices may well both call theirs "s1", and must not share
+(or overwrite) one dialogue.
+
 Chat messages arrive over QoS 1: duplicates and reordering are normal, and a
 handler can fail half-way (a model error, a cancelled task). So every update
 names the version it produces, stale or duplicate versions are dropped, and
@@ -8,6 +12,12 @@ handler succeeded: a session is always at its last consistent state.
 
 Memory is bounded twice: sessions idle longer than ``ttl_s`` expire, and at
 most ``max_sessions`` are kept (the least recently updated goes first).
+
+Checkpoint rows are ``dlg:{device}/{session_id}`` (both are validated ids, so
+the ``/`` is unambiguous). Rows of the old per-session layout (``dlg:{session_id}``,
+written before sessions were keyed by device) cannot be given back to their
+device: restore drops them, counts them in ``legacy_dropped`` and deletes them
+with the next commit; those dialogues restart, as after a TTL expiry.
 """
 
 from __future__ import annotations
@@ -19,13 +29,15 @@ from types import TracebackType
 
 from edge_agent.protocol.messages import DialogueView
 
-__all__ = ["DialogueState", "DialogueStore", "Transaction", "state_key"]
+__all__ = ["DialogueState", "DialogueStore", "SessionKey", "Transaction", "state_key"]
 
 _PREFIX = "dlg:"
 
+SessionKey = tuple[str, str]  # (device, session_id)
 
-def state_key(session_id: str) -> str:
-    return f"{_PREFIX}{session_id}"
+
+def state_key(device: str, session_id: str) -> str:
+    return f"{_PREFIX}{device}/{session_id}"
 
 
 @dataclass(slots=True)
@@ -36,6 +48,11 @@ class DialogueState:
     step: int = 0
     version: int = 0
     updated: float = 0.0
+    device: str = ""
+
+    @property
+    def key(self) -> SessionKey:
+        return (self.device, self.session_id)
 
     def to_view(self) -> DialogueView:
         return DialogueView(
@@ -52,6 +69,7 @@ class DialogueState:
     def to_bytes(self) -> bytes:
         return json.dumps(
             {
+                "device": self.device,
                 "session_id": self.session_id,
                 "intent": self.intent,
                 "slots": self.slots,
@@ -74,11 +92,13 @@ class DialogueState:
                 step=d["step"],
                 version=d["version"],
                 updated=d["updated"],
+                device=d["device"],
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"corrupt dialogue state: {exc}") from exc
         ok = (
             isinstance(state.session_id, str)
+            and isinstance(state.device, str)
             and (state.intent is None or isinstance(state.intent, str))
             and isinstance(state.slots, dict)
             and all(isinstance(k, str) and isinstance(v, str) for k, v in state.slots.items())
@@ -162,8 +182,10 @@ class DialogueStore:
             raise ValueError("ttl_s must be > 0")
         self._max = max_sessions
         self._ttl = ttl_s
-        self._sessions: OrderedDict[str, DialogueState] = OrderedDict()  # oldest update first
-        self._dirty: set[str] = set()
+        self._sessions: OrderedDict[SessionKey, DialogueState] = OrderedDict()  # oldest update first
+        self._dirty: set[SessionKey] = set()
+        self._legacy_keys: list[str] = []  # old-layout checkpoint rows to delete
+        self.legacy_dropped = 0
         self.stale_dropped = 0
         self.rolled_back = 0
         self.committed = 0
@@ -173,23 +195,25 @@ class DialogueStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def __contains__(self, session_id: object) -> bool:
-        return session_id in self._sessions
+    def __contains__(self, key: object) -> bool:
+        """``(device, session_id) in store``."""
+        return key in self._sessions
 
-    def get(self, session_id: str) -> DialogueState | None:
+    def get(self, device: str, session_id: str) -> DialogueState | None:
         """A copy of the session's committed state (reads do not refresh LRU order)."""
-        state = self._sessions.get(session_id)
+        state = self._sessions.get((device, session_id))
         return state.copy() if state is not None else None
 
-    def begin(self, session_id: str, version: int | None, now: float) -> Transaction | None:
+    def begin(self, device: str, session_id: str, version: int | None, now: float) -> Transaction | None:
         """Start an update producing ``version`` (None: the next one); None if it is stale.
 
         A session past its TTL counts as gone even before ``expire`` runs, so
         the outcome does not depend on when housekeeping last ran.
         """
-        current = self._sessions.get(session_id)
+        key = (device, session_id)
+        current = self._sessions.get(key)
         if current is not None and now - current.updated > self._ttl:
-            self._remove(session_id)
+            self._remove(key)
             self.expired += 1
             current = None
         if version is None:
@@ -199,20 +223,20 @@ class DialogueStore:
         elif current is not None and version <= current.version:
             self.stale_dropped += 1
             return None
-        work = current.copy() if current is not None else DialogueState(session_id=session_id)
+        work = current.copy() if current is not None else DialogueState(session_id=session_id, device=device)
         return Transaction(self, current, work, version, now)
 
     def _commit(self, base: DialogueState | None, state: DialogueState, version: int, now: float) -> bool:
-        current = self._sessions.get(state.session_id)
+        key = state.key
+        current = self._sessions.get(key)
         if current is not base and current is not None and version <= current.version:
             self.stale_dropped += 1  # a newer update committed while this one was running
             return False
         state.version = version
         state.updated = now
-        sid = state.session_id
-        self._sessions[sid] = state
-        self._sessions.move_to_end(sid)
-        self._dirty.add(sid)
+        self._sessions[key] = state
+        self._sessions.move_to_end(key)
+        self._dirty.add(key)
         self.committed += 1
         while len(self._sessions) > self._max:
             oldest = next(iter(self._sessions))
@@ -220,54 +244,64 @@ class DialogueStore:
             self.evicted += 1
         return True
 
-    def _remove(self, session_id: str) -> None:
-        del self._sessions[session_id]
-        self._dirty.add(session_id)
+    def _remove(self, key: SessionKey) -> None:
+        del self._sessions[key]
+        self._dirty.add(key)
 
-    def drop(self, session_id: str) -> bool:
+    def drop(self, device: str, session_id: str) -> bool:
         """Forget a session (the user ended it)."""
-        if session_id not in self._sessions:
+        key = (device, session_id)
+        if key not in self._sessions:
             return False
-        self._remove(session_id)
+        self._remove(key)
         return True
 
-    def expire(self, now: float) -> list[str]:
-        """Remove sessions idle longer than ``ttl_s``; returns their ids."""
-        gone = [sid for sid, st in self._sessions.items() if now - st.updated > self._ttl]
-        for sid in gone:
-            self._remove(sid)
+    def expire(self, now: float) -> list[SessionKey]:
+        """Remove sessions idle longer than ``ttl_s``; returns their ``(device, session_id)`` keys."""
+        gone = [key for key, st in self._sessions.items() if now - st.updated > self._ttl]
+        for key in gone:
+            self._remove(key)
         self.expired += len(gone)
         return gone
 
     # ---------------------------------------------------------------- checkpointing
 
     def snapshot(self) -> dict[str, bytes]:
-        return {state_key(sid): st.to_bytes() for sid, st in self._sessions.items()}
+        return {state_key(*key): st.to_bytes() for key, st in self._sessions.items()}
 
     def take_dirty(self) -> tuple[dict[str, bytes], list[str]]:
         """Sessions changed since the last call and the keys of sessions that went away."""
         states: dict[str, bytes] = {}
-        removed: list[str] = []
-        for sid in self._dirty:
-            st = self._sessions.get(sid)
+        removed: list[str] = self._legacy_keys
+        self._legacy_keys = []
+        for key in self._dirty:
+            st = self._sessions.get(key)
             if st is None:
-                removed.append(state_key(sid))
+                removed.append(state_key(*key))
             else:
-                states[state_key(sid)] = st.to_bytes()
+                states[state_key(*key)] = st.to_bytes()
         self._dirty.clear()
         return states, removed
 
     def restore(self, states: dict[str, bytes]) -> None:
         """Replace every session with a checkpoint; LRU order follows the update times."""
         loaded: list[DialogueState] = []
+        legacy: list[str] = []
         for key, blob in states.items():
+            if "/" not in key:  # the old per-session layout: whose device it was is unknown
+                legacy.append(key)
+                continue
             st = DialogueState.from_bytes(blob)
-            if key != state_key(st.session_id):
-                raise ValueError(f"checkpoint key {key!r} does not match its session {st.session_id!r}")
+            if key != state_key(st.device, st.session_id):
+                raise ValueError(
+                    f"checkpoint key {key!r} does not match its session {st.device!r}/{st.session_id!r}"
+                )
             loaded.append(st)
         loaded.sort(key=lambda s: s.updated)
-        self._sessions = OrderedDict((st.session_id, st) for st in loaded)
+        self._sessions = OrderedDict((st.key, st) for st in loaded)
         self._dirty.clear()
+        self._legacy_keys = legacy
+        self.legacy_dropped += len(legacy)
         while len(self._sessions) > self._max:
             self._remove(next(iter(self._sessions)))
             self.evicted += 1

@@ -28,9 +28,21 @@ from edge_agent.preprocess.window_state import (
 )
 from edge_agent.protocol.messages import WindowSummary
 
-__all__ = ["WindowAggregator"]
+__all__ = ["UnsummarisableWindow", "WindowAggregator"]
 
 _MAX_IDX = 2**62
+
+
+class UnsummarisableWindow:
+    """A closed window whose statistics cannot go on the wire (e.g. restored from a checkpoint
+    written before readings were bounded): dead-lettered so it cannot stop the commit for others."""
+
+    __slots__ = ("count", "device", "end", "error", "metric", "start")
+
+    def __init__(self, device: str, metric: str, start: float, end: float, count: int, error: str) -> None:
+        self.device, self.metric, self.start, self.end = device, metric, start, end
+        self.count = count
+        self.error = error
 
 
 class WindowAggregator:
@@ -57,6 +69,9 @@ class WindowAggregator:
         self.windows_closed = 0
         self.summaries_emitted = 0
         self.windows_held = 0  # windows the deadband merged instead of sending
+        # Closed windows that had no valid summary since the last take_unsummarisable(): their
+        # readings are accounted here instead of in an emitted ``count``.
+        self._unsummarisable: list[UnsummarisableWindow] = []
 
     @property
     def cfg(self) -> WindowConfig:
@@ -197,10 +212,24 @@ class WindowAggregator:
     def _drain(self, key: tuple[str, str], st: StreamState, out: list[WindowSummary]) -> None:
         if st.pending:
             device, metric = key
-            out.extend(c.acc.to_summary(device, metric, c.start, c.end) for c in st.pending)
-            self.summaries_emitted += len(st.pending)
+            for c in st.pending:
+                # One window at a time: a window that cannot be summarised is set aside, never
+                # raised into the commit tick, where it would stop every other device's output.
+                try:
+                    out.append(c.acc.to_summary(device, metric, c.start, c.end))
+                except (ValueError, ArithmeticError) as exc:
+                    self._unsummarisable.append(
+                        UnsummarisableWindow(device, metric, c.start, c.end, c.acc.count, str(exc)[:300])
+                    )
+                else:
+                    self.summaries_emitted += 1
         st.pending = None
         self._dirty.add(key)
+
+    def take_unsummarisable(self) -> list[UnsummarisableWindow]:
+        """Windows set aside since the last call, for the caller to dead-letter and count."""
+        bad, self._unsummarisable = self._unsummarisable, []
+        return bad
 
     def _close_key(self, key: tuple[str, str], st: StreamState, out: list[WindowSummary]) -> None:
         """Close the open window, send anything held, hand it all out and forget the stream."""

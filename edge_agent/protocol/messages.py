@@ -23,6 +23,12 @@ from edge_agent.protocol.topics import ID_PATTERN
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN.pattern)]
 MetricName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,63}$")]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+# A reading's magnitude bound. Window statistics square deviations and sum them over up to
+# 2**63 readings: |value| <= 1e100 keeps every intermediate (n * (2 * 1e100) ** 2 < 1e220) far
+# from overflow, so a window of finite readings always has a finite summary. No physical sensor
+# comes near it; a device that sends 1.7e308 is refused with the reason ``value_out_of_range``.
+MAX_READING_ABS = 1e100
+ReadingValue = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_READING_ABS, le=MAX_READING_ABS)]
 # Seconds since the epoch, up to the year 2100: beyond that a clock is broken, not a sensor reading.
 Timestamp = Annotated[float, Field(ge=0, le=4_102_444_800, allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0)]
@@ -41,7 +47,7 @@ class Reading(_Strict):
     """One timestamped sample of one or more named metrics; each value counts as one reading."""
 
     ts: Timestamp
-    values: Annotated[dict[MetricName, Finite], Field(min_length=1, max_length=64)]
+    values: Annotated[dict[MetricName, ReadingValue], Field(min_length=1, max_length=64)]
 
 
 class TelemetryBatch(_Strict):
@@ -222,6 +228,10 @@ def _reason(exc: ValidationError) -> str:
         return "missing_field"
     if "finite_number" in types:
         return "non_finite"
+    if any(
+        e["type"] in ("greater_than_equal", "less_than_equal") and "values" in e["loc"] for e in exc.errors()
+    ):
+        return "value_out_of_range"
     if "string_pattern_mismatch" in types:
         return "bad_id"
     if any(t.endswith("_type") or t.endswith("_parsing") for t in types):

@@ -30,6 +30,16 @@ from edge_agent.protocol.errors import ModelRejected, RejectedMessage
 
 API = "edgeloop/v1"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+# Node ids: stricter than other ids, because a node id is also the name of its EdgeNode resource
+# (an RFC 1123 subdomain: lower case) and its certificate's CN. 63 characters at most, so it is
+# also a safe topic level (ID_PATTERN) and fits ``edge-agent-{node}`` client ids and CNs (64).
+# deploy/pki/issue-node-cert.sh checks the same rule.
+NODE_ID_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+NODE_ID_MAX = 63
+NODE_ID_RULE = (
+    "1-63 lower-case letters, digits, '-' and '.', starting and ending with a letter or digit, "
+    "no empty part between dots (an RFC 1123 name: the node id is its EdgeNode's name)"
+)
 
 DEVICE_TELEMETRY_SUB = "devices/+/telemetry"
 DEVICE_CHAT_IN_SUB = "devices/+/chat/in"
@@ -52,6 +62,18 @@ def validate_id(value: str, kind: str = "id") -> str:
     """Return ``value`` if it is a safe single topic level, else raise RejectedMessage('bad_id')."""
     if not isinstance(value, str) or not ID_PATTERN.match(value):
         raise RejectedMessage("bad_id", f"{kind} {value!r} must match {ID_PATTERN.pattern}")
+    return value
+
+
+def is_node_id(value: object) -> bool:
+    """True if ``value`` is a valid node id (NODE_ID_RULE)."""
+    return isinstance(value, str) and len(value) <= NODE_ID_MAX and NODE_ID_PATTERN.match(value) is not None
+
+
+def validate_node_id(value: str) -> str:
+    """Return ``value`` if it is a valid node id, else raise RejectedMessage('bad_node_id')."""
+    if not is_node_id(value):
+        raise RejectedMessage("bad_node_id", f"node id {str(value)[:80]!r} must be {NODE_ID_RULE}")
     return value
 
 
@@ -104,7 +126,7 @@ def parse_device_topic(topic: str) -> DeviceTopic:
 
 
 def node_prefix(node: str) -> str:
-    return f"{_NODES}{validate_id(node, 'node')}"
+    return f"{_NODES}{validate_node_id(node)}"
 
 
 def node_topic(node: str, leaf: str) -> str:
@@ -143,7 +165,7 @@ def parse_node_topic(topic: str) -> tuple[str, str]:
     if not topic.startswith(_NODES):
         raise RejectedMessage("bad_topic", f"not a node topic: {topic!r}")
     node, _, leaf = topic[len(_NODES) :].partition("/")
-    validate_id(node, "node")
+    validate_node_id(node)
     if not leaf:
         raise RejectedMessage("bad_topic", f"node topic without leaf: {topic!r}")
     return node, leaf
@@ -168,7 +190,7 @@ def parse_escalation_request(topic: str) -> str:
     suffix = "/" + ESCALATION_REQUEST_LEAF
     if not (topic.startswith(_NODES) and topic.endswith(suffix)):
         raise RejectedMessage("bad_topic", f"not an escalation request topic: {topic[:200]!r}")
-    return validate_id(topic[len(_NODES) : -len(suffix)], "node")
+    return validate_node_id(topic[len(_NODES) : -len(suffix)])
 
 
 def rpc_response_prefix(node: str) -> str:

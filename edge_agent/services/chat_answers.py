@@ -26,6 +26,7 @@ from edge_agent.ops.metrics import AgentMetrics
 from edge_agent.pipeline.chat_flow import ChatAnswer, ChatFlow, ChatJob
 from edge_agent.pipeline.core import Pipeline
 from edge_agent.pipeline.outputs import Reply
+from edge_agent.preprocess.dialogue import SessionKey
 from edge_agent.protocol.errors import MqttError, RejectedMessage
 from edge_agent.services.active_models import ActiveModels
 from edge_agent.services.session_queue import SessionQueue
@@ -55,7 +56,7 @@ class ChatAnswers:
         self._escalator = escalator
         self._metrics = metrics
         self._config = config
-        self.queue: SessionQueue[str, tuple[ChatJob, Message]] = SessionQueue(maxsize=1000)
+        self.queue: SessionQueue[SessionKey, tuple[ChatJob, Message]] = SessionQueue(maxsize=1000)
 
     async def submit(self, job: ChatJob, msg: Message) -> None:
         """Queue a turn behind its session's earlier turns (waits while 1000 turns wait)."""

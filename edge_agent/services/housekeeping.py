@@ -79,6 +79,8 @@ class Housekeeping:
         bump(m.readings_in, "readings", c.readings)
         bump(m.raw_equivalent_bytes, "raw", c.raw_equivalent_bytes)
         bump(m.windows_emitted, "windows", c.windows_emitted)
+        bump(m.windows_dead_lettered, "windows_dead", c.windows_dead_lettered)
+        bump(m.readings_dead_lettered, "readings_dead", c.readings_dead_lettered)
         bump(m.summaries_enqueued, "summaries", c.summaries)
         bump(m.uplink_published, "pub", u.published)
         bump(m.uplink_acked, "acked", u.acked)

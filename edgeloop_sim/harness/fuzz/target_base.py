@@ -115,4 +115,6 @@ def node_topic(leaf: str) -> st.SearchStrategy[str]:
         st.just(topics.node_topic("n2", leaf)),
         st.builds(lambda n: f"edgeloop/v1/nodes/{n}/{leaf}", st.sampled_from(TOPIC_INJECTION)),
         st.sampled_from(["edgeloop/v1/nodes/n1", "edgeloop/v1/nodes/n1/other", "x/y", ""]),
+        # Valid topic levels that cannot be EdgeNode names (issue 15, point 7).
+        st.sampled_from([f"edgeloop/v1/nodes/{n}/{leaf}" for n in ("Node-A", "n_1", "n1-")]),
     )

@@ -16,7 +16,35 @@ TS = 1_700_000_000.0
 ids = st.one_of(
     st.sampled_from(["d1", "s-1", "m.2", "A_b"]), st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.\-]{0,10}\Z")
 )
-finite = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e9, max_value=1e9)
+# The whole finite float range, subnormals included, with the overflow edges drawn often:
+# two readings near the largest float once overflowed a window's mean (issue 15, point 5).
+EXTREME_FLOATS = [1.7e308, -1.7e308, 1.7976931348623157e308, 1e308, 1e100, -1e100, 2e100, 5e-324, -0.0]
+finite = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.floats(allow_nan=False, allow_infinity=False, min_value=-1e9, max_value=1e9),
+    st.sampled_from(EXTREME_FLOATS),
+)
+# Number spellings JSON parsers accept (Python's json reads 1e309 as inf): what a device may send.
+NUMBER_TEXTS = ["-0", "1E+2", "1e309", "-1e309", "1e-400", "1e99999999999", "1" + "0" * 400, "0.0e0"]
+number_text = st.one_of(
+    st.sampled_from(NUMBER_TEXTS),
+    st.from_regex(r"\A-?(0|[1-9][0-9]{0,400})(\.[0-9]{1,400})?([eE][+-]?[0-9]{1,12})?\Z"),
+)
+
+# Several extreme readings of one stream in one window: what once overflowed its statistics.
+extreme_window = st.lists(st.sampled_from(EXTREME_FLOATS), min_size=2, max_size=8).map(
+    lambda vs: {"readings": [{"ts": TS + i * 0.01, "values": {"x": v}} for i, v in enumerate(vs)]}
+)
+
+
+@st.composite
+def telemetry_number_texts(draw: st.DrawFn) -> bytes:
+    """A reading whose numbers are written as raw JSON text, not by json.dumps."""
+    ts = draw(st.one_of(st.just("1700000000"), number_text))
+    metrics = draw(st.sets(st.sampled_from("xyz"), min_size=1))
+    values = ", ".join(f'"{m}": {draw(number_text)}' for m in metrics)
+    return f'{{"ts": {ts}, "values": {{{values}}}}}'.encode()
+
 ts_s = st.floats(min_value=0, max_value=4e9, allow_nan=False)
 
 
@@ -24,7 +52,8 @@ def reading() -> st.SearchStrategy[dict[str, Any]]:
     return st.fixed_dictionaries(
         {
             # Valid per the schema (finite, >= 0) but past what a window index can hold: a boundary.
-            "ts": st.one_of(ts_s, ts_s, ts_s, st.sampled_from([1e19, 4.6e19, 1e300])),
+            # A narrow band too, so readings of several cases share one window and its statistics.
+            "ts": st.one_of(ts_s, ts_s, ts_s, st.sampled_from([1e19, 4.6e19, 1e300]), st.floats(TS, TS + 5)),
             "values": st.dictionaries(st.sampled_from(["x", "temp", "p.1", "v-2"]), finite, min_size=1),
         }
     )

@@ -28,7 +28,8 @@ def test_dashboard_queries_exported_metrics() -> None:
             exported.add(f"{name}_total")
         if kind == "histogram":
             exported.update({f"{name}_bucket", f"{name}_sum", f"{name}_count"})
-    controller_src = (ROOT / "cloud_controller" / "app.py").read_text()
+    # The controller's metric names are spelled where its /metrics collector builds them.
+    controller_src = (ROOT / "cloud_controller" / "http.py").read_text()
     dash = json.loads((GRAFANA / "edgeloop-dashboard.json").read_text())
     for panel in dash["panels"]:
         for target in panel["targets"]:

@@ -8,7 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from cloud_controller.ingest.summaries import NodeTotals, SummaryStore
+from cloud_controller.ingest.contracts import NodeTotals
+from cloud_controller.ingest.summaries import SummaryStore
 from edge_agent.ops.cli_kit import Verb
 from edge_agent.ops.tables import text_table
 

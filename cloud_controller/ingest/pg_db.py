@@ -79,8 +79,9 @@ def _permanent(exc: BaseException) -> bool:
 
 
 def _reason(exc: BaseException) -> str:
+    """libpq's message on one line (its reason, then its hint), or the class name."""
     lines = [x.strip() for x in str(exc).strip().splitlines() if x.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    return " ".join(lines) if lines else type(exc).__name__
 
 
 class PgDatabase:

@@ -68,7 +68,7 @@ class PostgresServer:
                       "-E", "UTF8", "--no-sync"),
             check=True, capture_output=True,
         )
-        log = open(self.log_path, "wb")  # noqa: SIM115 - the server writes to it until stop()
+        log = open(self.log_path, "wb")
         if self._user:
             pw = pwd.getpwnam(self._user)
             os.chown(self.log_path, pw.pw_uid, pw.pw_gid)
@@ -113,9 +113,10 @@ class PostgresServer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
-        """Fast shutdown (SIGINT), then kill after a grace period; removes the data directory."""
+        """Fast shutdown (``pg_ctl stop -m fast``: runuser does not pass signals on), then kill."""
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(2)
+            subprocess.run(self._cmd(str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast",
+                                     "-w", "-t", "15"), capture_output=True)
             try:
                 self._proc.wait(timeout=15)
             except subprocess.TimeoutExpired:

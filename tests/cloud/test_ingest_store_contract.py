@@ -171,13 +171,14 @@ def test_fleet_persists_statuses_and_desired(backend: Backend) -> None:
         assert n1.last_seen == 20.0
         assert sorted(again.names()) == ["n1", "n2"]
         rec = again.desired("n1")
-        assert rec is not None and (rec.generation, rec.models, rec.pipeline_since_gen) == (4, {"chat": "m@1"}, 2)
+        assert rec is not None
+        assert (rec.generation, rec.models, rec.pipeline_since_gen) == (4, {"chat": "m@1"}, 2)
         assert again.desired("n2") is None
     finally:
         again.close()
 
 
-# --------------------------------------------------------------------------- SQLite files from before (node, id)
+# --------------------------------------------------------------------------- SQLite files from before
 
 
 def test_sqlite_file_from_before_versioning_is_migrated(tmp_path: Path) -> None:
@@ -196,8 +197,8 @@ def test_sqlite_file_from_before_versioning_is_migrated(tmp_path: Path) -> None:
     db.commit()
     db.close()
     with SummaryStore(tmp_path / "summaries.db") as store:
-        assert store.add_many([(batch("n1", "batch-0001", 0), 3.0, 10), (batch("n2", "batch-0001", 0), 3.0, 10)]) \
-            == [False, True]
+        again = [(batch("n1", "batch-0001", 0), 3.0, 10), (batch("n2", "batch-0001", 0), 3.0, 10)]
+        assert store.add_many(again) == [False, True]
         assert [(t.node, t.batches, t.readings, t.duplicates) for t in store.totals()] == [
             ("n1", 1, 5, 5), ("n2", 1, 3, 0)]
     with SummaryStore(tmp_path / "summaries.db") as store:  # a second open finds the current version

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,3 +102,14 @@ async def test_ingest_keeps_a_burst_until_the_store_commits(tmp_path: Path) -> N
     st = ingest.fleet.get("n1")
     assert st is not None and st.batches == 1  # counted once although stored on the third try
     assert store.rejects() == {"malformed_payload": 1}  # written once, after the commit that succeeded
+
+
+def test_controller_with_a_dsn_that_cannot_connect_says_why(postgres_server: PostgresServer,
+                                                            tmp_path: Path) -> None:
+    env = dict(os.environ, EDGELOOP_STORE_DSN=f"postgresql://postgres@127.0.0.1:{postgres_server.port}/nosuch")
+    cmd = [sys.executable, "-m", "cloud_controller.cli", "run", "--store", str(tmp_path / "r.db"),
+           "--http-port", "0"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert f"127.0.0.1:{postgres_server.port}/nosuch (permanent)" in r.stderr
+    assert 'database "nosuch" does not exist' in r.stderr and "Traceback" not in r.stderr

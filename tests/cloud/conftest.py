@@ -1,4 +1,4 @@
-"""Fixtures shared by the cloud tests: the parent student (trained once for the package), a real PostgreSQL."""
+"""Fixtures shared by the cloud tests: the parent student (trained once per package), a real PostgreSQL."""
 
 from __future__ import annotations
 

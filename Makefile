@@ -1,5 +1,5 @@
 # The README's two commands: `make demo` and `make test`. Each sets up what it needs
-# on a fresh Debian machine (mosquitto and etcd via apt, a venv, the project with its extras).
+# on a fresh Debian machine (mosquitto, etcd and postgresql via apt, a venv, the project with its extras).
 # tests/cluster/ also needs the kube-apiserver assets (EDGELOOP_KUBE_ASSETS, default ../shared/kube).
 PYTHON ?= python3
 VENV   ?= .venv
@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	  command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	  command -v etcd >/dev/null 2>&1 || test -x /usr/bin/etcd || missing="$$missing etcd-server"; \
 	  command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	  if [ -n "$$missing" ]; then \
 	    echo ">> installing$$missing (apt)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

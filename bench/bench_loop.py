@@ -48,7 +48,8 @@ def chat(
     from cloud_controller.distill_runner.chat_job import evaluate_bundle
     from cloud_controller.distill_runner.job import run
     from cloud_controller.distill_runner.protocol import ProgressLog, RunnerSpec
-    from cloud_controller.ingest.hard_examples import StoredHardExample, write_snapshot
+    from cloud_controller.ingest.contracts import StoredHardExample
+    from cloud_controller.ingest.hard_examples import write_snapshot
     from edge_agent.models.chat_runtime import ChatModel
     from edgeloop_sim.demo_models import DEMO_EPOCHS, MODEL_NAME, base_spec, ensure_models
 
@@ -140,7 +141,8 @@ def sensors(config: Literal["tiny", "full"], seeds: list[int], work: Path) -> di
     from cloud_controller.distill_runner.job import run
     from cloud_controller.distill_runner.protocol import ProgressLog, RunnerSpec
     from cloud_controller.distill_runner.sensor_job import evaluate_fixed
-    from cloud_controller.ingest.hard_examples import StoredHardExample, write_snapshot
+    from cloud_controller.ingest.contracts import StoredHardExample
+    from cloud_controller.ingest.hard_examples import write_snapshot
     from cloud_controller.training.sensor_train import (
         BaselineDetector,
         SensorTrainConfig,

@@ -22,8 +22,9 @@ import time
 from typing import Any
 
 from cloud_controller.http import AppCollector, ProbeServer
+from cloud_controller.ingest.backends import open_ingest_stores
+from cloud_controller.ingest.contracts import HardExampleStoreProtocol
 from cloud_controller.ingest.fleet import Fleet, StatusChange, StatusThrottle
-from cloud_controller.ingest.hard_examples import HardExampleStore
 from cloud_controller.ingest.loop import Ingest, IngestConfig
 from cloud_controller.reconcilers.common import ArtifactCheck, Context, ReconcileSettings
 from cloud_controller.reconcilers.desired import DesiredPublisher, RefFor, default_ref
@@ -78,7 +79,7 @@ class ControllerApp:
         self.store: ResourceStore | None = None
         self.teacher: TeacherService | None = None
         self.sensor_teacher: SensorTeacher | None = None
-        self.hard_examples: HardExampleStore | None = None
+        self.hard_examples: HardExampleStoreProtocol | None = None
         self._api: Any = None
         self.fleet: Fleet | None = None
         self.ingest: Ingest | None = None
@@ -131,8 +132,9 @@ class ControllerApp:
     def _build(self, store: ResourceStore, leader: Leadership) -> None:
         s = self.settings
         data = s.data_dir
-        self.fleet = Fleet(data / "fleet.db")
-        self.hard_examples = HardExampleStore(data / "hard_examples.db")
+        stores = open_ingest_stores(data, s.store_dsn)
+        self.fleet = stores.fleet
+        self.hard_examples = stores.hard_examples
         self.ingest = Ingest(
             IngestConfig(
                 mqtt=s.mqtt,
@@ -148,6 +150,7 @@ class ControllerApp:
             on_summary=self._on_summary,
             hard_examples=self.hard_examples,
             label_sensor=self.sensor_teacher.label if self.sensor_teacher is not None else None,
+            summaries=stores.summaries,
         )
         # Own connection for desired states: on the ingest connection their PUBACKs queue behind up to
         # receive_max summaries, and not at all while ingest pauses reading (backpressure), so

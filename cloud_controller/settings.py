@@ -60,6 +60,11 @@ class ControllerSettings(BaseSettings):
     store_path: Path | None = Field(
         default=None, description="embedded SQLite resource store; this or `kube` is required"
     )
+    store_dsn: str | None = Field(
+        default=None,
+        description="`postgresql://...`: summaries, hard examples and the fleet cache in this shared "
+        "PostgreSQL (what replicas need); unset: SQLite files under `data_dir`",
+    )
     kube: bool = Field(
         default=False,
         description="resources in the Kubernetes API server; wins over `store_path` when both are set",

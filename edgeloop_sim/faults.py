@@ -40,7 +40,8 @@ from typing import Any, Literal
 
 import yaml
 
-from cloud_controller.ingest.summaries import NodeTotals, SummaryStore
+from cloud_controller.ingest.contracts import NodeTotals
+from cloud_controller.ingest.summaries import SummaryStore
 from edge_agent.config import OutboxConfig
 from edge_agent.outbox.agent_store import AgentStore
 from edgeloop_sim.broker import Broker

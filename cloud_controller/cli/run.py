@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cloud_controller.app import ControllerApp
+from cloud_controller.ingest.contracts import StoreConnectError
 from cloud_controller.settings import ControllerSettings
 from edge_agent.ops.cli_kit import UsageError, Verb
 from edge_agent.ops.logs import JsonFormatter
@@ -141,7 +143,11 @@ def run_command(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, app.stop)
         await app.run()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except StoreConnectError as exc:  # store_dsn does not connect: host and reason, no traceback
+        print(f"cloud-controller: {exc}", file=sys.stderr)
+        return 2 if exc.permanent else 1
     return 0
 
 

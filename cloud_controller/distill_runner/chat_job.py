@@ -32,7 +32,7 @@ import numpy as np
 from cloud_controller.datasets.snips import Example, label_sets, load_snips
 from cloud_controller.distill_runner.collect import held_out, load_hard_examples
 from cloud_controller.distill_runner.protocol import ProgressLog, RunnerSpec, parse_base
-from cloud_controller.ingest.hard_examples import StoredHardExample
+from cloud_controller.ingest.contracts import StoredHardExample
 from cloud_controller.training.nlu_metrics import evaluate_nlu
 from edge_agent.models.bundle import write_bundle
 from edge_agent.models.chat_runtime import ChatModel

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 
 from cloud_controller.distill_runner.protocol import RunnerSpec
-from cloud_controller.ingest.hard_examples import HardExampleStore, StoredHardExample, read_snapshot
+from cloud_controller.ingest.contracts import StoredHardExample
+from cloud_controller.ingest.hard_examples import HardExampleStore, read_snapshot
 
 __all__ = ["held_out", "load_hard_examples"]
 

@@ -55,7 +55,7 @@ import numpy as np
 
 from cloud_controller.distill_runner.collect import held_out
 from cloud_controller.distill_runner.protocol import RunnerSpec, parse_base
-from cloud_controller.ingest.hard_examples import StoredHardExample
+from cloud_controller.ingest.contracts import StoredHardExample
 from edge_agent.models.sensor_runtime import SensorModel
 
 if TYPE_CHECKING:

@@ -2,10 +2,10 @@
 
 Why a fleet cache at all: node status arrives over MQTT at heartbeat rate, and
 reconcilers must read it without touching the API server (which holds only the
-throttled EdgeNode status). Why SQLite behind it: a restarted controller must
-know lastSeen, the models a node runs and the desired-state generation it last
-published before the first retained status arrives again, or it would flap
-nodes to Offline and re-number generations.
+throttled EdgeNode status). Why a store behind it (SQLite, or the shared
+PostgreSQL): a restarted controller must know lastSeen, the models a node runs
+and the desired-state generation it last published before the first retained
+status arrives again, or it would flap nodes to Offline and re-number generations.
 
 ``StatusThrottle`` is the other half: 100k nodes heartbeating every 30 s would
 be ~3k EdgeNode status writes a second. The throttle lets a node's status be
@@ -19,28 +19,63 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloud_controller.ingest.contracts import DesiredRow, FleetRecords, NodeTotals, StatusRow
 from cloud_controller.ingest.sqlite_db import connect_wal
-from cloud_controller.ingest.summaries import NodeTotals
 from edge_agent.protocol import messages as wire
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS fleet_status (
-    node TEXT PRIMARY KEY, payload TEXT NOT NULL, received REAL NOT NULL, last_seen REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS fleet_desired (
-    node TEXT PRIMARY KEY, generation INTEGER NOT NULL, content_hash TEXT NOT NULL,
-    pipeline_name TEXT, pipeline_hash TEXT, pipeline_since_gen INTEGER NOT NULL,
-    models TEXT NOT NULL, published REAL NOT NULL
-);
-"""
+_MIGRATIONS = (
+    """
+    CREATE TABLE IF NOT EXISTS fleet_status (
+        node TEXT PRIMARY KEY, payload TEXT NOT NULL, received REAL NOT NULL, last_seen REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS fleet_desired (
+        node TEXT PRIMARY KEY, generation INTEGER NOT NULL, content_hash TEXT NOT NULL,
+        pipeline_name TEXT, pipeline_hash TEXT, pipeline_since_gen INTEGER NOT NULL,
+        models TEXT NOT NULL, published REAL NOT NULL
+    )
+    """,
+)
+
+
+class SqliteFleetRecords:
+    """The embedded ``FleetRecords``: one SQLite file (WAL)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.db = connect_wal(Path(path), "fleet", _MIGRATIONS, timeout=10.0)
+
+    def load(self) -> tuple[list[StatusRow], list[DesiredRow]]:
+        statuses = self.db.execute("SELECT node, payload, received, last_seen FROM fleet_status").fetchall()
+        desired = self.db.execute(
+            "SELECT node, generation, content_hash, pipeline_name, pipeline_hash, pipeline_since_gen, "
+            "models, published FROM fleet_desired"
+        ).fetchall()
+        return statuses, desired
+
+    def save_statuses(self, rows: Sequence[StatusRow]) -> None:
+        with self.db:
+            self.db.executemany(
+                "INSERT INTO fleet_status VALUES (?, ?, ?, ?) ON CONFLICT(node) DO UPDATE SET "
+                "payload=excluded.payload, received=excluded.received, last_seen=excluded.last_seen",
+                rows,
+            )
+
+    def save_desired(self, row: DesiredRow) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO fleet_desired VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+    def delete_desired(self, node: str) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM fleet_desired WHERE node = ?", (node,))
+
+    def close(self) -> None:
+        self.db.close()
 
 
 @dataclass
@@ -100,26 +135,40 @@ class DesiredRecord:
 
 
 class Fleet:
-    """In-memory node states, persisted to one SQLite file (batched: ``flush()`` once per ingest burst)."""
+    """In-memory node states, persisted through ``FleetRecords`` (batched: ``flush()`` once per ingest burst).
 
-    def __init__(self, path: str | Path | None, *, clock: Callable[[], float] = time.time) -> None:
+    ``path`` is the embedded SQLite file; ``records`` another backend (the shared
+    PostgreSQL store); neither: memory only.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None,
+        *,
+        records: FleetRecords | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = Path(path) if path is not None else None
         self.clock = clock
         self._nodes: dict[str, NodeState] = {}
         self._desired: dict[str, DesiredRecord] = {}
         self._dirty: set[str] = set()
-        self._db: sqlite3.Connection | None = None
+        self._records: FleetRecords | None = records
+        self._opened = False
 
     # ------------------------------------------------------------------ persistence
 
     def open(self) -> Fleet:
         """Create tables and load what a previous run left (idempotent)."""
-        if self.path is None or self._db is not None:
+        if self._opened:
             return self
-        db = self._db = connect_wal(self.path, _SCHEMA, timeout=10.0)
-        for node, payload, received, last_seen in db.execute(
-            "SELECT node, payload, received, last_seen FROM fleet_status"
-        ):
+        if self._records is None and self.path is not None:
+            self._records = SqliteFleetRecords(self.path)
+        if self._records is None:
+            return self
+        self._opened = True
+        statuses, desired = self._records.load()
+        for node, payload, received, last_seen in statuses:
             try:
                 status = wire.Status.model_validate_json(payload)
             except ValueError:
@@ -128,39 +177,33 @@ class Fleet:
             st = self._state(node)
             st.status, st.status_received = status, received
             st.last_seen = max(st.last_seen or 0.0, last_seen)
-        for row in db.execute(
-            "SELECT node, generation, content_hash, pipeline_name, pipeline_hash, pipeline_since_gen, "
-            "models, published FROM fleet_desired"
-        ):
+        for row in desired:
             self._desired[row[0]] = DesiredRecord(
                 row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), row[7]
             )
         return self
 
     def close(self) -> None:
-        if self._db is not None:
+        if self._records is not None and self._opened:
             self.flush()
-            self._db.close()
-            self._db = None
+            self._records.close()
+            self._opened = False
+            if self.path is not None:
+                self._records = None
 
     def flush(self) -> int:
         """Persist the statuses changed since the last flush in one transaction; returns how many."""
-        if self._db is None or not self._dirty:
+        if self._records is None or not self._opened or not self._dirty:
             self._dirty.clear()
             return 0
-        rows = []
+        rows: list[StatusRow] = []
         for name in self._dirty:
             st = self._nodes.get(name)
             if st is not None and st.status is not None:
                 rows.append(
                     (name, st.status.model_dump_json(), st.status_received or 0.0, st.last_seen or 0.0)
                 )
-        with self._db:
-            self._db.executemany(
-                "INSERT INTO fleet_status VALUES (?, ?, ?, ?) ON CONFLICT(node) DO UPDATE SET "
-                "payload=excluded.payload, received=excluded.received, last_seen=excluded.last_seen",
-                rows,
-            )
+        self._records.save_statuses(rows)
         self._dirty.clear()
         return len(rows)
 
@@ -234,28 +277,25 @@ class Fleet:
 
     def save_desired(self, rec: DesiredRecord) -> None:
         self._desired[rec.node] = rec
-        if self._db is not None:
-            with self._db:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO fleet_desired VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        rec.node,
-                        rec.generation,
-                        rec.content_hash,
-                        rec.pipeline_name,
-                        rec.pipeline_hash,
-                        rec.pipeline_since_gen,
-                        json.dumps(rec.models, sort_keys=True),
-                        rec.published,
-                    ),
+        if self._records is not None and self._opened:
+            self._records.save_desired(
+                (
+                    rec.node,
+                    rec.generation,
+                    rec.content_hash,
+                    rec.pipeline_name,
+                    rec.pipeline_hash,
+                    rec.pipeline_since_gen,
+                    json.dumps(rec.models, sort_keys=True),
+                    rec.published,
                 )
+            )
 
     def delete_desired(self, node: str) -> DesiredRecord | None:
         """Forget the published desired state; the last generation is returned so it never goes back."""
         rec = self._desired.pop(node, None)
-        if self._db is not None:
-            with self._db:
-                self._db.execute("DELETE FROM fleet_desired WHERE node = ?", (node,))
+        if self._records is not None and self._opened:
+            self._records.delete_desired(node)
         return rec
 
 

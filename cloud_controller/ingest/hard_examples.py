@@ -4,8 +4,9 @@ A hard example is an input the edge student was unsure about, already
 PII-redacted on the node, together with the student's output and the
 teacher's answer (``teacher`` carries the label and its confidence). They
 arrive on ``edgeloop/v1/nodes/{node}/hard-examples`` with QoS 1, so the same
-example may arrive twice; the store deduplicates by the example's id
-(``INSERT OR IGNORE``), which makes ingest idempotent like the summaries.
+example may arrive twice; the store deduplicates per (node, example id)
+(``INSERT OR IGNORE``; a node numbers its own examples, so two nodes may use the
+same id), which makes ingest idempotent like the summaries.
 
 Why the received time and not the node's ``created``: a DistillationJob asks
 for "what arrived since T" in the controller's clock. Node clocks drift, and a
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from cloud_controller.ingest.contracts import HardExampleStoreProtocol, StoredHardExample
 from cloud_controller.ingest.sqlite_db import connect_wal
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol import topics
@@ -48,9 +50,10 @@ __all__ = [
     "HandleResult",
     "HardExampleStore",
     "SensorLabeller",
-    "StoredHardExample",
+    "example_row",
     "handle_hard_examples",
     "read_snapshot",
+    "stored_example",
     "teacher_confidence",
     "teacher_label",
     "write_snapshot",
@@ -65,23 +68,46 @@ SensorLabeller = Callable[[Sequence[Sequence[float] | None]], Sequence[dict[str,
 # outputs: 64 KiB is generous and keeps a misbehaving node from filling the disk quickly.
 MAX_HARD_EXAMPLE_BYTES = 64 * 1024
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS hard_examples (
-    id TEXT PRIMARY KEY,
-    received REAL NOT NULL,
-    created REAL NOT NULL,
-    node TEXT NOT NULL,
-    task TEXT NOT NULL,
-    text TEXT,
-    features TEXT,
-    label TEXT,
-    confidence REAL,
-    teacher TEXT,
-    student TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS hard_examples_task_received ON hard_examples (task, received);
-CREATE TABLE IF NOT EXISTS hard_example_duplicates (node TEXT PRIMARY KEY, count INTEGER NOT NULL);
-"""
+# Version 2 keys rows on (node, id): a node numbers its own examples, so two nodes may share an id.
+_MIGRATIONS = (
+    """
+    CREATE TABLE IF NOT EXISTS hard_examples (
+        id TEXT PRIMARY KEY,
+        received REAL NOT NULL,
+        created REAL NOT NULL,
+        node TEXT NOT NULL,
+        task TEXT NOT NULL,
+        text TEXT,
+        features TEXT,
+        label TEXT,
+        confidence REAL,
+        teacher TEXT,
+        student TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS hard_examples_task_received ON hard_examples (task, received);
+    CREATE TABLE IF NOT EXISTS hard_example_duplicates (node TEXT PRIMARY KEY, count INTEGER NOT NULL)
+    """,
+    """
+    CREATE TABLE hard_examples_v2 (
+        id TEXT NOT NULL,
+        received REAL NOT NULL,
+        created REAL NOT NULL,
+        node TEXT NOT NULL,
+        task TEXT NOT NULL,
+        text TEXT,
+        features TEXT,
+        label TEXT,
+        confidence REAL,
+        teacher TEXT,
+        student TEXT NOT NULL,
+        PRIMARY KEY (node, id)
+    );
+    INSERT INTO hard_examples_v2 SELECT * FROM hard_examples;
+    DROP TABLE hard_examples;
+    ALTER TABLE hard_examples_v2 RENAME TO hard_examples;
+    CREATE INDEX hard_examples_task_received ON hard_examples (task, received)
+    """,
+)
 
 
 class _MessageLike(Protocol):
@@ -90,52 +116,6 @@ class _MessageLike(Protocol):
 
     @property
     def payload(self) -> bytes: ...
-
-
-@dataclass(frozen=True)
-class StoredHardExample:
-    id: str
-    received: float
-    created: float
-    node: str
-    task: str
-    text: str | None
-    features: list[float] | None
-    label: str | None  # the teacher's label (intent for chat)
-    confidence: float | None  # the teacher's confidence
-    teacher: dict[str, Any] | None
-    student: dict[str, Any]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "received": self.received,
-            "created": self.created,
-            "node": self.node,
-            "task": self.task,
-            "text": self.text,
-            "features": self.features,
-            "label": self.label,
-            "confidence": self.confidence,
-            "teacher": self.teacher,
-            "student": self.student,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> StoredHardExample:
-        return cls(
-            id=str(d["id"]),
-            received=float(d["received"]),
-            created=float(d["created"]),
-            node=str(d["node"]),
-            task=str(d["task"]),
-            text=d.get("text"),
-            features=d.get("features"),
-            label=d.get("label"),
-            confidence=d.get("confidence"),
-            teacher=d.get("teacher"),
-            student=dict(d.get("student") or {}),
-        )
 
 
 def write_snapshot(path: str | Path, rows: Sequence[StoredHardExample]) -> None:
@@ -185,7 +165,7 @@ class HardExampleStore:
 
     def open(self) -> HardExampleStore:
         if self._db is None:
-            self._db = connect_wal(self.path, _SCHEMA, check_same_thread=False)
+            self._db = connect_wal(self.path, "hard_examples", _MIGRATIONS, check_same_thread=False)
         return self
 
     @property
@@ -213,19 +193,7 @@ class HardExampleStore:
             for ex, received in items:
                 cur = self.db.execute(
                     "INSERT OR IGNORE INTO hard_examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        ex.id,
-                        received,
-                        ex.created,
-                        ex.node,
-                        ex.task,
-                        ex.text,
-                        json.dumps(ex.features) if ex.features is not None else None,
-                        teacher_label(ex.teacher),
-                        teacher_confidence(ex.teacher),
-                        json.dumps(ex.teacher, sort_keys=True) if ex.teacher is not None else None,
-                        json.dumps(ex.student, sort_keys=True),
-                    ),
+                    example_row(ex, received),
                 )
                 if cur.rowcount == 1:
                     out.append(True)
@@ -270,7 +238,7 @@ class HardExampleStore:
             args.append(int(limit))
         with self._lock:
             rows = self.db.execute(sql, args).fetchall()
-        return [_row(r) for r in reversed(rows)]
+        return [stored_example(r) for r in reversed(rows)]
 
     def count(self, task: str | None = None) -> int:
         with self._lock:
@@ -295,7 +263,24 @@ class HardExampleStore:
         return {"by_task": by_task, "by_node": by_node, "duplicates": dups}
 
 
-def _row(r: tuple[Any, ...]) -> StoredHardExample:
+def example_row(ex: wire.HardExample, received: float) -> tuple[Any, ...]:
+    """The ``hard_examples`` columns of one example, in table order (both backends store the same)."""
+    return (
+        ex.id,
+        received,
+        ex.created,
+        ex.node,
+        ex.task,
+        ex.text,
+        json.dumps(ex.features) if ex.features is not None else None,
+        teacher_label(ex.teacher),
+        teacher_confidence(ex.teacher),
+        json.dumps(ex.teacher, sort_keys=True) if ex.teacher is not None else None,
+        json.dumps(ex.student, sort_keys=True),
+    )
+
+
+def stored_example(r: Sequence[Any]) -> StoredHardExample:
     return StoredHardExample(
         id=r[0],
         received=r[1],
@@ -351,7 +336,7 @@ def parse_hard_example(
 
 
 def handle_hard_examples(
-    store: HardExampleStore,
+    store: HardExampleStoreProtocol,
     messages: Iterable[_MessageLike],
     received: float | None = None,
     *,

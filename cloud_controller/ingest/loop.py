@@ -27,20 +27,22 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloud_controller.ingest.contracts import HardExampleStoreProtocol, StoreUnavailable, SummaryStoreProtocol
 from cloud_controller.ingest.fleet import Fleet, StatusChange
-from cloud_controller.ingest.hard_examples import HardExampleStore, SensorLabeller, handle_hard_examples
+from cloud_controller.ingest.hard_examples import HandleResult, SensorLabeller, handle_hard_examples
 from cloud_controller.ingest.summaries import SummaryStore
 from cloud_controller.resources.store_protocol import API_VERSION, AlreadyExists, ResourceStore
 from edge_agent.config import MqttConfig
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import RejectedMessage, TransientError
+from edge_agent.transport.backoff import Backoff
 from edge_agent.transport.mqtt import Message, MqttClient
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,17 @@ class IngestStats:
     hard_examples_unlabelled: int = 0  # sensor examples stored without a label
 
 
+@dataclass
+class _Parsed:
+    """One burst, validated: what to store. Parsing runs once; storing may be retried."""
+
+    now: float
+    items: list[tuple[wire.SummaryBatch, float, int]] = field(default_factory=list)
+    statuses: list[wire.Status] = field(default_factory=list)
+    hard: list[Message] = field(default_factory=list)
+    rejects: list[tuple[str, str]] = field(default_factory=list)
+
+
 # (node, what changed) -> None; called on the event loop right after the burst is stored.
 StatusHook = Callable[[str, StatusChange], None]
 SummaryHook = Callable[[str], None]
@@ -98,8 +111,9 @@ class Ingest:
         on_status: StatusHook | None = None,
         on_summary: SummaryHook | None = None,
         clock: Callable[[], float] = time.time,
-        hard_examples: HardExampleStore | None = None,
+        hard_examples: HardExampleStoreProtocol | None = None,
         label_sensor: SensorLabeller | None = None,
+        summaries: SummaryStoreProtocol | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -107,7 +121,9 @@ class Ingest:
         self.on_status = on_status
         self.on_summary = on_summary
         self.clock = clock
-        self.summaries = SummaryStore(cfg.db_path)
+        self.summaries: SummaryStoreProtocol = (
+            summaries if summaries is not None else SummaryStore(cfg.db_path)
+        )
         self.hard_examples = hard_examples
         self.label_sensor = label_sensor
         self.stats = IngestStats()
@@ -151,7 +167,7 @@ class Ingest:
             self.ready.set()
             while True:
                 burst = await self._next_burst()
-                self.process(burst)
+                await self._process_until_stored(burst)
                 for msg in burst:
                     self.client.ack(msg)  # after the commits
                 async with self._progress:
@@ -190,11 +206,30 @@ class Ingest:
     # ------------------------------------------------------------------ processing
 
     def process(self, burst: list[Message]) -> None:
-        """Store one burst (one summary transaction + one status transaction); never raises for bad input."""
+        """Store one burst (one summary transaction + one status transaction); never raises for bad input.
+
+        Raises :class:`StoreUnavailable` when the store cannot commit: then nothing
+        of the burst was counted in memory, and it must not be acknowledged.
+        """
+        self._commit(self._parse(burst))
+
+    async def _process_until_stored(self, burst: list[Message]) -> None:
+        """``process`` the burst, retrying while the store is unavailable: no ack before the commit."""
+        parsed = self._parse(burst)
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            try:
+                self._commit(parsed)
+                return
+            except StoreUnavailable as exc:
+                delay = backoff.next()
+                log.warning("ingest: store unavailable (%s); burst of %d kept unacknowledged, retry in %.1fs",
+                            exc, len(burst), delay)
+                await asyncio.sleep(delay)
+
+    def _parse(self, burst: list[Message]) -> _Parsed:
         now = self.clock()
-        items: list[tuple[wire.SummaryBatch, float, int]] = []
-        statuses: list[wire.Status] = []
-        hard: list[Message] = []
+        parsed = _Parsed(now)
         for msg in burst:
             self.stats.messages += 1
             try:
@@ -205,7 +240,7 @@ class Ingest:
                         raise RejectedMessage(
                             "node_mismatch", f"topic node {node!r} != batch node {batch.node!r}"
                         )
-                    items.append((batch, now, len(msg.payload)))
+                    parsed.items.append((batch, now, len(msg.payload)))
                 elif leaf == topics.STATUS:
                     if not msg.payload:  # a cleared retained status
                         self.fleet.clear_status(node)
@@ -215,20 +250,31 @@ class Ingest:
                         raise RejectedMessage(
                             "node_mismatch", f"topic node {node!r} != status node {status.node!r}"
                         )
-                    statuses.append(status)
+                    parsed.statuses.append(status)
                 elif leaf == topics.HARD_EXAMPLES and self.hard_examples is not None:
-                    hard.append(msg)
+                    parsed.hard.append(msg)
                 else:
                     raise RejectedMessage("bad_topic", f"unexpected leaf {leaf!r}")
             except RejectedMessage as exc:
                 self.stats.rejected += 1
                 self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
                 log.warning("ingest: rejected message on %s: %s", msg.topic, exc)
-                self.summaries.reject(exc.reason, f"{msg.topic}: {exc.detail}")
+                parsed.rejects.append((exc.reason, f"{msg.topic}: {exc.detail}"))
+        return parsed
 
+    def _commit(self, parsed: _Parsed) -> None:
+        """Store, then count in memory: a store failure leaves memory as it was, so a retry counts once."""
+        now, items, statuses, hard = parsed.now, parsed.items, parsed.statuses, parsed.hard
+        res: HandleResult | None = None
         if hard:
             assert self.hard_examples is not None
             res = handle_hard_examples(self.hard_examples, hard, now, label_sensor=self.label_sensor)
+        news = self.summaries.add_many(items) if items else []
+        while parsed.rejects:  # popped once written: a retry does not count them twice
+            reason, detail = parsed.rejects[0]
+            self.summaries.reject(reason, detail)
+            parsed.rejects.pop(0)
+        if res is not None:
             self.stats.hard_examples += res.accepted
             self.stats.hard_example_duplicates += res.duplicates
             self.stats.hard_examples_labelled += res.labelled
@@ -238,7 +284,7 @@ class Ingest:
                 self.rejected[reason] = self.rejected.get(reason, 0) + n
         touched: set[str] = set()
         if items:
-            for (batch, received, nbytes), new in zip(items, self.summaries.add_many(items), strict=True):
+            for (batch, received, nbytes), new in zip(items, news, strict=True):
                 self.fleet.observe_summary(
                     batch.node,
                     readings=batch.readings,
@@ -257,7 +303,10 @@ class Ingest:
         for status in statuses:
             self.stats.statuses += 1
             changes[status.node] = self.fleet.observe_status(status, now)
-        self.fleet.flush()
+        try:
+            self.fleet.flush()
+        except StoreUnavailable as exc:  # still dirty in memory: the next burst's flush writes them
+            log.warning("ingest: fleet statuses not persisted this burst (%s)", exc)
         if items or statuses:
             self.stats.bursts += 1
 

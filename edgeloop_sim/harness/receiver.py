@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cloud_controller.ingest.summaries import NodeTotals, SummaryStore
+from cloud_controller.ingest.contracts import NodeTotals
+from cloud_controller.ingest.summaries import SummaryStore
 from edgeloop_sim.harness.agent import wait_until
 
 

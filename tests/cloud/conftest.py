@@ -1,13 +1,18 @@
-"""Fixtures shared by the cloud tests: the parent student, trained once for the package."""
+"""Fixtures shared by the cloud tests: the parent student (trained once per package), a real PostgreSQL."""
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from edgeloop_sim.harness.postgres import PostgresServer, find_bindir
 from tests.cloud.distill_harness import BASE, MODEL
+
+_dbs = itertools.count()
 
 
 @pytest.fixture(scope="package")
@@ -26,3 +31,16 @@ def parent_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / result["bundle"]
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One server per session (Debian's postgresql; ``make setup`` installs it)."""
+    if find_bindir() is None:
+        pytest.skip("PostgreSQL not installed (make setup installs Debian's postgresql)")
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database: tests never see each other's rows."""
+    return postgres_server.create_database(f"t{next(_dbs)}")

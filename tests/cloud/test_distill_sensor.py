@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from cloud_controller.distill_runner.protocol import RunnerSpec, parse_base
-from cloud_controller.ingest.hard_examples import StoredHardExample, write_snapshot
+from cloud_controller.ingest.contracts import StoredHardExample
+from cloud_controller.ingest.hard_examples import write_snapshot
 from edge_agent.protocol import messages as wire
 
 pytest.importorskip("torch")

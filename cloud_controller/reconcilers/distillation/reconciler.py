@@ -39,7 +39,8 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_controller.distill_runner.protocol import RunnerSpec, write_json_atomic
-from cloud_controller.ingest.hard_examples import HardExampleStore, write_snapshot
+from cloud_controller.ingest.contracts import HardExampleStoreProtocol
+from cloud_controller.ingest.hard_examples import write_snapshot
 from cloud_controller.reconcilers.distillation.gate import evaluate_gate
 from cloud_controller.reconcilers.distillation.launchers import JobLauncher
 from cloud_controller.reconcilers.distillation.workdir import (
@@ -74,7 +75,7 @@ class DistillationSettings:
     work_dir: Path
     artifacts: ArtifactStore
     signing_key: Ed25519PrivateKey
-    hard_examples: HardExampleStore | None = None
+    hard_examples: HardExampleStoreProtocol | None = None
     runner_config: Literal["tiny", "full"] = "full"
     data_root: str | None = None
     poll_s: float = 2.0

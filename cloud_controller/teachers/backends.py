@@ -26,7 +26,7 @@ from typing import Protocol, runtime_checkable
 
 from edge_agent.protocol.escalation_wire import DialogueStateWire
 
-__all__ = ["Refusal", "TeacherAnswer", "TeacherBackend", "TeacherPrediction", "Turn"]
+__all__ = ["Refusal", "TeacherAnswer", "TeacherBackend", "TeacherPrediction", "TeacherTurn"]
 
 
 class TeacherPrediction(Protocol):
@@ -41,7 +41,7 @@ class TeacherPrediction(Protocol):
 
 
 @dataclass(frozen=True)
-class Turn:
+class TeacherTurn:
     """One utterance to answer: already redacted and normalized on the edge."""
 
     text: str
@@ -85,6 +85,6 @@ class TeacherBackend(Protocol):
         """True: fed batches by the batcher, one at a time. False: called per request, concurrently."""
         ...
 
-    async def answer(self, turns: Sequence[Turn]) -> Sequence[TeacherPrediction | Refusal]: ...
+    async def answer(self, turns: Sequence[TeacherTurn]) -> Sequence[TeacherPrediction | Refusal]: ...
 
     async def close(self) -> None: ...

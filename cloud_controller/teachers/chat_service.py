@@ -60,7 +60,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cloud_controller.teachers.backends import Refusal, TeacherBackend, TeacherPrediction, Turn
+from cloud_controller.teachers.backends import Refusal, TeacherBackend, TeacherPrediction, TeacherTurn
 from cloud_controller.teachers.model_backend import ModelBackend, TeacherModel
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol.errors import RejectedMessage
@@ -264,7 +264,7 @@ class TeacherService:
         self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(batch))
         version = backend.version
         try:
-            preds = await backend.answer([Turn(j.req.text, j.req.state, j.req.node) for j in batch])
+            preds = await backend.answer([TeacherTurn(j.req.text, j.req.state, j.req.node) for j in batch])
             if len(preds) != len(batch):
                 raise ValueError(f"teacher returned {len(preds)} predictions for {len(batch)} texts")
         except Exception:

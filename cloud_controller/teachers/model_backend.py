@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from cloud_controller.teachers.backends import Refusal, TeacherPrediction, Turn
+from cloud_controller.teachers.backends import Refusal, TeacherPrediction, TeacherTurn
 from edge_agent.models.chat_runtime import ChatModel
 from edge_agent.protocol.escalation_wire import DialogueStateWire
 
@@ -100,7 +100,7 @@ class ModelBackend:
     def version(self) -> str:
         return self.model.version
 
-    async def answer(self, turns: Sequence[Turn]) -> Sequence[TeacherPrediction | Refusal]:
+    async def answer(self, turns: Sequence[TeacherTurn]) -> Sequence[TeacherPrediction | Refusal]:
         model = self.model
         if isinstance(model, DialogueTeacherModel):
             return await asyncio.to_thread(model.predict_turns, [(t.text, t.state) for t in turns])

@@ -47,7 +47,7 @@ from typing import Any
 import aiohttp
 
 from cloud_controller.resources.kinds import OpenAITeacherSpec
-from cloud_controller.teachers.backends import Refusal, TeacherAnswer, TeacherPrediction, Turn
+from cloud_controller.teachers.backends import Refusal, TeacherAnswer, TeacherPrediction, TeacherTurn
 from cloud_controller.teachers.llm_prompt import BadAnswer, messages, parse_answer
 from cloud_controller.teachers.spend import HourlySpend, estimate_tokens
 from edge_agent.escalation.answer_cache import AnswerCache
@@ -123,10 +123,10 @@ class OpenAICompatBackend:
         if session is not None:
             await session.close()
 
-    async def answer(self, turns: Sequence[Turn]) -> Sequence[TeacherPrediction | Refusal]:
+    async def answer(self, turns: Sequence[TeacherTurn]) -> Sequence[TeacherPrediction | Refusal]:
         return await asyncio.gather(*(self.answer_one(t) for t in turns))
 
-    async def answer_one(self, turn: Turn) -> TeacherAnswer | Refusal:
+    async def answer_one(self, turn: TeacherTurn) -> TeacherAnswer | Refusal:
         self.stats.turns += 1
         key = _cache_text(turn.text, turn.state)
         hit = self.cache.get(key)

@@ -277,7 +277,7 @@ def run_chat(opts: ChatRunOptions, log: Any = print) -> dict[str, Any]:
             {
                 "name": name,
                 "task": "intent-slots",
-                "version": f"{cfg.name}-{int(time.time())}",
+                "version": f"0.{int(time.time())}.0-{cfg.name}",  # semver: what EdgeModel accepts
                 "metrics": metrics,
                 "extra": {
                     "student_config": info["student_config"],

@@ -258,7 +258,7 @@ def run_sensor(opts: SensorRunOptions, log: Any = print) -> dict[str, Any]:
             THRESHOLD,
             {
                 "name": name,
-                "version": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
+                "version": f"0.{int(time.time())}.0-{opts.config}",  # semver: what EdgeModel accepts
                 "metrics": flat,
                 "extra": {
                     "config": opts.config,

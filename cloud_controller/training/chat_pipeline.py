@@ -66,6 +66,7 @@ class ChatRunOptions:
     epochs: int | None = None
     max_train: int | None = None
     name: str | None = None
+    teacher_vocab: bool | None = None  # None: the config's; False skips ~21k teacher word vectors (tests)
 
 
 def _examples_json(xs: list[Example]) -> list[dict[str, Any]]:
@@ -84,6 +85,8 @@ def _config(opts: ChatRunOptions) -> ChatTrainConfig:
         )
     if opts.max_train is not None:
         cfg = replace(cfg, max_train=opts.max_train, teacher=replace(cfg.teacher, max_train=opts.max_train))
+    if opts.teacher_vocab is not None:
+        cfg = replace(cfg, teacher_vocab=opts.teacher_vocab)
     return cfg
 
 
@@ -157,7 +160,7 @@ def run_chat(opts: ChatRunOptions, log: Any = print) -> dict[str, Any]:
 
     # -- teacher
     handle: MiniLmTeacherHandle | None = None
-    k_teacher = digest("teacher", k_data, asdict(cfg.teacher), opts.teacher)
+    k_teacher = digest("teacher", k_data, asdict(cfg.teacher) if opts.teacher else None)
     teacher_file = opts.out / "teacher" / "teacher.json"
 
     def get_teacher() -> MiniLmTeacherHandle:

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from cloud_controller.datasets.formats.errors import DatasetFormatError
+from cloud_controller.datasets.formats.format_errors import DatasetFormatError
 from edge_agent.ops.cli_kit import UsageError, Verb
 
 __all__ = ["VERBS"]

@@ -31,7 +31,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from cloud_controller.datasets.formats.errors import DatasetFormatError
+from cloud_controller.datasets.formats.format_errors import DatasetFormatError
 from cloud_controller.datasets.formats.sensor_csv import SensorSeries, find_windows_file, load_sensor_dataset
 from cloud_controller.training.progress import Progress
 from cloud_controller.training.sensor_train import (

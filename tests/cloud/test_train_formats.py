@@ -13,7 +13,7 @@ from cloud_controller.datasets.formats.chat_dataset import (
     load_chat_dataset,
     unseen_labels,
 )
-from cloud_controller.datasets.formats.errors import DatasetFormatError
+from cloud_controller.datasets.formats.format_errors import DatasetFormatError
 from cloud_controller.datasets.formats.jsonl import load_jsonl
 from cloud_controller.datasets.formats.sensor_csv import load_sensor_dataset
 from tests.cloud.train_data import (

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cloud_controller.datasets.formats.errors import DatasetFormatError, read_text_lines
+from cloud_controller.datasets.formats.format_errors import DatasetFormatError, read_text_lines
 from cloud_controller.datasets.formats.intents import composite_intent
 from cloud_controller.datasets.snips import Example
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from cloud_controller.datasets.formats.bio import BIO_FILES, has_bio_split, load_bio_split
-from cloud_controller.datasets.formats.errors import DatasetFormatError
+from cloud_controller.datasets.formats.format_errors import DatasetFormatError
 from cloud_controller.datasets.formats.jsonl import load_jsonl
 from cloud_controller.datasets.snips import SPLITS, Example
 

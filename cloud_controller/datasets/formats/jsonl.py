@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cloud_controller.datasets.formats.errors import DatasetFormatError, read_text_lines
+from cloud_controller.datasets.formats.format_errors import DatasetFormatError, read_text_lines
 from cloud_controller.datasets.formats.intents import composite_intent
 from cloud_controller.datasets.snips import Example
 

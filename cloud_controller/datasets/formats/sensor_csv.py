@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud_controller.datasets.formats.errors import DatasetFormatError, read_text_lines
+from cloud_controller.datasets.formats.format_errors import DatasetFormatError, read_text_lines
 from cloud_controller.datasets.skab import metric_name
 
 __all__ = ["LABEL_COLUMNS", "SensorSeries", "find_windows_file", "load_sensor_dataset", "load_windows_json"]

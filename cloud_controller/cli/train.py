@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -37,6 +38,8 @@ def configure_train(p: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("torch") is None:
         raise UsageError("needs the train extra (pip install 'edgeloop[train]')")
+    if args.log_level is None:  # onnxruntime's quantizer logs every tensor at INFO on the root logger
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         if args.task == "chat":
             if args.format == "csv":

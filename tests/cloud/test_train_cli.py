@@ -83,6 +83,30 @@ def test_bad_file_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureF
     assert "Traceback" not in "\n".join(err)
 
 
+@pytest.mark.parametrize(
+    ("task", "name", "content", "message"),
+    [
+        ("chat", "d.jsonl", b'{"text": "a b", "intent": "x"}\n\xff\n', "d.jsonl:2: not UTF-8 (byte 0xff"),
+        (
+            "chat",
+            "d.jsonl",
+            b'{"text": "a b", "intent": "x"}\n\n{"text": "a", "intent": "x"}\n',
+            "d.jsonl:2: empty line",
+        ),
+        ("chat", "d.jsonl", b'{"text": "a b", "intnet": "x"}\n', "d.jsonl:1: unknown key(s) ['intnet']"),
+        ("sensor", "s.csv", b"timestamp,value,site,anomaly\n0,1.0,north,0\n", "s.csv:2: column 'site'"),
+        ("sensor", "s.csv", b"timestamp,value,anomaly\n0,1.0,0\n\n2,1.0,0\n", "s.csv:3: empty line"),
+    ],
+)
+def test_bad_files_through_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], task: str, name: str, content: bytes, message: str
+) -> None:
+    (tmp_path / name).write_bytes(content)
+    rc = cli(["train", task, "--data", str(tmp_path / name), "--out", str(tmp_path / "out"), *FAST])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and message in err[0], err
+
+
 def test_chat_with_the_teacher_distils(tmp_path: Path) -> None:
     """The distillation path: MiniLM fine-tune on the tiny set, teacher logits, distilled student."""
     from cloud_controller.training.chat_pipeline import ChatRunOptions, run_chat

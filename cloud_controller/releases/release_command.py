@@ -103,6 +103,8 @@ def sign_release(args: argparse.Namespace) -> tuple[ArtifactStore, Release]:
         raise UsageError("give the bundle directory (release DIR or --bundle DIR)")
     if args.rollout and not (args.manifests or getattr(args, "apply", False)):
         raise UsageError("--rollout needs --manifests FILE (or --apply)")
+    if args.rollout:
+        _weights(args.rollout)  # a bad --rollout fails before anything is signed
     store = ArtifactStore(args.store, chunk_size=args.chunk_size)
     try:
         release = store.put_bundle(bundle, load_private_key(args.key), task=args.task)

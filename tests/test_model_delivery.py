@@ -70,15 +70,16 @@ def health(task: str, model: Any) -> None:
         raise ValueError("non-finite output")
 
 
-def make_bundle(root: Path, version: str, *, model: bytes | None = None, pad: int = 0) -> Path:
+def make_bundle(root: Path, version: str, *, model: bytes | None = None, pad: int = 0,
+                name: str = "tiny") -> Path:
     return write_bundle(
-        root / "bundles" / version,
+        root / "bundles" / name / version,
         {
             "model.onnx": model if model is not None else tiny_onnx(int(version)),
             "labels.json": json.dumps({"intents": ["a", "b", "c"], "tags": ["O"]}).encode(),
             "vocab.json": json.dumps({"pad": base64.b64encode(os.urandom(pad)).decode()}).encode(),
         },
-        {"name": "tiny", "task": "chat", "version": version, "metrics": {"acc": 0.9}},
+        {"name": name, "task": "chat", "version": version, "metrics": {"acc": 0.9}},
     )
 
 
@@ -273,6 +274,40 @@ async def test_older_version_replay_refused_but_pinned_rollback_allowed(
     st = await node.apply(desired(r1.model_ref(), generation=3))
     assert (st["chat"].state, st["chat"].version, st["chat"].previous) == ("active", "1", "3")
     assert node.stats.chunks_received == received  # the previous version was still on disk
+
+
+async def test_replay_under_another_name_in_the_same_slot_is_refused(
+    cloud: Cloud, make_node: Callable[..., ModelManager]
+) -> None:
+    """Replay protection holds per slot: renaming an old build does not get it past the floor."""
+    t1, t3 = await cloud.release("1"), await cloud.release("3")
+    o2, o4 = await cloud.release("2", name="other"), await cloud.release("4", name="other")
+    node = make_node()
+    await node.apply(desired(t1.model_ref()))
+    await node.apply(desired(t3.model_ref(), generation=2))
+    st = await asyncio.wait_for(node.apply(desired(o2.model_ref(), generation=3)), 20)
+    assert st["chat"].state == "failed" and "not_newer" in (st["chat"].error or ""), st
+    assert "chat slot" in (st["chat"].error or "")
+    cur = node.current("chat")
+    assert cur is not None and cur[:2] == ("tiny", "3")
+
+    # A newer version under another name takes the slot ...
+    st = await asyncio.wait_for(node.apply(desired(o4.model_ref(), generation=4)), 20)
+    assert (st["chat"].state, st["chat"].name, st["chat"].version) == ("active", "other", "4")
+    # ... and explicit rollbacks to releases the slot ran still work, across names.
+    st = await node.apply(desired(t3.model_ref(), generation=5))
+    assert (st["chat"].state, st["chat"].name, st["chat"].version) == ("active", "tiny", "3")
+    st = await asyncio.wait_for(node.apply(desired(t1.model_ref(), generation=6)), 20)
+    assert (st["chat"].state, st["chat"].version) == ("active", "1"), st
+
+    # A node upgraded from per-name history (no slot record yet) seeds the slot floor from its pointer.
+    upgraded = make_node("node-2")
+    await upgraded.apply(desired(t3.model_ref()))
+    (upgraded.root / ".slots" / "chat.json").unlink()
+    rebooted = make_node("node-2")
+    await rebooted.load_active()
+    st = await asyncio.wait_for(rebooted.apply(desired(o2.model_ref(), generation=2)), 20)
+    assert st["chat"].state == "failed" and "chat slot" in (st["chat"].error or ""), st
 
 
 async def test_digest_in_desired_state_must_match_manifest(

@@ -12,7 +12,7 @@ so memory stays bounded whatever the model size.
 
 Order of checks: the manifest's sha256 must equal ``ModelRef.digest``, its
 Ed25519 signature must verify with a pinned key, and its version must be newer
-than anything ever activated for that name (unless it is an explicit rollback,
+than anything ever activated for that name or slot (unless it is an explicit rollback,
 see :mod:`edge_agent.updates.rollback`) — all before a single chunk is requested.
 Each chunk is hashed on arrival and kept under ``models/.partial/{digest}/``;
 after a disconnect or a restart only the chunk topics still missing are subscribed.

@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 Enrollment = Literal["auto", "manual"]
 
 
+HARD_EXAMPLE_REJECT_PREFIX = "hard_example_"
+
+
 class IngestConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -195,6 +198,7 @@ class Ingest:
         items: list[tuple[wire.SummaryBatch, float, int]] = []
         statuses: list[wire.Status] = []
         hard: list[Message] = []
+        rejects: list[tuple[str, str]] = []  # (reason, detail), one row each in the rejects table
         for msg in burst:
             self.stats.messages += 1
             try:
@@ -224,7 +228,7 @@ class Ingest:
                 self.stats.rejected += 1
                 self.rejected[exc.reason] = self.rejected.get(exc.reason, 0) + 1
                 log.warning("ingest: rejected message on %s: %s", msg.topic, exc)
-                self.summaries.reject(exc.reason, f"{msg.topic}: {exc.detail}")
+                rejects.append((exc.reason, f"{msg.topic}: {exc.detail}"))
 
         if hard:
             assert self.hard_examples is not None
@@ -233,9 +237,14 @@ class Ingest:
             self.stats.hard_example_duplicates += res.duplicates
             self.stats.hard_examples_labelled += res.labelled
             self.stats.hard_examples_unlabelled += sum(res.unlabelled.values())
-            for reason, n in res.rejected.items():
-                self.stats.rejected += n
-                self.rejected[reason] = self.rejected.get(reason, 0) + n
+            for reason, detail in res.rejects:
+                # Prefixed: a hard example's node_mismatch is not a summary's node_mismatch.
+                reason = f"{HARD_EXAMPLE_REJECT_PREFIX}{reason}"
+                self.stats.rejected += 1
+                self.rejected[reason] = self.rejected.get(reason, 0) + 1
+                log.warning("ingest: rejected hard example: %s (%s)", detail[:300], reason)
+                rejects.append((reason, detail))
+        self.summaries.reject_many(rejects)
         touched: set[str] = set()
         if items:
             for (batch, received, nbytes), new in zip(items, self.summaries.add_many(items), strict=True):

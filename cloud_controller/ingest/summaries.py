@@ -101,11 +101,17 @@ class SummaryStore:
         return out
 
     def reject(self, reason: str, detail: str = "") -> None:
+        self.reject_many([(reason, detail)])
+
+    def reject_many(self, rejects: Sequence[tuple[str, str]]) -> None:
+        """Count ``(reason, detail)`` rejects (summaries and hard examples alike) in one transaction."""
+        if not rejects:
+            return
         with self.db:
-            self.db.execute(
+            self.db.executemany(
                 "INSERT INTO rejects VALUES (?, 1, ?) "
                 "ON CONFLICT(reason) DO UPDATE SET count = count + 1, last_detail = excluded.last_detail",
-                (reason, detail[:500]),
+                [(reason, detail[:500]) for reason, detail in rejects],
             )
 
     def rejects(self) -> dict[str, int]:

@@ -84,6 +84,7 @@ class IngestStats:
     hard_example_duplicates: int = 0
     hard_examples_labelled: int = 0  # sensor examples labelled by the sensor teacher on arrival
     hard_examples_unlabelled: int = 0  # sensor examples stored without a label
+    seq_resets: int = 0  # nodes seen starting their sequence numbers again (a new epoch)
 
 
 # (node, what changed) -> None; called on the event loop right after the burst is stored.
@@ -262,6 +263,12 @@ class Ingest:
                 else:
                     self.stats.duplicates += 1
                 touched.add(batch.node)
+            for node in touched:
+                seq = self.summaries.sequence(node)
+                if seq is not None and self.fleet.observe_sequence(node, seq.epoch, seq.gaps):
+                    self.stats.seq_resets += 1
+                    log.warning("ingest: %s started its sequence again (epoch %d): its state was lost?",
+                                node, seq.epoch)
         changes: dict[str, StatusChange] = {}
         for status in statuses:
             self.stats.statuses += 1

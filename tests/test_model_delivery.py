@@ -224,6 +224,8 @@ async def test_flipped_byte_in_chunk_is_refetched_until_a_corrected_republish(
         await asyncio.sleep(0.05)
     cur = node.current("chat")
     assert cur is not None and cur[1] == "1"  # the previous version keeps serving meanwhile
+    st = node.status()["chat"]
+    assert st.state == "downloading" and "do not match their signed sha256" in (st.error or ""), st
     assert node.stats.chunks_received == r1.chunks + r2.chunks - 1
     assert not any(p.name == "chunk-000000" for p in (node.root / ".partial").rglob("chunk-*"))
 

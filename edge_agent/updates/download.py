@@ -42,11 +42,12 @@ from edge_agent.updates.delivery_stats import DeliveryStats
 from edge_agent.updates.durable_files import atomic_write
 from edge_agent.updates.rollback import check_replay
 
-__all__ = ["DamagedChunks", "Downloader", "Progress", "chunk_path", "partial_dir"]
+__all__ = ["DamagedChunks", "Downloader", "Progress", "Trouble", "chunk_path", "partial_dir"]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (task, chunks held, total)
+Trouble = Callable[[str, str], None]  # (task, what is wrong while the transfer keeps retrying)
 
 
 class DamagedChunks(MqttError):
@@ -77,6 +78,7 @@ class Downloader:
         max_incoming: int,
         stall_timeout_s: float,
         progress: Progress | None,
+        trouble: Trouble | None = None,
     ) -> None:
         self.root = root
         self.client = client
@@ -87,6 +89,7 @@ class Downloader:
         self.max_incoming = max_incoming
         self.stall_timeout_s = stall_timeout_s
         self.progress = progress
+        self.trouble = trouble
 
     def _transfer_client(self, task: str, subs: list[tuple[str, int]]) -> MqttClient:
         cfg = self.client.cfg.model_copy(update={"session_expiry_s": 0})
@@ -209,7 +212,12 @@ class Downloader:
                 subs = [(chunks_filter(ref.name, ref.version), 1)]
             else:
                 subs = [(chunk_topic(ref.name, ref.version, i), 1) for i in sorted(window)]
-            await self._session(task, subs, take(window))
+            try:
+                await self._session(task, subs, take(window))
+            except DamagedChunks as exc:
+                if self.trouble is not None:
+                    self.trouble(task, str(exc))
+                raise
 
         while len(have) < total:
             await self._retrying(f"chunks of {ref.name}@{ref.version}", next_window)

@@ -25,7 +25,7 @@ from typing import Any
 from cloud_controller.ingest.fleet import DesiredRecord, NodeState
 from cloud_controller.reconcilers.common import Context, conditions_differ, fields_differ
 from cloud_controller.reconcilers.desired import build_content
-from cloud_controller.resources.kinds import EdgeNode, Traffic
+from cloud_controller.resources.kinds import EdgeNode, SequenceHealth, Traffic
 from cloud_controller.resources.store_protocol import NotFound, Obj
 from cloud_controller.runtime.controller import (
     Condition,
@@ -102,6 +102,8 @@ def compute_status(
     if traffic.reduction is not None:
         traffic.reduction = min(1.0, traffic.reduction)
     fields["traffic"] = traffic.to_obj()
+    # A node that lost its state dir numbers its summaries from the start again: show it, not just count it.
+    fields["sequence"] = SequenceHealth(resets=state.seq_resets, gaps=max(0, state.seq_gaps)).to_obj()
 
     applied = state.applied_generation
     if rec is None:

@@ -174,6 +174,13 @@ class Traffic(_Model):
         return cls(readings_in=readings_in, bytes_raw=bytes_raw, bytes_sent=bytes_sent, reduction=red)
 
 
+class SequenceHealth(_Model):
+    """How the node's summary numbering looks from the cloud: resets (new epochs) and missing numbers."""
+
+    resets: NonNegInt = 0
+    gaps: NonNegInt = 0
+
+
 class EdgeNodeStatus(_Status):
     phase: EdgeNodePhase | None = None
     last_seen: dt.datetime | None = None
@@ -181,6 +188,7 @@ class EdgeNodeStatus(_Status):
     models: dict[str, str] = Field(default_factory=dict)
     model_version: str | None = None
     traffic: Traffic | None = None
+    sequence: SequenceHealth | None = None
     inferences: NonNegInt | None = None
     escalations: NonNegInt | None = None
     applied_pipeline: str | None = None

@@ -9,6 +9,7 @@ a wildcard or a NUL into a topic.
 Layout::
 
     devices/{device}/telemetry | chat/in | chat/out          device <-> agent (local broker)
+    devices/{device}/errors                                  agent -> device: why a message was refused
     edgeloop/v1/nodes/{node}/summaries | hard-examples | status | desired
     edgeloop/v1/nodes/{node}/rpc/request/escalate             node -> teacher
     edgeloop/v1/nodes/{node}/rpc/response/{client_id}         teacher -> node (its own inbox)
@@ -103,6 +104,11 @@ def device_chat_in(device: str) -> str:
 
 def device_chat_out(device: str) -> str:
     return f"devices/{validate_id(device, 'device')}/chat/out"
+
+
+def device_errors(device: str) -> str:
+    """Where the agent answers a refused message (rate-limited per device; see protocol.device_errors)."""
+    return f"devices/{validate_id(device, 'device')}/errors"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cloud_controller.cli import kubectl
-from cloud_controller.resources.kinds import EdgeNodeStatus, ModelRolloutStatus, Traffic
+from cloud_controller.resources.kinds import EdgeNodeStatus, ModelRolloutStatus, SequenceHealth, Traffic
 from cloud_controller.resources.sqlite_store import SqliteResourceStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +69,7 @@ def test_get_uses_the_crd_printer_columns(tmp_path: Path, capsys: pytest.Capture
             st = EdgeNodeStatus(phase="Online", last_seen=None)
             st.set_models({"sensor-ae": "3"})
             st.traffic = Traffic.from_counts(100, 10_000, 200)
+            st.sequence = SequenceHealth(resets=1, gaps=2)
             await store.patch_status("EdgeNode", "default", "gw-hall3-01", st.to_patch())
             ro = ModelRolloutStatus(phase="Progressing", current_step=1, current_weight=50)
             ro.set_counts(updated=1, ready=1, total=2)
@@ -80,8 +81,9 @@ def test_get_uses_the_crd_printer_columns(tmp_path: Path, capsys: pytest.Capture
 
     rc, out, _ = run(capsys, db, "get", "edgenodes")
     rows = table(out)
-    assert rows[0] == ["NAME", "PHASE", "MODEL", "LAST-SEEN", "REDUCTION", "AGE"]
+    assert rows[0] == ["NAME", "PHASE", "MODEL", "LAST-SEEN", "REDUCTION", "RESETS", "GAPS", "AGE"]
     assert rows[1][:4] == ["gw-hall3-01", "Online", "sensor-ae@3", "0.98"]
+    assert rows[1][4:6] == ["1", "2"]  # the node's sequence started again once; two summaries never came
     assert rows[2][0] == "gw-hall3-02" and len(rows[2]) == 2  # empty cells, then AGE
 
     rc, out, _ = run(capsys, db, "get", "mro")

@@ -437,6 +437,7 @@ def test_devices_publish_only_their_own_topics(connect: Connect) -> None:
     assert dev.publish("devices/dev-1/chat/in", token()) < 128
     assert dev.publish("devices/dev-2/telemetry", token()) == NOT_AUTHORIZED
     assert dev.publish("devices/dev-1/chat/out", token()) == NOT_AUTHORIZED
+    assert dev.publish("devices/dev-1/errors", token()) == NOT_AUTHORIZED  # only the agent answers there
     assert dev.publish(f"{NODES}/node-a/summaries", token()) == NOT_AUTHORIZED
 
 

@@ -54,7 +54,7 @@ SECURITY: dict[str, list[str]] = {
         "tests/protocol/test_model_delivery.py::test_wrong_key_and_bad_signature_are_refused_before_any_chunk",
     ],
     "tampered models are refused": [
-        "tests/protocol/test_model_delivery.py::test_flipped_byte_in_chunk_is_refused_and_previous_keeps_running",
+        "tests/protocol/test_model_delivery.py::test_flipped_byte_in_chunk_is_refetched_until_a_corrected_republish",
         "tests/protocol/test_model_delivery.py::test_wrong_key_and_bad_signature_are_refused_before_any_chunk",
         "tests/protocol/test_model_delivery.py::test_digest_in_desired_state_must_match_manifest",
     ],

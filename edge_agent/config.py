@@ -34,7 +34,7 @@ from pydantic import (
 from pydantic_settings import EnvSettingsSource
 
 from edge_agent.protocol.errors import ConfigError
-from edge_agent.protocol.topics import NODE_ID_MAX, NODE_ID_PATTERN, NODE_ID_RULE, is_node_id
+from edge_agent.protocol.topics import ID_PATTERN, NODE_ID_MAX, NODE_ID_PATTERN, NODE_ID_RULE, is_node_id
 
 
 def _node_id(value: object) -> object:
@@ -51,6 +51,11 @@ NodeId = Annotated[
     StringConstraints(min_length=1, max_length=NODE_ID_MAX, pattern=NODE_ID_PATTERN.pattern),
     BeforeValidator(_node_id),
 ]
+
+
+# Device ids are the devices' own topic levels (``devices/{device}/...``): any safe MQTT level,
+# upper case and ``_`` included. Only node ids must also be Kubernetes resource names.
+DeviceId = Annotated[str, StringConstraints(pattern=ID_PATTERN.pattern)]
 
 
 class _Section(BaseModel):
@@ -94,7 +99,7 @@ class MqttConfig(_Section):
 
 class DevicesConfig(_Section):
     # Empty list and allow_unknown=True: accept any well-formed device id.
-    allowed: list[NodeId] = Field(default_factory=list)
+    allowed: list[DeviceId] = Field(default_factory=list)
     allow_unknown: bool = True
     # Subscribe only to the enrolled devices' topics (several agents sharing one broker);
     # otherwise subscribe to all devices and reject unknown ones with a counted reason.

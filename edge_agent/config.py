@@ -212,14 +212,21 @@ class UplinkConfig(_Section):
     status_interval_s: Annotated[float, Field(gt=0)] = 30.0
 
 
+CallerRole = Literal["viewer", "operator"]
+
+
+def _default_callers() -> dict[str, CallerRole]:
+    return {"edgeloop-controller": "operator"}
+
+
 class CallsConfig(_Section):
     """Calls from the cloud into this node (``cloud-controller call``); the broker ACL is the first gate."""
 
     enabled: bool = Field(default=True, description="answer calls on `nodes/{node}/rpc/call/+`")
     # Identity (TLS certificate CN) -> role. A method names the roles that may call it; an identity
     # not listed here is refused even when the broker let its message through (a shared dev broker).
-    callers: dict[NodeId, Literal["viewer", "operator"]] = Field(
-        default_factory=lambda: {"edgeloop-controller": "operator"},
+    callers: dict[NodeId, CallerRole] = Field(
+        default_factory=_default_callers,
         description="caller identity -> role (viewer: read-only methods; operator: all)",
     )
     max_inflight: Annotated[int, Field(ge=1, le=1000)] = Field(

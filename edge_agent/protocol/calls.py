@@ -37,7 +37,7 @@ __all__ = [
     "parse_result",
 ]
 
-CALL_VERSION = 1
+CALL_VERSION: Literal[1] = 1
 MAX_CALL_BYTES = 16 * 1024
 MAX_RESULT_BYTES = 256 * 1024
 MAX_ARGS = 16
@@ -97,7 +97,9 @@ def parse_result(payload: bytes) -> CallResult:
 
 
 def error_result(node: str, method: str, code: ErrorCode, message: str) -> CallResult:
-    return CallResult(node=node, method=method[:64], ok=False, error=CallError(code=code, message=message[:500]))
+    return CallResult(
+        node=node, method=method[:64], ok=False, error=CallError(code=code, message=message[:500])
+    )
 
 
 def encode_result(result: CallResult) -> bytes:

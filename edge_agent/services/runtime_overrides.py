@@ -85,13 +85,18 @@ class RuntimeOverrides:
             except OverrideError as exc:
                 log.error("stored override dropped", extra={"key": key, "problem": str(exc)})
 
-    async def set(self, key: str, raw: str) -> str | float:
-        """Parse, apply, persist; the previous value stays when any step refuses."""
-        value = self._parse(key, raw)
-        self._apply(key, value)
+    async def set(self, changes: dict[str, str]) -> dict[str, str | float]:
+        """Parse every change first, then apply and persist them together: one bad value changes nothing."""
+        if not changes:
+            raise OverrideError(f"nothing to set; settable: {', '.join(sorted(OVERRIDABLE))}")
+        parsed = {key: self._parse(key, raw) for key, raw in changes.items()}
+        if self._budget is None and any(k.startswith("escalation.") for k in parsed):
+            raise OverrideError("escalation is disabled on this node")
+        for key, value in parsed.items():
+            self._apply(key, value)
         await self._store.set_meta(_META_KEY, json.dumps(self.values, sort_keys=True))
-        log.info("override set by a call", extra={"key": key, "value": value})
-        return value
+        log.info("overrides set by a call", extra={"changes": parsed})
+        return parsed
 
     def _parse(self, key: str, raw: str) -> str | float:
         knob = OVERRIDABLE.get(key)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -87,6 +88,9 @@ async def _call(args: argparse.Namespace, mqtt: MqttConfig) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.log_level is None:
+        # The answer or one error line: connection chatter only when asked for with --log-level.
+        logging.getLogger().setLevel(logging.WARNING)
     if not 0 < args.timeout <= 120:
         raise UsageError("--timeout must be in (0, 120] seconds")
     mqtt = _mqtt(args)

@@ -13,7 +13,7 @@ method gains an argument.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, model_validator
@@ -121,5 +121,15 @@ def dumps_request(request: CallRequest) -> bytes:
 
 
 def plain(value: Any) -> Any:
-    """A value as JSON would carry it (for results built from dataclasses and counters)."""
-    return json.loads(json.dumps(value, default=str))
+    """A value as JSON carries it: mappings with string keys (a tuple key joined by '/'), lists, scalars."""
+    if isinstance(value, Mapping):
+        return {_key(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def _key(key: object) -> str:
+    return "/".join(map(str, key)) if isinstance(key, tuple) else str(key)

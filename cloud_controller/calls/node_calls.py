@@ -11,6 +11,7 @@ node refused the caller, or the method is unknown), :class:`CallBadRequest`
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -67,10 +68,14 @@ _BY_CODE: dict[str, type[CallFailed]] = {
 
 
 class NodeCalls:
+    _instances = itertools.count()
+
     def __init__(self, client: MqttClient, caller: str = CONTROLLER_IDENTITY) -> None:
         self._client = client
         self._caller = topics.validate_id(caller, "caller")
         self._rpc = Rpc(client)
+        # Its own inbox level: several NodeCalls may share one client, and each must see its own results.
+        self._inbox = f"{client.client_id[:52]}.{next(self._instances)}"
         # node -> its last retained status (online flag, time): turns "no answer" into "offline since".
         self._status: dict[str, tuple[bool, float]] = {}
         self._watched: set[str] = set()
@@ -82,7 +87,7 @@ class NodeCalls:
         """The method's result (a JSON object), or a :class:`CallFailed` subclass within ``timeout``."""
         try:
             topic = topics.call(node, method)
-            reply_to = topics.call_result(node, self._client.client_id)
+            reply_to = topics.call_result(node, self._inbox)
             payload = dumps_request(
                 CallRequest(caller=self._caller, method=method, args=dict(args or {}), timeout_s=timeout)
             )

@@ -309,8 +309,24 @@ def test_config_set_survives_a_restart_and_shows_in_the_status(
         finally:
             await client.stop()
 
+    async def while_offline() -> None:
+        """A call to a node that is down times out, and expires at the broker: the node never acts on it."""
+        client = MqttClient(cloud.mqtt(CONTROLLER), "ctl-offline", clean_start=True, name="ctl")
+        calls = NodeCalls(client)
+        await client.start()
+        await client.wait_connected(5)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(CallTimeout, match=r"the node is offline \(last status"):
+                await calls.call(NODE, "config.set", {"escalation.threshold": "0.1"}, timeout=1.0)
+            assert time.monotonic() - t0 < 2.0
+            await asyncio.sleep(1.5)  # past the call's expiry (1 s): the broker must drop it now
+        finally:
+            await client.stop()
+
     asyncio.run(set_and_check())
     assert agent.terminate() == 0
+    asyncio.run(while_offline())
     agent.start()
     asyncio.run(after_restart())
 

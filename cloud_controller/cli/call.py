@@ -72,7 +72,10 @@ def _text(value: Any, indent: str = "") -> list[str]:
                 lines.append(f"{indent}{k}: {json.dumps(v, ensure_ascii=False)}")
         return lines
     if isinstance(value, list):
-        return [ln for item in value for ln in _text(item, indent + "- ")] or [f"{indent}[]"]
+        out: list[str] = []
+        for item in value:
+            out += [f"{indent}{'  ' if i else '- '}{ln}" for i, ln in enumerate(_text(item))]
+        return out or [f"{indent}[]"]
     return [f"{indent}{json.dumps(value, ensure_ascii=False)}"]
 
 

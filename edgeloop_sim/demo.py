@@ -243,7 +243,7 @@ def run_loop(args: argparse.Namespace) -> int:
         served = [n for n in nodes if last is not None and last.device == f"chat-{n.rsplit('-', 1)[-1]}"]
         if nodes:
             node = (served or nodes)[0]
-            session = f"s{last.msg_id[:16]}" if last is not None and served else None
+            session = (last.device, f"s{last.msg_id[:16]}") if last is not None and served else None
             report["cloud_call"] = demo_calls.call_node(loop.broker.host, loop.broker.port, node, session)
         report["wall_seconds"] = round(time.time() - t0, 1)
         md = demo_report.write(out, report, loop.traffic.utterances, loop.traffic.statuses, loop.timeline, t0)

@@ -38,7 +38,7 @@ def _digest(method: str, result: dict[str, Any]) -> str:
     return f"uptime {result.get('uptime_s')} s, links: {links}"
 
 
-async def _calls(host: str, port: int, node: str, session: str | None) -> list[dict[str, Any]]:
+async def _calls(host: str, port: int, node: str, session: tuple[str, str] | None) -> list[dict[str, Any]]:
     client = MqttClient(MqttConfig(host=host, port=port), "demo-cloud-call", clean_start=True, name="call")
     calls = NodeCalls(client)
     await client.start()
@@ -47,7 +47,7 @@ async def _calls(host: str, port: int, node: str, session: str | None) -> list[d
         await client.wait_connected(10)
         plan: list[tuple[str, dict[str, str]]] = [("model.info", {}), ("windows.stats", {"limit": "5"})]
         if session:
-            plan.append(("session.state", {"session": session}))
+            plan.append(("session.state", {"device": session[0], "session": session[1]}))
         plan.append(("diagnostics", {}))
         for method, args in plan:
             t0 = time.perf_counter()
@@ -68,8 +68,11 @@ async def _calls(host: str, port: int, node: str, session: str | None) -> list[d
     return out
 
 
-def call_node(host: str, port: int, node: str, session: str | None = None) -> dict[str, Any]:
-    """Call ``node`` through the broker at ``host:port`` as the controller; never raises for a failed call."""
+def call_node(host: str, port: int, node: str, session: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Call ``node`` at ``host:port`` as the controller; ``session`` is (device, session id).
+
+    A failed call is reported in the result, never raised: the demo's report shows it.
+    """
     return {"node": node, "calls": asyncio.run(_calls(host, port, node, session))}
 
 

@@ -70,16 +70,17 @@ def _int_arg(req: CallRequest, name: str, default: int, lo: int, hi: int) -> int
 
 def node_methods(view: NodeView) -> list[Method]:
     async def session_state(req: CallRequest) -> dict[str, Any]:
-        _only(req, "session")
-        session = req.args.get("session")
-        if not session:
-            raise BadRequest("session=ID is required")
+        _only(req, "device", "session")
+        device, session = req.args.get("device"), req.args.get("session")
+        if not device or not session:
+            raise BadRequest("device=ID and session=ID are required (a session belongs to its device)")
         try:
+            topics.validate_id(device, "device")
             topics.validate_id(session, "session")
         except RejectedMessage as exc:
             raise BadRequest(exc.detail) from None
-        state = view.pipeline.dialogue_view(session)
-        return {"session": session, "found": state is not None, "state": state}
+        state = view.pipeline.dialogue_view(device, session)
+        return {"device": device, "session": session, "found": state is not None, "state": state}
 
     async def windows_stats(req: CallRequest) -> dict[str, Any]:
         _only(req, "device", "limit")
@@ -150,7 +151,7 @@ def node_methods(view: NodeView) -> list[Method]:
 
     keys = ", ".join(sorted(OVERRIDABLE))
     return [
-        Method("session.state", "dialogue state of one chat session (session=ID)", READ, session_state),
+        Method("session.state", "dialogue state (device=ID, session=ID)", READ, session_state),
         Method("windows.stats", "live window statistics (device=ID, limit=N)", READ, windows_stats),
         Method("model.info", "active models and their counters since activation", READ, model_info),
         Method(

@@ -126,11 +126,12 @@ async def test_each_method_answers(controller: tuple[MqttClient, NodeCalls], loc
         await asyncio.sleep(0.05)  # polling the agent's state with a deadline
     assert w["readings"] >= 5 and w["open"][0]["device"] == "dev-1" and w["open"][0]["count"] >= 5
 
-    while not (s := await calls.call(NODE, "session.state", {"session": "s-42"}))["found"]:
+    while not (s := await calls.call(NODE, "session.state", {"device": "dev-1", "session": "s-42"}))["found"]:
         assert time.monotonic() < deadline, s
         await asyncio.sleep(0.05)
     assert s["state"]["session_id"] == "s-42" and s["state"]["step"] >= 1
-    assert (await calls.call(NODE, "session.state", {"session": "nobody"}))["found"] is False
+    unknown = await calls.call(NODE, "session.state", {"device": "dev-1", "session": "nobody"})
+    assert unknown["found"] is False
 
     info = await calls.call(NODE, "model.info")
     assert set(info) == {"models", "since_activation"} and "chat" in info["since_activation"]
@@ -143,7 +144,7 @@ async def test_each_method_answers(controller: tuple[MqttClient, NodeCalls], loc
     assert flushed["drained"] is True and flushed["rows_after"] == 0 and flushed["connected"] is True
 
     with pytest.raises(CallBadRequest, match="session"):
-        await calls.call(NODE, "session.state", {"session": "a/b"})
+        await calls.call(NODE, "session.state", {"device": "dev-1", "session": "a/b"})
     with pytest.raises(CallBadRequest, match="unexpected argument"):
         await calls.call(NODE, "model.info", {"verbose": "1"})
 
@@ -229,7 +230,7 @@ async def test_many_calls_in_flight_while_telemetry_flows(
     try:
         sessions = [f"s-{i}" for i in range(64)]
         results = await asyncio.gather(
-            *(calls.call(NODE, "session.state", {"session": s}, timeout=10) for s in sessions),
+            *(calls.call(NODE, "session.state", {"device": "d2", "session": s}, timeout=9) for s in sessions),
             *(calls.call(NODE, "windows.stats", timeout=10) for _ in range(64)),
         )
     finally:
@@ -357,7 +358,7 @@ def test_cli_call_exit_codes(cloud: TlsBroker, pki: Pki, agent: AgentProcess) ->
     ok = _cli(cloud, pki, NODE, "diagnostics", "-o", "json")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["node"] == NODE
-    text = _cli(cloud, pki, NODE, "session.state", "--arg", "session=nobody")
+    text = _cli(cloud, pki, NODE, "session.state", "--arg", "device=d1", "--arg", "session=nobody")
     assert text.returncode == 0 and "found: false" in text.stdout
     cases = [
         ((NODE, "reboot"), 4, "unknown method 'reboot'"),

@@ -53,7 +53,7 @@ def test_the_agent_gates_callers_and_roles_without_a_broker_acl(tmp_path: Path, 
                 await client.stop()
 
         asyncio.run(scenario())
-        report = demo_calls.call_node(broker.host, broker.port, NODE, "s-none")
+        report = demo_calls.call_node(broker.host, broker.port, NODE, ("dev-1", "s-none"))
         assert [c["method"] for c in report["calls"]] == [
             "model.info",
             "windows.stats",

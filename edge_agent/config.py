@@ -34,7 +34,7 @@ from pydantic import (
 from pydantic_settings import EnvSettingsSource
 
 from edge_agent.protocol.errors import ConfigError
-from edge_agent.protocol.topics import NODE_ID_MAX, NODE_ID_PATTERN, NODE_ID_RULE, is_node_id
+from edge_agent.protocol.topics import ID_PATTERN, NODE_ID_MAX, NODE_ID_PATTERN, NODE_ID_RULE, is_node_id
 
 
 def _node_id(value: object) -> object:
@@ -213,6 +213,8 @@ class UplinkConfig(_Section):
 
 
 CallerRole = Literal["viewer", "operator"]
+# A certificate name as deploy/pki/issue-node-cert.sh issues them (one topic level), not only node ids.
+Identity = Annotated[str, StringConstraints(pattern=ID_PATTERN.pattern)]
 
 
 def _default_callers() -> dict[str, CallerRole]:
@@ -225,7 +227,7 @@ class CallsConfig(_Section):
     enabled: bool = Field(default=True, description="answer calls on `nodes/{node}/rpc/call/+`")
     # Identity (TLS certificate CN) -> role. A method names the roles that may call it; an identity
     # not listed here is refused even when the broker let its message through (a shared dev broker).
-    callers: dict[NodeId, CallerRole] = Field(
+    callers: dict[Identity, CallerRole] = Field(
         default_factory=_default_callers,
         description="caller identity -> role (viewer: read-only methods; operator: all)",
     )

@@ -193,6 +193,8 @@ class EdgeNodeStatus(_Status):
     escalations: NonNegInt | None = None
     applied_pipeline: str | None = None
     applied_generation: NonNegInt | None = None
+    # Knobs changed at run time by a call (``config.set``), as the node reports them.
+    overrides: dict[str, str] = Field(default_factory=dict)
 
     def set_models(self, models: dict[str, str]) -> None:
         """Keep the printer-column summary (``modelVersion``) in step with ``models``."""

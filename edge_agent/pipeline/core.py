@@ -186,6 +186,11 @@ class Pipeline:
             self._error_replies = []
         return replies
 
+    def dialogue_view(self, device: str, session_id: str) -> dict[str, object] | None:
+        """One session's dialogue state as the wire shows it (a cloud call reads it); None if unknown."""
+        state = self._chat.dialogue.get(device, session_id)
+        return None if state is None else {"device": device, **state.to_view().model_dump(mode="json")}
+
     def take_state(self) -> tuple[dict[str, bytes], list[str]]:
         return checkpoint.take_state(self.windows, self._chat.dialogue, self._batch)
 

@@ -45,6 +45,11 @@ SECURITY: dict[str, list[str]] = {
         "tests/protocol/test_broker_acl.py::test_node_cannot_publish_cloud_only_topics",
         "tests/protocol/test_broker_acl.py::test_shared_model_artifacts_readable_by_nodes_written_by_controller",
     ],
+    "a node can never call another node; the agent checks the caller too": [
+        "tests/edge/test_remote_calls.py::test_a_node_can_never_call_a_node",
+        "tests/edge/test_remote_calls.py::test_the_agent_refuses_a_caller_it_does_not_know",
+        "tests/edge/test_remote_calls_no_acl.py::test_the_agent_gates_callers_and_roles_without_a_broker_acl",
+    ],
     "per-node certificates: foreign CA or no certificate cannot connect": [
         "tests/protocol/test_broker_acl.py::test_foreign_ca_and_missing_certificate_fail_the_handshake",
     ],

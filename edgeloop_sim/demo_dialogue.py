@@ -144,7 +144,11 @@ def run_dialogue(
     return asyncio.run(play_dialogue(host, port, node, device, sid, tracing, timeout))
 
 
-def markdown(r: dict[str, Any], tree: list[str] | None = None) -> list[str]:
+def markdown(r: dict[str, Any]) -> list[str]:
+    """The report's section: the turns, whether the slots survived, the escalated turn's trace."""
+    if r.get("error"):
+        return [f"## A booking in three turns on node {r['node']}", "", f"Not run: {r['error']}", ""]
+    tree = r.get("trace")
     lines = [
         f"## A booking in three turns on node {r['node']} (the middle one escalated)",
         "",
@@ -157,5 +161,7 @@ def markdown(r: dict[str, Any], tree: list[str] | None = None) -> list[str]:
     ok = "yes" if r["slots_survive"] else "NO"
     lines += ["", f"Slots filled before and after the escalated turn survive: **{ok}**.", ""]
     if tree:
-        lines += ["### The escalated turn's trace", "", "```", *tree, "```", ""]
+        lines += ["### The escalated turn's trace (docs/tracing.md)", "", "```", *tree, "```", ""]
+    elif "trace" not in r:
+        lines += ["No trace: the demo runs untraced without the `tracing` extra (docs/tracing.md).", ""]
     return lines

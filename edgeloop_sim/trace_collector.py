@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -23,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-__all__ = ["CollectedSpan", "TraceCollector", "render_tree"]
+__all__ = ["CollectedSpan", "TraceCollector", "render_tree", "wait_trace"]
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,18 @@ class TraceCollector:
 
     def trace(self, trace_id: str) -> list[CollectedSpan]:
         return [s for s in self.snapshot() if s.trace_id == trace_id]
+
+
+def wait_trace(
+    collector: TraceCollector, trace_id: str, names: set[str], timeout: float
+) -> list[CollectedSpan]:
+    """The spans of ``trace_id`` once they include ``names`` (exports are batched), or what came by then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        spans = collector.trace(trace_id)
+        if names <= {s.name for s in spans} or time.monotonic() > deadline:
+            return spans
+        time.sleep(0.1)
 
 
 def render_tree(spans: list[CollectedSpan]) -> list[str]:

@@ -77,20 +77,25 @@ class ChatAnswers:
         await self.queue.put(ChatFlow.session_key(job), (job, msg, span, queued_ns))
 
     async def worker(self) -> None:
-        tracing = self._tracing
         while True:
-            key, (job, msg, span, queued_ns) = await self.queue.get()
-            try:
-                if queued_ns:
-                    tracing.start("chat.queue", span, start_ns=queued_ns).end()
-                answer = await self.answer(job, span)
-                with tracing.start("chat.merge", span):
-                    self._pipeline.complete_chat(job, answer)
-            finally:
-                self.queue.done(key)
-            self._redelivery.absorbed(msg.mid, msg.topic, msg.payload)
-            self._tick.ack_after_commit(msg)
-            self._end_turn(job, answer, span)
+            key, item = await self.queue.get()
+            await self.process(key, item)
+
+    async def process(self, key: SessionKey, item: tuple[ChatJob, Message, Span, int]) -> None:
+        """Answer one queued turn, apply it, and release its session for the next turn."""
+        tracing = self._tracing
+        job, msg, span, queued_ns = item
+        try:
+            if queued_ns:
+                tracing.start("chat.queue", span, start_ns=queued_ns).end()
+            answer = await self.answer(job, span)
+            with tracing.start("chat.merge", span):
+                self._pipeline.complete_chat(job, answer)
+        finally:
+            self.queue.done(key)
+        self._redelivery.absorbed(msg.mid, msg.topic, msg.payload)
+        self._tick.ack_after_commit(msg)
+        self._end_turn(job, answer, span)
 
     def _start_turn(self, job: ChatJob, msg: Message) -> Span:
         tracing = self._tracing

@@ -51,6 +51,7 @@ from cloud_controller.settings import ControllerSettings
 from cloud_controller.teachers.model_backend import ModelBackend, load_teacher
 from cloud_controller.teachers.sensor_labeller import SensorTeacher, load_sensor_teacher
 from cloud_controller.teachers.serving import TeacherServing
+from edge_agent.ops.tracing import configure as configure_tracing
 from edge_agent.transport.mqtt import MqttClient
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ class ControllerApp:
         self._summary_woken: dict[str, float] = {}  # EdgeNode key -> last wake by a summary (monotonic)
         self.throttle = StatusThrottle(settings.status_min_interval_s, settings.status_max_writes_per_s)
         self._tasks: list[asyncio.Task[None]] = []
+        self.tracing = configure_tracing(
+            "cloud-controller", settings.otlp_endpoint, attributes={"service.instance.id": settings.identity}
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -306,6 +310,7 @@ class ControllerApp:
             self.fleet.close()
             if self._given_store is None:
                 await store.close()
+            await asyncio.to_thread(self.tracing.shutdown)
             log.info("controller stopped")
 
     async def _start_teacher(self, store: ResourceStore) -> TeacherServing:
@@ -321,7 +326,7 @@ class ControllerApp:
             log.info("teacher %s (%s) answers escalations", kind, builtin.version)
         s = self.settings
         client_id = f"{s.client_id or 'edgeloop-controller-' + s.identity}-teacher"
-        serving = TeacherServing(s.mqtt, client_id, store, s.namespace, builtin)
+        serving = TeacherServing(s.mqtt, client_id, store, s.namespace, builtin, tracing=self.tracing)
         await serving.start()
         self.teacher = serving
         return serving

@@ -175,6 +175,13 @@ class ControllerSettings(BaseSettings):
         "(`EDGELOOP_DATA` in its environment, else `../shared/datasets` beside the repository)",
     )
 
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP collector of the teacher's and the calls' spans, "
+        "e.g. `http://127.0.0.1:4318`; unset: the standard `OTEL_EXPORTER_OTLP_ENDPOINT` if set, "
+        "else no tracing (docs/tracing.md)",
+    )
+
     @property
     def identity(self) -> str:
         return self.pod_name or socket.gethostname()

@@ -247,6 +247,17 @@ class MetricsConfig(_Section):
     port: Annotated[int, Field(ge=0, le=65535)] = 9108  # 0: pick a free port
 
 
+class TracingConfig(_Section):
+    """Traces of chat turns, escalations and calls (docs/tracing.md); needs the `tracing` extra."""
+
+    endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP collector, e.g. `http://127.0.0.1:4318` (or its full `/v1/traces` URL); "
+        "unset: the standard `OTEL_EXPORTER_OTLP_ENDPOINT` if set, else tracing is off at no cost",
+    )
+    service_name: str = Field(default="edge-agent", description="the `service.name` of this node's spans")
+
+
 class LogConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -265,6 +276,7 @@ class AgentConfig(_Section):
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
     calls: CallsConfig = Field(default_factory=CallsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     shutdown_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
     watchdog_interval_s: Annotated[float, Field(gt=0)] | None = None  # default: from WATCHDOG_USEC

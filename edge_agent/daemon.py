@@ -26,6 +26,7 @@ from edge_agent.ops.logs import setup_logging
 from edge_agent.ops.metrics import AgentMetrics
 from edge_agent.ops.sdnotify import Notifier, watchdog_interval
 from edge_agent.ops.tasks import Supervisor
+from edge_agent.ops.tracing import configure as configure_tracing
 from edge_agent.outbox.agent_store import AgentStore
 from edge_agent.outbox.uplink import Uplink
 from edge_agent.pipeline.core import Pipeline
@@ -73,6 +74,13 @@ class Agent:
         self._environ = dict(os.environ if environ is None else environ)
         self.notifier = Notifier.from_env(self._environ)
         self.metrics = AgentMetrics(version=__version__)
+        # NOOP (nothing imported, nothing allocated) unless an OTLP endpoint is configured.
+        self.tracing = configure_tracing(
+            cfg.tracing.service_name,
+            cfg.tracing.endpoint,
+            environ=self._environ,
+            attributes={"edgeloop.node": cfg.node_id, "service.instance.id": cfg.node_id},
+        )
         self.store = AgentStore(cfg.db_path, cfg.outbox)
         self.pipeline = Pipeline(cfg)
         self.redelivery = RedeliveryGuard()
@@ -128,6 +136,7 @@ class Agent:
                 AnswerCache(max_entries=esc.cache_max_entries, ttl_s=esc.cache_ttl_s),
                 timeout_s=esc.timeout_s,
                 retries=esc.retries,
+                tracing=self.tracing,
             )
         self.model_manager = ModelManager(
             cfg.state_dir, self.cloud, _trusted_keys(cfg), default_loaders(), default_health_check
@@ -151,6 +160,7 @@ class Agent:
             self.escalator,
             self.metrics,
             config=config,
+            tracing=self.tracing,
         )
         self.overrides = RuntimeOverrides(self.store, self.escalator.budget if self.escalator else None)
         self.status = StatusReporter(
@@ -212,6 +222,7 @@ class Agent:
                     lambda: self.calls.outcomes,
                 )
             ),
+            tracing=self.tracing,
         )
         self._stop = asyncio.Event()
         self.exit_code = 0
@@ -314,6 +325,7 @@ class Agent:
             await self.cloud.stop()
         await self.store.close()
         self.metrics.stop_http()
+        await asyncio.to_thread(self.tracing.shutdown)  # export the last spans
         log.info("stopped", extra={"outbox_drained": drained})
 
     async def reload(self) -> None:

@@ -29,7 +29,7 @@ import yaml
 
 from cloud_controller.ingest.summaries import SummaryStore
 from edge_agent.protocol import topics
-from edgeloop_sim import demo_calls
+from edgeloop_sim import demo_calls, demo_dialogue
 from edgeloop_sim.broker import Broker
 from edgeloop_sim.replay import BackgroundReplay
 from edgeloop_sim.replay_config import ReplayConfig, ReplayResult, Source
@@ -245,6 +245,7 @@ def run_loop(args: argparse.Namespace) -> int:
             node = (served or nodes)[0]
             session = (last.device, f"s{last.msg_id[:16]}") if last is not None and served else None
             report["cloud_call"] = demo_calls.call_node(loop.broker.host, loop.broker.port, node, session)
+            report["dialogue"] = _booking(loop, node)
         report["wall_seconds"] = round(time.time() - t0, 1)
         md = demo_report.write(out, report, loop.traffic.utterances, loop.traffic.statuses, loop.timeline, t0)
         print(md)
@@ -255,6 +256,28 @@ def run_loop(args: argparse.Namespace) -> int:
     finally:
         say("stopping agents, controller and broker")
         loop.close()
+
+
+def _booking(loop: Any, node: str) -> dict[str, Any]:
+    """The scripted booking on ``node``'s chat device, and the escalated turn's trace as a tree."""
+    from edge_agent.ops.tracing import configure
+
+    collector = loop.collector
+    tracing = configure("demo-cloud-call", collector.endpoint if collector else None, environ=loop.trace_env)
+    device = f"chat-{node.rsplit('-', 1)[-1]}"
+    say(f"a booking in three turns on {node} ({device}), the middle one escalated")
+    try:
+        result = demo_dialogue.run_dialogue(loop.broker.host, loop.broker.port, node, device, tracing=tracing)
+    except Exception as exc:  # a refused call or a lost reply is reported, never fatal
+        return {"node": node, "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        tracing.shutdown()
+    middle = result["turns"][1]["trace_id"] if len(result["turns"]) > 1 else None
+    if collector is not None and middle:
+        from edgeloop_sim.trace_collector import render_tree, wait_trace
+
+        result["trace"] = render_tree(wait_trace(collector, middle, {"chat.merge", "teacher.predict"}, 10.0))
+    return result
 
 
 def _with(base: ReplayConfig, **kw: Any) -> ReplayConfig:

@@ -95,6 +95,15 @@ def agent_config(
     }
 
 
+def start_collector() -> Any:
+    """A running :class:`~edgeloop_sim.trace_collector.TraceCollector`, or None without OpenTelemetry."""
+    try:
+        from edgeloop_sim.trace_collector import TraceCollector
+    except ImportError:
+        return None
+    return TraceCollector().start()
+
+
 def chat_plan(
     examples: list[Example], devices: list[str], held: tuple[str, ...]
 ) -> list[tuple[str, Example, bool]]:
@@ -116,6 +125,16 @@ class DemoCluster:
         self.report: dict[str, Any] = {"phases": {}, "wall": {}}
         self.t0 = time.time()
         self.collect_since = 0
+        # The OTLP receiver the agents and the controller export their spans to (None without the
+        # tracing extra: the demo then runs untraced and its report says so).
+        self.collector = start_collector()
+
+    @property
+    def trace_env(self) -> dict[str, str]:
+        """Environment of the traced processes: the demo's receiver, spans exported within 0.2 s."""
+        if self.collector is None:
+            return {}
+        return {"OTEL_EXPORTER_OTLP_ENDPOINT": self.collector.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
 
     def mark(self, name: str) -> None:
         self.timeline.append({"t": time.time(), "phase": name})
@@ -126,6 +145,8 @@ class DemoCluster:
             self.traffic.close()
         self.sup.stop_all()
         self.broker.stop()
+        if self.collector is not None:
+            self.collector.stop()
 
     # ------------------------------------------------------------------ resources
 

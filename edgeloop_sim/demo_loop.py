@@ -124,7 +124,7 @@ class Loop(DemoCluster):
             "--status-interval",
             "1",
         ] + (dflags or [])
-        self.sup.start("cloud-controller", cmd)
+        self.sup.start("cloud-controller", cmd, env=self.trace_env)
         self.report["distillation_available"] = dflags is not None
         self.traffic = ChatTraffic("127.0.0.1", self.broker.port)
         self.traffic.start()
@@ -148,7 +148,8 @@ class Loop(DemoCluster):
             )
             path = out / f"{node}.yaml"
             path.write_text(yaml.safe_dump(cfg))
-            self.sup.start(node, [PY, "-m", "edge_agent.cli", "run", "--config", str(path)])
+            argv = [PY, "-m", "edge_agent.cli", "run", "--config", str(path)]
+            self.sup.start(node, argv, env=self.trace_env)
             say(f"edge agent {node}: {len(plan[node])} sensors + chat device {chat_devs[i]}")
         self.wait_nodes(lambda s: s.online, "agents online")
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgeloop_sim import demo_calls
+from edgeloop_sim import demo_calls, demo_dialogue
 from edgeloop_sim.demo_chat import NodeSample, Utterance
 
 
@@ -201,6 +201,8 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append("")
     if r.get("cloud_call"):
         lines += demo_calls.markdown(r["cloud_call"])
+    if r.get("dialogue"):
+        lines += demo_dialogue.markdown(r["dialogue"])
     lines.append(
         "Plot: `report.png`" if r.get("plot") else "Plot: not drawn (matplotlib missing: `.[train]`)"
     )

@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from edge_agent.ops.tracing import NOOP, Span, Tracing
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol import topics
 from edge_agent.protocol.calls import CallRequest, dumps_request, parse_result
@@ -70,8 +71,11 @@ _BY_CODE: dict[str, type[CallFailed]] = {
 class NodeCalls:
     _instances = itertools.count()
 
-    def __init__(self, client: MqttClient, caller: str = CONTROLLER_IDENTITY) -> None:
+    def __init__(
+        self, client: MqttClient, caller: str = CONTROLLER_IDENTITY, *, tracing: Tracing = NOOP
+    ) -> None:
         self._client = client
+        self._tracing = tracing
         self._caller = topics.validate_id(caller, "caller")
         self._rpc = Rpc(client)
         # Its own inbox level: several NodeCalls may share one client, and each must see its own results.
@@ -82,9 +86,29 @@ class NodeCalls:
         client.add_router(self._route_status)
 
     async def call(
-        self, node: str, method: str, args: Mapping[str, str] | None = None, *, timeout: float = 5.0
+        self,
+        node: str,
+        method: str,
+        args: Mapping[str, str] | None = None,
+        *,
+        timeout: float = 5.0,
+        parent: Span | None = None,
     ) -> dict[str, Any]:
-        """The method's result (a JSON object), or a :class:`CallFailed` subclass within ``timeout``."""
+        """The method's result (a JSON object), or a :class:`CallFailed` subclass within ``timeout``.
+
+        Traced as a client span ``call {method}`` (child of ``parent``); the node continues it.
+        """
+        span = self._tracing.start(f"call {method}", parent, kind="client", attrs={"node": node})
+        with span:
+            try:
+                return await self._call(node, method, args, timeout, span)
+            except CallFailed as exc:
+                span.set("error.code", exc.code)
+                raise
+
+    async def _call(
+        self, node: str, method: str, args: Mapping[str, str] | None, timeout: float, span: Span
+    ) -> dict[str, Any]:
         try:
             topic = topics.call(node, method)
             reply_to = topics.call_result(node, self._inbox)
@@ -97,7 +121,12 @@ class NodeCalls:
         started = time.monotonic()
         try:
             msg = await self._rpc.request(
-                topic, payload, timeout=timeout, response_topic=reply_to, expiry_s=timeout
+                topic,
+                payload,
+                timeout=timeout,
+                response_topic=reply_to,
+                expiry_s=timeout,
+                user_properties=self._tracing.inject(span),
             )
         except PublishDenied as exc:
             raise CallDenied(

@@ -22,6 +22,7 @@ from cloud_controller.cli.receive import host_port
 from cloud_controller.settings import ControllerSettings
 from edge_agent.config import MqttConfig
 from edge_agent.ops.cli_kit import UsageError, Verb
+from edge_agent.ops.tracing import configure as configure_tracing
 from edge_agent.protocol.errors import ConnectRefused, MqttError
 from edge_agent.transport.mqtt import MqttClient
 
@@ -81,13 +82,16 @@ def _text(value: Any, indent: str = "") -> list[str]:
 
 async def _call(args: argparse.Namespace, mqtt: MqttConfig) -> dict[str, Any]:
     client = MqttClient(mqtt, args.client_id or f"edgeloop-call-{os.getpid()}", clean_start=True, name="call")
-    calls = NodeCalls(client, args.caller)
+    # Traced when OTEL_EXPORTER_OTLP_ENDPOINT is set: the call and the node's answer are one trace.
+    tracing = configure_tracing("cloud-controller-call")
+    calls = NodeCalls(client, args.caller, tracing=tracing)
     await client.start()
     try:
         await client.wait_connected(timeout=min(args.timeout, mqtt.connect_timeout_s))
         return await calls.call(args.node, args.method, dict(args.call_args), timeout=args.timeout)
     finally:
         await client.stop()
+        await asyncio.to_thread(tracing.shutdown)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -62,6 +62,7 @@ from pydantic import ValidationError
 
 from cloud_controller.teachers.model_backend import ModelBackend, TeacherModel
 from cloud_controller.teachers.teacher_backend import Refusal, TeacherBackend, TeacherPrediction, TeacherTurn
+from edge_agent.ops.tracing import NOOP, Span, Tracing, serve_span
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol.errors import RejectedMessage
 from edge_agent.protocol.escalation_wire import (
@@ -109,6 +110,8 @@ class TeacherStats:
 class _Job:
     req: EscalationRequest
     fut: asyncio.Future[EscalationResponse]
+    span: Span | None = None  # the request's teacher.escalation span (tracing on)
+    queued_ns: int = 0
 
 
 def _as_backend(model: TeacherModel | TeacherBackend | None) -> TeacherBackend | None:
@@ -130,6 +133,7 @@ class TeacherService:
         route: Route | None = None,
         wrap_handler: Callable[[Handler], Handler] | None = None,
         clock: Callable[[], float] = time.time,
+        tracing: Tracing = NOOP,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -150,6 +154,7 @@ class TeacherService:
         # A test or the replay's fault injector sits here, between the service and the broker.
         self._wrap = wrap_handler
         self._clock = clock
+        self.tracing = tracing
 
     @property
     def version(self) -> str:
@@ -182,6 +187,12 @@ class TeacherService:
     # ------------------------------------------------------------------ requests
 
     async def _handle(self, msg: Message) -> bytes | None:
+        """Traced as ``teacher.escalation``, continuing the edge's ``escalation.rpc``; see ``serve_span``."""
+        with serve_span(self.tracing, "teacher.escalation", msg.properties) as span:
+            body = await self._handle_traced(msg, span)
+        return body
+
+    async def _handle_traced(self, msg: Message, span: Span) -> bytes | None:
         self.stats.received += 1
         reply_to = getattr(msg.properties, "ResponseTopic", None)
         if not reply_to:
@@ -200,7 +211,9 @@ class TeacherService:
         except RejectedMessage as exc:
             self.stats.reject(exc.reason)
             log.debug("escalation request refused: %s", exc)
+            span.set("error.reason", exc.reason)
             return wire.dumps(error_response(rid, exc.reason, self.version))
+        span.set("node", node)
         backend = self.backend_for(node)
         if backend is None:
             self.stats.reject("no_teacher")
@@ -209,16 +222,20 @@ class TeacherService:
             self.stats.reject("overloaded")
             return wire.dumps(error_response(req.id, "overloaded", backend.version))
         fut: asyncio.Future[EscalationResponse] = asyncio.get_running_loop().create_future()
+        traced = self.tracing.enabled
+        job = _Job(req, fut, span if traced else None, time.time_ns() if traced else 0)
+        span.set("backend", backend.version)
         if backend.serial:
-            self._queue.append((backend, _Job(req, fut)))
+            self._queue.append((backend, job))
             self._wakeup.set()
         else:  # I/O-bound: answered from this request's task, the backend bounds its concurrency
             self._in_flight += 1
             try:
-                await self._predict(backend, [_Job(req, fut)])
+                await self._predict(backend, [job])
             finally:
                 self._in_flight -= 1
         resp = await fut
+        span.set("error.reason", resp.error)
         return wire.dumps(resp)
 
     # ------------------------------------------------------------------ batching
@@ -263,6 +280,7 @@ class TeacherService:
         self.stats.batches += 1
         self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(batch))
         version = backend.version
+        spans = self._predict_spans(batch, version)
         try:
             preds = await backend.answer([TeacherTurn(j.req.text, j.req.state, j.req.node) for j in batch])
             if len(preds) != len(batch):
@@ -272,7 +290,12 @@ class TeacherService:
             self.stats.model_errors += 1
             for j in batch:
                 _settle(j.fut, error_response(j.req.id, "teacher_error", version))
+            for s in spans:
+                s.error("teacher_error")
+                s.end()
             return
+        for s in spans:
+            s.end()
         for j, p in zip(batch, preds, strict=True):
             if isinstance(p, Refusal):
                 self.stats.refuse(p.reason)
@@ -289,6 +312,20 @@ class TeacherService:
                 self.stats.model_errors += 1
                 resp = error_response(j.req.id, "teacher_error", version)
             _settle(j.fut, resp)
+
+    def _predict_spans(self, batch: list[_Job], version: str) -> list[Span]:
+        """``teacher.queue`` (enqueued to batch start) ended, ``teacher.predict`` started, per traced job."""
+        if not self.tracing.enabled:
+            return []
+        spans: list[Span] = []
+        for j in batch:
+            if j.span is None:
+                continue
+            self.tracing.start("teacher.queue", j.span, start_ns=j.queued_ns).end()
+            spans.append(
+                self.tracing.start("teacher.predict", j.span, attrs={"backend": version, "batch": len(batch)})
+            )
+        return spans
 
     def _response(self, req: EscalationRequest, p: TeacherPrediction, version: str) -> EscalationResponse:
         slots = {str(k): str(v) for k, v in p.slots.items()}

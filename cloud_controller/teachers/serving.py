@@ -21,6 +21,7 @@ from cloud_controller.teachers.chat_service import TeacherService
 from cloud_controller.teachers.routing import BackendFactory, PipelineTeachers
 from cloud_controller.teachers.teacher_backend import TeacherBackend
 from edge_agent.config import MqttConfig
+from edge_agent.ops.tracing import NOOP, Tracing
 from edge_agent.transport.mqtt import MqttClient
 
 __all__ = ["TeacherServing"]
@@ -39,8 +40,10 @@ class TeacherServing:
         *,
         environ: Mapping[str, str] = os.environ,
         factory: BackendFactory | None = None,
+        tracing: Tracing = NOOP,
     ) -> None:
         self.mqtt = mqtt
+        self.tracing = tracing
         self.client_id = client_id
         self.router = PipelineTeachers(store, namespace, builtin, environ=environ, factory=factory)
         self.service: TeacherService | None = None
@@ -66,7 +69,7 @@ class TeacherServing:
     async def _serve(self) -> None:
         client = self._client = MqttClient(self.mqtt, self.client_id, clean_start=True, name="teacher")
         await client.start()
-        service = TeacherService(client, self.router.builtin, route=self.router)
+        service = TeacherService(client, self.router.builtin, route=self.router, tracing=self.tracing)
         await service.start()
         self.service = service
         log.info("teacher service answers escalations (built-in: %s)",

@@ -53,6 +53,7 @@ from pydantic import ValidationError
 
 from edge_agent.escalation.answer_cache import AnswerCache
 from edge_agent.escalation.budget import EscalationBudget
+from edge_agent.ops.tracing import NOOP, Span, Tracing
 from edge_agent.preprocess.text import normalize
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol import topics
@@ -145,8 +146,10 @@ class Escalator:
         qos: int = 1,
         retries: int = 0,
         clock: Callable[[], float] = time.time,
+        tracing: Tracing = NOOP,
     ) -> None:
         self.client = client
+        self.tracing = tracing
         self.node_id = topics.validate_node_id(node_id)
         self.budget = budget
         self.cache = cache
@@ -188,10 +191,12 @@ class Escalator:
         student: StudentLike,
         state: DialogueStateWire | None = None,
         turn: int | None = None,
+        parent: Span | None = None,
     ) -> Answer:
         """Answer one utterance; never raises for cloud trouble (that is a degraded answer).
 
         ``state`` (redacted) and ``turn`` make it a dialogue turn: see the module docstring.
+        Each request sent is a client span ``escalation.rpc`` under ``parent``; the teacher continues it.
         """
         text = normalize(text_redacted)[:2000]
         conf = float(student.confidence)
@@ -230,7 +235,7 @@ class Escalator:
                 state=state,
                 turn=turn if state is not None else None,
             )
-            resp = await self._call(req)
+            resp = await self._call(req, parent)
         except _Degraded as exc:
             return self._degrade(student, exc.reason, str(exc))
         except ValidationError as exc:  # the student's own output does not fit the contract
@@ -285,13 +290,15 @@ class Escalator:
 
     # ------------------------------------------------------------------ RPC
 
-    async def _call(self, req: EscalationRequest) -> EscalationResponse:
+    async def _call(self, req: EscalationRequest, parent: Span | None = None) -> EscalationResponse:
         await self.start()
         payload = wire.dumps(req)
         attempt = 0
         while True:
+            span = self.tracing.start("escalation.rpc", parent, kind="client", attrs={"attempt": attempt})
             try:
-                msg = await self._race_disconnect(payload)
+                with span:
+                    msg = await self._race_disconnect(payload, self.tracing.inject(span))
                 break
             except PublishDenied as exc:
                 raise _Degraded("denied", str(exc)) from exc
@@ -317,9 +324,9 @@ class Escalator:
                 raise _Degraded("stale_state", f"asked {req.state.session!r} v{req.turn}, got {seen}")
         return resp
 
-    async def _race_disconnect(self, payload: bytes) -> Message:
+    async def _race_disconnect(self, payload: bytes, props: list[tuple[str, str]]) -> Message:
         down = self._arm()
-        req = asyncio.create_task(self._request(payload), name="escalation-rpc")
+        req = asyncio.create_task(self._request(payload, props), name="escalation-rpc")
         waiters: set[asyncio.Future[object]] = {req} if down is None else {req, down}  # type: ignore[arg-type]
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -332,13 +339,14 @@ class Escalator:
             raise MqttError("connection lost while waiting for the teacher")
         return req.result()
 
-    async def _request(self, payload: bytes) -> Message:
+    async def _request(self, payload: bytes, props: list[tuple[str, str]]) -> Message:
         return await self._rpc.request(
             self.request_topic,
             payload,
             timeout=self.timeout_s,
             qos=self.qos,
             response_topic=self.response_topic,
+            user_properties=props,
         )
 
     def _arm(self) -> asyncio.Future[None] | None:

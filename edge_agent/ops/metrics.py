@@ -32,6 +32,9 @@ PREFIX = "edgeloop_agent_"
 # a few hundred milliseconds for a sentence encoder on a weak CPU.
 _INFERENCE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
+# A chat turn: a local answer in milliseconds, an escalation up to its timeout (5 s by default, retries more).
+_TURN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
 
 class AgentMetrics:
     """All agent metrics, in a private registry.
@@ -111,6 +114,15 @@ class AgentMetrics:
             "Local model inference latency",
             ["model"],
             buckets=_INFERENCE_BUCKETS,
+            registry=r,
+        )
+        # Arrival to answer applied, per answer source. Traced turns attach their trace id as an exemplar
+        # (shown by an OpenMetrics scrape), so the slow bucket of a p99 links to the trace that filled it.
+        self.chat_turn_seconds = Histogram(
+            f"{p}chat_turn_seconds",
+            "Chat turn latency, utterance received to answer applied",
+            ["source"],
+            buckets=_TURN_BUCKETS,
             registry=r,
         )
         self.model_loaded = Gauge(

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.config import CallsConfig
+from edge_agent.ops.tracing import NOOP, Tracing, serve_span
 from edge_agent.protocol import topics
 from edge_agent.protocol.calls import (
     CallRequest,
@@ -71,8 +72,11 @@ class RemoteMethods:
         client: MqttClient,
         cfg: Callable[[], CallsConfig],
         methods: Iterable[Method],
+        *,
+        tracing: Tracing = NOOP,
     ) -> None:
         self._node = topics.validate_id(node, "node")
+        self._tracing = tracing
         self._client = client
         self._cfg = cfg
         self.methods: dict[str, Method] = {}
@@ -104,8 +108,12 @@ class RemoteMethods:
             self.outcomes["dropped"] += 1
             log.warning("call refused: result topic outside this node's inbox", extra={"topic": msg.topic})
             return None
-        result = await self._call(msg)
-        self.outcomes["ok" if result.ok else result.error.code if result.error else "failed"] += 1
+        name = msg.topic.rsplit("/", 1)[-1][:64]
+        with serve_span(self._tracing, f"call {name}", msg.properties, attrs={"node": self._node}) as span:
+            result = await self._call(msg)
+            outcome = "ok" if result.ok else result.error.code if result.error else "failed"
+            span.set("outcome", outcome)
+        self.outcomes[outcome] += 1
         return encode_result(result)
 
     def _reply_allowed(self, reply_to: object) -> bool:

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import math
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
@@ -57,11 +57,13 @@ class Rpc:
         self, topic: str, payload: bytes, timeout: float = 5.0, qos: int = 1,
         response_topic: str | None = None,
         expiry_s: float | None = None,
+        user_properties: Sequence[tuple[str, str]] = (),
     ) -> Message:
         """Publish a request and return its response message (correlated by id); MqttError on timeout.
 
         ``expiry_s`` sets the MQTT 5 Message Expiry Interval: a broker holding the request for an
         offline responder's session drops it then, so a late comer never acts on a call long given up.
+        ``user_properties`` travel with the request (the trace context of :mod:`edge_agent.ops.tracing`).
         """
         client = self.client
         reply_to = response_topic or topics.rpc_inbox(client.client_id)
@@ -74,6 +76,8 @@ class Rpc:
         props.CorrelationData = corr
         if expiry_s is not None:
             props.MessageExpiryInterval = max(1, math.ceil(expiry_s))
+        if user_properties:
+            props.UserProperty = list(user_properties)
         fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._requests[corr] = fut
         try:

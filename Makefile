@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edgeloop-installed
-EXTRAS ?= cloud,train,dev
+EXTRAS ?= cloud,train,dev,tracing
 PYTEST_ARGS ?=
 
 .PHONY: setup test test-fast test-cluster lint demo bench config-docs clean

@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import NonRecordingSpan, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from edge_agent.ops.tracing import SENT_AT, TRACEPARENT, TRACESTATE, Attr, Span, SpanKind, user_properties
+from edge_agent.ops.trace_api import SENT_AT, TRACEPARENT, TRACESTATE, Attr, Span, SpanKind, user_properties
 
 __all__ = ["OtelTracing"]
 

@@ -106,6 +106,7 @@ def run_install(kind: str, venv: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_controller_install_in_a_fresh_venv_runs_and_finds_the_job_template(tmp_path: Path) -> None:
     venv = tmp_path / "controller"
     proc = run_install("controller", venv)
@@ -126,6 +127,7 @@ def test_controller_install_in_a_fresh_venv_runs_and_finds_the_job_template(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_agent_install_in_a_fresh_venv_is_lean(tmp_path: Path) -> None:
     venv = tmp_path / "agent"
     proc = run_install("agent", venv)

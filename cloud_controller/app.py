@@ -22,10 +22,10 @@ import time
 from typing import Any
 
 from cloud_controller.http import AppCollector, ProbeServer
-from cloud_controller.ingest.backends import open_ingest_stores
 from cloud_controller.ingest.contracts import HardExampleStoreProtocol
 from cloud_controller.ingest.fleet import Fleet, StatusChange, StatusThrottle
 from cloud_controller.ingest.loop import Ingest, IngestConfig
+from cloud_controller.ingest.store_factory import open_ingest_stores
 from cloud_controller.reconcilers.common import ArtifactCheck, Context, ReconcileSettings
 from cloud_controller.reconcilers.desired import DesiredPublisher, RefFor, default_ref
 from cloud_controller.reconcilers.distillation.launchers import KubeJobLauncher, LocalJobLauncher
@@ -48,8 +48,9 @@ from cloud_controller.resources.store_protocol import ResourceStore
 from cloud_controller.runtime.controller import Controller, Manager
 from cloud_controller.runtime.leader import Leadership, LocalLeader
 from cloud_controller.settings import ControllerSettings
-from cloud_controller.teachers.chat_service import TeacherService, load_teacher
+from cloud_controller.teachers.model_backend import ModelBackend, load_teacher
 from cloud_controller.teachers.sensor_labeller import SensorTeacher, load_sensor_teacher
+from cloud_controller.teachers.serving import TeacherServing
 from edge_agent.transport.mqtt import MqttClient
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class ControllerApp:
         self.http_port: int | None = None
         # Built in run():
         self.store: ResourceStore | None = None
-        self.teacher: TeacherService | None = None
+        self.teacher: TeacherServing | None = None
         self.sensor_teacher: SensorTeacher | None = None
         self.hard_examples: HardExampleStoreProtocol | None = None
         self._api: Any = None
@@ -274,7 +275,7 @@ class ControllerApp:
         await self.desired_client.start()
         ingest_task = asyncio.create_task(self.ingest.run(), name="ingest")
         manager_task = asyncio.create_task(self.manager.run(), name="manager")
-        teacher = await self._start_teacher()
+        teacher = await self._start_teacher(store)
         self._tasks = [ingest_task, manager_task]
         stop_task = asyncio.create_task(self._stop.wait(), name="app-stop")
         log.info(
@@ -300,34 +301,30 @@ class ControllerApp:
                 t.cancel()
             await asyncio.gather(manager_task, ingest_task, stop_task, return_exceptions=True)
             await self.desired_client.stop()
-            if teacher is not None:
-                await teacher.stop()
-                await teacher.client.stop()
+            await teacher.stop()
             await server.stop()
             self.fleet.close()
             if self._given_store is None:
                 await store.close()
             log.info("controller stopped")
 
-    async def _start_teacher(self) -> TeacherService | None:
-        """Escalations are answered on a connection of their own, so ingest bursts never delay them."""
+    async def _start_teacher(self, store: ResourceStore) -> TeacherServing:
+        """Escalations are answered on a connection of their own, so ingest bursts never delay them.
+
+        The built-in model is ``--teacher``; an EdgePipeline may name another backend for its nodes.
+        """
         spec = self.settings.teacher
-        if not spec:
-            return None
-        kind, _, path = spec.partition(":")
-        model = await asyncio.to_thread(load_teacher, kind, path)
-        client = MqttClient(
-            self.settings.mqtt,
-            f"{self.settings.client_id or 'edgeloop-controller-' + self.settings.identity}-teacher",
-            clean_start=True,
-            name="teacher",
-        )
-        await client.start()
-        service = TeacherService(client, model)
-        await service.start()
-        self.teacher = service
-        log.info("teacher %s (%s) answers escalations", kind, model.version)
-        return service
+        builtin = None
+        if spec:
+            kind, _, path = spec.partition(":")
+            builtin = ModelBackend(await asyncio.to_thread(load_teacher, kind, path))
+            log.info("teacher %s (%s) answers escalations", kind, builtin.version)
+        s = self.settings
+        client_id = f"{s.client_id or 'edgeloop-controller-' + s.identity}-teacher"
+        serving = TeacherServing(s.mqtt, client_id, store, s.namespace, builtin)
+        await serving.start()
+        self.teacher = serving
+        return serving
 
     # ------------------------------------------------------------------ probes
 

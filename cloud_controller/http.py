@@ -135,6 +135,9 @@ class AppCollector(Collector):
                         st.hard_examples_unlabelled,
                         "Sensor hard examples stored without a label (no teacher, wrong length, error)",
                     ),
+                    "ingest_seq_resets": (
+                        st.seq_resets, "Nodes seen numbering their summaries from the start again (new epoch)"
+                    ),
                 },
             )
         t = app.throttle.metrics
@@ -159,6 +162,17 @@ class AppCollector(Collector):
             yield fam
         if app.fleet is not None:
             yield GaugeMetricFamily(p + "fleet_nodes", "Nodes known to ingest", value=len(app.fleet))
+            gaps = resets = reset_nodes = 0
+            for n in app.fleet:  # one pass at scrape time: no bookkeeping on the ingest path
+                gaps += n.seq_gaps
+                resets += n.seq_resets
+                reset_nodes += n.seq_resets > 0
+            for name, value, help_ in (
+                ("fleet_seq_gaps", gaps, "Summary sequence numbers never received, all nodes"),
+                ("fleet_seq_resets", resets, "Sequence resets (new epochs), all nodes"),
+                ("fleet_nodes_seq_reset", reset_nodes, "Nodes whose sequence started again at least once"),
+            ):
+                yield GaugeMetricFamily(p + name, help_, value=value)
         rec = CounterMetricFamily(
             p + "reconciles", "Reconciles by kind and outcome", labels=["kind", "outcome"]
         )

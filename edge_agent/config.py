@@ -34,7 +34,7 @@ from pydantic import (
 from pydantic_settings import EnvSettingsSource
 
 from edge_agent.protocol.errors import ConfigError
-from edge_agent.protocol.topics import NODE_ID_MAX, NODE_ID_PATTERN, NODE_ID_RULE, is_node_id
+from edge_agent.protocol.topics import ID_PATTERN, NODE_ID_MAX, NODE_ID_PATTERN, NODE_ID_RULE, is_node_id
 
 
 def _node_id(value: object) -> object:
@@ -51,6 +51,11 @@ NodeId = Annotated[
     StringConstraints(min_length=1, max_length=NODE_ID_MAX, pattern=NODE_ID_PATTERN.pattern),
     BeforeValidator(_node_id),
 ]
+
+
+# Device ids are the devices' own topic levels (``devices/{device}/...``): any safe MQTT level,
+# upper case and ``_`` included. Only node ids must also be Kubernetes resource names.
+DeviceId = Annotated[str, StringConstraints(pattern=ID_PATTERN.pattern)]
 
 
 class _Section(BaseModel):
@@ -94,7 +99,7 @@ class MqttConfig(_Section):
 
 class DevicesConfig(_Section):
     # Empty list and allow_unknown=True: accept any well-formed device id.
-    allowed: list[NodeId] = Field(default_factory=list)
+    allowed: list[DeviceId] = Field(default_factory=list)
     allow_unknown: bool = True
     # Subscribe only to the enrolled devices' topics (several agents sharing one broker);
     # otherwise subscribe to all devices and reject unknown ones with a counted reason.
@@ -212,6 +217,30 @@ class UplinkConfig(_Section):
     status_interval_s: Annotated[float, Field(gt=0)] = 30.0
 
 
+CallerRole = Literal["viewer", "operator"]
+# A certificate name as deploy/pki/issue-node-cert.sh issues them (one topic level), not only node ids.
+Identity = Annotated[str, StringConstraints(pattern=ID_PATTERN.pattern)]
+
+
+def _default_callers() -> dict[str, CallerRole]:
+    return {"edgeloop-controller": "operator"}
+
+
+class CallsConfig(_Section):
+    """Calls from the cloud into this node (``cloud-controller call``); the broker ACL is the first gate."""
+
+    enabled: bool = Field(default=True, description="answer calls on `nodes/{node}/rpc/call/+`")
+    # Identity (TLS certificate CN) -> role. A method names the roles that may call it; an identity
+    # not listed here is refused even when the broker let its message through (a shared dev broker).
+    callers: dict[Identity, CallerRole] = Field(
+        default_factory=_default_callers,
+        description="caller identity -> role (viewer: read-only methods; operator: all)",
+    )
+    max_inflight: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=32, description="calls answered at once; more are refused as `busy`"
+    )
+
+
 class MetricsConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -234,6 +263,7 @@ class AgentConfig(_Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
+    calls: CallsConfig = Field(default_factory=CallsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     shutdown_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0

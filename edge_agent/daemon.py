@@ -37,6 +37,9 @@ from edge_agent.services.chat_answers import ChatAnswers, ReplyPublisher
 from edge_agent.services.desired_apply import DesiredStateApplier
 from edge_agent.services.housekeeping import Housekeeping
 from edge_agent.services.inbound import Inbound
+from edge_agent.services.node_methods import NodeView, node_methods
+from edge_agent.services.remote_methods import RemoteMethods
+from edge_agent.services.runtime_overrides import RuntimeOverrides
 from edge_agent.services.status import StatusReporter, status_payload
 from edge_agent.tick import CommitTick
 from edge_agent.transport.mqtt import MqttClient, Will
@@ -149,6 +152,7 @@ class Agent:
             self.metrics,
             config=config,
         )
+        self.overrides = RuntimeOverrides(self.store, self.escalator.budget if self.escalator else None)
         self.status = StatusReporter(
             self.cloud,
             cfg.node_id,
@@ -156,6 +160,7 @@ class Agent:
             self.uplink,
             self.models.status,
             lambda: self.desired.applied_generation,
+            self.overrides.snapshot,
         )
         self.desired = DesiredStateApplier(
             cfg.node_id,
@@ -187,6 +192,26 @@ class Agent:
             self.tick,
             self.chat,
             self.desired,
+        )
+        self.calls = RemoteMethods(
+            cfg.node_id,
+            self.cloud,
+            lambda: self.cfg.calls,
+            node_methods(
+                NodeView(
+                    cfg.node_id,
+                    self.pipeline,
+                    self.store,
+                    self.uplink,
+                    self.models.status,
+                    self.overrides,
+                    self.escalator.budget if self.escalator else None,
+                    self.escalator.stats.as_dict if self.escalator else dict,
+                    (self.client,) if self.cloud is self.client else (self.client, self.cloud),
+                    self.status.publish,
+                    lambda: self.calls.outcomes,
+                )
+            ),
         )
         self._stop = asyncio.Event()
         self.exit_code = 0
@@ -228,11 +253,14 @@ class Agent:
         self.redelivery.restore(states)
         self.pipeline.restore(states)
         await self.desired.load()
+        await self.overrides.load()
         if self.cfg.metrics.enabled:
             self.metrics_port = self.metrics.start_http(self.cfg.metrics.host, self.cfg.metrics.port)
         await self.models.load_configured()
         await self.model_manager.load_active()
         self.models.sync_from_manager()
+        if self.cfg.calls.enabled:
+            await self.calls.start()  # subscribes with the first connect
         self.client.add_on_connect(self._on_connect)
         await self.client.start()
         if self.cloud is not self.client:

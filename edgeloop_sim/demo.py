@@ -29,6 +29,7 @@ import yaml
 
 from cloud_controller.ingest.summaries import SummaryStore
 from edge_agent.protocol import topics
+from edgeloop_sim import demo_calls
 from edgeloop_sim.broker import Broker
 from edgeloop_sim.replay import BackgroundReplay
 from edgeloop_sim.replay_config import ReplayConfig, ReplayResult, Source
@@ -235,8 +236,16 @@ def run_loop(args: argparse.Namespace) -> int:
             "duplicates_dropped": sum(t.duplicates for t in totals),
             "exactly_once": counted == sent,
         }
-        report["wall_seconds"] = round(time.time() - t0, 1)
         assert loop.traffic is not None
+        nodes = sorted(report.get("nodes_final") or {})
+        last = loop.traffic.utterances[-1] if loop.traffic.utterances else None
+        # The node that served the last utterance (its chat device is chat-{node suffix}), for session.state.
+        served = [n for n in nodes if last is not None and last.device == f"chat-{n.rsplit('-', 1)[-1]}"]
+        if nodes:
+            node = (served or nodes)[0]
+            session = (last.device, f"s{last.msg_id[:16]}") if last is not None and served else None
+            report["cloud_call"] = demo_calls.call_node(loop.broker.host, loop.broker.port, node, session)
+        report["wall_seconds"] = round(time.time() - t0, 1)
         md = demo_report.write(out, report, loop.traffic.utterances, loop.traffic.statuses, loop.timeline, t0)
         print(md)
         say(f"report: {out / 'report.md'}, {out / 'report.png'}")

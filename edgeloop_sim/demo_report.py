@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edgeloop_sim import demo_calls
 from edgeloop_sim.demo_chat import NodeSample, Utterance
 
 
@@ -198,6 +199,8 @@ def markdown(r: dict[str, Any]) -> str:
             for n, v in sorted(nf.items())
         ]
         lines.append("")
+    if r.get("cloud_call"):
+        lines += demo_calls.markdown(r["cloud_call"])
     lines.append(
         "Plot: `report.png`" if r.get("plot") else "Plot: not drawn (matplotlib missing: `.[train]`)"
     )

@@ -6,7 +6,7 @@ models are stand-ins that make every turn checkable:
 * the student is a tiny constant ONNX chat bundle that is never sure
   (confidence 0.5), so with ``mode: threshold`` every turn escalates;
 * the teacher is an *oracle* (:class:`CrossWozOracle`): a
-  :class:`~cloud_controller.teachers.chat_service.DialogueTeacherModel` that
+  :class:`~cloud_controller.teachers.model_backend.DialogueTeacherModel` that
   answers each turn with its CrossWOZ annotation (intent, the slots the turn
   informs). It finds the turn by the session in the state it receives and the
   redacted text, so a state that did not travel, or text mangled on the way

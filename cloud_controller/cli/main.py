@@ -10,12 +10,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from cloud_controller.cli import keys, kubectl, receive, release, run, totals
+from cloud_controller.cli import call, keys, kubectl, receive, release, run, totals, train
 from cloud_controller.cli import settings_reference as config_reference
 from edge_agent.ops.cli_kit import Cli
 
 CLI = Cli("cloud-controller")
-for _module in (receive, totals, kubectl, keys, release, run, config_reference):
+for _module in (receive, totals, kubectl, keys, release, train, run, call, config_reference):
     CLI.extend(_module.VERBS)
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "FleetRecords",
     "HardExampleStoreProtocol",
     "NodeTotals",
+    "SeqState",
     "StatusRow",
     "StoreConnectError",
     "StoreUnavailable",
@@ -49,9 +50,20 @@ class NodeTotals:
     windows: int
     bytes: int
     duplicates: int
-    first_seq: int | None
-    last_seq: int | None
-    seq_gaps: int  # sequence numbers between first and last never received
+    first_seq: int | None  # of the current epoch
+    last_seq: int | None  # of the current epoch
+    seq_gaps: int  # sequence numbers never received, summed over the epochs (each between its first and last)
+    resets: int = 0  # times the node's sequence started again (epochs after the first)
+
+
+@dataclass
+class SeqState:
+    """A node's current sequence epoch (``ingest/seq_epochs.py``) and its gaps over all epochs."""
+
+    epoch: int
+    first: int
+    last: int
+    gaps: int
 
 
 @dataclass(frozen=True)
@@ -116,7 +128,7 @@ class StoreConnectError(EdgeLoopError):
 
 
 class SummaryStoreProtocol(Protocol):
-    """Summary batches, their per-node totals and duplicates, and the rejects table."""
+    """Summary batches, their per-node totals, duplicates and sequence epochs, and the rejects table."""
 
     def open(self) -> Any: ...
 
@@ -126,7 +138,15 @@ class SummaryStoreProtocol(Protocol):
         """Store ``(batch, received, payload_bytes)`` in one transaction; per item, new or duplicate."""
         ...
 
+    def sequence(self, node: str) -> SeqState | None:
+        """The node's sequence epoch as of the last ``add_many`` (None before its first batch)."""
+        ...
+
     def reject(self, reason: str, detail: str = "") -> None: ...
+
+    def reject_many(self, rejects: Sequence[tuple[str, str]]) -> None:
+        """Count ``(reason, detail)`` rejects (summaries and hard examples alike) in one transaction."""
+        ...
 
     def rejects(self) -> dict[str, int]: ...
 

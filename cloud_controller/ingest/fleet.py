@@ -92,6 +92,10 @@ class NodeState:
     windows: int = 0
     bytes_sent: int = 0
     duplicates: int = 0
+    # Sequence health: how often the node's numbering started again (state dir lost), and the
+    # sequence numbers never received (within each epoch).
+    seq_resets: int = 0
+    seq_gaps: int = 0
 
     def counter(self, name: str) -> float:
         return float(self.status.counters.get(name, 0.0)) if self.status is not None else 0.0
@@ -221,6 +225,14 @@ class Fleet:
             st = self._state(t.node)
             st.batches, st.readings, st.windows = t.batches, t.readings, t.windows
             st.bytes_sent, st.duplicates = t.bytes, t.duplicates
+            st.seq_resets, st.seq_gaps = t.resets, t.seq_gaps
+
+    def observe_sequence(self, node: str, resets: int, gaps: int) -> bool:
+        """Record the node's sequence epoch and gaps; returns whether it reset since the last call."""
+        st = self._state(node)
+        reset = resets > st.seq_resets
+        st.seq_resets, st.seq_gaps = resets, gaps
+        return reset
 
     def observe_status(self, status: wire.Status, received: float) -> StatusChange:
         known = status.node in self._nodes

@@ -304,6 +304,8 @@ class HandleResult:
     accepted: int = 0  # new rows stored
     duplicates: int = 0  # already stored (QoS 1 redelivery)
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
+    # (reason, "topic: detail") of every rejected message, for the controller's rejects table.
+    rejects: list[tuple[str, str]] = field(default_factory=list)
     labelled: int = 0  # sensor examples the sensor teacher labelled in this burst
     # Sensor examples stored without a label, by reason: no_teacher | feature_mismatch | teacher_error.
     unlabelled: dict[str, int] = field(default_factory=dict)
@@ -358,6 +360,7 @@ def handle_hard_examples(
             good.append((parse_hard_example(msg.topic, msg.payload, max_bytes), now))
         except RejectedMessage as exc:
             result.rejected[exc.reason] = result.rejected.get(exc.reason, 0) + 1
+            result.rejects.append((exc.reason, f"{msg.topic}: {exc.detail}"))
     _label_sensor(good, label_sensor, result)
     if good:
         for new in store.add_many(good):

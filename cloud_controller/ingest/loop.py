@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 Enrollment = Literal["auto", "manual"]
 
 
+HARD_EXAMPLE_REJECT_PREFIX = "hard_example_"
+
+
 class IngestConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -83,6 +86,7 @@ class IngestStats:
     hard_example_duplicates: int = 0
     hard_examples_labelled: int = 0  # sensor examples labelled by the sensor teacher on arrival
     hard_examples_unlabelled: int = 0  # sensor examples stored without a label
+    seq_resets: int = 0  # nodes seen starting their sequence numbers again (a new epoch)
 
 
 @dataclass
@@ -270,18 +274,21 @@ class Ingest:
             assert self.hard_examples is not None
             res = handle_hard_examples(self.hard_examples, hard, now, label_sensor=self.label_sensor)
         news = self.summaries.add_many(items) if items else []
-        while parsed.rejects:  # popped once written: a retry does not count them twice
-            reason, detail = parsed.rejects[0]
-            self.summaries.reject(reason, detail)
-            parsed.rejects.pop(0)
+        # Prefixed: a hard example's node_mismatch is not a summary's node_mismatch. Recomputed on a
+        # retry (handle_hard_examples ran again), written with the burst's own rejects in one transaction.
+        hard_rejects = [(f"{HARD_EXAMPLE_REJECT_PREFIX}{reason}", detail)
+                        for reason, detail in (res.rejects if res is not None else [])]
+        self.summaries.reject_many(parsed.rejects + hard_rejects)
+        parsed.rejects.clear()  # written once: a retry does not count them twice
         if res is not None:
             self.stats.hard_examples += res.accepted
             self.stats.hard_example_duplicates += res.duplicates
             self.stats.hard_examples_labelled += res.labelled
             self.stats.hard_examples_unlabelled += sum(res.unlabelled.values())
-            for reason, n in res.rejected.items():
-                self.stats.rejected += n
-                self.rejected[reason] = self.rejected.get(reason, 0) + n
+            for reason, detail in hard_rejects:
+                self.stats.rejected += 1
+                self.rejected[reason] = self.rejected.get(reason, 0) + 1
+                log.warning("ingest: rejected hard example: %s (%s)", detail[:300], reason)
         touched: set[str] = set()
         if items:
             for (batch, received, nbytes), new in zip(items, news, strict=True):
@@ -299,6 +306,12 @@ class Ingest:
                 else:
                     self.stats.duplicates += 1
                 touched.add(batch.node)
+            for node in touched:
+                seq = self.summaries.sequence(node)
+                if seq is not None and self.fleet.observe_sequence(node, seq.epoch, seq.gaps):
+                    self.stats.seq_resets += 1
+                    log.warning("ingest: %s started its sequence again (epoch %d): its state was lost?",
+                                node, seq.epoch)
         changes: dict[str, StatusChange] = {}
         for status in statuses:
             self.stats.statuses += 1

@@ -8,17 +8,25 @@ replicas insert the same (node, id) at once (the second waits for the first's
 commit, then finds the row). The burst's inserts are pipelined in one
 ``executemany``; duplicate counters are bumped in node order so two replicas'
 transactions cannot deadlock on them.
+
+Sequence epochs (``ingest/seq_epochs.py``): replicas share the nodes, so a node's
+current epoch cannot live in one replica's memory. It is a row of ``sequences``,
+read and written inside the burst's transaction under a per-node advisory lock
+(taken in key order, so two replicas cannot deadlock): the replica that stores a
+node's batches second sees the first one's numbers, and one reset is one epoch.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 
 import psycopg
 
-from cloud_controller.ingest.contracts import NodeTotals
+from cloud_controller.ingest.contracts import NodeTotals, SeqState
 from cloud_controller.ingest.pg_db import PgDatabase
+from cloud_controller.ingest.seq_epochs import EPOCH_TOTALS_SQL, advance
 from cloud_controller.ingest.summaries import BATCH_COLUMNS, TOTALS_SQL, totals_from_rows
 from edge_agent.protocol import messages as wire
 
@@ -41,7 +49,31 @@ _MIGRATIONS = (
     CREATE TABLE duplicates (node TEXT PRIMARY KEY, count BIGINT NOT NULL);
     CREATE TABLE rejects (reason TEXT PRIMARY KEY, count BIGINT NOT NULL, last_detail TEXT)
     """,
+    # Version 2: sequence epochs. Batches stored before are all epoch 0.
+    """
+    ALTER TABLE batches ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE epochs (
+        node TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        first_seq BIGINT NOT NULL,
+        previous_last_seq BIGINT NOT NULL,
+        started DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (node, epoch)
+    );
+    CREATE TABLE sequences (
+        node TEXT PRIMARY KEY,
+        epoch BIGINT NOT NULL,
+        first_seq BIGINT NOT NULL,
+        last_seq BIGINT NOT NULL,
+        gaps BIGINT NOT NULL
+    );
+    INSERT INTO sequences
+        SELECT node, 0, MIN(seq), MAX(seq), MAX(seq) - MIN(seq) + 1 - COUNT(DISTINCT seq) FROM batches
+        GROUP BY node
+    """,
 )
+
+_SEQ_LOCK_CLASS = 0x7365_7121  # "seq!": the first key of every per-node sequence lock
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -49,6 +81,7 @@ Conn = psycopg.Connection[tuple[object, ...]]
 class PgSummaryStore:
     def __init__(self, dsn: str, **kw: float) -> None:
         self.pg = PgDatabase(dsn, "summaries", _MIGRATIONS, **kw)
+        self._seq: dict[str, SeqState] = {}  # as committed by this replica's last add_many
 
     def open(self) -> PgSummaryStore:
         self.pg.open()
@@ -64,18 +97,20 @@ class PgSummaryStore:
         self.close()
 
     def add_many(self, items: Sequence[tuple[wire.SummaryBatch, float, int]]) -> list[bool]:
-        params = [
-            (b.node, b.id, b.seq, b.readings, len(b.windows), nbytes, b.created, received)
-            for b, received, nbytes in items
-        ]
+        if not items:
+            return []
+        nodes = sorted({b.node for b, _, _ in items})
 
-        def body(conn: Conn) -> list[bool]:
+        def body(conn: Conn) -> tuple[list[bool], dict[str, SeqState]]:
             out: list[bool] = []
             with conn.cursor() as cur:
+                states = _lock_sequences(cur, nodes)
+                # Each batch goes in with its node's epoch from before the burst (provisional).
                 cur.executemany(
-                    f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                    f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
                     "ON CONFLICT (node, id) DO NOTHING RETURNING 1",
-                    params,
+                    [(b.node, b.id, b.seq, b.readings, len(b.windows), nbytes, b.created, received,
+                      states[b.node].epoch if b.node in states else 0) for b, received, nbytes in items],
                     returning=True,
                 )
                 while True:
@@ -89,18 +124,48 @@ class PgSummaryStore:
                         "ON CONFLICT (node) DO UPDATE SET count = duplicates.count + excluded.count",
                         sorted(dups.items()),
                     )
-            return out
+                _advance_sequences(cur, items, out, states)
+            return out, states
 
-        return self.pg.transaction(body) if params else []
+        try:
+            out, states = self.pg.transaction(body)
+        except BaseException:
+            self._seq.clear()
+            raise
+        self._seq.update(states)  # as committed (a re-run body read them again)
+        return out
+
+    def sequence(self, node: str) -> SeqState | None:
+        st = self._seq.get(node)
+        if st is None:
+            row = self.pg.transaction(
+                lambda conn: conn.execute(
+                    "SELECT epoch, first_seq, last_seq, gaps FROM sequences WHERE node = %s", (node,)
+                ).fetchone()
+            )
+            if row is None:
+                return None
+            st = self._seq[node] = SeqState(*(int(v) for v in row))  # type: ignore[call-overload]
+        return st
 
     def reject(self, reason: str, detail: str = "") -> None:
-        self.pg.transaction(
-            lambda conn: conn.execute(
-                "INSERT INTO rejects VALUES (%s, 1, %s) ON CONFLICT (reason) DO UPDATE SET "
-                "count = rejects.count + 1, last_detail = excluded.last_detail",
-                (reason, detail[:500]),
-            )
-        )
+        self.reject_many([(reason, detail)])
+
+    def reject_many(self, rejects: Sequence[tuple[str, str]]) -> None:
+        if not rejects:
+            return
+        # In reason order (stable: the last detail stays last), so two replicas cannot deadlock.
+        rows = sorted(((reason, detail[:500]) for reason, detail in rejects), key=lambda r: r[0])
+
+        def body(conn: Conn) -> None:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO rejects VALUES (%s, 1, %s) ON CONFLICT (reason) DO UPDATE SET "
+                    "count = rejects.count + 1, last_detail = excluded.last_detail",
+                    rows,
+                )
+
+        self.pg.transaction(body)
 
     def rejects(self) -> dict[str, int]:
         rows = self.pg.transaction(
@@ -109,4 +174,79 @@ class PgSummaryStore:
         return {str(r): int(n) for r, n in rows}  # type: ignore[call-overload]
 
     def totals(self) -> list[NodeTotals]:
-        return totals_from_rows(self.pg.transaction(lambda conn: conn.execute(TOTALS_SQL).fetchall()))
+        def body(conn: Conn) -> list[NodeTotals]:
+            return totals_from_rows(conn.execute(TOTALS_SQL).fetchall(),
+                                    conn.execute(EPOCH_TOTALS_SQL).fetchall())
+
+        return self.pg.transaction(body)
+
+
+def _lock_key(node: str) -> int:
+    """The node's advisory lock key: a stable 32-bit signed hash (a collision only serializes more)."""
+    return zlib.crc32(node.encode()) - (1 << 31)
+
+
+def _lock_sequences(cur: psycopg.Cursor[tuple[object, ...]], nodes: list[str]) -> dict[str, SeqState]:
+    """Lock the burst's nodes (in key order: no deadlock between replicas) and read their epochs."""
+    cur.executemany("SELECT pg_advisory_xact_lock(%s, %s)",
+                    [(_SEQ_LOCK_CLASS, k) for k in sorted({_lock_key(n) for n in nodes})])
+    cur.execute("SELECT node, epoch, first_seq, last_seq, gaps FROM sequences WHERE node = ANY(%s)", (nodes,))
+    return {str(n): SeqState(int(e), int(f), int(la), int(g))  # type: ignore[call-overload]
+            for n, e, f, la, g in cur.fetchall()}
+
+
+def _advance_sequences(
+    cur: psycopg.Cursor[tuple[object, ...]],
+    items: Sequence[tuple[wire.SummaryBatch, float, int]],
+    new: list[bool],
+    states: dict[str, SeqState],
+) -> None:
+    """Give the burst's new batches their epochs (``seq_epochs.advance``) and store the nodes' state.
+
+    ``states`` holds the locked nodes' epochs from before the burst and is moved
+    on in place. Only batches whose epoch differs from the provisional one they
+    were inserted with are updated (a reset and what follows it in the burst).
+    Whether a number was used in an epoch is asked of this burst's new batches
+    first (their rows carry the provisional epoch), then of the rows stored before.
+    """
+    provisional = {node: st.epoch for node, st in states.items()}
+    new_ids: dict[str, list[str]] = {}
+    for (b, _, _), is_new in zip(items, new, strict=True):
+        if is_new:
+            new_ids.setdefault(b.node, []).append(b.id)
+    seen: set[tuple[str, int, int]] = set()  # (node, epoch, seq) of this burst's new batches so far
+    moved: list[tuple[int, str, str]] = []  # (epoch, node, id)
+    started: list[tuple[str, int, int, int, float]] = []  # epochs rows
+    for (b, received, _), is_new in zip(items, new, strict=True):
+        if not is_new:
+            continue
+        st = states.get(b.node)
+        if st is None:
+            st = states[b.node] = SeqState(0, b.seq, b.seq, 0)
+            provisional[b.node] = 0
+        else:
+
+            def used(seq: int, epoch: int, node: str = b.node) -> bool:
+                if (node, epoch, seq) in seen:
+                    return True
+                cur.execute("SELECT 1 FROM batches WHERE node = %s AND seq = %s AND epoch = %s "
+                            "AND NOT (id = ANY(%s)) LIMIT 1", (node, seq, epoch, new_ids[node]))
+                return cur.fetchone() is not None
+
+            previous = advance(st, b.seq, used)
+            if previous is not None:
+                started.append((b.node, st.epoch, b.seq, previous, received))
+            if st.epoch != provisional[b.node]:
+                moved.append((st.epoch, b.node, b.id))
+        seen.add((b.node, st.epoch, b.seq))
+    if moved:
+        cur.executemany("UPDATE batches SET epoch = %s WHERE node = %s AND id = %s", moved)
+    if started:
+        cur.executemany("INSERT INTO epochs VALUES (%s, %s, %s, %s, %s)", started)
+    if new_ids:
+        cur.executemany(
+            "INSERT INTO sequences VALUES (%s, %s, %s, %s, %s) ON CONFLICT (node) DO UPDATE SET "
+            "epoch = excluded.epoch, first_seq = excluded.first_seq, last_seq = excluded.last_seq, "
+            "gaps = excluded.gaps",
+            [(n, st.epoch, st.first, st.last, st.gaps) for n, st in sorted(states.items()) if n in new_ids],
+        )

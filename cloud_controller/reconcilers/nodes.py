@@ -25,7 +25,7 @@ from typing import Any
 from cloud_controller.ingest.fleet import DesiredRecord, NodeState
 from cloud_controller.reconcilers.common import Context, conditions_differ, fields_differ
 from cloud_controller.reconcilers.desired import build_content
-from cloud_controller.resources.kinds import EdgeNode, Traffic
+from cloud_controller.resources.kinds import EdgeNode, SequenceHealth, Traffic
 from cloud_controller.resources.store_protocol import NotFound, Obj
 from cloud_controller.runtime.controller import (
     Condition,
@@ -93,6 +93,7 @@ def compute_status(
         fields["inferences"] = sum(m.samples for m in st.models.values())
         fields["escalations"] = sum(m.escalated for m in st.models.values())
         fields["appliedGeneration"] = st.applied_generation
+        fields["overrides"] = {k: str(v)[:64] for k, v in sorted(st.overrides.items())[:16]} or None
     if traffic_from_status:
         traffic = Traffic.from_counts(
             int(state.counter("readings_in")), state.raw_equivalent_bytes, int(state.counter("bytes_sent"))
@@ -102,6 +103,8 @@ def compute_status(
     if traffic.reduction is not None:
         traffic.reduction = min(1.0, traffic.reduction)
     fields["traffic"] = traffic.to_obj()
+    # A node that lost its state dir numbers its summaries from the start again: show it, not just count it.
+    fields["sequence"] = SequenceHealth(resets=state.seq_resets, gaps=max(0, state.seq_gaps)).to_obj()
 
     applied = state.applied_generation
     if rec is None:
@@ -161,10 +164,11 @@ def make_node_reconciler(ctx: Context) -> ReconcileFn:
         if wait > 0:
             return Result(requeue_after=wait if next_check is None else min(wait, next_check))
         patch = dict(fields)
-        if isinstance(current.get("models"), dict) and "models" in fields:
-            # A merge patch merges maps: models the node stopped running must be deleted explicitly.
-            gone = {m: None for m in current["models"] if m not in fields["models"]}
-            patch["models"] = {**fields["models"], **gone}
+        for key in ("models", "overrides"):
+            if isinstance(current.get(key), dict) and isinstance(fields.get(key), dict):
+                # A merge patch merges maps: entries the node no longer reports must be deleted explicitly.
+                gone = {m: None for m in current[key] if m not in fields[key]}
+                patch[key] = {**fields[key], **gone}
         try:
             await patch_status_with_observed_generation(
                 ctx.store, obj, patch, *conditions, use_resource_version=False

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_controller.releases.signing import sign_manifest
 from cloud_controller.resources.store_protocol import API_VERSION
-from edge_agent.models.bundle import MANIFEST, load_bundle
+from edge_agent.models.bundle import MANIFEST, load_bundle, read_regular_file
 from edge_agent.protocol.manifest import (
     ARCHIVE_FORMAT,
     MANIFEST_SCHEMA,
@@ -185,7 +185,7 @@ class ArtifactStore:
         size_per_chunk = chunk_size or self.chunk_size
         root = Path(bundle_dir)
         names = sorted({*bm.files, MANIFEST})
-        contents = {n: (root / n).read_bytes() for n in names}
+        contents = {n: read_regular_file(root / n) for n in names}  # never follows a link
         if contents["model.onnx"] != bundle.model_bytes:
             raise ArtifactError(f"{bundle_dir}: model.onnx changed while it was being released")
         archive = b"".join(contents[n] for n in names)

@@ -174,6 +174,13 @@ class Traffic(_Model):
         return cls(readings_in=readings_in, bytes_raw=bytes_raw, bytes_sent=bytes_sent, reduction=red)
 
 
+class SequenceHealth(_Model):
+    """How the node's summary numbering looks from the cloud: resets (new epochs) and missing numbers."""
+
+    resets: NonNegInt = 0
+    gaps: NonNegInt = 0
+
+
 class EdgeNodeStatus(_Status):
     phase: EdgeNodePhase | None = None
     last_seen: dt.datetime | None = None
@@ -181,10 +188,13 @@ class EdgeNodeStatus(_Status):
     models: dict[str, str] = Field(default_factory=dict)
     model_version: str | None = None
     traffic: Traffic | None = None
+    sequence: SequenceHealth | None = None
     inferences: NonNegInt | None = None
     escalations: NonNegInt | None = None
     applied_pipeline: str | None = None
     applied_generation: NonNegInt | None = None
+    # Knobs changed at run time by a call (``config.set``), as the node reports them.
+    overrides: dict[str, str] = Field(default_factory=dict)
 
     def set_models(self, models: dict[str, str]) -> None:
         """Keep the printer-column summary (``modelVersion``) in step with ``models``."""
@@ -220,9 +230,37 @@ class Pii(_Model):
     rules: list[PiiRuleSpec] = Field(default_factory=list)
 
 
+class TeacherCacheSpec(_Model):
+    max_entries: Annotated[int, Field(ge=0, le=1_000_000)] = 10_000
+    ttl_seconds: Annotated[float, Field(gt=0, le=604_800)] = 3600.0
+
+
+class OpenAITeacherSpec(_Model):
+    """An OpenAI-compatible chat endpoint; the key is in the controller's environment, never here."""
+
+    base_url: Annotated[str, Field(pattern=r"^https?://", max_length=2048)]
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")] | None = None
+    timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    max_concurrency: Annotated[int, Field(ge=1, le=256)] = 4
+    tokens_per_hour: NonNegInt | None = None
+    response_format: bool = True
+    intents: list[str] = Field(default_factory=list)
+    cache: TeacherCacheSpec = Field(default_factory=TeacherCacheSpec)
+
+
+class TeacherSpec(_Model):
+    """Who answers the escalations of the nodes a pipeline selects (cloud side only: never pushed)."""
+
+    backend: Literal["builtin", "openai"] = "builtin"
+    openai: OpenAITeacherSpec | None = None
+
+
 class Escalation(_Model):
     threshold: Fraction | None = None
     budget_per_hour: NonNegInt | None = None
+    teacher: TeacherSpec | None = None
 
 
 class UplinkSpec(_Model):

@@ -32,13 +32,18 @@ intent when it names one, the slots it filled merged over the earlier ones,
 the next step) at that version. The service keeps no session: the state
 travels, so any replica answers any turn and a retried request gets the same
 answer. A model that wants the state as context (an LLM, the CrossWOZ oracle
-of the replay) implements :class:`DialogueTeacherModel`; the others see text only.
+of the replay) implements ``DialogueTeacherModel``; the others see text only.
 
-Models. Anything with ``version`` and ``predict_batch(texts)`` returning
-objects with ``intent``, ``slots`` and ``confidence`` is a :class:`TeacherModel`.
-:class:`OnnxChatTeacher` lets any chat bundle act as teacher;
-the MiniLM teacher adapter registers itself in :data:`TEACHER_LOADERS`
-(hook for the training side: ``TEACHER_LOADERS["minilm"] = MiniLmTeacher.load``).
+Backends. Who answers is a :class:`~cloud_controller.teachers.teacher_backend.TeacherBackend`:
+the built-in model (:mod:`cloud_controller.teachers.model_backend`; a plain
+``TeacherModel`` given here is wrapped in it) or an OpenAI-compatible endpoint
+(:mod:`cloud_controller.teachers.openai_compat`). ``route(node)`` picks the
+backend per request (the EdgePipeline that selects the node names it,
+:mod:`cloud_controller.teachers.routing`); without a route, or when it names
+none, the default backend answers, and with no backend at all the request gets
+the error ``no_teacher``. Serial backends are fed by the batcher; the others
+are called from the request's own task (see ``backends``), bounded by
+``max_pending`` in flight like the queue.
 """
 
 from __future__ import annotations
@@ -49,14 +54,14 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from pydantic import ValidationError
 
-from edge_agent.models.chat_runtime import ChatModel
+from cloud_controller.teachers.model_backend import ModelBackend, TeacherModel
+from cloud_controller.teachers.teacher_backend import Refusal, TeacherBackend, TeacherPrediction, TeacherTurn
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol.errors import RejectedMessage
 from edge_agent.protocol.escalation_wire import (
@@ -71,80 +76,12 @@ from edge_agent.protocol.topics import escalation_requests, parse_escalation_req
 from edge_agent.transport.mqtt import Message, MqttClient
 from edge_agent.transport.rpc import Handler, Rpc
 
-__all__ = [
-    "TEACHER_LOADERS",
-    "DialogueTeacherModel",
-    "OnnxChatTeacher",
-    "TeacherModel",
-    "TeacherPrediction",
-    "TeacherService",
-    "TeacherStats",
-    "load_teacher",
-]
+__all__ = ["Route", "TeacherService", "TeacherStats"]
+
+# node -> the backend that answers it (None: the service's default backend).
+Route = Callable[[str], TeacherBackend | None]
 
 log = logging.getLogger(__name__)
-
-
-class TeacherPrediction(Protocol):
-    @property
-    def intent(self) -> str: ...
-    @property
-    def slots(self) -> Mapping[str, str]: ...
-    @property
-    def confidence(self) -> float: ...
-
-
-class TeacherModel(Protocol):
-    """What the service needs from a teacher. ``predict_batch`` runs in a worker thread."""
-
-    @property
-    def version(self) -> str: ...
-
-    def predict_batch(self, texts: Sequence[str]) -> Sequence[TeacherPrediction]: ...
-
-
-@runtime_checkable
-class DialogueTeacherModel(Protocol):
-    """A teacher that reads the dialogue state with each utterance (None outside a dialogue)."""
-
-    @property
-    def version(self) -> str: ...
-
-    def predict_batch(self, texts: Sequence[str]) -> Sequence[TeacherPrediction]: ...
-
-    def predict_turns(
-        self, turns: Sequence[tuple[str, DialogueStateWire | None]]
-    ) -> Sequence[TeacherPrediction]: ...
-
-
-class OnnxChatTeacher:
-    """Any chat bundle as teacher, through the very runtime the edge uses (no train/serve skew)."""
-
-    def __init__(self, model: ChatModel) -> None:
-        self.model = model
-
-    @classmethod
-    def load(cls, bundle_path: str | Path, *, intra_op_num_threads: int = 1) -> OnnxChatTeacher:
-        return cls(ChatModel(bundle_path, intra_op_num_threads=intra_op_num_threads))
-
-    @property
-    def version(self) -> str:
-        return self.model.version
-
-    def predict_batch(self, texts: Sequence[str]) -> Sequence[TeacherPrediction]:
-        return self.model.predict_batch(texts)
-
-
-# Teacher kinds the CLI can name. The MiniLM adapter (training extra) adds itself here.
-TEACHER_LOADERS: dict[str, Callable[[Path], TeacherModel]] = {"onnx-chat": OnnxChatTeacher.load}
-
-
-def load_teacher(kind: str, path: str | Path) -> TeacherModel:
-    try:
-        loader = TEACHER_LOADERS[kind]
-    except KeyError:
-        raise ValueError(f"unknown teacher kind {kind!r}; known: {sorted(TEACHER_LOADERS)}") from None
-    return loader(Path(path))
 
 
 @dataclass
@@ -154,10 +91,14 @@ class TeacherStats:
     batches: int = 0
     max_batch_seen: int = 0
     model_errors: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> count (bad requests)
+    refused: dict[str, int] = field(default_factory=dict)  # reason -> count (backend refusals)
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def refuse(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
 
     @property
     def rejected_total(self) -> int:
@@ -170,29 +111,38 @@ class _Job:
     fut: asyncio.Future[EscalationResponse]
 
 
+def _as_backend(model: TeacherModel | TeacherBackend | None) -> TeacherBackend | None:
+    if model is None or isinstance(model, TeacherBackend):
+        return model
+    return ModelBackend(model)
+
+
 class TeacherService:
     def __init__(
         self,
         client: MqttClient,
-        model: TeacherModel,
+        model: TeacherModel | TeacherBackend | None,
         max_batch: int = 32,
         max_wait_ms: float = 5.0,
         *,
         share_group: str | None = "teachers",
         max_pending: int = 4096,
+        route: Route | None = None,
         wrap_handler: Callable[[Handler], Handler] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.client = client
-        self.model = model
+        self.backend = _as_backend(model)
+        self.route = route
         self.max_batch = max_batch
         self.max_wait_s = max(0.0, max_wait_ms / 1000.0)
         self.topic_filter = escalation_requests(share_group)
         self.max_pending = max_pending
         self.stats = TeacherStats()
-        self._queue: deque[_Job] = deque()
+        self._queue: deque[tuple[TeacherBackend, _Job]] = deque()
+        self._in_flight = 0  # requests with a concurrent backend
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_batch = 0
@@ -200,6 +150,14 @@ class TeacherService:
         # A test or the replay's fault injector sits here, between the service and the broker.
         self._wrap = wrap_handler
         self._clock = clock
+
+    @property
+    def version(self) -> str:
+        return self.backend.version if self.backend is not None else ""
+
+    def backend_for(self, node: str) -> TeacherBackend | None:
+        routed = self.route(node) if self.route is not None else None
+        return routed if routed is not None else self.backend
 
     async def start(self) -> None:
         """Start the batcher and subscribe (the client may connect later: serve() resubscribes)."""
@@ -217,9 +175,9 @@ class TeacherService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         while self._queue:
-            job = self._queue.popleft()
+            backend, job = self._queue.popleft()
             if not job.fut.done():
-                job.fut.set_result(error_response(job.req.id, "teacher_stopping", self.model.version))
+                job.fut.set_result(error_response(job.req.id, "teacher_stopping", backend.version))
 
     # ------------------------------------------------------------------ requests
 
@@ -242,13 +200,24 @@ class TeacherService:
         except RejectedMessage as exc:
             self.stats.reject(exc.reason)
             log.debug("escalation request refused: %s", exc)
-            return wire.dumps(error_response(rid, exc.reason, self.model.version))
-        if len(self._queue) >= self.max_pending or self._task is None:
+            return wire.dumps(error_response(rid, exc.reason, self.version))
+        backend = self.backend_for(node)
+        if backend is None:
+            self.stats.reject("no_teacher")
+            return wire.dumps(error_response(req.id, "no_teacher"))
+        if len(self._queue) + self._in_flight >= self.max_pending or self._task is None:
             self.stats.reject("overloaded")
-            return wire.dumps(error_response(req.id, "overloaded", self.model.version))
+            return wire.dumps(error_response(req.id, "overloaded", backend.version))
         fut: asyncio.Future[EscalationResponse] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Job(req, fut))
-        self._wakeup.set()
+        if backend.serial:
+            self._queue.append((backend, _Job(req, fut)))
+            self._wakeup.set()
+        else:  # I/O-bound: answered from this request's task, the backend bounds its concurrency
+            self._in_flight += 1
+            try:
+                await self._predict(backend, [_Job(req, fut)])
+            finally:
+                self._in_flight -= 1
         resp = await fut
         return wire.dumps(resp)
 
@@ -274,24 +243,28 @@ class TeacherService:
                         await asyncio.wait_for(self._wakeup.wait(), remaining)
                     except TimeoutError:
                         break
-            n = min(self.max_batch, len(self._queue))
-            batch = [self._queue.popleft() for _ in range(n)]
+            # One batch per backend: the head's backend, and every queued job for it up to max_batch.
+            head = self._queue[0][0]
+            batch: list[_Job] = []
+            rest: deque[tuple[TeacherBackend, _Job]] = deque()
+            while self._queue:
+                backend, job = self._queue.popleft()
+                if backend is head and len(batch) < self.max_batch:
+                    batch.append(job)
+                else:
+                    rest.append((backend, job))
+            self._queue = rest
             if not self._queue:
                 self._wakeup.clear()
-            self._last_batch = n
-            await self._predict(batch)
+            self._last_batch = len(batch)
+            await self._predict(head, batch)
 
-    async def _predict(self, batch: list[_Job]) -> None:
+    async def _predict(self, backend: TeacherBackend, batch: list[_Job]) -> None:
         self.stats.batches += 1
         self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(batch))
-        version = self.model.version
+        version = backend.version
         try:
-            model = self.model
-            if isinstance(model, DialogueTeacherModel):
-                turns = [(j.req.text, j.req.state) for j in batch]
-                preds = await asyncio.to_thread(model.predict_turns, turns)
-            else:
-                preds = await asyncio.to_thread(model.predict_batch, [j.req.text for j in batch])
+            preds = await backend.answer([TeacherTurn(j.req.text, j.req.state, j.req.node) for j in batch])
             if len(preds) != len(batch):
                 raise ValueError(f"teacher returned {len(preds)} predictions for {len(batch)} texts")
         except Exception:
@@ -301,38 +274,52 @@ class TeacherService:
                 _settle(j.fut, error_response(j.req.id, "teacher_error", version))
             return
         for j, p in zip(batch, preds, strict=True):
+            if isinstance(p, Refusal):
+                self.stats.refuse(p.reason)
+                _settle(j.fut, error_response(j.req.id, p.reason, version))
+                continue
             try:
-                slots = {str(k): str(v) for k, v in p.slots.items()}
-                resp = EscalationResponse(
-                    id=j.req.id,
-                    intent=str(p.intent),
-                    slots=slots,
-                    confidence=min(max(float(p.confidence), 0.0), 1.0),
-                    tags=_tags(p),
-                    teacher_version=version,
-                    state=self._next_state(j.req, str(p.intent), slots),
-                )
+                resp = self._response(j.req, p, version)
                 self.stats.answered += 1
             except RejectedMessage as exc:  # the merged state no longer fits the contract
                 self.stats.reject(exc.reason)
                 resp = error_response(j.req.id, exc.reason, version)
-            except (ValidationError, TypeError, ValueError) as exc:
+            except (ValidationError, TypeError, ValueError, AttributeError) as exc:
                 log.warning("teacher answer does not fit the contract: %s", exc)
                 self.stats.model_errors += 1
                 resp = error_response(j.req.id, "teacher_error", version)
             _settle(j.fut, resp)
 
+    def _response(self, req: EscalationRequest, p: TeacherPrediction, version: str) -> EscalationResponse:
+        slots = {str(k): str(v) for k, v in p.slots.items()}
+        carried = getattr(p, "state_slots", None)
+        reply = getattr(p, "reply", None)
+        return EscalationResponse(
+            id=req.id,
+            intent=str(p.intent),
+            slots=slots,
+            confidence=min(max(float(p.confidence), 0.0), 1.0),
+            tags=_tags(p),
+            teacher_version=version,
+            state=self._next_state(req, str(p.intent), slots, carried),
+            reply=str(reply) if reply else None,
+        )
+
     def _next_state(
-        self, req: EscalationRequest, intent: str, slots: dict[str, str]
+        self,
+        req: EscalationRequest,
+        intent: str,
+        slots: dict[str, str],
+        carried: Any = None,
     ) -> DialogueStateWire | None:
         """The request's state after this turn, at the turn's version (None outside a dialogue)."""
         st = req.state
         if st is None:
             return None
         turn = req.turn if req.turn is not None else st.version + 1
-        return dialogue_state(
-            st.session, intent or st.intent, {**st.slots, **slots}, st.step + 1, turn, self._clock()
-        )
+        restated = {str(k): str(v) for k, v in carried.items()} if carried else {}
+        merged = {**st.slots, **restated, **slots}
+        return dialogue_state(st.session, intent or st.intent, merged, st.step + 1, turn, self._clock())
 
 
 def _settle(fut: asyncio.Future[EscalationResponse], resp: EscalationResponse) -> None:

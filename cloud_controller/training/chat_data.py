@@ -19,7 +19,7 @@ from cloud_controller.training.distill import TeacherLogits
 from edge_agent.models.chat_runtime import bio_spans
 from edge_agent.models.tokenizer import Tokenizer
 
-__all__ = ["EncodedSet", "augment_swap_slots", "collate", "encode_examples"]
+__all__ = ["UNSEEN", "EncodedSet", "augment_swap_slots", "collate", "encode_examples"]
 
 
 def augment_swap_slots(examples: Sequence[Example], copies: float, seed: int) -> list[Example]:
@@ -63,9 +63,18 @@ class EncodedSet:
     tags: list[np.ndarray]
 
 
+UNSEEN = -1
+
+
 def encode_examples(
     tok: Tokenizer, examples: Sequence[Example], intents: list[str], tags: list[str]
 ) -> EncodedSet:
+    """Ids per example; an intent or tag outside the label sets becomes :data:`UNSEEN` (-1).
+
+    Why not an error: valid and test splits of real data hold labels train
+    never saw. Scoring compares label *names*, so such an example simply counts
+    as wrong; training data never contains one (the label sets come from it).
+    """
     ii = {n: i for i, n in enumerate(intents)}
     ti = {n: i for i, n in enumerate(tags)}
     words, ngrams, ys = [], [], []
@@ -73,8 +82,9 @@ def encode_examples(
         enc = tok.to_ids(ex.tokens, max_len=10_000)
         words.append(enc.word_ids[0])
         ngrams.append(enc.ngram_ids[0])
-        ys.append(np.array([ti[t] for t in ex.tags], dtype=np.int64))
-    return EncodedSet(words, ngrams, np.array([ii[e.intent] for e in examples], dtype=np.int64), ys)
+        ys.append(np.array([ti.get(t, UNSEEN) for t in ex.tags], dtype=np.int64))
+    intent_ids = np.array([ii.get(e.intent, UNSEEN) for e in examples], dtype=np.int64)
+    return EncodedSet(words, ngrams, intent_ids, ys)
 
 
 def collate(enc: EncodedSet, idx: Sequence[int], teacher: TeacherLogits | None) -> dict[str, torch.Tensor]:

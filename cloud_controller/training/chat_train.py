@@ -63,7 +63,11 @@ __all__ = [
     "evaluate_onnx",
     "evaluate_torch",
     "main",
+    "pca_table",
+    "predict_onnx",
     "run",
+    "teacher_logits_for",
+    "teacher_metrics",
     "train_student",
 ]
 
@@ -166,6 +170,19 @@ def evaluate_onnx(
     batch_size: int = 128,
 ) -> NluMetrics:
     """Score an ONNX model through the same tokenizer the edge uses."""
+    pi, pt = predict_onnx(model, tok, examples, intents, tags, batch_size)
+    return evaluate_nlu([e.intent for e in examples], pi, [e.tags for e in examples], pt)
+
+
+def predict_onnx(
+    model: str | Path | bytes,
+    tok: Tokenizer,
+    examples: Sequence[Example],
+    intents: list[str],
+    tags: list[str],
+    batch_size: int = 128,
+) -> tuple[list[str], list[list[str]]]:
+    """Intent and tags per example from an ONNX model, decoded as the edge decodes them."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -182,7 +199,7 @@ def evaluate_onnx(
         a, c = _decode(np.asarray(il), np.asarray(sl), [len(e.tokens) for e in chunk], intents, tags)
         pi += a
         pt += c
-    return evaluate_nlu([e.intent for e in examples], pi, [e.tags for e in examples], pt)
+    return pi, pt
 
 
 def train_student(
@@ -289,7 +306,7 @@ def train_student(
 
 
 # -- pipeline ---------------------------------------------------------------------------------
-def _teacher_logits(handle: MiniLmTeacherHandle, examples: Sequence[Example]) -> TeacherLogits:
+def teacher_logits_for(handle: MiniLmTeacherHandle, examples: Sequence[Example]) -> TeacherLogits:
     """Teacher logits for ``examples``, cached as .npz next to the teacher."""
     toks = [e.tokens for e in examples]
     path = handle.cache_dir / f"logits-{examples_digest(toks, handle.cache_dir.name)}.npz"
@@ -301,7 +318,7 @@ def _teacher_logits(handle: MiniLmTeacherHandle, examples: Sequence[Example]) ->
     return logits
 
 
-def _pca_table(vectors: np.ndarray, dim: int) -> np.ndarray:
+def pca_table(vectors: np.ndarray, dim: int) -> np.ndarray:
     """Embedding table [V + 2, dim]: PCA of the teacher's word vectors, unit scale, pad/unk rows zero."""
     centered = vectors - vectors.mean(0, keepdims=True)
     _, _, vt = np.linalg.svd(centered, full_matrices=False)
@@ -312,7 +329,7 @@ def _pca_table(vectors: np.ndarray, dim: int) -> np.ndarray:
     return table
 
 
-def _teacher_metrics(handle: MiniLmTeacherHandle, examples: Sequence[Example]) -> NluMetrics:
+def teacher_metrics(handle: MiniLmTeacherHandle, examples: Sequence[Example]) -> NluMetrics:
     il, sl = teacher_predict(handle, [e.tokens for e in examples], desc="teacher eval")
     pi, pt = [], []
     for k in range(len(examples)):
@@ -345,7 +362,7 @@ def run(
     if mode in {"teacher", "all"}:
         handle = load_or_train_teacher(cfg.teacher, train, intents, tags)
         report["teacher"] = {
-            "test": _teacher_metrics(handle, test).as_dict(),
+            "test": teacher_metrics(handle, test).as_dict(),
             "size_bytes": handle.size_bytes,
             "train_seconds": handle.train_seconds,
             "cache_dir": str(handle.cache_dir),
@@ -361,8 +378,8 @@ def run(
         tok = Tokenizer.build(
             [e.tokens for e in train], n_buckets=cfg.n_buckets, extra_words=teacher_whole_words(handle)
         )
-        vectors = _pca_table(teacher_word_vectors(handle, tok.words), cfg.word_dim)
-    teacher_logits = _teacher_logits(handle, aug) if handle is not None else None
+        vectors = pca_table(teacher_word_vectors(handle, tok.words), cfg.word_dim)
+    teacher_logits = teacher_logits_for(handle, aug) if handle is not None else None
     model, info = train_student(
         cfg,
         tok,

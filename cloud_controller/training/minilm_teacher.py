@@ -125,11 +125,11 @@ def encode_for_teacher(
     return enc["input_ids"], enc["attention_mask"], word_index
 
 
-def _cache_key(cfg: MiniLmTeacherConfig, intents: list[str], tags: list[str]) -> str:
+def _cache_key(cfg: MiniLmTeacherConfig, intents: list[str], tags: list[str], data_key: str | None) -> str:
     blob = json.dumps(
         {
             "cfg": asdict(cfg),
-            "data": snips_fingerprint(),
+            "data": data_key or snips_fingerprint(),
             "intents": intents,
             "tags": tags,
             "model": "all-MiniLM-L6-v2",
@@ -146,10 +146,17 @@ def load_or_train_teacher(
     tags: list[str],
     *,
     retrain: bool = False,
+    data_key: str | None = None,
+    cache: Path | None = None,
 ) -> MiniLmTeacherHandle:
-    """Load the cached teacher for (config, data), or fine-tune and cache it."""
+    """Load the cached teacher for (config, data), or fine-tune and cache it.
+
+    ``data_key`` names the training data in the cache key (default: the SNIPS
+    files' fingerprint); ``cache`` replaces the shared cache root (the ``train``
+    verb keeps its teacher in its own work dir).
+    """
     torch.set_num_threads(torch_threads())
-    cache_dir = cache_root() / "teacher-chat" / _cache_key(cfg, intents, tags)
+    cache_dir = (cache or cache_root() / "teacher-chat") / _cache_key(cfg, intents, tags, data_key)
     weights = cache_dir / "teacher.pt"
     model, tok = _new_teacher(len(intents), len(tags))
     if weights.is_file() and not retrain:

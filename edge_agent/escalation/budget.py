@@ -115,6 +115,29 @@ class EscalationBudget:
         self._bins: deque[int] = deque()
         self._hist = _Fenwick(_BINS)
 
+    def retune(
+        self,
+        *,
+        max_rate: float | None = None,
+        threshold: float | None = None,
+        mode: Literal["budget", "threshold"] | None = None,
+    ) -> None:
+        """Change the budget live (a cloud call): the recent window is kept, the cap follows ``max_rate``."""
+        if max_rate is not None:
+            if not 0.0 <= max_rate <= 1.0:
+                raise ValueError("max_rate must be in [0, 1]")
+            self.max_rate = max_rate
+            self.quantile_rate = 0.9 * max_rate
+            self.cap = math.floor(max_rate * self.window + 1e-9)
+        if threshold is not None:
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError("threshold must be in [0, 1]")
+            self.threshold_fallback = threshold
+        if mode is not None:
+            if mode not in ("budget", "threshold"):
+                raise ValueError("mode must be 'budget' or 'threshold'")
+            self.mode = mode
+
     # ------------------------------------------------------------------ decisions
 
     def decide(self, confidence: float) -> bool:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ __all__ = [
     "BundleError",
     "BundleManifest",
     "load_bundle",
+    "read_regular_file",
     "sha256_bytes",
     "write_bundle",
 ]
@@ -85,6 +87,28 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def read_regular_file(path: str | Path) -> bytes:
+    """The bytes of ``path``, refusing a symlink or anything but a regular file.
+
+    A bundle is signed and shipped to every node, so a link planted in a bundle
+    directory (``model.onnx -> ~/.ssh/id_ed25519``) must never pull an unrelated
+    file into the archive. ``O_NOFOLLOW`` makes the check and the read one step.
+    """
+    p = Path(path)
+    if p.is_symlink():
+        raise BundleError(f"{p} is a symlink; a bundle holds regular files only (links are not followed)")
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:  # ELOOP: replaced by a link between the check and the open
+        if p.is_symlink():
+            raise BundleError(f"{p} is a symlink; a bundle holds regular files only") from exc
+        raise
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise BundleError(f"{p} is not a regular file; a bundle holds regular files only")
+        return f.read()
+
+
 def _check_name(name: str) -> None:
     if name == MANIFEST or "/" in name or "\\" in name or name in {"", ".", ".."}:
         raise BundleError(f"invalid bundle file name {name!r}")
@@ -112,7 +136,7 @@ def write_bundle(
         digests: dict[str, str] = {}
         for name, src in files.items():
             _check_name(name)
-            data = src if isinstance(src, bytes) else Path(src).read_bytes()
+            data = src if isinstance(src, bytes) else read_regular_file(src)
             (tmp / name).write_bytes(data)
             digests[name] = sha256_bytes(data)
         fields = {"created": datetime.now(UTC), **dict(manifest_fields), "files": digests}
@@ -139,9 +163,9 @@ def load_bundle(directory: str | Path) -> Bundle:
     """Read and verify a bundle; raise :class:`BundleError` naming the offending file on any problem."""
     root = Path(directory)
     mpath = root / MANIFEST
-    if not mpath.is_file():
+    if not mpath.is_file() and not mpath.is_symlink():
         raise BundleError(f"{mpath}: manifest missing")
-    raw = _json(mpath, mpath.read_bytes())
+    raw = _json(mpath, read_regular_file(mpath))
     try:
         manifest = BundleManifest.model_validate(raw)
     except ValidationError as exc:
@@ -153,9 +177,9 @@ def load_bundle(directory: str | Path) -> Bundle:
     for name, digest in manifest.files.items():
         _check_name(name)
         fpath = root / name
-        if not fpath.is_file():
+        if not fpath.is_file() and not fpath.is_symlink():
             raise BundleError(f"{fpath}: file listed in the manifest is missing")
-        data = fpath.read_bytes()
+        data = read_regular_file(fpath)
         actual = sha256_bytes(data)
         if actual != digest.lower():
             raise BundleError(f"{fpath}: sha256 mismatch (manifest {digest}, file {actual})")

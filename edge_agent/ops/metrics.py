@@ -51,6 +51,12 @@ class AgentMetrics:
         )
         self.readings_in = Counter(f"{p}readings_in", "Sensor readings accepted", registry=r)
         self.rejected = Counter(f"{p}rejected", "Inbound messages rejected", ["reason"], registry=r)
+        self.device_errors = Counter(
+            f"{p}device_errors", "Refusals answered on the device's error topic", ["reason"], registry=r
+        )
+        self.device_errors_suppressed = Counter(
+            f"{p}device_errors_suppressed", "Refusals not answered (per-device or global cap)", registry=r
+        )
         self.dead_letters = Counter(f"{p}dead_letters", "Messages stored as dead letters", registry=r)
 
         # Preprocessing.

@@ -23,13 +23,14 @@ from edge_agent.pipeline import checkpoint
 from edge_agent.pipeline.batching import Batcher
 from edge_agent.pipeline.chat_flow import ChatAnswer, ChatFlow, ChatJob
 from edge_agent.pipeline.counters import ModelCounters, PipelineCounters
-from edge_agent.pipeline.limits import RateLimitedLog
+from edge_agent.pipeline.limits import PerDeviceCap, RateLimitedLog
 from edge_agent.pipeline.outputs import Outgoing, RejectedInput, Reply
 from edge_agent.pipeline.sensor_scoring import SensorScorer, SensorScoring
 from edge_agent.pipeline.telemetry import absorb_telemetry
 from edge_agent.preprocess.pii import Redactor
 from edge_agent.preprocess.windows import UnsummarisableWindow, WindowAggregator
 from edge_agent.protocol import topics
+from edge_agent.protocol.device_errors import device_error_payload
 from edge_agent.protocol.errors import RejectedMessage
 from edge_agent.protocol.escalation_wire import DialogueStateWire
 
@@ -49,6 +50,8 @@ class Pipeline:
         self._rejected: list[RejectedInput] = []
         self._allowed = frozenset(cfg.devices.allowed)
         self._reject_log = RateLimitedLog()
+        self._error_cap = PerDeviceCap()
+        self._error_replies: list[Reply] = []
 
     def reconfigure(self, cfg: AgentConfig) -> None:
         """Apply a reloaded config to what can change live; open windows keep their length."""
@@ -67,6 +70,7 @@ class Pipeline:
         counted and kept as :class:`RejectedInput`; the return value is then None.
         """
         now = self._clock() if now is None else now
+        dt: topics.DeviceTopic | None = None
         try:
             dt = topics.parse_device_topic(topic)
             if not self.cfg.devices.allow_unknown and dt.device not in self._allowed:
@@ -78,11 +82,23 @@ class Pipeline:
             return self._chat.read(dt.device, payload, max_bytes, now)
         except RejectedMessage as exc:
             self._reject(topic, payload, exc, now)
+            if dt is not None:
+                self._answer_device(dt, exc, now)
             return None
 
     def chat_turn_state(self, job: ChatJob) -> tuple[DialogueStateWire, int, int | None]:
         """The dialogue state an escalation of this turn carries; see :meth:`ChatFlow.turn_state`."""
         return self._chat.turn_state(job, self._clock())
+
+    def _answer_device(self, dt: topics.DeviceTopic, exc: RejectedMessage, now: float) -> None:
+        """Tell the device why (on its error topic, after the tick commits), within the per-device cap."""
+        if not self._error_cap.allow(dt.device, now):
+            self.counters.device_errors_suppressed += 1
+            return
+        self.counters.device_errors[exc.reason] += 1
+        self._error_replies.append(
+            Reply(topics.device_errors(dt.device), device_error_payload(dt, exc.reason, exc.detail, now))
+        )
 
     def complete_chat(self, job: ChatJob, answer: ChatAnswer, now: float | None = None) -> None:
         """Apply an answered utterance: dialogue state, reply, statistics, hard example."""
@@ -165,7 +181,15 @@ class Pipeline:
 
     def take_replies(self) -> list[Reply]:
         replies, self._chat.replies = self._chat.replies, []
+        if self._error_replies:
+            replies.extend(self._error_replies)
+            self._error_replies = []
         return replies
+
+    def dialogue_view(self, device: str, session_id: str) -> dict[str, object] | None:
+        """One session's dialogue state as the wire shows it (a cloud call reads it); None if unknown."""
+        state = self._chat.dialogue.get(device, session_id)
+        return None if state is None else {"device": device, **state.to_view().model_dump(mode="json")}
 
     def take_state(self) -> tuple[dict[str, bytes], list[str]]:
         return checkpoint.take_state(self.windows, self._chat.dialogue, self._batch)

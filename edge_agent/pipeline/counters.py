@@ -22,6 +22,8 @@ class PipelineCounters:
     readings: int = 0
     raw_equivalent_bytes: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    device_errors: Counter[str] = field(default_factory=Counter)  # refusals answered on devices/{d}/errors
+    device_errors_suppressed: int = 0  # refusals not answered: over the per-device or global cap
     windows_emitted: int = 0
     # Closed windows whose statistics could not be summarised, and the readings in them:
     # dead-lettered so one bad window never stops the commit for the others.

@@ -94,6 +94,30 @@ class WindowAggregator:
     def __len__(self) -> int:
         return len(self._keys)
 
+    def open_windows(self, device: str | None = None, limit: int = 100) -> list[dict[str, object]]:
+        """The open window of each stream (of ``device``), at most ``limit``: a live look for a cloud call."""
+        out: list[dict[str, object]] = []
+        for (dev, metric), st in self._keys.items():
+            if len(out) >= limit:
+                break
+            if (device is not None and dev != device) or st.acc is None:
+                continue
+            acc = st.acc
+            start = st.idx * st.length
+            out.append(
+                {
+                    "device": dev,
+                    "metric": metric,
+                    "start": start,
+                    "end": start + st.length,
+                    "count": acc.count,
+                    "mean": acc.mean,
+                    "min": acc.min,
+                    "max": acc.max,
+                }
+            )
+        return out
+
     # ---------------------------------------------------------------- hot path
 
     def add(self, device: str, metric: str, ts: float, value: float, now: float) -> None:

@@ -120,6 +120,8 @@ class EscalationResponse(_Strict):
     teacher_version: Annotated[str, StringConstraints(max_length=128)] = ""
     error: Annotated[str, StringConstraints(max_length=256)] | None = None
     state: DialogueStateWire | None = None
+    # What a conversational teacher (an LLM) would say to the user; edges that do not use it ignore it.
+    reply: Annotated[str, StringConstraints(max_length=2000)] | None = None
 
 
 def error_response(request_id: str, reason: str, teacher_version: str = "") -> EscalationResponse:

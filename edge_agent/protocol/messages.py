@@ -174,6 +174,8 @@ class Status(_Strict):
     health: str = "ok"
     # Generation of the desired state this node has applied (level-triggered, like observedGeneration).
     applied_generation: int = 0
+    # Settings changed at run time by a cloud call (``config.set``), persisted on the node: key -> value.
+    overrides: dict[str, str | Finite] = Field(default_factory=dict)
 
 
 class ModelRef(_Strict):

@@ -9,9 +9,12 @@ a wildcard or a NUL into a topic.
 Layout::
 
     devices/{device}/telemetry | chat/in | chat/out          device <-> agent (local broker)
+    devices/{device}/errors                                  agent -> device: why a message was refused
     edgeloop/v1/nodes/{node}/summaries | hard-examples | status | desired
     edgeloop/v1/nodes/{node}/rpc/request/escalate             node -> teacher
     edgeloop/v1/nodes/{node}/rpc/response/{client_id}         teacher -> node (its own inbox)
+    edgeloop/v1/nodes/{node}/rpc/call/{method}                controller -> node (a call)
+    edgeloop/v1/nodes/{node}/rpc/result/{client_id}           node -> caller (the caller's inbox)
     edgeloop/v1/models/{name}/{version}/manifest | chunks/{i} signed release, retained
     $share/{group}/{filter}                                   replicas splitting one filter
 
@@ -19,6 +22,11 @@ Why the escalation pair lives under ``nodes/{node}/``: a node may write only
 under its own subtree (broker ACL), so the teacher can trust the node named in
 the request topic; the response subtree is one the node may read and the
 controller may write, so MQTT 5 request/response works under per-node ACLs.
+Calls from the cloud to a node are the same pair turned around, for the same
+reason: a node reads only its own ``rpc/call/`` and writes only its own
+``rpc/result/``, so a result on ``nodes/{node}/`` really comes from that node,
+and a node can never call another node (it may not write any ``rpc/call/``).
+The method is a topic level so the ACL can grant an identity some methods only.
 """
 
 from __future__ import annotations
@@ -53,6 +61,8 @@ STATUS = "status"
 DESIRED = "desired"
 ESCALATION_REQUEST_LEAF = "rpc/request/escalate"
 RPC_RESPONSE_LEAF = "rpc/response/"
+CALL_LEAF = "rpc/call/"
+CALL_RESULT_LEAF = "rpc/result/"
 
 _SHARE = "$share/"
 _NODES = f"{API}/nodes/"
@@ -103,6 +113,11 @@ def device_chat_in(device: str) -> str:
 
 def device_chat_out(device: str) -> str:
     return f"devices/{validate_id(device, 'device')}/chat/out"
+
+
+def device_errors(device: str) -> str:
+    """Where the agent answers a refused message (rate-limited per device; see protocol.device_errors)."""
+    return f"devices/{validate_id(device, 'device')}/errors"
 
 
 @dataclass(frozen=True)
@@ -206,6 +221,37 @@ def rpc_response(node: str, client_id: str) -> str:
 def rpc_inbox(client_id: str) -> str:
     """Default reply topic of a client that names none (only where no per-node ACL applies)."""
     return f"{API}/rpc/{client_id}/responses"
+
+
+# --------------------------------------------------------------------------- RPC (calls into a node)
+
+
+def call(node: str, method: str) -> str:
+    """``edgeloop/v1/nodes/{node}/rpc/call/{method}``: the cloud calls ``method`` on ``node``."""
+    return node_topic(node, CALL_LEAF + validate_id(method, "method"))
+
+
+def calls_filter(node: str) -> str:
+    """What a node subscribes to: every method called on it, and nothing of another node."""
+    return node_topic(node, CALL_LEAF + "+")
+
+
+def parse_call(topic: str) -> tuple[str, str]:
+    """Return ``(node, method)`` of a call topic; RejectedMessage('bad_topic') otherwise."""
+    node, leaf = parse_node_topic(topic)
+    if not leaf.startswith(CALL_LEAF):
+        raise RejectedMessage("bad_topic", f"not a call topic: {topic[:200]!r}")
+    return node, validate_id(leaf[len(CALL_LEAF) :], "method")
+
+
+def call_result_prefix(node: str) -> str:
+    """Every result topic of ``node`` starts with this; the node answers nowhere else."""
+    return node_topic(node, CALL_RESULT_LEAF)
+
+
+def call_result(node: str, client_id: str) -> str:
+    """``edgeloop/v1/nodes/{node}/rpc/result/{client_id}``: the caller's inbox for ``node``'s results."""
+    return call_result_prefix(node) + validate_id(client_id, "client id")
 
 
 # --------------------------------------------------------------------------- model releases

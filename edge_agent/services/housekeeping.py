@@ -76,6 +76,9 @@ class Housekeeping:
             bump(m.messages_in.labels(kind=kind), f"msg:{kind}", n)
         for reason, n in c.rejected.items():
             bump(m.rejected.labels(reason=reason), f"rej:{reason}", n)
+        for reason, n in c.device_errors.items():
+            bump(m.device_errors.labels(reason=reason), f"deverr:{reason}", n)
+        bump(m.device_errors_suppressed, "deverr_suppressed", c.device_errors_suppressed)
         bump(m.readings_in, "readings", c.readings)
         bump(m.raw_equivalent_bytes, "raw", c.raw_equivalent_bytes)
         bump(m.windows_emitted, "windows", c.windows_emitted)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from edge_agent import __version__
 from edge_agent.outbox.uplink import Uplink, UplinkStats
@@ -25,6 +25,7 @@ def status_payload(
     models: dict[str, wire.ModelStatus],
     uplink: UplinkStats | None = None,
     applied_generation: int = 0,
+    overrides: Mapping[str, str | float] | None = None,
 ) -> bytes:
     """The encoded status; with no uplink yet (the MQTT will, built first) its counters read zero."""
     c = counters
@@ -62,6 +63,7 @@ def status_payload(
             models=report,
             counters=out,
             applied_generation=applied_generation,
+            overrides=dict(overrides or {}),
         )
     )
 
@@ -75,6 +77,7 @@ class StatusReporter:
         uplink: Uplink,
         models: dict[str, wire.ModelStatus],
         applied_generation: Callable[[], int],
+        overrides: Callable[[], Mapping[str, str | float]] = dict,
     ) -> None:
         self._cloud = cloud
         self._node = node
@@ -82,6 +85,7 @@ class StatusReporter:
         self._uplink = uplink
         self._models = models
         self._generation = applied_generation
+        self._overrides = overrides
 
     def payload(self, *, online: bool) -> bytes:
         return status_payload(
@@ -92,6 +96,7 @@ class StatusReporter:
             models=self._models,
             uplink=self._uplink.stats,
             applied_generation=self._generation(),
+            overrides=self._overrides(),
         )
 
     async def publish(self) -> None:

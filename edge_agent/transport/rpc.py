@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -55,8 +56,13 @@ class Rpc:
     async def request(
         self, topic: str, payload: bytes, timeout: float = 5.0, qos: int = 1,
         response_topic: str | None = None,
+        expiry_s: float | None = None,
     ) -> Message:
-        """Publish a request and return its response message (correlated by id); MqttError on timeout."""
+        """Publish a request and return its response message (correlated by id); MqttError on timeout.
+
+        ``expiry_s`` sets the MQTT 5 Message Expiry Interval: a broker holding the request for an
+        offline responder's session drops it then, so a late comer never acts on a call long given up.
+        """
         client = self.client
         reply_to = response_topic or topics.rpc_inbox(client.client_id)
         if reply_to not in self._response_topics:
@@ -66,6 +72,8 @@ class Rpc:
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = reply_to
         props.CorrelationData = corr
+        if expiry_s is not None:
+            props.MessageExpiryInterval = max(1, math.ceil(expiry_s))
         fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._requests[corr] = fut
         try:

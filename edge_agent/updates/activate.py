@@ -23,7 +23,7 @@ from edge_agent.protocol.manifest import ReleaseManifest, manifest_digest, verif
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.updates.download import chunk_path
 from edge_agent.updates.durable_files import fsync_dir
-from edge_agent.updates.rollback import pointers
+from edge_agent.updates.rollback import SLOTS_DIR, pointers
 
 __all__ = [
     "RELEASE_FILE",
@@ -166,7 +166,7 @@ def prune(root: Path, busy: Iterable[Path], downloading: Iterable[Path]) -> None
         if partial not in wanted:  # superseded downloads; the running one keeps its chunks
             shutil.rmtree(partial, ignore_errors=True)
     for name_dir in root.iterdir():
-        if name_dir.name in {"active", ".partial"} or not name_dir.is_dir():
+        if name_dir.name in {"active", ".partial", SLOTS_DIR} or not name_dir.is_dir():
             continue
         for vdir in name_dir.iterdir():
             if vdir.is_dir() and not vdir.name.startswith(".") and vdir not in keep:

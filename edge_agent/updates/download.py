@@ -12,10 +12,14 @@ so memory stays bounded whatever the model size.
 
 Order of checks: the manifest's sha256 must equal ``ModelRef.digest``, its
 Ed25519 signature must verify with a pinned key, and its version must be newer
-than anything ever activated for that name (unless it is an explicit rollback,
+than anything ever activated for that name or slot (unless it is an explicit rollback,
 see :mod:`edge_agent.updates.rollback`) — all before a single chunk is requested.
 Each chunk is hashed on arrival and kept under ``models/.partial/{digest}/``;
 after a disconnect or a restart only the chunk topics still missing are subscribed.
+A chunk that fails its signed digest is dropped and counted, never stored: the
+rest of the window is still taken, then the transfer backs off and subscribes to
+what is missing again, so a corrected re-publish of that chunk is picked up without
+a restart (the manifest's signature already pins what every chunk must hash to).
 """
 
 from __future__ import annotations
@@ -38,11 +42,16 @@ from edge_agent.updates.delivery_stats import DeliveryStats
 from edge_agent.updates.durable_files import atomic_write
 from edge_agent.updates.rollback import check_replay
 
-__all__ = ["Downloader", "Progress", "chunk_path", "partial_dir"]
+__all__ = ["DamagedChunks", "Downloader", "Progress", "Trouble", "chunk_path", "partial_dir"]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (task, chunks held, total)
+Trouble = Callable[[str, str], None]  # (task, what is wrong while the transfer keeps retrying)
+
+
+class DamagedChunks(MqttError):
+    """Retained chunks did not match the signed manifest; retried like a lost connection."""
 
 
 def partial_dir(root: Path, digest: str) -> Path:
@@ -69,6 +78,7 @@ class Downloader:
         max_incoming: int,
         stall_timeout_s: float,
         progress: Progress | None,
+        trouble: Trouble | None = None,
     ) -> None:
         self.root = root
         self.client = client
@@ -79,6 +89,7 @@ class Downloader:
         self.max_incoming = max_incoming
         self.stall_timeout_s = stall_timeout_s
         self.progress = progress
+        self.trouble = trouble
 
     def _transfer_client(self, task: str, subs: list[tuple[str, int]]) -> MqttClient:
         cfg = self.client.cfg.model_copy(update={"session_expiry_s": 0})
@@ -158,6 +169,8 @@ class Downloader:
         prefix = chunk_prefix(ref.name, ref.version)
 
         def take(window: set[int]) -> Callable[[Message], bool]:
+            bad: set[int] = set()
+
             def on_message(msg: Message) -> bool:
                 idx_s = msg.topic.removeprefix(prefix)
                 digits = idx_s.isascii() and idx_s.isdigit()
@@ -171,14 +184,25 @@ class Downloader:
                     return not (window - have)
                 if len(msg.payload) != m.archive.chunk_length(idx) or \
                         hashlib.sha256(msg.payload).hexdigest() != m.archive.chunks[idx]:
-                    raise ModelRejected("file_hash_mismatch", f"chunk {idx} does not match its signed sha256")
+                    self.stats.chunks_bad += 1
+                    bad.add(idx)
+                    return done()
+                bad.discard(idx)
                 atomic_write(chunk_path(partial, idx), msg.payload, durable=False)
                 have.add(idx)
                 self.stats.chunks_received += 1
                 self.stats.bytes_received += len(msg.payload)
                 if self.progress is not None:
                     self.progress(task, len(have), total)
-                return not (window - have)
+                return done()
+
+            def done() -> bool:
+                missing = window - have
+                if missing and missing <= bad:  # only damaged chunks left: back off, then ask again
+                    raise DamagedChunks(f"chunks {sorted(bad)[:10]} of {ref.name}@{ref.version} do not match "
+                                        "their signed sha256; fetching them again")
+                return not missing
+
             return on_message
 
         async def next_window() -> None:
@@ -188,7 +212,12 @@ class Downloader:
                 subs = [(chunks_filter(ref.name, ref.version), 1)]
             else:
                 subs = [(chunk_topic(ref.name, ref.version, i), 1) for i in sorted(window)]
-            await self._session(task, subs, take(window))
+            try:
+                await self._session(task, subs, take(window))
+            except DamagedChunks as exc:
+                if self.trouble is not None:
+                    self.trouble(task, str(exc))
+                raise
 
         while len(have) < total:
             await self._retrying(f"chunks of {ref.name}@{ref.version}", next_window)

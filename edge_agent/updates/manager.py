@@ -73,6 +73,7 @@ class ModelManager:
         self._download = Downloader(
             self.root, client, self.public_keys, self.stats, max_model_bytes=max_model_bytes,
             window=window, max_incoming=max_incoming, stall_timeout_s=stall_timeout_s, progress=progress,
+            trouble=self._transfer_trouble,
         )
         self._active: dict[str, ActiveModel] = {}
         self._status: dict[str, ModelStatus] = {}
@@ -169,6 +170,12 @@ class ModelManager:
             {"name": name, "version": version, "state": state, "previous": previous,
              "error": error[:500] if error else None}
         )
+
+    def _transfer_trouble(self, task: str, error: str) -> None:
+        """Still downloading, but say why it takes long (a damaged retained chunk being fetched again)."""
+        st = self._status.get(task)
+        if st is not None and st.state == "downloading":
+            self._status[task] = st.model_copy(update={"error": error[:500]})
 
     def _reject(self, task: str, ref: ModelRef, exc: ModelRejected) -> None:
         self.stats.rejected[exc.reason] = self.stats.rejected.get(exc.reason, 0) + 1

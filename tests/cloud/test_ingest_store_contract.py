@@ -114,6 +114,83 @@ def test_summaries_survive_reopen(backend: Backend) -> None:
         again.close()
 
 
+def test_rejects_many_in_one_call(backend: Backend) -> None:
+    store = backend.summaries()
+    store.open()
+    try:
+        store.reject_many([])
+        store.reject_many([("hard_example_empty_text", "x"), ("malformed_payload", "y"),
+                           ("hard_example_empty_text", "z")])
+        store.reject("malformed_payload")
+        assert store.rejects() == {"hard_example_empty_text": 2, "malformed_payload": 2}
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- sequence epochs
+
+
+def _seqs(store: SummaryStoreProtocol, node: str, seqs: list[int], tag: str) -> list[bool]:
+    """Store one burst of new batches numbered ``seqs`` (ids unique per ``tag``)."""
+    return store.add_many([(batch(node, f"batch-{tag}-{i:04d}", s), 1.0, 10) for i, s in enumerate(seqs)])
+
+
+def test_sequence_going_back_starts_a_new_epoch(backend: Backend) -> None:
+    store = backend.summaries()
+    store.open()
+    try:
+        assert store.sequence("n1") is None
+        _seqs(store, "n1", [0, 1, 2, 4], "a")  # 3 missing
+        _seqs(store, "n2", [5, 6, 7], "a")
+        by = {t.node: t for t in store.totals()}
+        assert (by["n1"].resets, by["n1"].seq_gaps, by["n1"].first_seq, by["n1"].last_seq) == (0, 1, 0, 4)
+        _seqs(store, "n1", [3], "b")  # late: fills the gap, no reset
+        _seqs(store, "n1", [0, 1, 3], "c")  # the state dir was lost: numbering starts again
+        _seqs(store, "n2", [6], "b")  # a number n2 already used (another batch id): a reset too
+        by = {t.node: t for t in store.totals()}
+        assert (by["n1"].resets, by["n1"].seq_gaps, by["n1"].first_seq, by["n1"].last_seq) == (1, 1, 0, 3)
+        assert (by["n1"].batches, by["n1"].duplicates) == (8, 0)  # every batch counted exactly once
+        assert (by["n2"].resets, by["n2"].seq_gaps, by["n2"].first_seq, by["n2"].last_seq) == (1, 0, 6, 6)
+        seq = store.sequence("n1")
+        assert seq is not None and (seq.epoch, seq.first, seq.last, seq.gaps) == (1, 0, 3, 1)
+    finally:
+        store.close()
+    again = backend.summaries()  # a restarted controller continues the epoch, does not open another
+    again.open()
+    try:
+        seq = again.sequence("n1")
+        assert seq is not None and (seq.epoch, seq.first, seq.last, seq.gaps) == (1, 0, 3, 1)
+        _seqs(again, "n1", [2, 4], "d")
+        (n1, _) = again.totals()
+        assert (n1.resets, n1.seq_gaps, n1.first_seq, n1.last_seq) == (1, 0, 0, 4)
+    finally:
+        again.close()
+
+
+def test_reset_inside_one_burst_and_redelivery_beside_it(backend: Backend) -> None:
+    store = backend.summaries()
+    store.open()
+    try:
+        # One burst: 0..2, then the node restarts at 0 and sends 0, 1 again under new ids.
+        assert _seqs(store, "n1", [0, 1, 2, 0, 1], "a") == [True] * 5
+        (t,) = store.totals()
+        assert (t.batches, t.resets, t.first_seq, t.last_seq, t.seq_gaps) == (5, 1, 0, 1, 0)
+        # Epoch 1 holds 0 and 1; a redelivered batch (a duplicate) and a new one numbered like it
+        # arrive together: the new one reuses a number of the epoch, so it starts epoch 2.
+        redelivered = (batch("n1", "batch-a-0003", 0), 2.0, 10)
+        assert store.add_many([redelivered, (batch("n1", "batch-b-0000", 0), 2.0, 10)]) == [False, True]
+        (t,) = store.totals()
+        assert (t.batches, t.duplicates, t.resets, t.first_seq, t.last_seq) == (6, 1, 2, 0, 0)
+        # Out of order within an epoch is not a reset: 3 and 5 leave 1, 2, 4 open; 2 then fills one.
+        _seqs(store, "n1", [3, 5, 2], "c")
+        seq = store.sequence("n1")
+        assert seq is not None and (seq.epoch, seq.first, seq.last, seq.gaps) == (2, 0, 5, 2)
+        (t,) = store.totals()
+        assert (t.resets, t.seq_gaps) == (2, 2)
+    finally:
+        store.close()
+
+
 # --------------------------------------------------------------------------- hard examples
 
 

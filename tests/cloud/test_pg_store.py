@@ -16,7 +16,7 @@ import pytest
 from cloud_controller.ingest.contracts import StoreConnectError, StoreUnavailable
 from cloud_controller.ingest.fleet import Fleet
 from cloud_controller.ingest.loop import Ingest, IngestConfig
-from cloud_controller.ingest.pg_summaries import PgSummaryStore
+from cloud_controller.ingest.pg_summaries import _MIGRATIONS, PgSummaryStore
 from cloud_controller.ingest.summaries import SummaryStore
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol import topics
@@ -43,7 +43,37 @@ def test_two_replicas_migrate_at_once(postgres_dsn: str) -> None:
         t.join()
     assert errors == []
     with psycopg.connect(postgres_dsn) as conn:
-        assert conn.execute("SELECT component, version FROM schema_version").fetchall() == [("summaries", 1)]
+        assert conn.execute("SELECT component, version FROM schema_version").fetchall() == [("summaries", 2)]
+
+
+def test_database_from_before_epochs_is_migrated(postgres_dsn: str) -> None:
+    """Version 1 (no epochs): its batches become epoch 0, and a number used again starts epoch 1."""
+    with psycopg.connect(postgres_dsn) as conn:
+        conn.execute(_MIGRATIONS[0])
+        conn.execute("CREATE TABLE schema_version (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES ('summaries', 1)")
+        conn.execute("INSERT INTO batches VALUES ('n1', 'batch-0001', 0, 1, 0, 10, 1.0, 1.0), "
+                     "('n1', 'batch-0002', 1, 1, 0, 10, 1.0, 1.0), "
+                     "('n1', 'batch-0004', 3, 1, 0, 10, 1.0, 1.0)")
+    with PgSummaryStore(postgres_dsn) as store:
+        seq = store.sequence("n1")
+        assert seq is not None and (seq.epoch, seq.first, seq.last, seq.gaps) == (0, 0, 3, 1)
+        assert store.add_many([(batch("n1", "batch-0005", 0), 2.0, 10)]) == [True]
+        (n1,) = store.totals()
+        assert (n1.batches, n1.resets, n1.first_seq, n1.last_seq, n1.seq_gaps) == (4, 1, 0, 0, 1)
+
+
+def test_two_replicas_agree_on_one_reset(postgres_dsn: str) -> None:
+    """Two stores (two replicas) storing one node's batches: the second sees the first's numbers."""
+    with PgSummaryStore(postgres_dsn) as a, PgSummaryStore(postgres_dsn) as b:
+        assert a.add_many([(batch("n1", f"batch-a-{i:04d}", i), 1.0, 10) for i in range(3)]) == [True] * 3
+        assert b.add_many([(batch("n1", "batch-b-0000", 3), 1.0, 10)]) == [True]  # continues epoch 0
+        assert a.add_many([(batch("n1", "batch-a-0009", 1), 1.0, 10)]) == [True]  # 1 used: a reset
+        assert b.add_many([(batch("n1", "batch-b-0001", 2), 1.0, 10)]) == [True]  # in a's new epoch
+        seq = b.sequence("n1")
+        assert seq is not None and (seq.epoch, seq.first, seq.last, seq.gaps) == (1, 1, 2, 0)
+        (n1,) = a.totals()
+        assert (n1.batches, n1.resets, n1.first_seq, n1.last_seq, n1.seq_gaps) == (6, 1, 1, 2, 0)
 
 
 def test_refused_connection_is_transient_and_names_the_host() -> None:

@@ -108,6 +108,11 @@ def test_one_turn_of_the_loop_moves_every_node_to_v2_and_improves_the_held_back_
         v["sensor_version"] == sv2 and v["sensor_state"] == "active" for v in r["nodes_final"].values()
     )
     assert r["sensor_rollout"]["phase"] == "Succeeded"
+    # The cloud-to-edge call at the end: one node, asked live, answers every read-only method.
+    calls = {c["method"]: c for c in r["cloud_call"]["calls"]}
+    assert set(calls) >= {"model.info", "windows.stats", "diagnostics"}
+    assert all("error" not in c for c in calls.values()), calls
+    assert calls["model.info"]["result"]["models"]["chat"]["version"] == v2
     sb, sa = r["sensor"]["before"], r["sensor"]["after"]
     # The same test traffic both times (window edges fall on the wall clock's 10 s grid, so a device
     # may close one window more or less per replay).

@@ -31,6 +31,14 @@ def test_config_accepts_resource_names(node: str) -> None:
     assert parse_config({"node_id": node}).node_id == node
 
 
+def test_device_ids_keep_their_own_rule() -> None:
+    """The node rule is for node ids only: devices name their own topic levels (NAB's have ``_``)."""
+    cfg = parse_config({"node_id": "n1", "devices": {"allowed": ["machine_temperature", "Pump-A.1"]}})
+    assert cfg.devices.allowed == ["machine_temperature", "Pump-A.1"]
+    with pytest.raises(ConfigError):
+        parse_config({"node_id": "n1", "devices": {"allowed": ["a/b"]}})
+
+
 @pytest.mark.parametrize("node", BAD)
 def test_node_topics_refuse_the_same_ids(node: str) -> None:
     with pytest.raises(RejectedMessage) as err:

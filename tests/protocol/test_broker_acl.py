@@ -293,8 +293,9 @@ def token() -> bytes:
     return uuid.uuid4().hex.encode()
 
 
-UPLINK = ("summaries", "hard-examples", "status", "rpc/request/teacher", "models/request")
-DOWNLINK = ("desired", "rpc/response/teacher/42", "models/chunks/intent-v3/0")
+UPLINK = ("summaries", "hard-examples", "status", "rpc/request/teacher", "models/request", "rpc/result/ctl-1")
+# rpc/call/: a node may not write it for any node (itself included), so a node can never call a node.
+DOWNLINK = ("desired", "rpc/response/teacher/42", "models/chunks/intent-v3/0", "rpc/call/diagnostics")
 
 
 # --------------------------------------------------------------------------- tests
@@ -318,7 +319,7 @@ def test_node_cannot_publish_as_another_node(connect: Connect) -> None:
     controller.subscribe(f"{NODES}/+/summaries", f"{NODES}/+/status", f"{NODES}/+/rpc/request/#")
     a = connect("node-a")
     forged = token()
-    for leaf in ("summaries", "status", "hard-examples", "rpc/request/teacher", "models/request"):
+    for leaf in UPLINK:
         assert a.publish(f"{NODES}/node-b/{leaf}", forged) == NOT_AUTHORIZED, leaf
     # Positive control, published after the forgeries on the same connection.
     own = token()
@@ -344,13 +345,17 @@ def test_node_reads_only_its_own_downlink(connect: Connect) -> None:
         f"{NODES}/node-a/desired",
         f"{NODES}/node-a/rpc/response/#",
         f"{NODES}/node-a/models/chunks/#",
+        f"{NODES}/node-a/rpc/call/+",
         f"{NODES}/node-b/desired",
         f"{NODES}/node-b/rpc/response/#",
+        f"{NODES}/node-b/rpc/call/+",
         f"{NODES}/+/models/chunks/#",
         f"{NODES}/#",
         f"$share/spy/{NODES}/node-b/desired",
     )
-    b.subscribe(*(f"{NODES}/node-b/{f}" for f in ("desired", "rpc/response/#", "models/chunks/#")))
+    b.subscribe(
+        *(f"{NODES}/node-b/{f}" for f in ("desired", "rpc/response/#", "models/chunks/#", "rpc/call/+"))
+    )
     controller = connect(CONTROLLER)
     sent: dict[str, dict[str, bytes]] = {"node-a": {}, "node-b": {}}
     # B's messages first, A's last: once A has all of its own, B's had their chance.
@@ -437,6 +442,7 @@ def test_devices_publish_only_their_own_topics(connect: Connect) -> None:
     assert dev.publish("devices/dev-1/chat/in", token()) < 128
     assert dev.publish("devices/dev-2/telemetry", token()) == NOT_AUTHORIZED
     assert dev.publish("devices/dev-1/chat/out", token()) == NOT_AUTHORIZED
+    assert dev.publish("devices/dev-1/errors", token()) == NOT_AUTHORIZED  # only the agent answers there
     assert dev.publish(f"{NODES}/node-a/summaries", token()) == NOT_AUTHORIZED
 
 

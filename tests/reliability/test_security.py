@@ -45,6 +45,11 @@ SECURITY: dict[str, list[str]] = {
         "tests/protocol/test_broker_acl.py::test_node_cannot_publish_cloud_only_topics",
         "tests/protocol/test_broker_acl.py::test_shared_model_artifacts_readable_by_nodes_written_by_controller",
     ],
+    "a node can never call another node; the agent checks the caller too": [
+        "tests/edge/test_remote_calls.py::test_a_node_can_never_call_a_node",
+        "tests/edge/test_remote_calls.py::test_the_agent_refuses_a_caller_it_does_not_know",
+        "tests/edge/test_remote_calls_no_acl.py::test_the_agent_gates_callers_and_roles_without_a_broker_acl",
+    ],
     "per-node certificates: foreign CA or no certificate cannot connect": [
         "tests/protocol/test_broker_acl.py::test_foreign_ca_and_missing_certificate_fail_the_handshake",
     ],
@@ -54,7 +59,7 @@ SECURITY: dict[str, list[str]] = {
         "tests/protocol/test_model_delivery.py::test_wrong_key_and_bad_signature_are_refused_before_any_chunk",
     ],
     "tampered models are refused": [
-        "tests/protocol/test_model_delivery.py::test_flipped_byte_in_chunk_is_refused_and_previous_keeps_running",
+        "tests/protocol/test_model_delivery.py::test_flipped_byte_in_chunk_is_refetched_until_a_corrected_republish",
         "tests/protocol/test_model_delivery.py::test_wrong_key_and_bad_signature_are_refused_before_any_chunk",
         "tests/protocol/test_model_delivery.py::test_digest_in_desired_state_must_match_manifest",
     ],

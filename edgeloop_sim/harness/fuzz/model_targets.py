@@ -98,7 +98,8 @@ def check_chunk(topic: str, payload: bytes, m: verify.ReleaseManifest, have: set
     """Mirror of the ``on_message`` closure in ``Downloader._fetch_chunks`` (see module doc).
 
     Returns "accepted", "ignored" (the closure returns False: not a chunk of this
-    release) or "duplicate"; raises ModelRejected on a bad chunk, like the closure.
+    release), "duplicate" or "file_hash_mismatch" (the closure drops the chunk, counts
+    it and fetches it again later).
     """
     prefix = topics.chunk_prefix(m.name, m.version)
     total = len(m.archive.chunks)
@@ -114,7 +115,7 @@ def check_chunk(topic: str, payload: bytes, m: verify.ReleaseManifest, have: set
         len(payload) != m.archive.chunk_length(idx)
         or hashlib.sha256(payload).hexdigest() != m.archive.chunks[idx]
     ):
-        raise ModelRejected("file_hash_mismatch", f"chunk {idx} does not match its signed sha256")
+        return "file_hash_mismatch"
     have.add(idx)
     return "accepted"
 

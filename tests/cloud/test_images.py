@@ -106,6 +106,7 @@ def run_install(kind: str, venv: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.images
 @pytest.mark.timeout(900)
 def test_controller_install_in_a_fresh_venv_runs_and_finds_the_job_template(tmp_path: Path) -> None:
     venv = tmp_path / "controller"
@@ -127,6 +128,7 @@ def test_controller_install_in_a_fresh_venv_runs_and_finds_the_job_template(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.images
 @pytest.mark.timeout(900)
 def test_agent_install_in_a_fresh_venv_is_lean(tmp_path: Path) -> None:
     venv = tmp_path / "agent"

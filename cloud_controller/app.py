@@ -141,6 +141,7 @@ class ControllerApp:
                 db_path=data / "summaries.db",
                 client_id=s.client_id or f"edgeloop-controller-{s.identity}",
                 shared_group=s.shared_group,
+                shared_store=bool(s.store_dsn),
                 namespace=s.namespace,
                 enrollment=s.enrollment,
             ),

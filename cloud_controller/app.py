@@ -41,7 +41,7 @@ from cloud_controller.reconcilers.rollouts import (
     make_model_reconciler,
     make_rollout_reconciler,
 )
-from cloud_controller.releases.artifacts import ArtifactStore
+from cloud_controller.releases.artifact_backends import open_artifact_store
 from cloud_controller.releases.publisher import ModelPublisher
 from cloud_controller.releases.signing import load_private_key
 from cloud_controller.resources.store_protocol import ResourceStore
@@ -200,7 +200,7 @@ class ControllerApp:
     def _distillation_controller(self, store: ResourceStore) -> Controller:
         s = self.settings
         assert s.signing_key is not None and self.ingest is not None
-        artifacts = ArtifactStore(s.artifacts_dir or s.data_dir / "artifacts")
+        artifacts = open_artifact_store(s.artifacts_dir or s.data_dir / "artifacts", s.store_dsn)
         ds = DistillationSettings(
             work_dir=s.data_dir / "distillation",
             artifacts=artifacts,

@@ -53,7 +53,7 @@ from cloud_controller.reconcilers.distillation.workdir import (
     read_progress,
     read_result,
 )
-from cloud_controller.releases.artifacts import ArtifactError, ArtifactStore, Release
+from cloud_controller.releases.artifacts import ArtifactError, Release, ReleaseStore
 from cloud_controller.resources.kinds import DistillationJob, DistillationJobStatus, JobStage
 from cloud_controller.resources.store_protocol import API_VERSION, AlreadyExists, NotFound, Obj, ResourceStore
 from cloud_controller.runtime.controller import (
@@ -73,7 +73,7 @@ TERMINAL: tuple[JobStage, ...] = ("Succeeded", "Rejected", "Failed")
 @dataclass
 class DistillationSettings:
     work_dir: Path
-    artifacts: ArtifactStore
+    artifacts: ReleaseStore
     signing_key: Ed25519PrivateKey
     hard_examples: HardExampleStoreProtocol | None = None
     runner_config: Literal["tiny", "full"] = "full"

@@ -21,6 +21,7 @@ import logging
 import time
 from typing import Any
 
+from cloud_controller.distill_runner.exchange import JobExchange
 from cloud_controller.http import AppCollector, ProbeServer
 from cloud_controller.ingest.backends import open_ingest_stores
 from cloud_controller.ingest.contracts import HardExampleStoreProtocol
@@ -201,6 +202,8 @@ class ControllerApp:
         s = self.settings
         assert s.signing_key is not None and self.ingest is not None
         artifacts = open_artifact_store(s.artifacts_dir or s.data_dir / "artifacts", s.store_dsn)
+        # A Job's disk is not the controller's: with a shared store its work directory travels through it.
+        exchange = JobExchange(s.store_dsn) if s.kube and s.store_dsn else None
         ds = DistillationSettings(
             work_dir=s.data_dir / "distillation",
             artifacts=artifacts,
@@ -210,6 +213,7 @@ class ControllerApp:
             data_root=s.data_root,
             poll_s=s.poll_s,
             publish=ModelPublisher(self.ingest.client, artifacts).publish,
+            exchange=exchange,
         )
         launcher: LocalJobLauncher | KubeJobLauncher
         if s.kube:
@@ -218,6 +222,7 @@ class ControllerApp:
                 KubeJobLauncher.load_template(),
                 image=s.job_image,
                 service_account=s.job_service_account,
+                exchange=exchange is not None,
             )
         else:
             launcher = LocalJobLauncher(on_exit=lambda ref: self._enqueue_job(ref.name))

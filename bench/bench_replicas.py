@@ -11,7 +11,7 @@ same run also checks the count is exact (no summary lost, none counted twice).
 
     .venv/bin/python bench/bench_replicas.py [--quick] [--nodes 200] [--summaries 50] [--runs 2] [--no-write]
 
-It rewrites the ``<!-- bench:replicas:start -->`` block of ``docs/benchmarks.md``.
+It rewrites the ``<!-- bench:replicas:start -->`` block of ``docs/benchmarks.md`` and ``docs/cluster.md``.
 """
 
 from __future__ import annotations
@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if not args.no_write:
         write_block(NAME, text, args.doc)
+        if args.doc == DOC:  # docs/cluster.md "Replicas" quotes the same block
+            write_block(NAME, text, REPO / "docs" / "cluster.md")
     return 0
 
 

@@ -115,6 +115,9 @@ def test_a_replica_killed_mid_burst_counts_nothing_twice(
               f"counted {sum(t.batches for t in totals.values())} once, {duplicates} redeliveries "
               f"found duplicate")
         assert b.metric("ingest_summaries_stored") > 0  # the survivor really took its share
+        for r in (a, b):  # with store_dsn nothing of ingest lives on the pod's disk
+            cache = r.dir / "cache"
+            assert not (list(cache.rglob("*")) if cache.exists() else []), r.identity
     finally:
         if pub is not None and pub.poll() is None:
             pub.kill()

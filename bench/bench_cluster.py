@@ -29,9 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from _report import DOC, command_line, machine_line, markdown_table, write_block  # noqa: E402
+from _report import DOC, command_line, machine_line, write_block  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 
+from edge_agent.ops.tables import markdown_table  # noqa: E402
 from edgeloop_sim.broker import Broker  # noqa: E402
 from edgeloop_sim.harness.agent import wait_until  # noqa: E402
 from edgeloop_sim.harness.apiserver import ApiServer  # noqa: E402

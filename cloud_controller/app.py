@@ -21,6 +21,7 @@ import logging
 import time
 from typing import Any
 
+from cloud_controller.distill_runner.exchange import JobExchange
 from cloud_controller.http import AppCollector, ProbeServer
 from cloud_controller.ingest.contracts import HardExampleStoreProtocol
 from cloud_controller.ingest.fleet import Fleet, StatusChange, StatusThrottle
@@ -41,7 +42,7 @@ from cloud_controller.reconcilers.rollouts import (
     make_model_reconciler,
     make_rollout_reconciler,
 )
-from cloud_controller.releases.artifacts import ArtifactStore
+from cloud_controller.releases.artifact_backends import open_artifact_store
 from cloud_controller.releases.publisher import ModelPublisher
 from cloud_controller.releases.signing import load_private_key
 from cloud_controller.resources.store_protocol import ResourceStore
@@ -146,6 +147,7 @@ class ControllerApp:
                 db_path=data / "summaries.db",
                 client_id=s.client_id or f"edgeloop-controller-{s.identity}",
                 shared_group=s.shared_group,
+                shared_store=bool(s.store_dsn),
                 namespace=s.namespace,
                 enrollment=s.enrollment,
             ),
@@ -204,7 +206,9 @@ class ControllerApp:
     def _distillation_controller(self, store: ResourceStore) -> Controller:
         s = self.settings
         assert s.signing_key is not None and self.ingest is not None
-        artifacts = ArtifactStore(s.artifacts_dir or s.data_dir / "artifacts")
+        artifacts = open_artifact_store(s.artifacts_dir or s.data_dir / "artifacts", s.store_dsn)
+        # A Job's disk is not the controller's: with a shared store its work directory travels through it.
+        exchange = JobExchange(s.store_dsn) if s.kube and s.store_dsn else None
         ds = DistillationSettings(
             work_dir=s.data_dir / "distillation",
             artifacts=artifacts,
@@ -214,6 +218,7 @@ class ControllerApp:
             data_root=s.data_root,
             poll_s=s.poll_s,
             publish=ModelPublisher(self.ingest.client, artifacts).publish,
+            exchange=exchange,
         )
         launcher: LocalJobLauncher | KubeJobLauncher
         if s.kube:
@@ -222,6 +227,7 @@ class ControllerApp:
                 KubeJobLauncher.load_template(),
                 image=s.job_image,
                 service_account=s.job_service_account,
+                exchange=exchange is not None,
             )
         else:
             launcher = LocalJobLauncher(on_exit=lambda ref: self._enqueue_job(ref.name))

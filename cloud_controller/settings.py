@@ -62,8 +62,9 @@ class ControllerSettings(BaseSettings):
     )
     store_dsn: str | None = Field(
         default=None,
-        description="`postgresql://...`: summaries, hard examples and the fleet cache in this shared "
-        "PostgreSQL (what replicas need); unset: SQLite files under `data_dir`",
+        description="`postgresql://...`: summaries, hard examples, the fleet cache, model releases and "
+        "(with `kube`) distillation work in this shared PostgreSQL (what replicas need); unset: SQLite "
+        "files under `data_dir` and releases under `artifacts_dir`",
     )
     kube: bool = Field(
         default=False,

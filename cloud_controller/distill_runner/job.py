@@ -22,6 +22,7 @@ reconciler's gate does not care which task it judges.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from typing import Any
 
 from cloud_controller.distill_runner.chat_job import run_chat
 from cloud_controller.distill_runner.collect import load_hard_examples
+from cloud_controller.distill_runner.exchange import RESULT, JobExchange
 from cloud_controller.distill_runner.protocol import ProgressLog, RunnerSpec, resolve_paths, write_json_atomic
 from cloud_controller.distill_runner.sensor_job import run_sensor
 
@@ -54,23 +56,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--progress", type=Path, default=None, help="progress JSON lines (default OUT/progress.jsonl)"
     )
+    ap.add_argument(
+        "--exchange-uid",
+        default=None,
+        metavar="UID",
+        help="cluster mode: pull the inputs of job UID from the shared store (EDGELOOP_STORE_DSN) into OUT, "
+        "push progress, bundle and result back",
+    )
     args = ap.parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    progress = ProgressLog(args.progress or out / "progress.jsonl")
+    uid: str | None = args.exchange_uid
+    exchange: JobExchange | None = None
+    if uid:
+        dsn = os.environ.get("EDGELOOP_STORE_DSN")
+        if not dsn:
+            print("distill_runner: --exchange-uid needs EDGELOOP_STORE_DSN", file=sys.stderr)
+            return 2
+        exchange = JobExchange(dsn)
+        exchange.pull(uid, out)
+    progress_path: Path = args.progress or out / "progress.jsonl"
+
+    def push_progress() -> None:
+        if exchange is not None and uid:
+            exchange.push(uid, out, [progress_path.relative_to(out).as_posix()])
+
+    progress = ProgressLog(progress_path, after=push_progress if exchange is not None else None)
+    code = 0
     try:
         spec = resolve_paths(RunnerSpec.model_validate_json(args.spec.read_bytes()), out)
         result = run(spec, out, progress)
     except Exception as exc:  # reported in result.json: the reconciler turns it into Failed
-        write_json_atomic(
-            out / "result.json",
-            {
-                "ok": False,
-                "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc()[-4000:],
-            },
-        )
+        result = {
+            "ok": False,
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc()[-4000:],
+        }
         print(f"distill_runner failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    write_json_atomic(out / "result.json", result)
-    return 0
+        code = 1
+    if exchange is not None and uid:
+        if result.get("ok") and result.get("bundle"):
+            exchange.push(uid, out, [Path(str(result["bundle"])).name])  # before the result: see the module
+    write_json_atomic(out / RESULT, result)
+    if exchange is not None and uid:
+        exchange.push(uid, out, [RESULT])
+        exchange.close()
+    return code

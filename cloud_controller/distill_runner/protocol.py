@@ -1,7 +1,9 @@
 """The files a distillation run and the reconciler share: the spec in, progress and the result out.
 
 The runner (a local process or a Kubernetes Job) talks to the controller only
-through its work directory, the same protocol in both modes:
+through its work directory, the same protocol in both modes (on a cluster each
+side's copy of the directory is mirrored through the shared store:
+:mod:`cloud_controller.distill_runner.exchange`):
 
 * ``spec.json``: a :class:`RunnerSpec`, written once by the reconciler; relative
   paths in it are relative to the work directory (:func:`resolve_paths`);
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs
@@ -96,14 +99,17 @@ def parse_base(base: str) -> BaseSpec:
 class ProgressLog:
     """Appends progress lines; flushed per line so a reader (or a restarted controller) sees them at once."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, after: Callable[[], object] | None = None) -> None:
         self.path = path
+        self.after = after  # e.g. push the file to the shared store (a Job on a cluster)
 
     def __call__(self, stage: Stage, progress: float, message: str = "") -> None:
         line = {"ts": time.time(), "stage": stage, "progress": round(progress, 4), "message": message}
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
             f.flush()
+        if self.after is not None:
+            self.after()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

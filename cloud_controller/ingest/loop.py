@@ -9,7 +9,8 @@ keeps store-before-ack (at-least-once on the wire + dedup = exactly-once
 counting) at a fraction of the per-message commit cost.
 
 Replicas: summaries may be split between replicas with a shared subscription
-(``$share/GROUP/...``); statuses are never shared, so every replica, and in
+(``$share/GROUP/...``), and hard examples too when the replicas share one store
+(PostgreSQL, ``store_dsn``); statuses are never shared, so every replica, and in
 particular the leader whose reconcilers read the fleet, sees every node's
 status. (With a shared group the summary counts are per replica; the node
 reconciler then takes traffic counters from node-reported status instead.)
@@ -59,7 +60,9 @@ class IngestConfig(BaseModel):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     db_path: Path
     client_id: str = "edgeloop-controller"
-    shared_group: str | None = None  # applies to summaries only
+    shared_group: str | None = None  # applies to summaries (and hard examples with shared_store)
+    # The stores are shared by every replica (PostgreSQL): hard examples may then be split too.
+    shared_store: bool = False
     namespace: str = "default"
     enrollment: Enrollment = "auto"
     max_payload_bytes: int = 8 * wire.DEFAULT_MAX_PAYLOAD
@@ -134,8 +137,10 @@ class Ingest:
         self.rejected: dict[str, int] = {}
         subs = [(self._summaries_filter(), 1), (topics.all_nodes(topics.STATUS), 1)]
         if hard_examples is not None:
-            # Not shared: every replica keeps all hard examples; the leader's DistillationJobs read them.
-            subs.append((topics.all_nodes(topics.HARD_EXAMPLES), 1))
+            # Each replica's own store must hold all of them (the leader's DistillationJobs read them);
+            # a shared store holds what any replica stored, so then they are split like summaries.
+            group = cfg.shared_group if cfg.shared_store else None
+            subs.append((topics.shared(group, topics.all_nodes(topics.HARD_EXAMPLES)), 1))
         self.client = MqttClient(
             cfg.mqtt,
             cfg.client_id,

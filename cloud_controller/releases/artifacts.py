@@ -1,6 +1,16 @@
-"""Content-addressed artifact store for signed model releases.
+"""Content-addressed artifact stores for signed model releases: the release logic and the file backend.
 
-Layout under ``root``::
+:class:`ReleaseStore` holds what every backend shares (verify and sign a bundle,
+refuse to re-release a version differently, rebuild chunks, retention); a
+backend supplies blobs and release refs. Two backends: :class:`ArtifactStore`,
+files under a directory (the embedded default), and
+:class:`~cloud_controller.releases.pg_artifacts.PgArtifactStore`, chunked
+``bytea`` rows in the shared PostgreSQL (a cluster: every replica and every
+restarted pod sees the same releases; chosen by ``store_dsn`` in
+:mod:`cloud_controller.releases.artifact_backends`). Both check a blob's sha256
+on every read.
+
+The file backend's layout under ``root``::
 
     objects/sha256/ab/cdef...      immutable blobs: bundle files and signed release manifests
     releases/{name}/{version}      text: the release's manifest digest (``sha256:...``)
@@ -23,7 +33,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +56,7 @@ from edge_agent.protocol.manifest import (
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.topics import release_prefix
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "ArtifactError", "ArtifactStore", "Release"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "ArtifactError", "ArtifactStore", "Release", "ReleaseStore"]
 
 DEFAULT_CHUNK_SIZE = 64 * 1024
 
@@ -83,12 +94,47 @@ def _hex(digest: str) -> str:
     return digest.removeprefix("sha256:")
 
 
-class ArtifactStore:
-    """Blobs and release refs on a local disk (a PVC in the cluster); no I/O until a method is called."""
+class ReleaseStore(ABC):
+    """Signed releases over a backend's blobs and refs; no I/O until a method is called."""
 
-    def __init__(self, root: str | Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
-        self.root = Path(root)
-        self.chunk_size = chunk_size
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+    # ------------------------------------------------------------------ the backend's part
+
+    @abstractmethod
+    def put_blob(self, data: bytes) -> str:
+        """Store ``data`` under its sha256 (hex, returned); storing it again is a no-op."""
+
+    @abstractmethod
+    def get_blob(self, hexdigest: str) -> bytes:
+        """The blob, its sha256 checked; :class:`ArtifactError` when missing or corrupt."""
+
+    @abstractmethod
+    def release_uri(self, name: str, version: str) -> str:
+        """Where an EdgeModel says the release lives (``spec.uri``)."""
+
+    @abstractmethod
+    def _read_ref(self, name: str, version: str) -> str | None: ...
+
+    @abstractmethod
+    def _claim_ref(self, name: str, version: str, digest: str) -> str:
+        """Set the ref unless it exists; the digest it holds afterwards (first writer wins)."""
+
+    @abstractmethod
+    def _delete_ref(self, name: str, version: str) -> None: ...
+
+    @abstractmethod
+    def _versions(self, name: str) -> list[str]: ...
+
+    @abstractmethod
+    def _all_refs(self) -> list[str]:
+        """The manifest digest of every release of every name."""
+
+    @abstractmethod
+    def _blob_hexes(self) -> Iterable[str]: ...
+
+    @abstractmethod
+    def _delete_blob(self, hexdigest: str) -> None: ...
 
     # ------------------------------------------------------------------ resources
 
@@ -121,7 +167,7 @@ class ArtifactStore:
                 "version": rel.version,
                 "digest": rel.digest,
                 "sizeBytes": rel.size,
-                "uri": (self.root / "releases" / rel.name / rel.version).resolve().as_uri(),
+                "uri": self.release_uri(rel.name, rel.version),
                 "signature": rel.parsed["signature"],
                 "keyId": rel.parsed["key_id"],
                 "metrics": dict(metrics or {}),
@@ -129,44 +175,7 @@ class ArtifactStore:
             },
         }
 
-    # ------------------------------------------------------------------ blobs
-
-    def _blob_path(self, hexdigest: str) -> Path:
-        return self.root / "objects" / "sha256" / hexdigest[:2] / hexdigest[2:]
-
-    def put_blob(self, data: bytes) -> str:
-        hexdigest = hashlib.sha256(data).hexdigest()
-        path = self._blob_path(hexdigest)
-        if path.exists():
-            return hexdigest
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return hexdigest
-
-    def get_blob(self, hexdigest: str) -> bytes:
-        path = self._blob_path(_hex(hexdigest))
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ArtifactError(f"blob {hexdigest} missing from {self.root}") from None
-        if hashlib.sha256(data).hexdigest() != _hex(hexdigest):
-            raise ArtifactError(f"blob {hexdigest} is corrupt on disk")
-        return data
-
     # ------------------------------------------------------------------ releases
-
-    def _ref_path(self, name: str, version: str) -> Path:
-        release_prefix(name, version)  # both must be safe single path and topic levels
-        return self.root / "releases" / name / version
 
     def put_bundle(
         self,
@@ -214,21 +223,17 @@ class ArtifactStore:
         manifest_bytes = canonical_json(sign_manifest(body, private_key))
         parse_manifest(manifest_bytes)  # the edge's schema must accept what we publish
         digest = manifest_digest(manifest_bytes)
-        ref = self._ref_path(bm.name, bm.version)
-        if ref.exists():
-            existing = ref.read_text().strip()
-            if existing != digest:
-                raise ArtifactError(
-                    f"{bm.name}@{bm.version} was already released as {existing}; versions are immutable"
-                )
-        for n in names:
-            self.put_blob(contents[n])
-        self.put_blob(manifest_bytes)
-        if not ref.exists():
-            ref.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ref.with_name(f".{ref.name}.tmp")
-            tmp.write_text(digest + "\n")
-            os.replace(tmp, ref)
+        release_prefix(bm.name, bm.version)  # both must be safe single path and topic levels
+        existing = self._read_ref(bm.name, bm.version)
+        if existing is None:
+            for n in names:
+                self.put_blob(contents[n])
+            self.put_blob(manifest_bytes)
+            existing = self._claim_ref(bm.name, bm.version, digest)
+        if existing != digest:
+            raise ArtifactError(
+                f"{bm.name}@{bm.version} was already released as {existing}; versions are immutable"
+            )
         return self._release(manifest_bytes)
 
     def _release(self, manifest_bytes: bytes) -> Release:
@@ -246,18 +251,15 @@ class ArtifactStore:
         )
 
     def get(self, name: str, version: str) -> Release:
-        ref = self._ref_path(name, version)
-        if not ref.exists():
+        release_prefix(name, version)
+        digest = self._read_ref(name, version)
+        if digest is None:
             raise ArtifactError(f"no release {name}@{version}")
-        return self._release(self.get_blob(ref.read_text().strip()))
+        return self._release(self.get_blob(digest))
 
     def releases(self, name: str) -> list[Release]:
         """Every stored release of ``name``, oldest first by version order."""
-        d = self.root / "releases" / name
-        if not d.is_dir():
-            return []
-        versions = sorted((p.name for p in d.iterdir() if not p.name.startswith(".")), key=version_key)
-        return [self.get(name, v) for v in versions]
+        return [self.get(name, v) for v in sorted(self._versions(name), key=version_key)]
 
     def iter_chunks(self, release: Release) -> Iterator[bytes]:
         """Chunk i of the archive, rebuilt from the file blobs (chunks are never stored twice)."""
@@ -277,7 +279,7 @@ class ArtifactStore:
             raise ValueError("keep at least one release")
         old = self.releases(name)[:-keep]
         for r in old:
-            self._ref_path(r.name, r.version).unlink(missing_ok=True)
+            self._delete_ref(r.name, r.version)
         if old:
             self.gc()
         return old
@@ -285,20 +287,96 @@ class ArtifactStore:
     def gc(self) -> int:
         """Mark blobs reachable from any release ref, sweep the rest; returns blobs removed."""
         live: set[str] = set()
-        rel_root = self.root / "releases"
-        for ref in rel_root.glob("*/*") if rel_root.is_dir() else []:
-            if ref.name.startswith("."):
-                continue
-            digest = _hex(ref.read_text().strip())
+        for ref in self._all_refs():
+            digest = _hex(ref)
             live.add(digest)
             m, _ = parse_manifest(self.get_blob(digest))
             live.update(f.sha256 for f in m.files)
         removed = 0
-        obj_root = self.root / "objects" / "sha256"
-        for path in obj_root.glob("*/*") if obj_root.is_dir() else []:
-            if path.name.startswith("."):
-                continue
-            if path.parent.name + path.name not in live:
-                path.unlink(missing_ok=True)
+        for hexdigest in list(self._blob_hexes()):
+            if hexdigest not in live:
+                self._delete_blob(hexdigest)
                 removed += 1
         return removed
+
+
+class ArtifactStore(ReleaseStore):
+    """Blobs and release refs on a local disk (the embedded controller's default)."""
+
+    def __init__(self, root: str | Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+        self.root = Path(root)
+        self.chunk_size = chunk_size
+
+    def release_uri(self, name: str, version: str) -> str:
+        return (self.root / "releases" / name / version).resolve().as_uri()
+
+    # ------------------------------------------------------------------ blobs
+
+    def _blob_path(self, hexdigest: str) -> Path:
+        return self.root / "objects" / "sha256" / hexdigest[:2] / hexdigest[2:]
+
+    def put_blob(self, data: bytes) -> str:
+        hexdigest = hashlib.sha256(data).hexdigest()
+        path = self._blob_path(hexdigest)
+        if path.exists():
+            return hexdigest
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return hexdigest
+
+    def get_blob(self, hexdigest: str) -> bytes:
+        path = self._blob_path(_hex(hexdigest))
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ArtifactError(f"blob {hexdigest} missing from {self.root}") from None
+        if hashlib.sha256(data).hexdigest() != _hex(hexdigest):
+            raise ArtifactError(f"blob {hexdigest} is corrupt on disk")
+        return data
+
+    def _ref_path(self, name: str, version: str) -> Path:
+        release_prefix(name, version)  # both must be safe single path and topic levels
+        return self.root / "releases" / name / version
+
+    def _read_ref(self, name: str, version: str) -> str | None:
+        ref = self._ref_path(name, version)
+        return ref.read_text().strip() if ref.exists() else None
+
+    def _claim_ref(self, name: str, version: str, digest: str) -> str:
+        ref = self._ref_path(name, version)
+        if not ref.exists():
+            ref.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ref.with_name(f".{ref.name}.tmp")
+            tmp.write_text(digest + "\n")
+            os.replace(tmp, ref)
+        return ref.read_text().strip()
+
+    def _delete_ref(self, name: str, version: str) -> None:
+        self._ref_path(name, version).unlink(missing_ok=True)
+
+    def _versions(self, name: str) -> list[str]:
+        d = self.root / "releases" / name
+        return [p.name for p in d.iterdir() if not p.name.startswith(".")] if d.is_dir() else []
+
+    def _all_refs(self) -> list[str]:
+        rel_root = self.root / "releases"
+        refs = rel_root.glob("*/*") if rel_root.is_dir() else []
+        return [ref.read_text().strip() for ref in refs if not ref.name.startswith(".")]
+
+    def _blob_hexes(self) -> Iterable[str]:
+        obj_root = self.root / "objects" / "sha256"
+        for path in obj_root.glob("*/*") if obj_root.is_dir() else []:
+            if not path.name.startswith("."):
+                yield path.parent.name + path.name
+
+    def _delete_blob(self, hexdigest: str) -> None:
+        self._blob_path(hexdigest).unlink(missing_ok=True)

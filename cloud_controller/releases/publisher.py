@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 
-from cloud_controller.releases.artifacts import ArtifactStore, Release
+from cloud_controller.releases.artifacts import Release, ReleaseStore
 from edge_agent.protocol.topics import chunk_topic, manifest_topic
 from edge_agent.transport.mqtt import MqttClient
 
@@ -32,7 +32,7 @@ PublishProgress = Callable[[int, int], None]  # (chunks published, total)
 
 
 class ModelPublisher:
-    def __init__(self, client: MqttClient, store: ArtifactStore, *, max_inflight: int = 32,
+    def __init__(self, client: MqttClient, store: ReleaseStore, *, max_inflight: int = 32,
                  publish_timeout_s: float = 30.0) -> None:
         self.client = client
         self.store = store

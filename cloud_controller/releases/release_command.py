@@ -16,13 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cloud_controller.releases.artifacts import DEFAULT_CHUNK_SIZE, ArtifactError, ArtifactStore, Release
+from cloud_controller.releases.artifact_backends import open_artifact_store
+from cloud_controller.releases.artifacts import DEFAULT_CHUNK_SIZE, ArtifactError, Release, ReleaseStore
 from cloud_controller.releases.publisher import ModelPublisher
 from cloud_controller.releases.signing import load_private_key
 from cloud_controller.resources.store_protocol import API_VERSION
@@ -38,7 +40,9 @@ def configure_release_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle_dir", nargs="?", type=Path, default=None, help="bundle directory (or --bundle)")
     p.add_argument("--bundle", type=Path, default=None, help="bundle directory")
     p.add_argument("--key", type=Path, required=True, help="Ed25519 private key PEM (0600)")
-    p.add_argument("--store", type=Path, required=True, help="artifact store directory")
+    p.add_argument("--store", type=Path, default=None, help="artifact store directory (without --dsn)")
+    p.add_argument("--dsn", default=os.environ.get("EDGELOOP_STORE_DSN") or None,
+                   help="postgresql://...: the cluster's shared store (default: EDGELOOP_STORE_DSN)")
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     p.add_argument("--task", choices=["chat", "sensor"], default=None, help="override the task slot")
     p.add_argument("--broker", default=None, help="HOST:PORT: also publish the release (retained)")
@@ -74,7 +78,7 @@ def _weights(spec: str) -> list[int]:
 
 
 def release_manifests(
-    store: ArtifactStore, rel: Release, namespace: str, rollout: str | None, pause: int
+    store: ReleaseStore, rel: Release, namespace: str, rollout: str | None, pause: int
 ) -> list[dict[str, Any]]:
     """The EdgeModel pinning ``rel`` and, if asked, the canary ModelRollout that ships it."""
     name = _k8s_name(f"{rel.name}-{rel.version}")
@@ -96,7 +100,7 @@ def release_manifests(
     return docs
 
 
-def sign_release(args: argparse.Namespace) -> tuple[ArtifactStore, Release]:
+def sign_release(args: argparse.Namespace) -> tuple[ReleaseStore, Release]:
     """Sign into the store, publish if asked, write the manifests if asked; print the ModelRef."""
     bundle = args.bundle_dir or args.bundle
     if bundle is None:
@@ -105,7 +109,9 @@ def sign_release(args: argparse.Namespace) -> tuple[ArtifactStore, Release]:
         raise UsageError("--rollout needs --manifests FILE (or --apply)")
     if args.rollout:
         _weights(args.rollout)  # a bad --rollout fails before anything is signed
-    store = ArtifactStore(args.store, chunk_size=args.chunk_size)
+    if args.store is None and not args.dsn:
+        raise UsageError("give --store DIR (embedded) or --dsn postgresql://... (cluster)")
+    store = open_artifact_store(args.store or Path("."), args.dsn, chunk_size=args.chunk_size)
     try:
         release = store.put_bundle(bundle, load_private_key(args.key), task=args.task)
     except (ArtifactError, PermanentError) as exc:  # a bad bundle or a version clash: one line, exit 2

@@ -39,12 +39,15 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self, bindir: Path | None = None, *, start_timeout_s: float = 30.0) -> None:
+    def __init__(self, bindir: Path | None = None, *, start_timeout_s: float = 30.0,
+                 durable: bool = False) -> None:
         found = bindir or find_bindir()
         if found is None:
             raise FileNotFoundError("PostgreSQL binaries not found (apt-get install postgresql)")
         self.bindir = found
         self.start_timeout_s = start_timeout_s
+        # Tests run without fsync (speed); a benchmark wants the durability a deployment has.
+        self.durable = durable
         self.port = _free_port()
         self.root = Path(tempfile.mkdtemp(prefix="edgeloop-pg-"))
         self.data = self.root / "data"
@@ -74,8 +77,8 @@ class PostgresServer:
             os.chown(self.log_path, pw.pw_uid, pw.pw_gid)
         self._proc = subprocess.Popen(
             self._cmd(str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
-                      "-h", "127.0.0.1", "-k", str(self.root), "-c", "fsync=off",
-                      "-c", "full_page_writes=off", "-c", "max_connections=200"),
+                      "-h", "127.0.0.1", "-k", str(self.root), "-c", "max_connections=200",
+                      *(() if self.durable else ("-c", "fsync=off", "-c", "full_page_writes=off"))),
             stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()

@@ -7,7 +7,8 @@ outlives a controller restart, which re-attaches through the pid file:
 :class:`LocalJobLauncher`). On a cluster it is a ``batch/v1`` Job rendered from
 ``deploy/kubernetes/distillation/job-template.yaml`` (:class:`KubeJobLauncher`;
 the work directory is then a shared volume mounted by the controller and, with
-``subPath`` = uid, by the Job). Each attempt gets its own Job name
+``subPath`` = uid, by the Job; or, with a shared store, no volume at all: the
+directory travels through PostgreSQL, see ``render_job``). Each attempt gets its own Job name
 (``distill-<job>-a<attempt>``): a restart never collides with the previous
 attempt's Job, which may still be being deleted.
 """
@@ -49,6 +50,8 @@ __all__ = [
 RUNNER_MODULE = "cloud_controller.distill_runner"
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[3] / "deploy/kubernetes/distillation/job-template.yaml"
 POD_WORK_DIR = "/work"  # where the template mounts the job's work directory
+# Cluster mode with a shared store: the Secret (and key) holding the store's DSN, given to the Job's pod.
+STORE_SECRET, STORE_SECRET_KEY = "edgeloop-store", "dsn"
 
 
 @dataclass(frozen=True)
@@ -243,13 +246,22 @@ def job_name(ref: JobRef) -> str:
 
 
 def render_job(
-    template: Obj, ref: JobRef, *, image: str | None = None, service_account: str | None = None
+    template: Obj,
+    ref: JobRef,
+    *,
+    image: str | None = None,
+    service_account: str | None = None,
+    exchange: bool = False,
 ) -> Obj:
     """The batch/v1 Job for ``ref``: the template with name, owner, labels and work sub-path filled in.
 
     Structured edits, not text substitution: a job name can never inject YAML.
     The work volume is mounted with ``subPath`` = the job uid, so one shared
-    claim serves every job and a job sees only its own directory.
+    claim serves every job and a job sees only its own directory. With
+    ``exchange`` (the controller has a shared store) no claim is needed at all:
+    the work volume becomes an ``emptyDir``, the runner gets the store's DSN
+    from the ``edgeloop-store`` Secret and mirrors the directory through the
+    store (:mod:`cloud_controller.distill_runner.exchange`).
     """
     job = copy.deepcopy(template)
     if job.get("apiVersion") != "batch/v1" or job.get("kind") != "Job":
@@ -284,9 +296,22 @@ def render_job(
     if image:
         container["image"] = image
     container["args"] = _runner_args(POD_WORK_DIR)
-    for m in container.get("volumeMounts", []):
-        if m.get("mountPath") == POD_WORK_DIR:
+    work_mounts = [m for m in container.get("volumeMounts", []) if m.get("mountPath") == POD_WORK_DIR]
+    if not exchange:
+        for m in work_mounts:
             m["subPath"] = ref.uid
+        return job
+    container["args"] += ["--exchange-uid", ref.uid]
+    for m in work_mounts:
+        m.pop("subPath", None)
+        for vol in pspec.get("volumes", []):
+            if vol.get("name") == m.get("name"):
+                vol.pop("persistentVolumeClaim", None)
+                vol["emptyDir"] = {"sizeLimit": "2Gi"}
+    env = [e for e in container.get("env") or [] if e.get("name") != "EDGELOOP_STORE_DSN"]
+    env.append({"name": "EDGELOOP_STORE_DSN",
+                "valueFrom": {"secretKeyRef": {"name": STORE_SECRET, "key": STORE_SECRET_KEY}}})
+    container["env"] = env
     return job
 
 
@@ -298,7 +323,13 @@ class KubeJobLauncher:
     """
 
     def __init__(
-        self, api_client: Any, template: Obj, *, image: str | None = None, service_account: str | None = None
+        self,
+        api_client: Any,
+        template: Obj,
+        *,
+        image: str | None = None,
+        service_account: str | None = None,
+        exchange: bool = False,
     ) -> None:
         from kubernetes import client
 
@@ -306,6 +337,7 @@ class KubeJobLauncher:
         self.template = template
         self.image = image
         self.service_account = service_account
+        self.exchange = exchange
 
     @staticmethod
     def load_template(path: Path = DEFAULT_TEMPLATE) -> Obj:
@@ -321,7 +353,8 @@ class KubeJobLauncher:
         """Delete the earlier attempts' Jobs, then create this attempt's (409: already created, fine)."""
         from kubernetes.client.exceptions import ApiException
 
-        body = render_job(self.template, ref, image=self.image, service_account=self.service_account)
+        body = render_job(self.template, ref, image=self.image, service_account=self.service_account,
+                          exchange=self.exchange)
         await self._delete_jobs(ref, keep=body["metadata"]["name"])
         try:
             create: Callable[..., Any] = self.batch.create_namespaced_job

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cloud_controller.distill_runner.exchange import JobExchange
 from cloud_controller.distill_runner.protocol import RunnerSpec, write_json_atomic
 from cloud_controller.ingest.contracts import HardExampleStoreProtocol
 from cloud_controller.ingest.hard_examples import write_snapshot
@@ -53,7 +54,7 @@ from cloud_controller.reconcilers.distillation.workdir import (
     read_progress,
     read_result,
 )
-from cloud_controller.releases.artifacts import ArtifactError, ArtifactStore, Release
+from cloud_controller.releases.artifacts import ArtifactError, Release, ReleaseStore
 from cloud_controller.resources.kinds import DistillationJob, DistillationJobStatus, JobStage
 from cloud_controller.resources.store_protocol import API_VERSION, AlreadyExists, NotFound, Obj, ResourceStore
 from cloud_controller.runtime.controller import (
@@ -68,12 +69,13 @@ log = logging.getLogger(__name__)
 __all__ = ["DistillationSettings", "make_distillation_reconciler"]
 
 TERMINAL: tuple[JobStage, ...] = ("Succeeded", "Rejected", "Failed")
+EXCHANGED_INPUTS = ("spec.json", "hard_examples.jsonl", "parent", "attempts")
 
 
 @dataclass
 class DistillationSettings:
     work_dir: Path
-    artifacts: ArtifactStore
+    artifacts: ReleaseStore
     signing_key: Ed25519PrivateKey
     hard_examples: HardExampleStoreProtocol | None = None
     runner_config: Literal["tiny", "full"] = "full"
@@ -84,6 +86,8 @@ class DistillationSettings:
     # Called with each new release (e.g. ModelPublisher.publish: retained chunks for the nodes).
     publish: Callable[[Release], Awaitable[None]] | None = None
     extra_runner_fields: dict[str, Any] = field(default_factory=dict)
+    # Cluster mode: the work directory is mirrored through the shared store (the Job's disk is not ours).
+    exchange: JobExchange | None = None
 
 
 def _ts(t: float) -> dt.datetime:
@@ -286,8 +290,13 @@ def make_distillation_reconciler(
         st = job.status
         if st.stage in TERMINAL:
             known.pop(key, None)
+            if s.exchange is not None:  # the outcome is in the status; the exchanged files can go
+                await asyncio.to_thread(s.exchange.drop, job_ref(s.work_dir, obj).uid)
             return None
         ref = job_ref(s.work_dir, obj)
+        if s.exchange is not None:  # this pod's disk is a cache: the shared store has the job's files
+            await asyncio.to_thread(s.exchange.pull, ref.uid, ref.work)
+            ref = job_ref(s.work_dir, obj)
         if obj["metadata"].get("deletionTimestamp"):  # held by someone else's finalizer: no new work
             await stop_runner(key, ref, "being deleted")
             return None
@@ -323,6 +332,8 @@ def make_distillation_reconciler(
             return None
         await prepare(job, ref)
         (ref.work / "attempts").write_text(str(attempts + 1))
+        if s.exchange is not None:  # before the start: the Job pulls its inputs first thing
+            await asyncio.to_thread(s.exchange.push, ref.uid, ref.work, EXCHANGED_INPUTS)
         await launcher.start(dataclasses.replace(ref, attempt=attempts + 1))
         if attempts:
             await emit(

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloud_controller.releases.artifacts import ArtifactStore, Release
+from cloud_controller.releases.artifacts import Release, ReleaseStore
 from cloud_controller.resources.kinds import JobStage
 from cloud_controller.resources.store_protocol import Obj
 from edge_agent.protocol.manifest import parse_manifest, version_key
@@ -118,7 +118,7 @@ def read_result(work: Path) -> dict[str, Any] | None:
     return result
 
 
-def materialize(artifacts: ArtifactStore, release: Release, target: Path) -> Path:
+def materialize(artifacts: ReleaseStore, release: Release, target: Path) -> Path:
     """Rebuild a release's bundle directory from its verified blobs (the parent to compare against)."""
     if (target / "manifest.json").exists():
         return target

@@ -105,7 +105,8 @@ class AgentMetrics:
         self.escalations = Counter(
             f"{p}escalations", "Chat escalations to the cloud", ["outcome"], registry=r
         )
-        # Dialogue state sync: merged (teacher state adopted), rolled_back, answer_for_gone_session, ...
+        # Dialogue state sync: merged (teacher state adopted), rolled_back, answer_for_gone_session,
+        # duplicate_answer, stale_answer (the last three: answers dropped).
         self.dialogue_events = Counter(
             f"{p}dialogue_events", "Dialogue state outcomes of chat turns", ["event"], registry=r
         )

@@ -16,8 +16,11 @@ Dialogue state sync (what an escalated turn does to the session):
 * An escalation that failed (timeout, rejected or stale answer) rolls the turn
   back: the session stays at its last consistent state and the device still
   gets the student's answer, marked ``edge-degraded``.
-* An answer for a session that went away (expired, evicted, ended) or moved
-  on while the teacher thought is counted and dropped.
+* An answer for a session that went away (expired, evicted, ended; a session
+  past its TTL counts as gone before housekeeping sweeps it) or moved on while
+  the teacher thought is dropped and counted: ``answer_for_gone_session``,
+  ``duplicate_answer`` (the session is at the version this turn produces: it
+  was applied already) or ``stale_answer`` (any other version).
 
 Callers must keep one turn per session in flight (:class:`edge_agent.services.session_queue.SessionQueue`):
 the checks above detect interleaving, they do not order it.
@@ -31,7 +34,7 @@ from edge_agent.config import ChatConfig
 from edge_agent.pipeline.batching import Batcher
 from edge_agent.pipeline.counters import ModelCounters, PipelineCounters
 from edge_agent.pipeline.outputs import Reply, hard_example_record
-from edge_agent.preprocess.dialogue import DialogueStore, SessionKey
+from edge_agent.preprocess.dialogue import DialogueState, DialogueStore, SessionKey
 from edge_agent.preprocess.pii import Redactor
 from edge_agent.preprocess.text import normalize
 from edge_agent.protocol import messages as wire
@@ -116,20 +119,35 @@ class ChatFlow:
         sid = job.msg.session_id
         return dialogue_state(sid, cur.intent, slots, cur.step, cur.version, cur.updated), turn, base
 
+    def _live(self, key: SessionKey, now: float) -> DialogueState | None:
+        """The session's committed state, None when it is gone or past its TTL (swept or not yet)."""
+        cur = self.dialogue.get(*key)
+        return None if cur is None or now - cur.updated > self._ttl else cur
+
+    @staticmethod
+    def _orphan_event(job: ChatJob, answer: ChatAnswer, cur: DialogueState | None) -> str:
+        """Why an answer found its session no longer where the turn left it (the counter's name)."""
+        if cur is None:
+            return "answer_for_gone_session"
+        produced = job.msg.seq if job.msg.seq is not None else (
+            answer.state.version if answer.state is not None else None)
+        # At the version this very turn produces: the answer was applied already.
+        return "duplicate_answer" if cur.version == produced else "stale_answer"
+
     def complete(self, job: ChatJob, answer: ChatAnswer, now: float) -> None:
         """Apply an answered utterance: dialogue state, reply, statistics, hard example."""
         counters = self._counters
         msg = job.msg
         key = self.session_key(job)
         if answer.state is not None or answer.rolled_back:
-            cur = self.dialogue.get(*key)
+            cur = self._live(key, now)
             if answer.base_version is not None and (cur is None or cur.version != answer.base_version):
-                # The session expired, was evicted or moved on while the teacher answered.
-                counters.dialogue["answer_for_gone_session"] += 1
+                # The session went away (expired, evicted, ended) or moved on while the teacher answered.
+                counters.dialogue[self._orphan_event(job, answer, cur)] += 1
                 return
         if answer.rolled_back:
             counters.dialogue["rolled_back"] += 1
-            view = self.dialogue.get(*key)
+            view = self._live(key, now)
         else:
             txn = self.dialogue.begin(*key, msg.seq, now)
             if txn is None:

@@ -33,7 +33,8 @@ class PipelineCounters:
     chat_messages: int = 0
     pii_redactions: Counter[str] = field(default_factory=Counter)
     stale_chat: int = 0
-    # Dialogue sync outcomes: merged (teacher state adopted), rolled_back, answer_for_gone_session.
+    # Dialogue sync outcomes: merged (teacher state adopted), rolled_back, and answers dropped:
+    # answer_for_gone_session, duplicate_answer, stale_answer.
     dialogue: Counter[str] = field(default_factory=Counter)
     chat_by_source: Counter[str] = field(default_factory=Counter)
     anomaly_events: int = 0

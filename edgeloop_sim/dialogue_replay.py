@@ -19,10 +19,14 @@ agent must queue them per session) and several dialogues concurrently.
 
 Per turn it checks that the edge's state after the turn (the reply's
 ``state``) equals the cloud's: the state the teacher returned for that
-session and version when the turn was answered, the previous state when the
-turn was rolled back; and that every request's state equals the edge's state
-after the previous turn. It counts turns lost (no reply) and compares the
-slots in the edge's state with the annotations.
+session and version when the turn was answered; when the turn was rolled back,
+the session's last consistent state, i.e. the state after its last
+cloud-answered turn (what the teacher last returned and the edge adopted; no
+state before the first). And that every request's state equals the edge's
+state after some earlier turn. It checks that a session's turns reach the
+teacher in order and that a session stuck on the teacher held up no other.
+It counts turns lost (no reply) and compares the slots in the edge's state
+with the annotations.
 """
 
 from __future__ import annotations
@@ -178,6 +182,7 @@ class ReplyFaults:
     # (session, version) -> the state the teacher returned for it; request id -> the state it received
     returned: dict[tuple[str, int], DialogueStateWire] = field(default_factory=dict)
     received: list[DialogueStateWire] = field(default_factory=list)
+    received_turns: list[tuple[str, int]] = field(default_factory=list)  # (session, turn) in arrival order
     _held: list[tuple[str, bytes, Properties]] = field(default_factory=list)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -190,6 +195,7 @@ class ReplyFaults:
                 req = parse_request(msg.payload)
                 if req.state is not None:
                     self.received.append(req.state)
+                    self.received_turns.append((req.state.session, req.turn or 0))
             body = await inner(msg)
             reply_to = getattr(msg.properties, "ResponseTopic", None)
             if body is None or not reply_to:
@@ -275,6 +281,9 @@ class DialogueReplayResult:
     request_in_sync: int = 0  # requests whose state equals the edge's state after the previous turn
     requests: int = 0
     interleaved: int = 0  # a reply whose version went backwards within its session
+    teacher_out_of_order: int = 0  # a request whose turn went backwards within its session, at the teacher
+    stuck: int = 0  # rolled-back turns that waited out the timeout (no answer in time)
+    stuck_others_progressed: int = 0  # ... during whose wait another session got a reply
     carried: int = 0  # earlier annotated slots present after an answered escalated turn
     carry_total: int = 0
     final_slots_hit: int = 0  # annotated slots (user informs) present in the final state
@@ -356,6 +365,8 @@ async def replay_dialogues(cfg: DialogueReplayConfig, tmp: Path, mqtt: MqttConfi
     await svc.start()
     agent = AgentProcess(tmp, acfg)
     replies: dict[str, list[dict[str, Any]]] = {}
+    arrived: dict[str, float] = {}  # msg_id -> when its reply reached the device (monotonic)
+    started: dict[str, float] = {}  # session -> when its first turn was published
     got = asyncio.Event()
     device = MqttClient(mqtt, "replay-device", name="device", clean_start=True,
                         subscriptions=[(topics.device_chat_out(DEVICE), 1)])
@@ -368,6 +379,7 @@ async def replay_dialogues(cfg: DialogueReplayConfig, tmp: Path, mqtt: MqttConfi
             async for msg in device.messages():
                 out = json.loads(msg.payload)
                 replies.setdefault(out["session_id"], []).append(out)
+                arrived.setdefault(out["msg_id"], time.monotonic())
                 device.ack(msg)
                 got.set()
 
@@ -376,6 +388,7 @@ async def replay_dialogues(cfg: DialogueReplayConfig, tmp: Path, mqtt: MqttConfi
 
         async def run(d: Dialogue) -> None:
             async with sem:
+                started[d.id] = time.monotonic()
                 for i, turn in enumerate(d.turns):
                     msg = wire.ChatIn(session_id=d.id, msg_id=f"{d.id}-{i + 1}", text=turn.text,
                                       ts=time.time(), seq=i + 1)
@@ -402,7 +415,45 @@ async def replay_dialogues(cfg: DialogueReplayConfig, tmp: Path, mqtt: MqttConfi
     res.faults = dict(faults.counts)
     res.oracle_misses = oracle.misses
     _score(cfg.dialogues, replies, faults, oracle, res)
+    _score_isolation(cfg, replies, arrived, started, faults, res)
     return res
+
+
+def _score_isolation(
+    cfg: DialogueReplayConfig,
+    replies: dict[str, list[dict[str, Any]]],
+    arrived: dict[str, float],
+    started: dict[str, float],
+    faults: ReplyFaults,
+    res: DialogueReplayResult,
+) -> None:
+    """One turn in flight per session, and a session stuck on the teacher holds up no other.
+
+    At the teacher a session's turns must arrive in order (a retry repeats a
+    turn, never goes back). A rolled-back turn that took at least the edge's
+    timeout since its session's previous reply (or its first publish) waited
+    for the teacher: it counts as stuck, and as not blocking when some other
+    session's reply reached the device within that wait.
+    """
+    last: dict[str, int] = {}
+    for session, turn in faults.received_turns:
+        res.teacher_out_of_order += int(turn < last.get(session, 0))
+        last[session] = max(turn, last.get(session, 0))
+    times = sorted((t, mid.rsplit("-", 1)[0]) for mid, t in arrived.items())
+    for d in cfg.dialogues:
+        since = started.get(d.id)
+        for i in range(len(d.turns)):
+            mid = f"{d.id}-{i + 1}"
+            t = arrived.get(mid)
+            if t is None or since is None:
+                continue
+            out = next((o for o in replies.get(d.id, []) if o["msg_id"] == mid), None)
+            # Half the timeout: the previous reply reaches the device up to a commit tick after the
+            # session is released, so a turn that timed out may show a little less than the timeout.
+            if out is not None and out["source"] != "cloud" and t - since >= cfg.timeout_s / 2:
+                res.stuck += 1
+                res.stuck_others_progressed += int(any(since < u < t and s != d.id for u, s in times))
+            since = t
 
 
 def _score(

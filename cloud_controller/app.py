@@ -113,6 +113,7 @@ class ControllerApp:
             return SqliteResourceStore(s.store_path), LocalLeader()
         from kubernetes import client, config
 
+        from cloud_controller.resources.crd_check import check_crds
         from cloud_controller.resources.kube_store import KubeResourceStore
         from cloud_controller.runtime.leader import LeaderElector
 
@@ -121,6 +122,11 @@ class ControllerApp:
         except config.ConfigException:
             await asyncio.to_thread(config.load_kube_config)
         api = client.ApiClient()
+        try:  # a missing CRD stops the start with its name, before any informer retries it forever
+            await check_crds(api)
+        except BaseException:
+            await asyncio.to_thread(api.close)
+            raise
         self._api = api
         store = KubeResourceStore(api)
         if s.leader_election is False:

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from cloud_controller.app import ControllerApp
 from cloud_controller.ingest.contracts import StoreConnectError
+from cloud_controller.resources.crd_check import CrdsMissing
 from cloud_controller.settings import ControllerSettings
 from edge_agent.ops.cli_kit import UsageError, Verb
 from edge_agent.ops.logs import JsonFormatter
@@ -148,6 +149,9 @@ def run_command(args: argparse.Namespace) -> int:
     except StoreConnectError as exc:  # store_dsn does not connect: host and reason, no traceback
         print(f"cloud-controller: {exc}", file=sys.stderr)
         return 2 if exc.permanent else 1
+    except CrdsMissing as exc:  # --kube against a cluster without (some of) crds/: which ones, and the fix
+        print(f"cloud-controller: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

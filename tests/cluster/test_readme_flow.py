@@ -21,7 +21,7 @@ from kubernetes import client
 from edgeloop_sim.harness.apiserver import REPO, ApiServer, current_kubectl
 from edgeloop_sim.harness.kube_controller import ControllerProcess, wait_observed
 from tests.cloud import manifest_refs
-from tests.cluster.helpers import ensure_namespace, getter
+from tests.cluster.helpers import ensure_namespace, getter, service_account_kubeconfig
 
 pytestmark = pytest.mark.cluster
 
@@ -69,19 +69,6 @@ def status_value(obj: dict[str, Any], json_path: str) -> Any:
     for part in json_path.split(".")[1:]:
         value = value.get(part) if isinstance(value, dict) else None
     return value
-
-
-def service_account_kubeconfig(kube: ApiServer, namespace: str, sa: str, path: Path) -> Path:
-    """A kubeconfig that authenticates as ``namespace/sa`` (TokenRequest), like the pod would."""
-    body = '{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{}}'
-    out = kube.kubectl("create", "--raw", f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token",
-                       "-f", "-", input=body).stdout
-    token = json.loads(out)["status"]["token"]
-    admin = yaml.safe_load(kube.kubeconfig.read_text())
-    admin["users"] = [{"name": sa, "user": {"token": token}}]
-    admin["contexts"][0]["context"].update(user=sa, namespace=namespace)
-    path.write_text(yaml.safe_dump(admin))
-    return path
 
 
 def test_examples_name_no_namespace() -> None:

@@ -16,6 +16,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent.config import MqttConfig
+from edge_agent.ops.gc_freeze import freeze_startup_heap
 from edge_agent.transport.mqtt import Message, MqttClient
 
 
@@ -63,3 +64,14 @@ def test_set_properties_are_kept() -> None:
     msg: Message = client._incoming.get_nowait()
     assert getattr(msg.properties, "ResponseTopic", None) == "r/t"
     assert getattr(msg.properties, "CorrelationData", None) == b"c"
+
+
+def test_freeze_startup_heap_exempts_what_exists_from_later_collections() -> None:
+    keep = [[i] for i in range(1000)]
+    try:
+        frozen = freeze_startup_heap()
+        assert frozen >= len(keep)
+        tracked = {id(o) for o in gc.get_objects()}
+        assert not any(id(x) in tracked for x in keep)
+    finally:
+        gc.unfreeze()

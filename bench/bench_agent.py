@@ -241,6 +241,18 @@ def build_report(res: dict[str, Any], cmd: str, quick: bool) -> tuple[str, list[
         stale = [
             r.get("stale_acks", 0) for mode in ("offline", "live") for r in tp.get(f"details_{mode}", [])
         ]
+        gcs = [
+            f"{r.get('gc_s', 0):.2f} s / {r.get('gc_full', 0)}"
+            for mode in ("offline", "live")
+            for r in tp.get(f"details_{mode}", [])
+            if "gc_s" in r
+        ]
+        if gcs:
+            body.append(
+                "- Agent time in garbage collection per single-reading run, seconds / full collections "
+                f"(offline runs, then live): {', '.join(gcs)} (`gc.callbacks` in the agent child; "
+                "profiles before and after in [profiles/agent-single.md](profiles/agent-single.md))."
+            )
         body.append(
             "- Agent findings seen in this run: inbound acks dropped as stale per agent run "
             f"(offline runs, then live): {stale} "

@@ -22,6 +22,7 @@ from edge_agent.config import AgentConfig, load_config
 from edge_agent.escalation.answer_cache import AnswerCache
 from edge_agent.escalation.budget import EscalationBudget
 from edge_agent.escalation.escalator import Escalator
+from edge_agent.ops.gc_freeze import freeze_startup_heap
 from edge_agent.ops.logs import setup_logging
 from edge_agent.ops.metrics import AgentMetrics
 from edge_agent.ops.sdnotify import Notifier, watchdog_interval
@@ -290,6 +291,7 @@ class Agent:
         wd = self.cfg.watchdog_interval_s or watchdog_interval(self._environ)
         if wd:
             self.tasks.spawn("watchdog", lambda: self._watchdog(wd))
+        freeze_startup_heap()  # everything built so far lives as long as the agent
         log.info(
             "edge agent started",
             extra={"node": self.cfg.node_id, "db": str(self.cfg.db_path), "metrics_port": self.metrics_port},

@@ -100,6 +100,7 @@ async def _agent_main(args: argparse.Namespace) -> int:
         await _shutdown(agent)
         return 0
     c, up, mq = agent.pipeline.counters, agent.uplink.stats, agent.client.stats
+    gc_time = _gc_timer()
     prof = None
     if args.profile:
         import cProfile
@@ -141,10 +142,30 @@ async def _agent_main(args: argparse.Namespace) -> int:
         "windows": c.windows_emitted,
         "uplink_bytes": up.bytes,
         "rejected": dict(c.rejected),
+        "gc_s": round(gc_time[0], 4),
+        "gc_full": int(gc_time[1]),
     }
     print(json.dumps(res), flush=True)
     await _shutdown(agent)
     return 0 if t_end is not None else 1
+
+
+def _gc_timer() -> list[float]:
+    """[seconds spent in garbage collection, full collections] from now on (``gc.callbacks``)."""
+    import gc
+
+    acc = [0.0, 0.0]
+    started = [0.0]
+
+    def cb(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            acc[0] += time.perf_counter() - started[0]
+            acc[1] += info["generation"] == 2
+
+    gc.callbacks.append(cb)
+    return acc
 
 
 async def _shutdown(agent: Any, limit: float = 20.0) -> None:

@@ -181,7 +181,8 @@ def bench_throughput(
             print(
                 f"  single/{mode} run {r + 1}: baseline {b.rate:,.0f}/s, agent {a.rate:,.0f}/s, "
                 f"ratio {a.rate / b.rate:.3f} (summaries {a.detail['summaries']}, "
-                f"readings {a.detail['readings']})",
+                f"readings {a.detail['readings']}, agent GC {a.detail.get('gc_s', 0):.3f} s in "
+                f"{a.detail.get('gc_full', 0)} full collections)",
                 flush=True,
             )
         out[f"single_{mode}"] = {"baseline": base_runs, "agent": agent_runs, "ratio": ratios}

@@ -87,6 +87,11 @@ class Connection:
         if self.reading or self.fd is None:
             return
         client = self.client
+        # One poll object per connection: cheaper per check than building select()'s three lists.
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        sock = client.socket()
+        pending = getattr(sock, "pending", None)  # TLS only
 
         def readable() -> None:
             client.loop_read()
@@ -94,11 +99,9 @@ class Connection:
             # bottleneck otherwise. TLS: decrypted bytes can sit inside the SSL object where epoll
             # cannot see them.
             for _ in range(_READS_PER_WAKEUP):
-                sock = client.socket()
-                if sock is None or not self.reading:
+                if not self.reading or client.socket() is not sock:
                     return
-                pending = getattr(sock, "pending", None)
-                if not (pending is not None and pending() > 0) and not select.select([sock], [], [], 0)[0]:
+                if not (pending is not None and pending() > 0) and not poller.poll(0):
                     return
                 client.loop_read()
 

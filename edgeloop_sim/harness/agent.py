@@ -19,15 +19,26 @@ from typing import Any
 import yaml
 
 
-def wait_until(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Poll a condition until it holds; fail with ``what`` on timeout."""
+def wait_until(
+    pred: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.02,
+    *,
+    error: type[Exception] = AssertionError,
+) -> Any:
+    """Poll a condition until it holds; raise ``error`` naming ``what`` on timeout.
+
+    A test's wait fails as an assertion; code that bench runs too (the crash
+    scenario) passes ``TimeoutError``, since a wait that ran out is not a test there.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = pred()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise error(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
 
 

@@ -21,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud_controller.teachers.chat_service import TeacherService
+from cloud_controller.teachers.teacher_backend import TeacherAnswer
 from edge_agent.config import MqttConfig
 from edge_agent.escalation.answer_cache import AnswerCache
 from edge_agent.escalation.budget import EscalationBudget
@@ -48,13 +49,6 @@ class Student:
     slots: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Pred:
-    intent: str
-    slots: dict[str, str]
-    confidence: float
-
-
 class KeywordTeacher:
     """Deterministic teacher: the intent is the text's last word, so every answer is checkable."""
 
@@ -66,14 +60,14 @@ class KeywordTeacher:
         self.gate = gate
         self.entered = threading.Event()
 
-    def predict_batch(self, texts: Sequence[str]) -> list[Pred]:
+    def predict_batch(self, texts: Sequence[str]) -> list[TeacherAnswer]:
         self.entered.set()
         if self.gate is not None:
             self.gate.wait(10)
         if self.compute_s:
             time.sleep(self.compute_s)  # stands for model compute inside the worker thread
         self.calls.append(len(texts))
-        return [Pred("intent_" + t.split()[-1], {"thing": t.split()[-1]}, 0.97) for t in texts]
+        return [TeacherAnswer("intent_" + t.split()[-1], {"thing": t.split()[-1]}, 0.97) for t in texts]
 
 
 @asynccontextmanager

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from _report import cpu_model, write_marked_block  # noqa: E402
 
 from cloud_controller.teachers.chat_service import TeacherService  # noqa: E402
+from cloud_controller.teachers.teacher_backend import TeacherAnswer  # noqa: E402
 from edge_agent.config import MqttConfig  # noqa: E402
 from edge_agent.escalation.answer_cache import AnswerCache  # noqa: E402
 from edge_agent.escalation.budget import EscalationBudget  # noqa: E402
@@ -46,20 +47,13 @@ START, END = "<!-- bench:escalation:start -->", "<!-- bench:escalation:end -->"
 NODE = "bench-node"
 
 
-@dataclass(frozen=True)
-class _Pred:
-    intent: str
-    slots: dict[str, str]
-    confidence: float
-
-
 class InstantTeacher:
     """Answers at once: the bench measures the transport, not a model."""
 
     version = "instant-1"
 
-    def predict_batch(self, texts: Sequence[str]) -> list[_Pred]:
-        return [_Pred("Bench", {}, 0.99) for _ in texts]
+    def predict_batch(self, texts: Sequence[str]) -> list[TeacherAnswer]:
+        return [TeacherAnswer("Bench", {}, 0.99) for _ in texts]
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from paho.mqtt.properties import Properties
 
 from cloud_controller.datasets.crosswoz import Dialogue
 from cloud_controller.teachers.chat_service import TeacherService
+from cloud_controller.teachers.teacher_backend import TeacherAnswer
 from edge_agent.config import ChatConfig, MqttConfig
 from edge_agent.models.bundle import write_bundle
 from edge_agent.preprocess.pii import Redactor
@@ -118,13 +119,6 @@ def unsure_chat_bundle(directory: Path) -> Path:
     )
 
 
-@dataclass(frozen=True)
-class OraclePrediction:
-    intent: str
-    slots: dict[str, str]
-    confidence: float
-
-
 class CrossWozOracle:
     """Teacher backend that answers from the CrossWOZ annotations (an oracle, not a model).
 
@@ -137,24 +131,24 @@ class CrossWozOracle:
     def __init__(self, dialogues: Sequence[Dialogue], chat: ChatConfig | None = None) -> None:
         red = Redactor(chat or ChatConfig())
         self.redact = lambda s: red.redact(s).text
-        self._turns: dict[tuple[str, str], OraclePrediction] = {}
+        self._turns: dict[tuple[str, str], TeacherAnswer] = {}
         for d in dialogues:
             for t in d.turns:
                 key = (d.id, normalize(self.redact(t.text))[:2000])
                 slots = {k: self.redact(v) for k, v in t.informed.items()}
-                self._turns.setdefault(key, OraclePrediction(t.intent, slots, 0.99))
+                self._turns.setdefault(key, TeacherAnswer(t.intent, slots, 0.99))
         self.misses = 0
 
-    def predict_batch(self, texts: Sequence[str]) -> list[OraclePrediction]:
+    def predict_batch(self, texts: Sequence[str]) -> list[TeacherAnswer]:
         return self.predict_turns([(t, None) for t in texts])
 
-    def predict_turns(self, turns: Sequence[tuple[str, DialogueStateWire | None]]) -> list[OraclePrediction]:
+    def predict_turns(self, turns: Sequence[tuple[str, DialogueStateWire | None]]) -> list[TeacherAnswer]:
         out = []
         for text, state in turns:
             hit = self._turns.get((state.session, text)) if state is not None else None
             if hit is None:
                 self.misses += 1
-                hit = OraclePrediction("unknown", {}, 0.0)
+                hit = TeacherAnswer("unknown", {}, 0.0)
             out.append(hit)
         return out
 

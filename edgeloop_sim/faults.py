@@ -45,6 +45,7 @@ from cloud_controller.ingest.summaries import SummaryStore
 from edge_agent.config import OutboxConfig
 from edge_agent.outbox.agent_store import AgentStore
 from edgeloop_sim.broker import Broker
+from edgeloop_sim.harness.agent import wait_until
 from edgeloop_sim.replay import BackgroundReplay
 from edgeloop_sim.replay_config import ReplayConfig
 from edgeloop_sim.replay_streams import iter_messages, select_devices
@@ -64,14 +65,7 @@ FaultKind = Literal["agent_kill", "controller_kill", "broker_restart", "cloud_ou
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
     """Poll a condition with a deadline; raise ``TimeoutError`` naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)  # polling interval of a condition with a deadline
+    return wait_until(pred, timeout, what, interval, error=TimeoutError)
 
 
 class _LoggedProc:

@@ -7,10 +7,11 @@ import os
 import resource
 import sqlite3
 import statistics
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from edgeloop_sim.harness.agent import wait_until
 
 MP = "edgeloop_controller_"
 
@@ -72,11 +73,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 def wait_for(pred: Any, timeout: float, what: str, poll_s: float = 0.25) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout}s")
-        time.sleep(poll_s)
+    """The harness's poller, at a pace that does not load the controller being measured."""
+    wait_until(pred, timeout, what, poll_s, error=TimeoutError)
 
 
 

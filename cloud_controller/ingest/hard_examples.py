@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cloud_controller.ingest.contracts import HardExampleStoreProtocol, StoredHardExample
+from cloud_controller.ingest.hard_example_rows import example_row, since_query, stored_example
 from cloud_controller.ingest.sqlite_db import connect_wal
 from edge_agent.protocol import messages as wire
 from edge_agent.protocol import topics
@@ -50,12 +51,8 @@ __all__ = [
     "HandleResult",
     "HardExampleStore",
     "SensorLabeller",
-    "example_row",
     "handle_hard_examples",
     "read_snapshot",
-    "stored_example",
-    "teacher_confidence",
-    "teacher_label",
     "write_snapshot",
 ]
 
@@ -130,24 +127,6 @@ def write_snapshot(path: str | Path, rows: Sequence[StoredHardExample]) -> None:
 def read_snapshot(path: str | Path) -> list[StoredHardExample]:
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return [StoredHardExample.from_json(json.loads(x)) for x in lines if x.strip()]
-
-
-def teacher_label(teacher: dict[str, Any] | None) -> str | None:
-    """The teacher's label: ``intent`` for chat, ``label`` for anything else that has one."""
-    if not teacher:
-        return None
-    value = teacher.get("intent", teacher.get("label"))
-    return str(value) if isinstance(value, str) and value else None
-
-
-def teacher_confidence(teacher: dict[str, Any] | None) -> float | None:
-    """The teacher's confidence in [0, 1], or None when it gave none (such rows never pass a threshold)."""
-    if not teacher:
-        return None
-    c = teacher.get("confidence")
-    if isinstance(c, bool) or not isinstance(c, int | float) or not wire.is_finite(float(c)):
-        return None
-    return min(max(float(c), 0.0), 1.0)
 
 
 class HardExampleStore:
@@ -227,15 +206,7 @@ class HardExampleStore:
         least that. ``limit`` keeps the NEWEST ``limit`` rows (still returned oldest
         first): with a cap, recent traffic is what the next student should learn.
         """
-        sql = "SELECT * FROM hard_examples WHERE task = ? AND received >= ? AND label IS NOT NULL"
-        args: list[Any] = [task, ts if ts is not None else 0.0]
-        if min_confidence is not None:
-            sql += " AND confidence >= ?"
-            args.append(min_confidence)
-        sql += " ORDER BY received DESC, id DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(int(limit))
+        sql, args = since_query(ts, task, min_confidence, limit, "?")
         with self._lock:
             rows = self.db.execute(sql, args).fetchall()
         return [stored_example(r) for r in reversed(rows)]
@@ -261,39 +232,6 @@ class HardExampleStore:
         by_node = dict(self.db.execute("SELECT node, COUNT(*) FROM hard_examples GROUP BY node").fetchall())
         dups = dict(self.db.execute("SELECT node, count FROM hard_example_duplicates").fetchall())
         return {"by_task": by_task, "by_node": by_node, "duplicates": dups}
-
-
-def example_row(ex: wire.HardExample, received: float) -> tuple[Any, ...]:
-    """The ``hard_examples`` columns of one example, in table order (both backends store the same)."""
-    return (
-        ex.id,
-        received,
-        ex.created,
-        ex.node,
-        ex.task,
-        ex.text,
-        json.dumps(ex.features) if ex.features is not None else None,
-        teacher_label(ex.teacher),
-        teacher_confidence(ex.teacher),
-        json.dumps(ex.teacher, sort_keys=True) if ex.teacher is not None else None,
-        json.dumps(ex.student, sort_keys=True),
-    )
-
-
-def stored_example(r: Sequence[Any]) -> StoredHardExample:
-    return StoredHardExample(
-        id=r[0],
-        received=r[1],
-        created=r[2],
-        node=r[3],
-        task=r[4],
-        text=r[5],
-        features=json.loads(r[6]) if r[6] is not None else None,
-        label=r[7],
-        confidence=r[8],
-        teacher=json.loads(r[9]) if r[9] is not None else None,
-        student=json.loads(r[10]),
-    )
 
 
 # --------------------------------------------------------------------------- ingest hook

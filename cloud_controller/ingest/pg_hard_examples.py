@@ -1,7 +1,7 @@
 """Hard examples on PostgreSQL: the cluster's ``HardExampleStoreProtocol``.
 
-The rows are the SQLite store's (``ingest/hard_examples.py`` builds and reads
-them), keyed on (node, id), so every replica ingests into one table and a
+The rows are the SQLite store's (``ingest/hard_example_rows.py`` builds and reads
+them for both), keyed on (node, id), so every replica ingests into one table and a
 DistillationJob started by the leader sees what any replica stored.
 """
 
@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
 
 import psycopg
 
 from cloud_controller.ingest.contracts import StoredHardExample
-from cloud_controller.ingest.hard_examples import example_row, stored_example
+from cloud_controller.ingest.hard_example_rows import example_row, since_query, stored_example
 from cloud_controller.ingest.pg_db import PgDatabase
 from edge_agent.protocol import messages as wire
 
@@ -102,15 +101,7 @@ class PgHardExampleStore:
         limit: int | None = None,
     ) -> list[StoredHardExample]:
         """What the SQLite store's ``since`` returns (same filter, same order, same cap)."""
-        sql = "SELECT * FROM hard_examples WHERE task = %s AND received >= %s AND label IS NOT NULL"
-        args: list[Any] = [task, ts if ts is not None else 0.0]
-        if min_confidence is not None:
-            sql += " AND confidence >= %s"
-            args.append(min_confidence)
-        sql += " ORDER BY received DESC, id DESC"
-        if limit is not None:
-            sql += " LIMIT %s"
-            args.append(int(limit))
+        sql, args = since_query(ts, task, min_confidence, limit, "%s")
         rows = self.pg.transaction(lambda conn: conn.execute(sql.encode(), args).fetchall())
         return [stored_example(r) for r in reversed(rows)]
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from edge_agent.protocol.manifest import (
 )
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.topics import release_prefix
+from edge_agent.updates.durable_files import atomic_write
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "ArtifactError", "ArtifactStore", "Release", "ReleaseStore"]
 
@@ -320,17 +320,7 @@ class ArtifactStore(ReleaseStore):
         path = self._blob_path(hexdigest)
         if path.exists():
             return hexdigest
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, data)  # whole or absent; named by content, so a rewrite is the same bytes
         return hexdigest
 
     def get_blob(self, hexdigest: str) -> bytes:

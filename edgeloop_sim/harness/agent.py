@@ -7,11 +7,13 @@ installed package, the notify socket is a real AF_UNIX datagram socket.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,15 +21,26 @@ from typing import Any
 import yaml
 
 
-def wait_until(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Poll a condition until it holds; fail with ``what`` on timeout."""
+def wait_until(
+    pred: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.02,
+    *,
+    error: type[Exception] = AssertionError,
+) -> Any:
+    """Poll a condition until it holds; raise ``error`` naming ``what`` on timeout.
+
+    A test's wait fails as an assertion; code that bench runs too (the crash
+    scenario) passes ``TimeoutError``, since a wait that ran out is not a test there.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = pred()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise error(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
 
 
@@ -138,3 +151,24 @@ class AgentProcess:
     def close(self) -> None:
         self.kill()
         self.notify.close()
+
+
+def scrape(agent: AgentProcess) -> str:
+    """The agent's /metrics text, from the port its latest run logged (the log spans restarts)."""
+    ports = re.findall(r'"metrics_port": (\d+)', agent.log_text())
+    assert ports, agent.log_text()
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports[-1]}/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """One sample of a Prometheus text page (0.0 when absent): ``name`` with exactly ``labels``, or bare."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = (
+        rf"^{re.escape(name)}(\{{{re.escape(want)}\}})? (\S+)$" if want else rf"^{re.escape(name)} (\S+)$"
+    )
+    for line in text.splitlines():
+        m = re.match(pattern, line)
+        if m:
+            return float(m.groups()[-1])
+    return 0.0

@@ -8,24 +8,16 @@ for the test's own, and a kubeconfig in place of the in-cluster service account.
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
 
 from edgeloop_sim.harness.agent import wait_until
 from edgeloop_sim.harness.apiserver import REPO
-from edgeloop_sim.supervisor import die_with_parent
+from edgeloop_sim.harness.controller_run import ControllerRun
 
-_HTTP_PORT = re.compile(r"controller \S+ running \(store: .*, http :(\d+),")
 DEPLOYMENT = REPO / "deploy" / "kubernetes" / "controller" / "deployment.yaml"
 
 
@@ -49,17 +41,13 @@ def deployment_env(namespace: str, pod_name: str) -> dict[str, str]:
     return env
 
 
-class ControllerProcess:
+class ControllerProcess(ControllerRun):
     """One controller replica (``identity`` plays the pod name) against a kubeconfig and a broker."""
 
     def __init__(self, workdir: Path, *, kubeconfig: Path, broker: tuple[str, int], namespace: str,
                  identity: str, lease_duration_s: float = 4.0, renew_deadline_s: float = 3.0,
                  retry_period_s: float = 0.5, extra_env: dict[str, str] | None = None) -> None:
-        self.identity = identity
-        self.dir = workdir / identity
-        self.dir.mkdir(parents=True, exist_ok=True)
-        # Port 0: the process binds a free one and logs it (a port picked here could be taken meanwhile).
-        self.http_port: int | None = None
+        super().__init__(workdir, identity)
         env = deployment_env(namespace, identity)
         # Plain MQTT to the test broker (the pod uses mutual TLS to edgeloop-broker:8883), and no
         # signing key unless the test gives one: these are files the pod gets from Secrets.
@@ -75,71 +63,12 @@ class ControllerProcess:
             "EDGELOOP_LEASE_RETRY_PERIOD_S": str(retry_period_s),
             **(extra_env or {}),
         })
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("EDGELOOP_")}, **env,
-                    "KUBECONFIG": str(kubeconfig)}
-        self.log_path = self.dir / "controller.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    def start(self) -> ControllerProcess:
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloud_controller.cli.main", "--log-level", "INFO", "run"],
-            env=self.env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
-            preexec_fn=die_with_parent,
-        )
-        return self
-
-    def http(self, path: str) -> tuple[int, str]:
-        if self.http_port is None:
-            found = _HTTP_PORT.search(self.log_text())
-            if found is None:
-                return 0, ""
-            self.http_port = int(found.group(1))
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as r:
-                return int(r.status), r.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, ""
-        except OSError:
-            return 0, ""
+        self.env = {**self.clean_environ(), **env, "KUBECONFIG": str(kubeconfig)}
 
     def is_leader(self) -> bool:
         code, body = self.http("/metrics")
         return code == 200 and any(line.startswith("edgeloop_controller_leader 1")
                                    for line in body.splitlines())
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        def ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"controller {self.identity} exited {self.proc.returncode}:\n"
-                                     f"{self.log_text()[-3000:]}")
-            return self.http("/readyz")[0] == 200
-        wait_until(ready, timeout, f"controller {self.identity} /readyz", interval=0.1)
-
-    def kill(self) -> None:
-        """SIGKILL: no lease release, no goodbye (a crashed pod or node)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def terminate(self, timeout: float = 30.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return self.proc.returncode
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def wait_observed(get: Any, timeout: float = 20.0, what: str = "status.observedGeneration") -> dict[str, Any]:

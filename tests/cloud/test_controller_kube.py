@@ -21,25 +21,10 @@ from cloud_controller.runtime.controller import (
 from cloud_controller.runtime.informer import split_key
 from cloud_controller.runtime.leader import LeaderElector
 from edge_agent.protocol.errors import PermanentError
+from tests.cloud.controller_harness import Signal
 from tests.cloud.kube_emulator import EdgeLoopKubeEmulator, kube_emulator
 
 NS = "default"
-
-
-class Signal:
-    """Wake waiters whenever something changed; they re-check their predicate."""
-
-    def __init__(self) -> None:
-        self._ev = asyncio.Event()
-
-    def fire(self) -> None:
-        self._ev.set()
-        self._ev = asyncio.Event()
-
-    async def wait_for(self, pred: Callable[[], bool], within_s: float = 5.0) -> None:
-        async with asyncio.timeout(within_s):
-            while not pred():
-                await self._ev.wait()
 
 
 class RecordingStore(KubeResourceStore):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,22 +18,9 @@ from cloud_controller.runtime.controller import (
     patch_status_with_observed_generation,
 )
 from cloud_controller.runtime.informer import split_key
+from tests.cloud.controller_harness import Signal
 
 NS = "default"
-
-
-class Signal:
-    def __init__(self) -> None:
-        self._ev = asyncio.Event()
-
-    def fire(self) -> None:
-        self._ev.set()
-        self._ev = asyncio.Event()
-
-    async def wait_for(self, pred: Callable[[], bool], within_s: float = 5.0) -> None:
-        async with asyncio.timeout(within_s):
-            while not pred():
-                await self._ev.wait()
 
 
 @pytest.fixture

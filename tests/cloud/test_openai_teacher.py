@@ -34,6 +34,7 @@ from edge_agent.protocol import messages as wire
 from edge_agent.protocol import topics
 from edge_agent.transport.mqtt import MqttClient
 from edge_agent.transport.rpc import Rpc
+from edgeloop_sim.harness.mqtt_session import connected_client
 from tests.cloud.llm_server import FakeLlm
 
 NODE = "node-1"
@@ -69,19 +70,8 @@ def backend(server: FakeLlm, clock: Callable[[], float] | None = None, **kw: Any
 
 
 @asynccontextmanager
-async def client(cfg: MqttConfig, cid: str) -> AsyncIterator[MqttClient]:
-    c = MqttClient(cfg, cid, name=cid, clean_start=True)
-    await c.start()
-    try:
-        await c.wait_connected(5)
-        yield c
-    finally:
-        await c.stop(timeout=1)
-
-
-@asynccontextmanager
 async def service(cfg: MqttConfig, b: OpenAICompatBackend) -> AsyncIterator[TeacherService]:
-    async with client(cfg, "teacher-1") as c:
+    async with connected_client(cfg, "teacher-1") as c:
         svc = TeacherService(c, b)
         await svc.start()
         try:
@@ -126,7 +116,7 @@ async def test_answer_with_dialogue_state_reaches_the_edge(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     b = backend(llm)
-    async with service(mqtt_cfg, b) as svc, client(mqtt_cfg, NODE) as c:
+    async with service(mqtt_cfg, b) as svc, connected_client(mqtt_cfg, NODE) as c:
         esc = escalator(c)
         before = state({"city": "北京", "date": "周五"})
         ans = await esc.answer("good 订 一间 大床房", Student(), before, before.version + 1)
@@ -149,7 +139,7 @@ async def test_answer_with_dialogue_state_reaches_the_edge(
 async def test_fenced_json_and_a_server_without_json_mode(mqtt_cfg: MqttConfig, llm: FakeLlm) -> None:
     llm.refuse_response_format = True
     b = backend(llm, max_retries=0)
-    async with service(mqtt_cfg, b), client(mqtt_cfg, NODE) as c:
+    async with service(mqtt_cfg, b), connected_client(mqtt_cfg, NODE) as c:
         first = await ask(c, "fenced play abba")
         second = await ask(c, "good play queen")
     assert first.error is None and first.intent == "intent_abba" and first.reply == "好的, abba"
@@ -165,7 +155,7 @@ async def test_malformed_and_wrong_schema_are_counted_errors_and_the_edge_keeps_
     mqtt_cfg: MqttConfig, llm: FakeLlm
 ) -> None:
     b = backend(llm)
-    async with service(mqtt_cfg, b) as svc, client(mqtt_cfg, NODE) as c:
+    async with service(mqtt_cfg, b) as svc, connected_client(mqtt_cfg, NODE) as c:
         malformed = await ask(c, "malformed play abba")
         schema = await ask(c, "schema play abba")
         esc = escalator(c)
@@ -182,7 +172,7 @@ async def test_malformed_and_wrong_schema_are_counted_errors_and_the_edge_keeps_
 
 async def test_slow_endpoint_times_out_after_retries(mqtt_cfg: MqttConfig, llm: FakeLlm) -> None:
     b = backend(llm, timeout_seconds=0.3, max_retries=1)
-    async with service(mqtt_cfg, b), client(mqtt_cfg, NODE) as c:
+    async with service(mqtt_cfg, b), connected_client(mqtt_cfg, NODE) as c:
         resp = await ask(c, "slow play abba")
     assert resp.error == "timeout"
     assert llm.by_text["slow play abba"] == 2 and b.stats.retries == 1
@@ -190,7 +180,7 @@ async def test_slow_endpoint_times_out_after_retries(mqtt_cfg: MqttConfig, llm: 
 
 async def test_server_error_then_success_is_retried(mqtt_cfg: MqttConfig, llm: FakeLlm) -> None:
     b = backend(llm, max_retries=2)
-    async with service(mqtt_cfg, b), client(mqtt_cfg, NODE) as c:
+    async with service(mqtt_cfg, b), connected_client(mqtt_cfg, NODE) as c:
         resp = await ask(c, "flaky play abba")
     assert resp.error is None and resp.intent == "intent_abba"
     assert llm.by_text["flaky play abba"] == 2 and b.stats.retries == 1
@@ -198,7 +188,7 @@ async def test_server_error_then_success_is_retried(mqtt_cfg: MqttConfig, llm: F
 
 async def test_rate_limited_is_retried_then_refused(mqtt_cfg: MqttConfig, llm: FakeLlm) -> None:
     b = backend(llm, max_retries=2)
-    async with service(mqtt_cfg, b) as svc, client(mqtt_cfg, NODE) as c:
+    async with service(mqtt_cfg, b) as svc, connected_client(mqtt_cfg, NODE) as c:
         resp = await ask(c, "limited play abba")
     assert resp.error == "rate_limited" and llm.by_text["limited play abba"] == 3
     assert svc.stats.refused == {"rate_limited": 1}
@@ -206,7 +196,7 @@ async def test_rate_limited_is_retried_then_refused(mqtt_cfg: MqttConfig, llm: F
 
 async def test_missing_api_key_is_refused_without_a_call(mqtt_cfg: MqttConfig, llm: FakeLlm) -> None:
     b = OpenAICompatBackend(spec(llm), environ={})
-    async with service(mqtt_cfg, b), client(mqtt_cfg, NODE) as c:
+    async with service(mqtt_cfg, b), connected_client(mqtt_cfg, NODE) as c:
         resp = await ask(c, "good play abba")
     assert resp.error == "no_api_key" and llm.requests == []
 
@@ -217,7 +207,7 @@ async def test_missing_api_key_is_refused_without_a_call(mqtt_cfg: MqttConfig, l
 async def test_concurrency_limit_is_respected(mqtt_cfg: MqttConfig, llm: FakeLlm) -> None:
     llm.hold_s = 0.3
     b = backend(llm, max_concurrency=2)
-    async with service(mqtt_cfg, b), client(mqtt_cfg, NODE) as c:
+    async with service(mqtt_cfg, b), connected_client(mqtt_cfg, NODE) as c:
         answers = await asyncio.gather(*(ask(c, f"hold thing {i}") for i in range(8)))
     assert all(a.error is None for a in answers)
     assert len(llm.requests) == 8
@@ -227,7 +217,7 @@ async def test_concurrency_limit_is_respected(mqtt_cfg: MqttConfig, llm: FakeLlm
 async def test_budget_exhausted_refuses_until_the_hour_rolls(mqtt_cfg: MqttConfig, llm: FakeLlm) -> None:
     now = [7200.0 + 10]
     b = backend(llm, clock=lambda: now[0], tokens_per_hour=100)  # the server bills 50 tokens a call
-    async with service(mqtt_cfg, b) as svc, client(mqtt_cfg, NODE) as c:
+    async with service(mqtt_cfg, b) as svc, connected_client(mqtt_cfg, NODE) as c:
         spent = [await ask(c, f"good call {i}") for i in range(2)]
         refused = await ask(c, "good call 2")
         now[0] = 3 * 3600.0 + 1  # the next clock hour
@@ -241,7 +231,7 @@ async def test_budget_exhausted_refuses_until_the_hour_rolls(mqtt_cfg: MqttConfi
 async def test_budget_estimates_tokens_without_usage(mqtt_cfg: MqttConfig, llm: FakeLlm) -> None:
     llm.usage_tokens = None
     b = backend(llm, tokens_per_hour=1)
-    async with service(mqtt_cfg, b), client(mqtt_cfg, NODE) as c:
+    async with service(mqtt_cfg, b), connected_client(mqtt_cfg, NODE) as c:
         first = await ask(c, "good call one")
         second = await ask(c, "good call two")
     assert first.error is None and second.error == "budget" and b.spend.spent > 1
@@ -249,7 +239,7 @@ async def test_budget_estimates_tokens_without_usage(mqtt_cfg: MqttConfig, llm: 
 
 async def test_cache_hit_avoids_the_call_and_is_keyed_by_state(mqtt_cfg: MqttConfig, llm: FakeLlm) -> None:
     b = backend(llm)
-    async with service(mqtt_cfg, b), client(mqtt_cfg, NODE) as c:
+    async with service(mqtt_cfg, b), connected_client(mqtt_cfg, NODE) as c:
         a = await ask(c, "good book a room", state())
         same = await ask(c, "good   Book a ROOM", state())  # normalizes alike, same dialogue content
         other_session = await ask(c, "good book a room", state().model_copy(update={"session": "s-2"}))
@@ -302,7 +292,7 @@ async def test_the_pipeline_that_selects_a_node_names_its_teacher(
                     break
                 await asyncio.sleep(0.05)
             assert serving.service is not None
-            async with client(mqtt_cfg, NODE) as c1, client(mqtt_cfg, "node-2") as c2:
+            async with connected_client(mqtt_cfg, NODE) as c1, connected_client(mqtt_cfg, "node-2") as c2:
                 hotel = await ask(c1, "good 订 房间", state())
                 plain = await ask(c2, "good 订 房间", node="node-2")
             stored = [await store.get("EdgePipeline", "default", n) for n in ("hotel", "plain")]

@@ -10,9 +10,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeloop_sim.broker import Broker
-from edgeloop_sim.harness.agent import AgentProcess, agent_config, wait_until
+from edgeloop_sim.harness.agent import AgentProcess, agent_config, metric, scrape, wait_until
 from edgeloop_sim.harness.receiver import ReceiverProcess
-from tests.edge.test_agent import metric, scrape
 
 
 def test_cloud_unreachable_then_back_loses_nothing(tmp_path: Path, broker: Broker) -> None:

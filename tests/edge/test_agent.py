@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeloop_sim.broker import Broker
-from edgeloop_sim.harness.agent import AgentProcess, agent_config, wait_until
+from edgeloop_sim.harness.agent import AgentProcess, agent_config, metric, scrape, wait_until
 from edgeloop_sim.harness.receiver import ReceiverProcess
 from edgeloop_sim.replay import replay
 from edgeloop_sim.replay_config import ReplayConfig
@@ -57,29 +55,6 @@ def publish_all(c: paho.Client, msgs: list[tuple[str, bytes]]) -> None:
     infos = [c.publish(t, p, qos=1) for t, p in msgs]
     for i in infos:
         i.wait_for_publish(10)
-
-
-def metrics_port(agent: AgentProcess) -> int:
-    m = re.search(r'"metrics_port": (\d+)', agent.log_text())
-    assert m, agent.log_text()
-    return int(m.group(1))
-
-
-def scrape(agent: AgentProcess) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port(agent)}/metrics", timeout=5) as r:
-        return r.read().decode()
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = (
-        rf"^{re.escape(name)}(\{{{re.escape(want)}\}})? (\S+)$" if want else rf"^{re.escape(name)} (\S+)$"
-    )
-    for line in text.splitlines():
-        m = re.match(pattern, line)
-        if m:
-            return float(m.groups()[-1])
-    return 0.0
 
 
 def test_skab_replay_reaches_cloud_exactly(broker: Broker, receiver: ReceiverProcess, agent_factory) -> None:

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeloop_sim.broker import Broker
-from edgeloop_sim.harness.agent import AgentProcess, agent_config, wait_until
+from edgeloop_sim.harness.agent import AgentProcess, agent_config, metric, scrape, wait_until
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "devices.md"
 
@@ -95,20 +94,6 @@ def run_example(cmd: str, broker: Broker) -> None:
     local = cmd.replace("-h localhost -p 1883", f"-h {broker.host} -p {broker.port}")
     assert local != cmd, f"examples must use -h localhost -p 1883: {cmd}"
     subprocess.run(["bash", "-euo", "pipefail", "-c", local], check=True, timeout=20)
-
-
-def scrape(agent: AgentProcess) -> str:
-    port = re.search(r'"metrics_port": (\d+)', agent.log_text())
-    assert port, agent.log_text()
-    with urllib.request.urlopen(f"http://127.0.0.1:{port.group(1)}/metrics", timeout=5) as r:
-        return str(r.read().decode())
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    head = re.escape(name) + (re.escape("{" + want + "}") if want else "")
-    m = re.search(rf"^{head} (\S+)$", text, flags=re.MULTILINE)
-    return float(m.group(1)) if m else 0.0
 
 
 def test_every_accepted_example_is_taken(broker: Broker, agent: AgentProcess, device: Device) -> None:

@@ -21,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud_controller.teachers.chat_service import TeacherService
+from cloud_controller.teachers.teacher_backend import TeacherAnswer
 from edge_agent.config import MqttConfig
 from edge_agent.escalation.answer_cache import AnswerCache
 from edge_agent.escalation.budget import EscalationBudget
@@ -33,6 +34,7 @@ from edge_agent.protocol.errors import RejectedMessage
 from edge_agent.transport.mqtt import Message, MqttClient
 from edge_agent.transport.rpc import Rpc
 from edgeloop_sim.broker import Broker
+from edgeloop_sim.harness.mqtt_session import connected_client
 
 NODE = "node-1"
 
@@ -47,13 +49,6 @@ class Student:
     slots: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Pred:
-    intent: str
-    slots: dict[str, str]
-    confidence: float
-
-
 class KeywordTeacher:
     """Deterministic teacher: the intent is the text's last word, so every answer is checkable."""
 
@@ -65,30 +60,19 @@ class KeywordTeacher:
         self.gate = gate
         self.entered = threading.Event()
 
-    def predict_batch(self, texts: Sequence[str]) -> list[Pred]:
+    def predict_batch(self, texts: Sequence[str]) -> list[TeacherAnswer]:
         self.entered.set()
         if self.gate is not None:
             self.gate.wait(10)
         if self.compute_s:
             time.sleep(self.compute_s)  # stands for model compute inside the worker thread
         self.calls.append(len(texts))
-        return [Pred("intent_" + t.split()[-1], {"thing": t.split()[-1]}, 0.97) for t in texts]
-
-
-@asynccontextmanager
-async def client(cfg: MqttConfig, cid: str) -> AsyncIterator[MqttClient]:
-    c = MqttClient(cfg, cid, name=cid, clean_start=True)
-    await c.start()
-    try:
-        await c.wait_connected(5)
-        yield c
-    finally:
-        await c.stop(timeout=1)
+        return [TeacherAnswer("intent_" + t.split()[-1], {"thing": t.split()[-1]}, 0.97) for t in texts]
 
 
 @asynccontextmanager
 async def teacher(cfg: MqttConfig, model: KeywordTeacher, **kw: object) -> AsyncIterator[TeacherService]:
-    async with client(cfg, "teacher-1") as c:
+    async with connected_client(cfg, "teacher-1") as c:
         svc = TeacherService(c, model, **kw)  # type: ignore[arg-type]
         await svc.start()
         try:
@@ -211,7 +195,7 @@ def test_wire_strict_and_topics() -> None:
 
 async def test_round_trip_cache_and_hard_example(mqtt_cfg: MqttConfig) -> None:
     model = KeywordTeacher()
-    async with teacher(mqtt_cfg, model) as svc, client(mqtt_cfg, "edge-1") as c:
+    async with teacher(mqtt_cfg, model) as svc, connected_client(mqtt_cfg, "edge-1") as c:
         esc = escalator(c)
         try:
             a = await esc.answer("play some abba", Student("PlayMusic", 0.3, {"artist": "abb"}))
@@ -241,7 +225,7 @@ async def test_round_trip_cache_and_hard_example(mqtt_cfg: MqttConfig) -> None:
 
 
 async def test_timeout_without_teacher_is_degraded_in_time(mqtt_cfg: MqttConfig) -> None:
-    async with client(mqtt_cfg, "edge-1") as c:
+    async with connected_client(mqtt_cfg, "edge-1") as c:
         esc = escalator(c, timeout_s=0.3)
         try:
             t0 = time.monotonic()
@@ -260,7 +244,7 @@ async def test_broker_stopped_mid_request_degrades_at_once(broker: Broker, mqtt_
     gate = threading.Event()
     model = KeywordTeacher(gate=gate)
     try:
-        async with teacher(mqtt_cfg, model), client(mqtt_cfg, "edge-1") as c:
+        async with teacher(mqtt_cfg, model), connected_client(mqtt_cfg, "edge-1") as c:
             esc = escalator(c, timeout_s=5.0)
             try:
                 task = asyncio.create_task(esc.answer("hello there", Student("Greet", 0.1)), name="t-answer")
@@ -285,7 +269,10 @@ async def test_broker_stopped_mid_request_degrades_at_once(broker: Broker, mqtt_
 async def test_teacher_batches_concurrent_requests(mqtt_cfg: MqttConfig) -> None:
     model = KeywordTeacher(compute_s=0.02)
     n = 40
-    async with teacher(mqtt_cfg, model, max_batch=16, max_wait_ms=5) as svc, client(mqtt_cfg, "edge-1") as c:
+    async with (
+        teacher(mqtt_cfg, model, max_batch=16, max_wait_ms=5) as svc,
+        connected_client(mqtt_cfg, "edge-1") as c,
+    ):
         esc = escalator(c, timeout_s=5.0)
         try:
             answers = await asyncio.gather(
@@ -307,7 +294,7 @@ async def test_bad_requests_get_errors_and_are_counted(mqtt_cfg: MqttConfig) -> 
         inbox.put_nowait(msg)
         return b""
 
-    async with teacher(mqtt_cfg, model) as svc, client(mqtt_cfg, "probe") as c:
+    async with teacher(mqtt_cfg, model) as svc, connected_client(mqtt_cfg, "probe") as c:
         reply_to = topics.rpc_response(NODE, "probe")
         await Rpc(c).serve(reply_to, sink)
 

@@ -17,7 +17,6 @@ import sys
 import time
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ pytest.importorskip("onnx")
 
 from cloud_controller.calls.node_calls import NodeCalls
 from cloud_controller.teachers.chat_service import TeacherService
+from cloud_controller.teachers.teacher_backend import TeacherAnswer
 from edge_agent.config import MqttConfig
 from edge_agent.ops import tracing
 from edge_agent.protocol import messages as wire
@@ -43,20 +43,13 @@ DEVICE = "dev-1"
 FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "100"}
 
 
-@dataclass(frozen=True)
-class Pred:
-    intent: str
-    slots: dict[str, str]
-    confidence: float
-
-
 class BookingTeacher:
     """Fills one slot named after the utterance's first word, so what the teacher added is traceable."""
 
     version = "booking-1"
 
-    def predict_batch(self, texts: Sequence[str]) -> list[Pred]:
-        return [Pred("BookRestaurant", {f"said_{t.split()[0]}": t.split()[-1]}, 0.95) for t in texts]
+    def predict_batch(self, texts: Sequence[str]) -> list[TeacherAnswer]:
+        return [TeacherAnswer("BookRestaurant", {f"said_{t.split()[0]}": t.split()[-1]}, 0.95) for t in texts]
 
 
 def _wait_spans(collector: TraceCollector, pred: object, what: str, timeout: float = 15.0) -> None:

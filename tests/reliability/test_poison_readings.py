@@ -11,27 +11,18 @@ nothing is redelivered after a restart.
 from __future__ import annotations
 
 import json
-import re
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edgeloop_sim.broker import Broker
-from edgeloop_sim.harness.agent import AgentProcess, agent_config, wait_until
+from edgeloop_sim.harness.agent import AgentProcess, agent_config, metric, scrape, wait_until
 from edgeloop_sim.harness.receiver import ReceiverProcess
-from tests.edge.test_agent import metric, publish_all, publisher
+from tests.edge.test_agent import publish_all, publisher
 
 SHUTDOWN_S = 5.0
-
-
-def scrape(agent: AgentProcess) -> str:
-    """Metrics of the agent's latest run (the log file spans restarts)."""
-    port = re.findall(r'"metrics_port": (\d+)', agent.log_text())[-1]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        return str(r.read().decode())
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from edge_agent.protocol.manifest import canonical_json, manifest_digest
 from edge_agent.protocol.topics import manifest_topic
 from edge_agent.transport.mqtt import MqttClient
 from edge_agent.updates.manager import ModelManager
-from tests.protocol.test_model_delivery import NODE, Cloud, TinyModel, desired, health
+from tests.protocol.delivery_harness import NODE, Cloud, TinyModel, desired, health
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -101,17 +101,6 @@ def test_every_security_item_has_a_test(promise: str) -> None:
 
 
 # --------------------------------------------------------------------------- unsigned models
-
-
-@pytest.fixture
-async def cloud(tmp_path: Path, mqtt_cfg: MqttConfig) -> AsyncIterator[Cloud]:
-    client = MqttClient(mqtt_cfg, "edgeloop-controller", clean_start=True)
-    await client.start()
-    await client.wait_connected(5)
-    try:
-        yield Cloud(tmp_path / "cloud", client)
-    finally:
-        await client.stop()
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 A node numbers its batches from its state directory; when that is lost the
 numbers start again, and a batch arrives with a sequence number the node
-already used in this epoch (or below the epoch's first). That starts a new
+already used in this epoch (or far below the epoch's first). That starts a new
 *epoch* (recorded in ``epochs`` and on every batch), so gaps are counted within
 an epoch and the reset itself is visible (``resets`` in the totals, the metrics
 and the EdgeNode status) instead of hiding among the counts.
@@ -18,7 +18,15 @@ from collections.abc import Callable
 
 from cloud_controller.ingest.contracts import SeqState
 
-__all__ = ["EPOCH_TOTALS_SQL", "advance", "gaps_of"]
+__all__ = ["EPOCH_TOTALS_SQL", "REORDER_WINDOW", "advance", "gaps_of"]
+
+# How far below an epoch's first number a new batch may arrive and still be a late one, not a
+# restart. Batches overtake each other: the uplink's in-flight window, and with replicas on a
+# shared subscription a killed replica's unacknowledged messages come back after it restarts,
+# behind everything the other replica took meanwhile. A restarted node starts again at 0, so a
+# real reset far below the first number is told at once; one that is not is told when it
+# reuses a number of this epoch (the other rule).
+REORDER_WINDOW = 65_536
 
 # Per node and epoch: first and last sequence number and how many distinct ones arrived.
 EPOCH_TOTALS_SQL = (
@@ -38,10 +46,14 @@ def advance(st: SeqState, seq: int, used_in_epoch: Callable[[int, int], bool]) -
         st.gaps += seq - st.last - 1
         st.last = seq
         return None
-    if seq < st.first or seq == st.last or used_in_epoch(seq, st.epoch):
+    if st.first - seq > REORDER_WINDOW or seq == st.last or used_in_epoch(seq, st.epoch):
         previous = st.last
         st.epoch, st.first, st.last = st.epoch + 1, seq, seq
         return previous
+    if seq < st.first:  # a late batch from before the first one this epoch saw
+        st.gaps += st.first - seq - 1
+        st.first = seq
+        return None
     st.gaps -= 1  # a late batch filling a gap of this epoch
     return None
 

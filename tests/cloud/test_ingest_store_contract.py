@@ -167,6 +167,25 @@ def test_sequence_going_back_starts_a_new_epoch(backend: Backend) -> None:
         again.close()
 
 
+def test_batches_overtaken_across_replicas_are_late_not_a_reset(backend: Backend) -> None:
+    """With two replicas on a shared subscription, a node's early batches can arrive after later ones
+    (a killed replica's unacknowledged messages come back after its restart): late, not a restart."""
+    store = backend.summaries()
+    store.open()
+    try:
+        _seqs(store, "n1", [3, 4, 5], "a")
+        _seqs(store, "n1", [0, 2], "b")
+        (n1,) = store.totals()
+        assert (n1.resets, n1.seq_gaps, n1.first_seq, n1.last_seq) == (0, 1, 0, 5)
+        _seqs(store, "n1", [1], "c")
+        (n1,) = store.totals()
+        assert (n1.resets, n1.seq_gaps, n1.batches) == (0, 0, 6)
+        seq = store.sequence("n1")
+        assert seq is not None and (seq.epoch, seq.first, seq.last, seq.gaps) == (0, 0, 5, 0)
+    finally:
+        store.close()
+
+
 def test_reset_inside_one_burst_and_redelivery_beside_it(backend: Backend) -> None:
     store = backend.summaries()
     store.open()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -115,9 +116,16 @@ def test_runner_failure_reaches_the_store(postgres_dsn: str, tmp_path: Path,
 def test_job_with_a_shared_store_mounts_no_claim(tmp_path: Path) -> None:
     ref = JobRef("j", "edgeloop", UID, tmp_path, {"metadata": {"uid": UID}})
     template = KubeJobLauncher.load_template()
-    plain = render_job(template, ref)
-    assert any(v.get("persistentVolumeClaim") for v in plain["spec"]["template"]["spec"]["volumes"]
-               if v["name"] == "work")
+    # A template of the user's own that shares a claim (no shared store): each job gets its sub-path.
+    claimed = copy.deepcopy(template)
+    for v in claimed["spec"]["template"]["spec"]["volumes"]:
+        if v["name"] == "work":
+            v.pop("emptyDir", None)
+            v["persistentVolumeClaim"] = {"claimName": "distillation-work"}
+    plain = render_job(claimed, ref)
+    (mount,) = [m for m in plain["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+                if m["mountPath"] == POD_WORK_DIR]
+    assert mount["subPath"] == UID
     job = render_job(template, ref, exchange=True)
     pod = job["spec"]["template"]["spec"]
     (work,) = [v for v in pod["volumes"] if v["name"] == "work"]

@@ -122,7 +122,9 @@ def _train_one(
         student_params=student_params or {},
         seed=seed,
     )
-    recipe = spec.model_dump_json(exclude={"data_root"}) + _data_digest(data_root, task)
+    # held_back unset is left out of the key: caches from before the field existed stay valid.
+    skip = {"data_root"} | ({"held_back"} if spec.held_back is None else set())
+    recipe = spec.model_dump_json(exclude=skip) + _data_digest(data_root, task)
     key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
     final = cache / f"{name}-{config}-{key}"
     if (final / "bundle" / "manifest.json").is_file():

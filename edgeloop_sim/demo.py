@@ -108,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         help="gate: allowed intent-acc drop on the fixed set (points)",
     )
     ap.add_argument(
+        "--sensor-min-gain",
+        type=float,
+        default=2.0,
+        help="sensor job gate: F1 points v2 must gain over v1 on the held-back test experiments",
+    )
+    ap.add_argument(
         "--min-teacher-confidence",
         type=float,
         default=0.3,
@@ -249,6 +255,8 @@ def run_loop(args: argparse.Namespace) -> int:
         report["wall_seconds"] = round(time.time() - t0, 1)
         md = demo_report.write(out, report, loop.traffic.utterances, loop.traffic.statuses, loop.timeline, t0)
         print(md)
+        for line in demo_report.verdict_lines(report):
+            say(line)
         say(f"report: {out / 'report.md'}, {out / 'report.png'}")
         nodes = report.get("nodes_final", {})
         on_new = all(v["chat_version"] == report["chat"]["after_version"] for v in nodes.values())

@@ -42,6 +42,17 @@ TEACHER_NAME = "chat-snips-teacher"
 SENSOR_MODEL_NAME = "skab-sensor"
 SENSOR_TEACHER_NAME = "skab-sensor-teacher"
 SENSOR_BASE = "skab?groups=valve1"
+# The sensor test devices: every other valve2/other experiment. Neither v1 (valve1 only), nor the
+# teacher, nor the DistillationJob trains on them; the job scores them against their labels
+# (``data.heldBack``) and its gate asks for SENSOR_MIN_GAIN F1 points there.
+SENSOR_HELD_BACK: tuple[str, ...] = (
+    "valve2/1",
+    "valve2/3",
+    *(f"other/{i}" for i in range(2, 15, 2)),
+)
+SENSOR_HELD_BACK_DATA = "skab?experiments=" + ",".join(SENSOR_HELD_BACK)
+SENSOR_TEACHER_BASE = "skab?exclude=" + ",".join(SENSOR_HELD_BACK)
+SENSOR_MIN_GAIN = 2.0
 CACHE = Path(".cache/edgeloop/demo")
 # Student epochs of the full config in the demo (v1, teacher and the DistillationJob alike): 3 epochs
 # are within about a point of 10 on SNIPS and keep the live re-distillation to ~2-3 min on 2 cores.
@@ -93,6 +104,7 @@ def _train_one(
     say: Say,
     task: Literal["chat", "sensor"] = "chat",
     student_params: dict[str, float] | None = None,
+    seed: int | None = None,
 ) -> tuple[Path, bool]:
     from cloud_controller.distill_runner.job import run
     from cloud_controller.distill_runner.protocol import ProgressLog, RunnerSpec
@@ -108,8 +120,11 @@ def _train_one(
         output_model=name,
         version=version,
         student_params=student_params or {},
+        seed=seed,
     )
-    recipe = spec.model_dump_json(exclude={"data_root"}) + _data_digest(data_root, task)
+    # held_back unset is left out of the key: caches from before the field existed stay valid.
+    skip = {"data_root"} | ({"held_back"} if spec.held_back is None else set())
+    recipe = spec.model_dump_json(exclude=skip) + _data_digest(data_root, task)
     key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
     final = cache / f"{name}-{config}-{key}"
     if (final / "bundle" / "manifest.json").is_file():
@@ -167,29 +182,52 @@ class SensorModels:
     seconds: float
 
 
+def sensor_device(experiment: str) -> str:
+    """The replay's device id of a SKAB experiment (``valve2/1`` -> ``skab-valve2-1``)."""
+    return "skab-" + experiment.replace("/", "-")
+
+
+def sensor_gate(max_regression: float, min_gain: float = SENSOR_MIN_GAIN) -> dict[str, object]:
+    """The sensor DistillationJob's gate (the demo's and the bench's): F1 gain on the held-back
+    experiments, no F1 regression beyond ``max_regression`` on valve1 (gold labels), and the share
+    of valve1 windows sent to the cloud may not rise by more than 5 points."""
+    return {
+        "metric": "f1",
+        "gainOn": "heldback",
+        "minGain": min_gain,
+        "maxRegression": max_regression,
+        "guards": [{"metric": "escalation_rate", "maxRegression": 0.05}],
+    }
+
+
 def ensure_sensor_models(
     config: Literal["tiny", "full"] = "full",
     *,
     data_root: str | None = None,
     cache: Path = CACHE,
     say: Say = _stderr,
+    seed: int | None = None,
 ) -> SensorModels:
     """v1 of ``skab-sensor`` (valve1 only) and the sensor teacher, trained by the runner and cached.
 
+    ``seed``: None = the recipe's own (the demo); the bench draws both models per seed.
+
     The held-back part for sensors: SKAB's ``valve2`` and ``other`` experiment
     groups (other faults on the same pump). The teacher is a wider MLP on every
-    group, so it can label the windows v1 is unsure about from their feature
-    vectors alone (the cloud has no per-device baseline).
+    group except the test experiments (:data:`SENSOR_HELD_BACK`), so it can label
+    the windows v1 is unsure about from their feature vectors alone (the cloud
+    has no per-device baseline), and a gain on the test experiments is not a
+    teacher that has already seen them.
     """
     t0 = time.monotonic()
     cache = cache.resolve()
     student, s_new = _train_one(
-        SENSOR_MODEL_NAME, "1", SENSOR_BASE, config, None, data_root, cache, say, task="sensor"
+        SENSOR_MODEL_NAME, "1", SENSOR_BASE, config, None, data_root, cache, say, task="sensor", seed=seed
     )
     teacher, t_new = _train_one(
         SENSOR_TEACHER_NAME,
         "1",
-        "skab",
+        SENSOR_TEACHER_BASE,
         config,
         None,
         data_root,
@@ -197,6 +235,7 @@ def ensure_sensor_models(
         say,
         task="sensor",
         student_params={"hidden": 64, "hidden2": 32},
+        seed=seed,
     )
     return SensorModels(student, teacher, SENSOR_BASE, s_new or t_new, time.monotonic() - t0)
 

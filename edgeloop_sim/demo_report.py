@@ -105,6 +105,35 @@ def _job_section(title: str, d: dict[str, Any], legend: str) -> list[str]:
     return [*lines, "", legend, ""]
 
 
+def held_back_f1(sd: dict[str, Any]) -> tuple[float, float] | None:
+    """(v1, new version) F1 % on the sensor job's held-back experiments, if the job measured it."""
+    b, a = sd.get("metricsBefore") or {}, sd.get("metricsAfter") or {}
+    if "heldback_f1" not in b or "heldback_f1" not in a:
+        return None
+    return float(b["heldback_f1"]), float(a["heldback_f1"])
+
+
+def verdict_lines(r: dict[str, Any]) -> list[str]:
+    """One line per DistillationJob that did not ship, saying why; one line for the sensor figure.
+
+    The reason is the gate's own message (``status.message``), so the line names the metric,
+    the threshold and both values; nobody has to open the report to learn why v1 stayed.
+    """
+    lines = []
+    for key, name in (("distillation", "chat"), ("sensor_distillation", "sensor")):
+        d = r.get(key) or {}
+        stage = d.get("stage")
+        if stage and stage != "Succeeded":
+            lines.append(f"{name} DistillationJob {stage}, v1 stays: {d.get('message')}")
+    hb = held_back_f1(r.get("sensor_distillation") or {})
+    if hb is not None:
+        v1, v2 = hb
+        lines.append(
+            f"sensor held-back experiments (never trained on): F1 {v1:.2f} -> {v2:.2f} ({v2 - v1:+.2f})"
+        )
+    return lines
+
+
 def markdown(r: dict[str, Any]) -> str:
     lines = [
         "# EdgeLoop demo report",
@@ -170,10 +199,20 @@ def markdown(r: dict[str, Any]) -> str:
         ]
     sd = r.get("sensor_distillation")
     if sd:
+        hb = held_back_f1(sd)
+        if hb is not None:
+            v1, v2 = hb
+            lines += [
+                f"**Held-back SKAB experiments** (the test devices above; trained on by neither v1, the "
+                f"teacher nor the job), F1 point-wise against their labels: v1 {v1:.2f} → new "
+                f"{v2:.2f} (**{v2 - v1:+.2f}**); the gate requires the gain (`gainOn: heldback`).",
+                "",
+            ]
         lines += _job_section(
             "Sensor DistillationJob",
             sd,
             "`fixed_*`: SKAB valve1 experiments with their gold labels, point-wise (SKAB protocol); "
+            "`heldback_*`: the same on the held-back test experiments (valve2/other); "
             "`new_*`: held-out hard examples (windows the nodes were unsure about), the teacher's "
             "decision as gold.",
         )

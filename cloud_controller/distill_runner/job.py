@@ -42,6 +42,8 @@ def run(spec: RunnerSpec, out: Path, progress: ProgressLog) -> dict[str, Any]:
     """The whole job; returns what goes into result.json (``ok`` true)."""
     if spec.task == "sensor":
         return run_sensor(spec, out, progress, load_hard_examples(spec))
+    if spec.held_back:
+        raise ValueError("data.heldBack is supported for task sensor only")
     return run_chat(spec, out, progress)
 
 

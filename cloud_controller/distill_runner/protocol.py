@@ -53,6 +53,7 @@ class RunnerSpec(BaseModel):
     task: Literal["chat", "sensor"]
     teacher: str = "labels"  # "labels" | "bundle:PATH" | a MiniLM teacher name
     base: str = "snips"
+    held_back: str | None = None  # sensor: labelled experiments only scored, never trained on
     temperature: float = 2.0
     alpha: float = 0.5
     epochs: int | None = None
@@ -82,18 +83,23 @@ class BaseSpec(BaseModel):
     dataset: str
     exclude: list[str] = Field(default_factory=list)
     groups: list[str] = Field(default_factory=list)
+    experiments: list[str] = Field(default_factory=list)
 
 
 def parse_base(base: str) -> BaseSpec:
     """``snips``, ``snips?exclude=IntentA,IntentB`` (the held-back intents the first student never
-    saw) or ``skab?groups=valve1`` (the SKAB experiment groups the first sensor student saw)."""
+    saw), ``skab?groups=valve1`` (the SKAB experiment groups the first sensor student saw),
+    ``skab?exclude=valve2/1`` (SKAB without some experiments) or ``skab?experiments=valve2/1,other/2``
+    (just those: a held-back set)."""
     name, _, query = base.partition("?")
     q = parse_qs(query)
 
     def items(key: str) -> list[str]:
         return [x for v in q.get(key, []) for x in v.split(",") if x]
 
-    return BaseSpec(dataset=name, exclude=items("exclude"), groups=items("groups"))
+    return BaseSpec(
+        dataset=name, exclude=items("exclude"), groups=items("groups"), experiments=items("experiments")
+    )
 
 
 class ProgressLog:

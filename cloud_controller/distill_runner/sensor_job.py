@@ -40,7 +40,12 @@ Evaluation runs the int8 bundle through the edge's own
   protocol point-wise (``f1``, ``acc`` in %, ``far``/``mar`` in %), and the
   share of windows in the uncertainty band (``escalation_rate``, a fraction);
 * ``new_*``: the held-out hard examples, the teacher's decision as gold
-  (``acc``, window-level ``f1`` in %), ``escalation_rate`` and ``mean_confidence``.
+  (``acc``, window-level ``f1`` in %), ``escalation_rate`` and ``mean_confidence``;
+* ``heldback_*`` (with ``data.heldBack``): labelled experiments that are neither
+  base data nor hard examples of this job, the ``fixed_*`` figures on them. This
+  is where a gain means the loop generalised (``gate.gainOn: heldback``); the
+  ``new_*`` agreement only says the student now repeats the teacher on windows
+  it was shown. They are dropped from the base if it names them.
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ from cloud_controller.ingest.contracts import StoredHardExample
 from edge_agent.models.sensor_runtime import SensorModel
 
 if TYPE_CHECKING:
-    from cloud_controller.training.sensor_train import FileWindows
+    from cloud_controller.training.sensor_train import FileWindows, SensorTrainConfig
     from edge_agent.models.features import FeatureSpec
 
 __all__ = ["evaluate_fixed", "evaluate_new", "run_sensor", "teacher_probability"]
@@ -174,6 +179,24 @@ def _spec_of_parent(parent: str | None) -> FeatureSpec | None:
     return SensorModel(parent).load().spec
 
 
+def _held_back_files(spec: RunnerSpec, cfg: SensorTrainConfig) -> list[FileWindows]:
+    """The labelled experiments of ``spec.held_back`` (every one, whatever the config's file cap)."""
+    from cloud_controller.training.sensor_train import build_files
+
+    if not spec.held_back:
+        return []
+    hb = parse_base(spec.held_back)
+    if hb.dataset != "skab":
+        raise ValueError(f"held-back data {spec.held_back!r}: only skab experiments can be held back")
+    every = replace(cfg, max_files=None, use_free=False)
+    files, _, _ = build_files(every, spec.data_root, lambda *_: None, groups=hb.groups or None)
+    keep = [f for f in files if (not hb.experiments or f.key in hb.experiments) and f.key not in hb.exclude]
+    unknown = sorted(set(hb.experiments) - {f.key for f in keep})
+    if unknown:
+        raise ValueError(f"held-back data {spec.held_back!r}: unknown SKAB experiment(s) {unknown}")
+    return keep
+
+
 def run_sensor(
     spec: RunnerSpec, out: Path, progress: ProgressFn, hard: Sequence[StoredHardExample]
 ) -> dict[str, Any]:
@@ -203,11 +226,19 @@ def run_sensor(
 
     progress("Collecting", 0.02, f"loading SKAB groups {base.groups or 'all'}")
     files, free, raw_spec = build_files(cfg, spec.data_root, lambda *_: None, groups=base.groups or None)
+    held = _held_back_files(spec, cfg)
+    # Never train on what is scored as held back, nor on what the base excludes.
+    drop = set(base.exclude) | {f.key for f in held}
+    files = [f for f in files if f.key not in drop]
+    if base.experiments:
+        files = [f for f in files if f.key in set(base.experiments)]
+    if not files:
+        raise ValueError(f"no SKAB experiments left in the base {spec.base!r}")
     parent_spec = _spec_of_parent(spec.parent_bundle)
     fspec = parent_spec or fit_floor([*files, *free], raw_spec, cfg.floor_frac)
     if parent_spec is not None and tuple(parent_spec.metrics) != tuple(raw_spec.metrics):
         raise ValueError(f"parent's metrics {parent_spec.metrics} differ from SKAB's {raw_spec.metrics}")
-    prepare([*files, *free], fspec, BaselineDetector())
+    prepare([*files, *free, *held], fspec, BaselineDetector())
     hx, hp, ex, ep, dropped = _split_hard(hard, fspec.n_features, spec.new_eval_fraction, held_out)
     in_train = len(ex) < 4 and len(hx) > 0
     if in_train:  # too few to hold out: evaluate on all of them (reported as new_in_train = 1)
@@ -216,7 +247,8 @@ def run_sensor(
         "Collecting",
         0.1,
         f"{len(files)} base experiments + {len(free)} anomaly-free series, "
-        f"{len(hx)} new windows ({dropped} unusable)",
+        f"{len(hx)} new windows ({dropped} unusable)"
+        + (f", {len(held)} held-back experiments (scored only)" if held else ""),
     )
     timings["collect_s"] = time.perf_counter() - t0
 
@@ -289,11 +321,12 @@ def run_sensor(
 
     progress("Evaluating", 0.75, f"{len(files)} fixed experiments + {len(ex)} new windows")
     t2 = time.perf_counter()
-    after = {**evaluate_fixed(candidate, files, band), **evaluate_new(candidate, ex, ep, band)}
-    before: dict[str, float] = {}
-    if spec.parent_bundle:
-        parent = Path(spec.parent_bundle)
-        before = {**evaluate_fixed(parent, files, band), **evaluate_new(parent, ex, ep, band)}
+    def scores(b: Path) -> dict[str, float]:
+        m = {**evaluate_fixed(b, files, band), **evaluate_new(b, ex, ep, band)}
+        return {**m, **evaluate_fixed(b, held, band, "heldback")} if held else m
+
+    after = scores(candidate)
+    before = scores(Path(spec.parent_bundle)) if spec.parent_bundle else {}
     after["new_in_train"] = float(in_train)
     progress("Evaluating", 0.95, "writing the bundle")
     bundle = out / "bundle"

@@ -371,7 +371,12 @@ class ModelRollout(_Resource[ModelRolloutSpec, ModelRolloutStatus]):
 
 
 class TrainingData(_Model):
+    """``held_back``: labelled experiments (e.g. ``skab?experiments=valve2/1,other/2``) the job never
+    trains on and only scores, before and after (``heldback_*`` metrics): the one figure that says
+    whether the loop generalises beyond the windows it was shown. Sensor jobs only."""
+
     base: str
+    held_back: str | None = None
     hard_examples_since: dt.datetime | None = None
     min_teacher_confidence: Fraction | None = None
     max_hard_examples: NonNegInt | None = None
@@ -414,12 +419,15 @@ class Gate(_Model):
     good direction: for a lower-is-better metric a gain is a decrease and a regression an increase.
     ``direction`` unset means inferred from the metric's name (:func:`infer_direction`), so existing
     objects keep validating and a gate on ``escalation_rate`` is not silently inverted. ``guards``
-    unset (not an empty list) so an object without them dumps back unchanged."""
+    unset (not an empty list) so an object without them dumps back unchanged. ``gain_on`` names the
+    set ``minGain`` is measured on: ``new`` (the held-out hard examples, the default) or ``heldback``
+    (the job's ``data.heldBack`` experiments, scored against their own labels)."""
 
     metric: str = "intent_acc"
     direction: Literal["higher", "lower"] | None = None
     max_regression: Annotated[float, Field(ge=0, le=100)] | None = None
     min_gain: Annotated[float, Field(ge=-100, le=100)] | None = None
+    gain_on: Literal["new", "heldback"] | None = None
     guards: Annotated[list[GateGuard], Field(max_length=8)] | None = None
 
     @property

@@ -2,8 +2,12 @@
 
 Metric ``m`` = ``spec.gate.metric``: regression on the fixed set at most
 ``maxRegression`` (default 0), gain on the new data at least ``minGain`` (no
-requirement when unset). Both are positive amounts in the metric's unit counted
-in its better direction (``spec.gate.direction``, else inferred from the name:
+requirement when unset). ``spec.gate.gainOn: heldback`` measures that gain on
+the job's held-back experiments instead (``heldback_m``, scored against their
+own labels, never trained on): the question a fleet asks of a sensor model is
+whether it got better on devices it was not shown, not on the windows it was.
+Both amounts are positive, in the metric's unit, counted in its better
+direction (``spec.gate.direction``, else inferred from the name:
 lower-is-better for ``escalation_rate``, ``far``, ``mar``, ``error_rate``,
 ``loss``): for ``intent_acc`` the gain is ``after - before``, for
 ``escalation_rate`` it is ``before - after``. ``spec.gate.guards`` bound further
@@ -97,7 +101,8 @@ def evaluate_gate(gate: Gate, before: dict[str, float], after: dict[str, float])
     bounds one more metric's regression on the fixed set, so a version cannot buy its gain on the
     gate's metric with a worse one elsewhere (e.g. more of the old traffic escalated)."""
     m = gate.metric
-    fk, nk = f"fixed_{m}", f"new_{m}"
+    gain_set = gate.gain_on or "new"
+    fk, nk = f"fixed_{m}", f"{gain_set}_{m}"
     if fk not in after:
         return GateVerdict(False, "MetricMissing", f"{fk} was not measured")
     guards = gate.guards or []
@@ -127,8 +132,14 @@ def evaluate_gate(gate: Gate, before: dict[str, float], after: dict[str, float])
     if guards_failed:
         return GateVerdict(False, "GuardRegression", "; ".join(guards_failed))
     if gate.min_gain is not None:
-        if not after.get("new_n"):
+        if not after.get(f"{gain_set}_n"):
+            if gain_set == "heldback":
+                return GateVerdict(
+                    False, "NoHeldBackData", f"no held-back data to measure a gain of {gate.min_gain} on"
+                )
             return GateVerdict(False, "NoNewData", f"no new examples to measure a gain of {gate.min_gain} on")
+        if gain_set == "heldback" and nk not in after:
+            return GateVerdict(False, "MetricMissing", f"{nk} was not measured")
         if nk in before:
             parts.append(f"{nk} {_num(before[nk])} -> {_num(after[nk])}")
             g, need = -_worsening(nk, higher, before, after), gate.min_gain

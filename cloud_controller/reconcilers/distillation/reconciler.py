@@ -172,6 +172,7 @@ def make_distillation_reconciler(
             task=js.task,
             teacher=js.teacher,
             base=d.base,
+            held_back=d.held_back,
             temperature=js.temperature,
             alpha=js.alpha,
             epochs=js.epochs,

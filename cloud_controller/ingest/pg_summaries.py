@@ -102,27 +102,17 @@ class PgSummaryStore:
         nodes = sorted({b.node for b, _, _ in items})
 
         def body(conn: Conn) -> tuple[list[bool], dict[str, SeqState]]:
-            out: list[bool] = []
             with conn.cursor() as cur:
                 states = _lock_sequences(cur, nodes)
                 # Each batch goes in with its node's epoch from before the burst (provisional).
-                cur.executemany(
-                    f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (node, id) DO NOTHING RETURNING 1",
-                    [(b.node, b.id, b.seq, b.readings, len(b.windows), nbytes, b.created, received,
-                      states[b.node].epoch if b.node in states else 0) for b, received, nbytes in items],
-                    returning=True,
-                )
-                while True:
-                    out.append(cur.fetchone() is not None)
-                    if not cur.nextset():
-                        break
+                out = _insert_batches(cur, items, states)
                 dups = Counter(b.node for (b, _, _), new in zip(items, out, strict=True) if not new)
                 if dups:
-                    cur.executemany(
-                        "INSERT INTO duplicates VALUES (%s, %s) "
+                    rows = sorted(dups.items())
+                    cur.execute(
+                        "INSERT INTO duplicates SELECT * FROM unnest(%s::text[], %s::bigint[]) "
                         "ON CONFLICT (node) DO UPDATE SET count = duplicates.count + excluded.count",
-                        sorted(dups.items()),
+                        ([n for n, _ in rows], [c for _, c in rows]),
                     )
                 _advance_sequences(cur, items, out, states)
             return out, states
@@ -186,10 +176,53 @@ def _lock_key(node: str) -> int:
     return zlib.crc32(node.encode()) - (1 << 31)
 
 
+def _insert_batches(
+    cur: psycopg.Cursor[tuple[object, ...]],
+    items: Sequence[tuple[wire.SummaryBatch, float, int]],
+    states: dict[str, SeqState],
+) -> list[bool]:
+    """Insert the burst in ONE statement over arrays; per item, whether it was new.
+
+    One statement instead of a row each: the client's cost per row is then filling
+    nine arrays, not a protocol round of its own. Rows go in array order, so of a
+    (node, id) repeated within the burst the first is inserted and the later ones
+    are duplicates, as they would be across bursts.
+    """
+    cols: tuple[list[object], ...] = ([], [], [], [], [], [], [], [], [])
+    node_c, id_c, seq_c, read_c, win_c, bytes_c, created_c, recv_c, epoch_c = cols
+    for b, received, nbytes in items:
+        node_c.append(b.node)
+        id_c.append(b.id)
+        seq_c.append(b.seq)
+        read_c.append(b.readings)
+        win_c.append(len(b.windows))
+        bytes_c.append(nbytes)
+        created_c.append(float(b.created))  # one element type per array
+        recv_c.append(float(received))
+        st = states.get(b.node)
+        epoch_c.append(st.epoch if st is not None else 0)
+    cur.execute(
+        f"INSERT INTO batches ({BATCH_COLUMNS}) SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], "
+        "%s::bigint[], %s::bigint[], %s::bigint[], %s::float8[], %s::float8[], %s::bigint[]) "
+        "ON CONFLICT (node, id) DO NOTHING RETURNING node, id",
+        cols,
+    )
+    inserted = {(str(n), str(i)) for n, i in cur.fetchall()}
+    out: list[bool] = []
+    for b, _, _ in items:
+        key = (b.node, b.id)
+        out.append(key in inserted)
+        inserted.discard(key)  # a repeat later in the burst is a duplicate
+    return out
+
+
 def _lock_sequences(cur: psycopg.Cursor[tuple[object, ...]], nodes: list[str]) -> dict[str, SeqState]:
-    """Lock the burst's nodes (in key order: no deadlock between replicas) and read their epochs."""
-    cur.executemany("SELECT pg_advisory_xact_lock(%s, %s)",
-                    [(_SEQ_LOCK_CLASS, k) for k in sorted({_lock_key(n) for n in nodes})])
+    """Lock the burst's nodes (in key order: no deadlock between replicas) and read their epochs.
+
+    One statement: ``unnest`` yields the sorted keys in array order, so the locks are taken in it.
+    """
+    cur.execute("SELECT pg_advisory_xact_lock(%s, k) FROM unnest(%s::int[]) WITH ORDINALITY AS u(k, o) "
+                "ORDER BY o", (_SEQ_LOCK_CLASS, sorted({_lock_key(n) for n in nodes})))
     cur.execute("SELECT node, epoch, first_seq, last_seq, gaps FROM sequences WHERE node = ANY(%s)", (nodes,))
     return {str(n): SeqState(int(e), int(f), int(la), int(g))  # type: ignore[call-overload]
             for n, e, f, la, g in cur.fetchall()}
@@ -244,9 +277,11 @@ def _advance_sequences(
     if started:
         cur.executemany("INSERT INTO epochs VALUES (%s, %s, %s, %s, %s)", started)
     if new_ids:
-        cur.executemany(
-            "INSERT INTO sequences VALUES (%s, %s, %s, %s, %s) ON CONFLICT (node) DO UPDATE SET "
+        rows = [(n, st.epoch, st.first, st.last, st.gaps) for n, st in sorted(states.items()) if n in new_ids]
+        cur.execute(
+            "INSERT INTO sequences SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], "
+            "%s::bigint[], %s::bigint[]) ON CONFLICT (node) DO UPDATE SET "
             "epoch = excluded.epoch, first_seq = excluded.first_seq, last_seq = excluded.last_seq, "
             "gaps = excluded.gaps",
-            [(n, st.epoch, st.first, st.last, st.gaps) for n, st in sorted(states.items()) if n in new_ids],
+            tuple(list(col) for col in zip(*rows, strict=True)),
         )

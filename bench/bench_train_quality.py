@@ -172,7 +172,7 @@ def render(out: Path) -> tuple[str, str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "var" / "bench-train-quality")
-    p.add_argument("--threads", type=int, default=2, help="torch threads of the training process")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the training process")
     p.add_argument("--render-only", action="store_true", help="write the docs from the finished run in --out")
     args = p.parse_args()
     if not args.render_only:

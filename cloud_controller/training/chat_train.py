@@ -356,6 +356,7 @@ def teacher_valid_score(valid: Sequence[Example]) -> Callable[[MiniLmTeacherHand
 
     def score(handle: MiniLmTeacherHandle) -> float:
         m = teacher_metrics(handle, valid)
+        tqdm.write(f"teacher valid: intent {m.intent_acc:.2f} slot F1 {m.slot_f1:.2f}")
         return m.intent_acc + m.slot_f1
 
     return score

@@ -33,6 +33,7 @@ __all__ = [
     "MiniLmTeacherHandle",
     "cache_root",
     "load_or_train_teacher",
+    "tag_targets",
     "teacher_predict",
     "torch_threads",
 ]
@@ -138,6 +139,19 @@ def encode_for_teacher(
     return enc["input_ids"], enc["attention_mask"], word_index
 
 
+def tag_targets(batch: Sequence[Example], word_index: torch.Tensor, tag_ix: dict[str, int]) -> torch.Tensor:
+    """Slot targets per word [B, W]; -100 (ignored) on padding and on words cut off by ``max_pieces``.
+
+    A cut word has no word piece (its index is 0, the [CLS] position): training it
+    would teach [CLS] to carry the tag of a word it never saw.
+    """
+    y = torch.full(word_index.shape, -100, dtype=torch.long)
+    for i, e in enumerate(batch):
+        y[i, : len(e.tags)] = torch.tensor([tag_ix[t] for t in e.tags])
+    y[word_index == 0] = -100
+    return y
+
+
 def _cache_key(cfg: MiniLmTeacherConfig, intents: list[str], tags: list[str], data_key: str | None) -> str:
     blob = json.dumps(
         {
@@ -221,10 +235,7 @@ def load_or_train_teacher(
         for batch in _length_batches(data, cfg.batch_size, rng):
             ids, att, widx = encode_for_teacher(tok, [e.tokens for e in batch], cfg.max_pieces)
             y_int = torch.tensor([intent_ix[e.intent] for e in batch])
-            y_tag = torch.full(widx.shape, -100, dtype=torch.long)
-            for i, e in enumerate(batch):
-                y_tag[i, : len(e.tags)] = torch.tensor([tag_ix[t] for t in e.tags])
-            y_tag[widx == 0] = -100  # a word cut off by max_pieces has no piece: no label, no [CLS] target
+            y_tag = tag_targets(batch, widx, tag_ix)
             il, sl = model(ids, att, widx)
             loss = ce(il, y_int) + ce(sl.reshape(-1, sl.shape[-1]), y_tag.reshape(-1))
             opt.zero_grad()

@@ -8,7 +8,9 @@ subprocess, exactly as a user would, in a work dir emptied first (so no stage an
 teacher is reused: the timings are a full training). Wall time on a shared machine
 says little, so the children's CPU time (user + system, ``getrusage``) is measured
 too; the estimate for an unloaded 2-core machine is CPU seconds / 2, which assumes
-the two torch threads scale perfectly (they do not quite: read it as a lower bound).
+two torch threads scale perfectly (they do not quite: read it as a lower bound).
+The run itself uses one torch thread by default (``--threads``): on a machine
+loaded by other work, two contended threads made a teacher step ~6x slower.
 
 Writes the ``bench:train-quality`` block of ``docs/benchmarks.md`` and the block of
 the same name in ``docs/training.md`` (the figures that page quotes).

@@ -59,6 +59,7 @@ def train(out: Path, threads: int) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "cloud_controller.cli", "train", "chat", "--data", str(data_dir())]
     cmd += ["--config", "full", "--out", str(out)]
     env = {**os.environ, "EDGELOOP_TORCH_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    machine = machine_info()  # before the run: its "load" is the load the run started under
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_start = os.getloadavg()
     t0 = time.perf_counter()
@@ -73,7 +74,7 @@ def train(out: Path, threads: int) -> dict[str, Any]:
         "load_start": list(load_start),
         "load_end": list(os.getloadavg()),
         "command": " ".join(cmd[1:]),
-        "machine": machine_info(),
+        "machine": machine,
         "bench_command": command_line(),
     }
     (out / "bench_timing.json").write_text(json.dumps(timing, indent=2), encoding="utf-8")
@@ -136,7 +137,7 @@ def render(out: Path) -> tuple[str, str]:
             *stage_rows,
             "",
             f"- total: wall {timing['wall_seconds'] / 60:.1f} min, CPU {timing['cpu_seconds']:.0f} s "
-            f"(user + system of the training process, {timing['threads']} torch threads); estimate for an "
+            f"(user + system of the training process, torch threads: {timing['threads']}); estimate for an "
             f"unloaded 2-core machine = CPU s / 2 = {est_min:.1f} min (assumes perfect 2-thread scaling). "
             f"The machine was shared: load average {timing['load_start'][0]:.1f} at start, "
             f"{timing['load_end'][0]:.1f} at end, so wall time is pessimistic.",

@@ -165,8 +165,9 @@ def render(out: Path) -> tuple[str, str]:
             *stage_rows[2:],
             "",
             f"Total CPU {timing['cpu_seconds']:.0f} s, i.e. about {est_min:.0f} min on an unloaded "
-            f"2-core machine (CPU s / 2); wall {timing['wall_seconds'] / 60:.0f} min on the shared "
-            f"machine it ran on (load average {timing['load_start'][0]:.1f}).",
+            f"2-core machine (CPU s / 2, if two torch threads scaled perfectly; on one thread it is "
+            f"CPU s); wall {timing['wall_seconds'] / 60:.0f} min on the shared machine it ran on "
+            f"(torch threads: {timing['threads']}, load average {timing['load_start'][0]:.1f}).",
         ]
     )
     return body, short

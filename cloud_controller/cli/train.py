@@ -13,6 +13,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,9 @@ def configure_train(p: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("torch") is None:
         raise UsageError("needs the train extra (pip install 'edgeloop[train]')")
+    # A training run owns the machine: every core, unless EDGELOOP_TORCH_THREADS says otherwise (the
+    # library default of 1 thread is for a distillation job sharing a box with agents and the controller).
+    os.environ.setdefault("EDGELOOP_TORCH_THREADS", str(os.cpu_count() or 1))
     if args.log_level is None:  # onnxruntime's quantizer logs every tensor at INFO on the root logger
         logging.getLogger().setLevel(logging.WARNING)
     try:

@@ -31,8 +31,9 @@ from cloud_controller.training.chat_train import (
     ChatTrainConfig,
     pca_table,
     predict_onnx,
+    teacher_decode,
     teacher_logits_for,
-    teacher_metrics,
+    teacher_valid_score,
     train_student,
 )
 from cloud_controller.training.export import export_onnx, quantize_int8
@@ -167,7 +168,13 @@ def run_chat(opts: ChatRunOptions, log: Any = print) -> dict[str, Any]:
         nonlocal handle
         if handle is None:
             handle = load_or_train_teacher(
-                cfg.teacher, train, intents, tags, data_key=k_data, cache=opts.out / "teacher"
+                cfg.teacher,
+                train,
+                intents,
+                tags,
+                data_key=k_data,
+                cache=opts.out / "teacher",
+                score=teacher_valid_score(valid) if cfg.teacher.epochs > 1 else None,
             )
         return handle
 
@@ -175,11 +182,18 @@ def run_chat(opts: ChatRunOptions, log: Any = print) -> dict[str, Any]:
         out: dict[str, Any] = {"used": opts.teacher}
         if opts.teacher:
             h = get_teacher()
+            pi, pt = teacher_decode(h, test)
+            gi, gt = [e.intent for e in test], [list(e.tags) for e in test]
+            m = evaluate_nlu(gi, pi, gt, pt).as_dict()
+            b = nlu_breakdown(gi, pi, gt, pt, intents, tags)
+            m.update({k: b[k] for k in ("intent_acc_macro", "slot_f1_macro")})
             out.update(
                 {
-                    "test": teacher_metrics(h, test).as_dict(),
+                    "test": m,
                     "size_bytes": h.size_bytes,
                     "train_seconds": h.train_seconds,
+                    "train_cpu_seconds": h.train_cpu_seconds,
+                    "history": h.history,
                 }
             )
         teacher_file.parent.mkdir(parents=True, exist_ok=True)
@@ -310,6 +324,7 @@ def run_chat(opts: ChatRunOptions, log: Any = print) -> dict[str, Any]:
         "bundle_bytes": sum(p.stat().st_size for p in bundle_dir.iterdir() if p.is_file()),
         "student": {k: v for k, v in info.items() if k != "history"},
         "stage_seconds": wd.seconds(),
+        "stage_cpu_seconds": wd.cpu_seconds(),
         "stages_skipped": wd.skipped,
     }
     if teacher.get("test"):

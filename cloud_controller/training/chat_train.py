@@ -66,8 +66,10 @@ __all__ = [
     "pca_table",
     "predict_onnx",
     "run",
+    "teacher_decode",
     "teacher_logits_for",
     "teacher_metrics",
+    "teacher_valid_score",
     "train_student",
 ]
 
@@ -329,14 +331,35 @@ def pca_table(vectors: np.ndarray, dim: int) -> np.ndarray:
     return table
 
 
-def teacher_metrics(handle: MiniLmTeacherHandle, examples: Sequence[Example]) -> NluMetrics:
+def teacher_decode(
+    handle: MiniLmTeacherHandle, examples: Sequence[Example]
+) -> tuple[list[str], list[list[str]]]:
+    """Teacher intent + tags per example, decoded like the edge (BIO-valid Viterbi), so it compares fairly."""
     il, sl = teacher_predict(handle, [e.tokens for e in examples], desc="teacher eval")
     pi, pt = [], []
     for k in range(len(examples)):
         a, b = _decode(il[k : k + 1], sl[k][None], [len(sl[k])], handle.intents, handle.tags)
         pi += a
         pt += b
+    return pi, pt
+
+
+def teacher_metrics(handle: MiniLmTeacherHandle, examples: Sequence[Example]) -> NluMetrics:
+    pi, pt = teacher_decode(handle, examples)
     return evaluate_nlu([e.intent for e in examples], pi, [e.tags for e in examples], pt)
+
+
+def teacher_valid_score(valid: Sequence[Example]) -> Callable[[MiniLmTeacherHandle], float] | None:
+    """Per-epoch selection score for the teacher (valid intent acc + slot F1); None without valid data."""
+    if not valid:
+        return None
+
+    def score(handle: MiniLmTeacherHandle) -> float:
+        m = teacher_metrics(handle, valid)
+        tqdm.write(f"teacher valid: intent {m.intent_acc:.2f} slot F1 {m.slot_f1:.2f}")
+        return m.intent_acc + m.slot_f1
+
+    return score
 
 
 def run(
@@ -360,7 +383,7 @@ def run(
     }
     handle: MiniLmTeacherHandle | None = None
     if mode in {"teacher", "all"}:
-        handle = load_or_train_teacher(cfg.teacher, train, intents, tags)
+        handle = load_or_train_teacher(cfg.teacher, train, intents, tags, score=teacher_valid_score(valid))
         report["teacher"] = {
             "test": teacher_metrics(handle, test).as_dict(),
             "size_bytes": handle.size_bytes,

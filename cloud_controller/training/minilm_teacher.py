@@ -15,7 +15,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ __all__ = [
     "MiniLmTeacherHandle",
     "cache_root",
     "load_or_train_teacher",
+    "tag_targets",
     "teacher_predict",
     "torch_threads",
 ]
@@ -47,14 +48,25 @@ def cache_root() -> Path:
 
 @dataclass(frozen=True)
 class MiniLmTeacherConfig:
-    """Fine-tuning recipe; every field is part of the cache key."""
+    """Fine-tuning recipe; every field is part of the cache key.
 
-    epochs: int = 2
+    One recipe for every dataset (nothing here is tuned to SNIPS). Why these values:
+    two epochs at 5e-5 (the BERT-base habit) left this 6-layer, 384-wide sentence
+    encoder under-trained on tokens (SNIPS slot F1 92.7, below its own student):
+    small encoders want a higher rate and more passes, AdamW with linear warmup
+    and decay. The word-piece embedding table stays frozen: it is half the
+    parameters (a third of each step's time), and pieces of words that train
+    never had (entity names in test) stay where pre-training put them.
+    The epoch with the best valid intent accuracy + slot F1 is kept.
+    """
+
+    epochs: int = 4
     batch_size: int = 32
-    lr: float = 5e-5
+    lr: float = 1e-4
     head_lr: float = 1e-3
-    warmup: float = 0.06
-    max_pieces: int = 64
+    warmup: float = 0.1
+    max_pieces: int = 128
+    freeze_word_embeddings: bool = True
     max_train: int | None = None
     seed: int = 0
 
@@ -70,6 +82,8 @@ class MiniLmTeacherHandle:
     cache_dir: Path
     size_bytes: int
     train_seconds: float
+    train_cpu_seconds: float = 0.0
+    history: list[dict[str, float]] | None = None
 
 
 def torch_threads() -> int:
@@ -125,6 +139,19 @@ def encode_for_teacher(
     return enc["input_ids"], enc["attention_mask"], word_index
 
 
+def tag_targets(batch: Sequence[Example], word_index: torch.Tensor, tag_ix: dict[str, int]) -> torch.Tensor:
+    """Slot targets per word [B, W]; -100 (ignored) on padding and on words cut off by ``max_pieces``.
+
+    A cut word has no word piece (its index is 0, the [CLS] position): training it
+    would teach [CLS] to carry the tag of a word it never saw.
+    """
+    y = torch.full(word_index.shape, -100, dtype=torch.long)
+    for i, e in enumerate(batch):
+        y[i, : len(e.tags)] = torch.tensor([tag_ix[t] for t in e.tags])
+    y[word_index == 0] = -100
+    return y
+
+
 def _cache_key(cfg: MiniLmTeacherConfig, intents: list[str], tags: list[str], data_key: str | None) -> str:
     blob = json.dumps(
         {
@@ -148,12 +175,15 @@ def load_or_train_teacher(
     retrain: bool = False,
     data_key: str | None = None,
     cache: Path | None = None,
+    score: Callable[[MiniLmTeacherHandle], float] | None = None,
 ) -> MiniLmTeacherHandle:
     """Load the cached teacher for (config, data), or fine-tune and cache it.
 
     ``data_key`` names the training data in the cache key (default: the SNIPS
     files' fingerprint); ``cache`` replaces the shared cache root (the ``train``
-    verb keeps its teacher in its own work dir).
+    verb keeps its teacher in its own work dir). ``score`` (higher is better,
+    e.g. valid intent accuracy + slot F1) is called after every epoch and the
+    best epoch's weights are kept; without it the last epoch is kept.
     """
     torch.set_num_threads(torch_threads())
     cache_dir = (cache or cache_root() / "teacher-chat") / _cache_key(cfg, intents, tags, data_key)
@@ -164,7 +194,15 @@ def load_or_train_teacher(
         meta = json.loads((cache_dir / "meta.json").read_text())
         model.eval()
         return MiniLmTeacherHandle(
-            model, tok, intents, tags, cache_dir, weights.stat().st_size, meta["train_seconds"]
+            model,
+            tok,
+            intents,
+            tags,
+            cache_dir,
+            weights.stat().st_size,
+            meta["train_seconds"],
+            meta.get("train_cpu_seconds", 0.0),
+            meta.get("history"),
         )
 
     rng = random.Random(cfg.seed)
@@ -174,7 +212,9 @@ def load_or_train_teacher(
         data = rng.sample(data, min(cfg.max_train, len(data)))
     intent_ix = {n: i for i, n in enumerate(intents)}
     tag_ix = {n: i for i, n in enumerate(tags)}
-    enc_params = list(model.encoder.parameters())
+    if cfg.freeze_word_embeddings:
+        getattr(model.encoder, "embeddings").word_embeddings.weight.requires_grad_(False)  # noqa: B009
+    enc_params = [p for p in model.encoder.parameters() if p.requires_grad]
     head_params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
     opt = torch.optim.AdamW(
         [{"params": enc_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.head_lr}], weight_decay=0.01
@@ -185,16 +225,17 @@ def load_or_train_teacher(
         opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm)))
     )
     ce = nn.CrossEntropyLoss(ignore_index=-100)
-    start = time.perf_counter()
-    model.train()
+    start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(total=steps, desc="teacher", unit="batch")
-    for _epoch in range(cfg.epochs):
+    handle = MiniLmTeacherHandle(model, tok, intents, tags, cache_dir, 0, 0.0)
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    history: list[dict[str, float]] = []
+    for epoch in range(cfg.epochs):
+        model.train()
         for batch in _length_batches(data, cfg.batch_size, rng):
             ids, att, widx = encode_for_teacher(tok, [e.tokens for e in batch], cfg.max_pieces)
             y_int = torch.tensor([intent_ix[e.intent] for e in batch])
-            y_tag = torch.full(widx.shape, -100, dtype=torch.long)
-            for i, e in enumerate(batch):
-                y_tag[i, : len(e.tags)] = torch.tensor([tag_ix[t] for t in e.tags])
+            y_tag = tag_targets(batch, widx, tag_ix)
             il, sl = model(ids, att, widx)
             loss = ce(il, y_int) + ce(sl.reshape(-1, sl.shape[-1]), y_tag.reshape(-1))
             opt.zero_grad()
@@ -204,8 +245,17 @@ def load_or_train_teacher(
             sched.step()
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        if score is not None:
+            model.eval()
+            value = score(handle)
+            history.append({"epoch": epoch + 1, "score": value})
+            bar.write(f"teacher epoch {epoch + 1}: valid score {value:.2f}")
+            if best is None or value > best[0]:
+                best = (value, {k: v.detach().clone() for k, v in model.state_dict().items()})
     bar.close()
-    seconds = time.perf_counter() - start
+    if best is not None:
+        model.load_state_dict(best[1])
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     model.eval()
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = weights.with_suffix(".tmp")
@@ -218,12 +268,16 @@ def load_or_train_teacher(
                 "intents": intents,
                 "tags": tags,
                 "train_seconds": seconds,
+                "train_cpu_seconds": cpu_seconds,
+                "history": history,
                 "n_train": len(data),
             },
             indent=2,
         )
     )
-    return MiniLmTeacherHandle(model, tok, intents, tags, cache_dir, weights.stat().st_size, seconds)
+    handle.size_bytes, handle.train_seconds = weights.stat().st_size, seconds
+    handle.train_cpu_seconds, handle.history = cpu_seconds, history
+    return handle
 
 
 @torch.no_grad()

@@ -1,6 +1,8 @@
 """A resumable work dir: each stage records the hash of its inputs, and a rerun skips what is done.
 
-``stages.json`` maps a stage name to ``{"inputs": sha256, "outputs": [...], "seconds": s}``.
+``stages.json`` maps a stage name to ``{"inputs": sha256, "outputs": [...], "seconds": s,
+"cpu_seconds": c}`` (wall and CPU time of this process: on a shared machine wall time
+says little, CPU time says what the stage costs).
 A stage is skipped when its recorded input hash equals the new one and every
 output it listed still exists; otherwise it runs and its record is replaced
 (written by temp file + rename, so an interrupted run never records a stage
@@ -61,11 +63,16 @@ class WorkDir:
             return inputs
         self.records.pop(name, None)
         self._save()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         self.log(f"[{name}] ...")
         body()
-        seconds = time.perf_counter() - t0
-        self.records[name] = {"inputs": inputs, "outputs": outputs, "seconds": round(seconds, 2)}
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        self.records[name] = {
+            "inputs": inputs,
+            "outputs": outputs,
+            "seconds": round(seconds, 2),
+            "cpu_seconds": round(cpu, 2),
+        }
         self._save()
         self.ran.append(name)
         self.log(f"[{name}] {seconds:.1f} s")
@@ -73,3 +80,6 @@ class WorkDir:
 
     def seconds(self) -> dict[str, float]:
         return {k: float(v.get("seconds", 0.0)) for k, v in self.records.items()}
+
+    def cpu_seconds(self) -> dict[str, float]:
+        return {k: float(v.get("cpu_seconds", 0.0)) for k, v in self.records.items()}

@@ -1,0 +1,192 @@
+"""Full chat training on SNIPS through the ``train`` verb: teacher vs. student quality, size, time.
+
+    python bench/bench_train_quality.py [--out var/bench-train-quality] [--threads 2]
+    python bench/bench_train_quality.py --render-only   # re-write the docs from the last finished run
+
+Runs ``cloud-controller train chat --data $EDGELOOP_DATA/snips --config full`` as a
+subprocess, exactly as a user would, in a work dir emptied first (so no stage and no
+teacher is reused: the timings are a full training). Wall time on a shared machine
+says little, so the children's CPU time (user + system, ``getrusage``) is measured
+too; the estimate for an unloaded 2-core machine is CPU seconds / 2, which assumes
+two torch threads scale perfectly (they do not quite: read it as a lower bound).
+The run itself uses one torch thread by default (``--threads``): on a machine
+loaded by other work, two contended threads made a teacher step ~6x slower.
+
+Writes the ``bench:train-quality`` block of ``docs/benchmarks.md`` and the block of
+the same name in ``docs/training.md`` (the figures that page quotes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _report import command_line, machine_info, machine_line, write_block  # noqa: E402
+
+NAME = "train-quality"
+TRAINING_DOC = ROOT / "docs" / "training.md"
+# issue 14, point 3: the teacher must beat its student; the student must fit the edge.
+TARGETS = {
+    "teacher_intent": 98.3,
+    "teacher_slot_f1": 95.5,
+    "student_intent": 98.0,
+    "student_slot_f1": 94.0,
+    "bundle_mb": 5.0,
+    "minutes_2_cores": 20.0,
+}
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("EDGELOOP_DATA", ROOT.parent / "shared" / "datasets")) / "snips"
+
+
+def train(out: Path, threads: int) -> dict[str, Any]:
+    """One full training run; returns wall and CPU seconds of the child process."""
+    if out.exists():
+        shutil.rmtree(out)  # nothing reused: every stage runs, the teacher is trained from scratch
+    out.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "cloud_controller.cli", "train", "chat", "--data", str(data_dir())]
+    cmd += ["--config", "full", "--out", str(out)]
+    env = {**os.environ, "EDGELOOP_TORCH_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    machine = machine_info()  # before the run: its "load" is the load the run started under
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load_start = os.getloadavg()
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    timing = {
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "threads": threads,
+        "load_start": list(load_start),
+        "load_end": list(os.getloadavg()),
+        "command": " ".join(cmd[1:]),
+        "machine": machine,
+        "bench_command": command_line(),
+    }
+    (out / "bench_timing.json").write_text(json.dumps(timing, indent=2), encoding="utf-8")
+    return timing
+
+
+def _mark(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def render(out: Path) -> tuple[str, str]:
+    """(benchmarks.md block, training.md block) from a finished run in ``out``."""
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    timing = json.loads((out / "bench_timing.json").read_text(encoding="utf-8"))
+    teacher_json = json.loads((out / "teacher" / "teacher.json").read_text(encoding="utf-8"))
+    t, s = report["teacher_test"], report["test"]
+    bundle_mb = report["bundle_bytes"] / 1e6
+    est_min = timing["cpu_seconds"] / 2 / 60
+    rows = [
+        ("teacher: all-MiniLM-L6-v2 fine-tuned (torch fp32)", t, teacher_json.get("size_bytes", 0) / 1e6),
+        ("student: distilled BiLSTM, int8 ONNX via the edge decoding", s, report["model_bytes"] / 1e6),
+    ]
+    table = [
+        "| model | intent acc % | intent acc macro % | slot F1 micro | slot F1 macro | sentence acc % | "
+        "model MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m, mb in rows:
+        table.append(
+            f"| {name} | {m['intent_acc']:.2f} | {m['intent_acc_macro']:.2f} | {m['slot_f1']:.2f} | "
+            f"{m['slot_f1_macro']:.2f} | {m['sentence_acc']:.2f} | {mb:.2f} |"
+        )
+    checks = [
+        ("teacher intent acc >= 98.3", t["intent_acc"] >= TARGETS["teacher_intent"]),
+        ("teacher slot F1 >= 95.5", t["slot_f1"] >= TARGETS["teacher_slot_f1"]),
+        ("teacher slot F1 > student slot F1", t["slot_f1"] > s["slot_f1"]),
+        ("student intent acc >= 98.0", s["intent_acc"] >= TARGETS["student_intent"]),
+        ("student slot F1 >= 94.0", s["slot_f1"] >= TARGETS["student_slot_f1"]),
+        (f"bundle {bundle_mb:.2f} MB <= 5 MB", bundle_mb <= TARGETS["bundle_mb"]),
+        (f"training {est_min:.1f} min (CPU s / 2) <= 20 min", est_min <= TARGETS["minutes_2_cores"]),
+    ]
+    stage_rows = ["| stage | wall s | CPU s |", "|---|---|---|"]
+    cpu_st = report.get("stage_cpu_seconds", {})
+    for k, v in report["stage_seconds"].items():
+        stage_rows.append(f"| {k} | {v:.0f} | {cpu_st.get(k, 0.0):.0f} |")
+    hist = teacher_json.get("history") or []
+    hist_line = ", ".join(f"epoch {h['epoch']}: {h['score']:.2f}" for h in hist)
+    info = report["student"]
+    body = "\n".join(
+        [
+            f"### Chat training quality: SNIPS through `cloud-controller train chat --config full` "
+            f"(test, n={s['n']:.0f})",
+            "",
+            *table,
+            "",
+            "| target (issue 14) | result |",
+            "|---|---|",
+            *(f"| {c} | {_mark(ok)} |" for c, ok in checks),
+            "",
+            *stage_rows,
+            "",
+            f"- total: wall {timing['wall_seconds'] / 60:.1f} min, CPU {timing['cpu_seconds']:.0f} s "
+            f"(user + system of the training process, torch threads: {timing['threads']}); estimate for an "
+            f"unloaded 2-core machine = CPU s / 2 = {est_min:.1f} min (assumes perfect 2-thread scaling). "
+            f"The machine was shared: load average {timing['load_start'][0]:.1f} at start, "
+            f"{timing['load_end'][0]:.1f} at end, so wall time is pessimistic.",
+            f"- teacher: {report['sizes']['train']} train utterances, recipe `MiniLmTeacherConfig` "
+            f"defaults; valid score (intent acc + slot F1) per epoch, best kept: {hist_line or 'n/a'}.",
+            f"- student: {info.get('n_train', '?')} utterances incl. slot-swap augmentation, distilled "
+            f"{info.get('distilled')}; bundle {bundle_mb:.2f} MB (int8 model "
+            f"{report['model_bytes'] / 1e6:.2f} MB); single-utterance latency p50 "
+            f"{report['latency_ms']['p50']:.2f} ms, p95 {report['latency_ms']['p95']:.2f} ms (1 thread).",
+            "- slot F1 micro: conlleval-style span F1 over all spans; macro: mean over slot types "
+            "present in test; both with BIO-valid Viterbi decoding for teacher and student alike.",
+            f"- `{timing['bench_command']}`",
+            f"- machine: {machine_line(timing['machine'])}",
+        ]
+    )
+    short = "\n".join(
+        [
+            "SNIPS, `--config full`, measured by `bench/bench_train_quality.py` "
+            f"({timing['machine']['date']}; the full table is in docs/benchmarks.md):",
+            "",
+            *table,
+            "",
+            "| stage | wall s | CPU s |",
+            "|---|---|---|",
+            *stage_rows[2:],
+            "",
+            f"Total CPU {timing['cpu_seconds']:.0f} s, i.e. about {est_min:.0f} min on an unloaded "
+            f"2-core machine (CPU s / 2, if two torch threads scaled perfectly; on one thread it is "
+            f"CPU s); wall {timing['wall_seconds'] / 60:.0f} min on the shared machine it ran on "
+            f"(torch threads: {timing['threads']}, load average {timing['load_start'][0]:.1f}).",
+        ]
+    )
+    return body, short
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "var" / "bench-train-quality")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the training process")
+    p.add_argument("--render-only", action="store_true", help="write the docs from the finished run in --out")
+    args = p.parse_args()
+    if not args.render_only:
+        train(args.out, args.threads)
+    body, short = render(args.out)
+    write_block(NAME, body)
+    write_block(NAME, short, TRAINING_DOC)
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

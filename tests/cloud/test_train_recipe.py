@@ -1,0 +1,73 @@
+"""The chat teacher's recipe: best epoch on valid, frozen word pieces, no targets for cut words; CPU time."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from cloud_controller.training.stages import WorkDir, digest
+
+pytestmark = pytest.mark.train
+torch = pytest.importorskip("torch")
+
+
+def test_stages_record_cpu_seconds(tmp_path: Path) -> None:
+    """Wall time on a shared box says little: each stage also records what it cost in CPU."""
+    wd = WorkDir(tmp_path, log=lambda _m: None)
+
+    def burn() -> None:
+        end = time.process_time() + 0.05
+        while time.process_time() < end:
+            pass
+        (tmp_path / "x").write_text("x")
+
+    wd.stage("burn", digest("burn"), ["x"], burn)
+    rec = json.loads((tmp_path / "stages.json").read_text())["burn"]
+    assert rec["cpu_seconds"] >= 0.04
+    assert wd.cpu_seconds()["burn"] == rec["cpu_seconds"]
+
+
+def test_cut_words_get_no_slot_target() -> None:
+    from cloud_controller.datasets.snips import Example
+    from cloud_controller.training.minilm_teacher import _model_path, encode_for_teacher, tag_targets
+
+    tok = pytest.importorskip("transformers").AutoTokenizer.from_pretrained(
+        _model_path(), local_files_only=True
+    )
+    batch = [
+        Example(("play", "the", "beatles", "now"), ("O", "B-artist", "I-artist", "O"), "PlayMusic"),
+        Example(("hi",), ("O",), "Greet"),
+    ]
+    _, _, widx = encode_for_teacher(tok, [e.tokens for e in batch], max_pieces=4)  # [CLS] 2 words [SEP]
+    y = tag_targets(batch, widx, {"O": 0, "B-artist": 1, "I-artist": 2})
+    assert y[0].tolist() == [0, 1, -100, -100]  # "beatles", "now" were cut: ignored, not put on [CLS]
+    assert y[1].tolist() == [0, -100, -100, -100]
+
+
+def test_teacher_keeps_its_best_valid_epoch(tmp_path: Path) -> None:
+    from cloud_controller.datasets.snips import Example, label_sets
+    from cloud_controller.training.chat_train import CONFIGS
+    from cloud_controller.training.minilm_teacher import MiniLmTeacherHandle, load_or_train_teacher
+    from tests.cloud.train_data import utterances
+
+    train = [Example(tuple(t), tuple(g), i) for t, g, i in utterances(24)]
+    intents, tags = label_sets(train)
+    cfg = replace(CONFIGS["tiny"].teacher, epochs=2, max_train=None, batch_size=8)
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def score(h: MiniLmTeacherHandle) -> float:
+        seen.append({k: v.detach().clone() for k, v in h.model.state_dict().items()})
+        return 10.0 - len(seen)  # the first epoch scores best
+
+    h = load_or_train_teacher(cfg, train, intents, tags, data_key="t", cache=tmp_path, score=score)
+    assert len(seen) == 2 and [r["epoch"] for r in h.history or []] == [1, 2]
+    final = h.model.state_dict()
+    head = "slot_head.weight"
+    assert torch.equal(final[head], seen[0][head]) and not torch.equal(final[head], seen[1][head])
+    emb = "encoder.embeddings.word_embeddings.weight"
+    assert torch.equal(seen[0][emb], seen[1][emb])  # the word-piece table is frozen
+    assert h.train_cpu_seconds > 0

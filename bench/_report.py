@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import shlex
+import statistics
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -130,3 +131,11 @@ def write_marked_block(doc: Path, block: str) -> Path:
     if m is None or not block.rstrip().endswith(end):
         raise ValueError("block must start and end with its bench markers")
     return write_block(m.group(1), block[m.end() :].rstrip()[: -len(end)], doc)
+
+
+def median_range(values: list[float], fmt: str = "{:.0f}") -> str:
+    """``median (min-max)`` of repeated runs, or the one value: how every bench states its spread."""
+    if len(values) == 1:
+        return fmt.format(values[0])
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return f"{fmt.format(statistics.median(values))} ({lo}-{hi})"

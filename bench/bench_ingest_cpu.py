@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import paho.mqtt.client as paho  # noqa: E402
-from _report import DOC, command_line, machine_line, write_block  # noqa: E402
+from _report import DOC, command_line, machine_line, median_range, write_block  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
@@ -233,12 +233,6 @@ def _settle(pid: int, window_s: float = 1.0, idle: float = 0.05, timeout_s: floa
 # --------------------------------------------------------------------------- report
 
 
-def _cell(values: list[float], fmt: str = "{:.0f}") -> str:
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--quick", action="store_true", help="a small burst, one run each")
@@ -281,8 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         us = [r["cpu_us"] for r in results[c]]
         med = statistics.median(us)
         verdict = "" if c == "baseline" else ("**meets**" if med <= TARGET_US else "**misses**")
-        rows.append([labels[c], _cell(us, "{:.1f}"), f"{med / base:.2f}",
-                     _cell([1e6 / u for u in us]), _cell([r["wall_s"] for r in results[c]], "{:.2f}"),
+        rows.append([labels[c], median_range(us, "{:.1f}"), f"{med / base:.2f}",
+                     median_range([1e6 / u for u in us]),
+                     median_range([r["wall_s"] for r in results[c]], "{:.2f}"),
                      verdict])
     text = "\n\n".join([
         f"Controller CPU per stored summary (issue 15.3, target <= {TARGET_US:.0f} us, i.e. >= "

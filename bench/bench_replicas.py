@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import psycopg  # noqa: E402
-from _report import DOC, command_line, machine_line, write_block  # noqa: E402
+from _report import DOC, command_line, machine_line, median_range, write_block  # noqa: E402
 
 from edge_agent.ops.tables import markdown_table  # noqa: E402
 from edgeloop_sim.broker import Broker  # noqa: E402
@@ -113,12 +112,6 @@ class Bench:
                 p.terminate()
 
 
-def _cell(values: list[float], fmt: str = "{:.0f}") -> str:
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--quick", action="store_true", help="a small burst, one run each")
@@ -152,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         store = "SQLite (embedded)" if backend == "sqlite" else "PostgreSQL"
         rows.append([
             f"{n} replica{'s' if n > 1 else ''}, {store}",
-            _cell([r["rate"] for r in rs]),
-            _cell([r["stored_s"] for r in rs], "{:.2f}"),
-            _cell([r["publish_rate"] for r in rs]),
+            median_range([r["rate"] for r in rs]),
+            median_range([r["stored_s"] for r in rs], "{:.2f}"),
+            median_range([r["publish_rate"] for r in rs]),
         ])
     text = "\n\n".join([
         f"Ingest capacity of `cloud-controller run` replicas: a burst of {nodes * per_node} summary batches "

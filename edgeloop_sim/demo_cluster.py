@@ -210,7 +210,9 @@ class DemoCluster:
             )
             if snap != last:
                 last, since = snap, time.monotonic()
-            elif time.monotonic() - since >= quiet_s:
+            elif time.monotonic() - since >= quiet_s and any(x[2] for x in snap):
+                # Quiet only counts once a status carries scored windows: before the first one
+                # arrives the counters are quiet too, and the phase would be measured as empty.
                 break
             time.sleep(0.5)
         samples = sum(x[2] for x in last or ())

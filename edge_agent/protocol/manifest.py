@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from edge_agent.protocol.errors import ModelRejected
@@ -150,9 +148,29 @@ def key_id(public_raw: bytes) -> str:
     return sha256_hex(public_raw)[:16]
 
 
+# DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE { SEQUENCE { OID 1.3.101.112 },
+# BIT STRING of 32 bytes }. Every Ed25519 public key in PEM is this prefix plus the raw key.
+_ED25519_SPKI = bytes.fromhex("302a300506032b6570032100")
+_PEM_KEY = re.compile(rb"-----BEGIN PUBLIC KEY-----([A-Za-z0-9+/=\s]+)-----END PUBLIC KEY-----")
+
+
 def load_public_key(data: bytes) -> bytes:
-    """Raw 32-byte Ed25519 public key from PEM, base64 or raw bytes (what nodes pin in config)."""
+    """Raw 32-byte Ed25519 public key from PEM, base64 or raw bytes (what nodes pin in config).
+
+    The common PEM form is read without ``cryptography``: importing it costs the agent ~7 MB of
+    resident memory (its Rust extension and OpenSSL bindings), which a node running no model
+    should not pay at start; it is imported when a manifest's signature is checked.
+    """
     if data.lstrip().startswith(b"-----BEGIN"):
+        m = _PEM_KEY.search(data)
+        if m is not None:
+            with contextlib.suppress(binascii.Error, ValueError):
+                der = base64.b64decode(b"".join(m.group(1).split()), validate=True)
+                if len(der) == len(_ED25519_SPKI) + 32 and der.startswith(_ED25519_SPKI):
+                    return der[len(_ED25519_SPKI) :]
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         key = serialization.load_pem_public_key(data)
         if not isinstance(key, Ed25519PublicKey):
             raise ValueError("not an Ed25519 public key")
@@ -218,6 +236,9 @@ def verify_signature(raw: Mapping[str, Any], public_keys: Mapping[str, bytes]) -
     except (binascii.Error, ValueError) as exc:
         raise ModelRejected("bad_signature", "signature is not base64") from exc
     body = {k: v for k, v in raw.items() if k != "signature"}
+    from cryptography.exceptions import InvalidSignature  # lazily: see load_public_key
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         Ed25519PublicKey.from_public_bytes(public_keys[kid]).verify(sig, canonical_json(body))
     except (InvalidSignature, ValueError) as exc:

@@ -31,7 +31,6 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic_settings import EnvSettingsSource
 
 from edge_agent.protocol.errors import ConfigError
 from edge_agent.protocol.topics import ID_PATTERN, NODE_ID_MAX, NODE_ID_PATTERN, NODE_ID_RULE, is_node_id
@@ -301,25 +300,32 @@ def env_var(path: str) -> str:
     return ENV_PREFIX + path.replace(".", ENV_NESTED_DELIMITER).upper()
 
 
-class _EnvOverrides(EnvSettingsSource):
-    """pydantic-settings' environment source over a given mapping (tests, the daemon's ``environ``)."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
-        super().__init__(
-            AgentConfig,  # type: ignore[arg-type]  # a plain model: the file stays the primary source
-            case_sensitive=False,
-            env_prefix=ENV_PREFIX,
-            env_nested_delimiter=ENV_NESTED_DELIMITER,
-        )
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        # An empty variable is unset (also inside sections, which env_ignore_empty does not cover).
-        return {k.lower(): v for k, v in self._environ.items() if v and k.upper().startswith(ENV_PREFIX)}
-
-
 def env_overrides(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """The ``EDGE_AGENT_*`` variables of ``environ`` as a nested mapping of config values."""
+    """The ``EDGE_AGENT_*`` variables of ``environ`` as a nested mapping of config values.
+
+    pydantic-settings is imported only when such a variable is set: it costs the agent ~1.5 MB of
+    resident memory, which a node configured by its file alone should not pay.
+    """
+    if not any(v and k.upper().startswith(ENV_PREFIX) for k, v in environ.items()):
+        return {}
+    from pydantic_settings import EnvSettingsSource
+
+    class _EnvOverrides(EnvSettingsSource):
+        """pydantic-settings' environment source over a given mapping (tests, the daemon's ``environ``)."""
+
+        def __init__(self, environ: Mapping[str, str]) -> None:
+            self._environ = environ
+            super().__init__(
+                AgentConfig,  # type: ignore[arg-type]  # a plain model: the file stays the primary source
+                case_sensitive=False,
+                env_prefix=ENV_PREFIX,
+                env_nested_delimiter=ENV_NESTED_DELIMITER,
+            )
+
+        def _load_env_vars(self) -> Mapping[str, str | None]:
+            # An empty variable is unset (also inside sections, which env_ignore_empty does not cover).
+            return {k.lower(): v for k, v in self._environ.items() if v and k.upper().startswith(ENV_PREFIX)}
+
     try:
         return _EnvOverrides(environ)()
     except ValueError as exc:  # e.g. a list variable that is not JSON

@@ -292,6 +292,7 @@ class Agent:
         if wd:
             self.tasks.spawn("watchdog", lambda: self._watchdog(wd))
         freeze_startup_heap()  # everything built so far lives as long as the agent
+        self.housekeeping.heap.trim_now()  # what imports and config parsing freed goes back to the OS
         log.info(
             "edge agent started",
             extra={"node": self.cfg.node_id, "db": str(self.cfg.db_path), "metrics_port": self.metrics_port},

@@ -61,6 +61,16 @@ class HeapTrimmer:
             self._resolved = True
         return self._fn is not None
 
+    def trim_now(self) -> bool:
+        """Trim once, whatever the work counter says (start-up: imports and config parsing leave
+        freed heap behind). Returns whether the C library has the call."""
+        if not self.available:
+            return False
+        assert self._fn is not None
+        self._fn(0)
+        self.trims += 1
+        return True
+
     def maybe_trim(self, now: float, work: float) -> bool:
         """Trim when the work counter stopped moving since the last call (a burst ended) or, while it
         keeps moving, when ``interval_s`` passed since the last trim. Returns whether it trimmed."""

@@ -8,8 +8,6 @@ acknowledged (after the next commit, like the original).
 
 from __future__ import annotations
 
-import asyncio
-
 from edge_agent.pipeline.core import Pipeline
 from edge_agent.protocol import topics
 from edge_agent.services.chat_answers import ChatAnswers
@@ -17,9 +15,6 @@ from edge_agent.services.desired_apply import DesiredStateApplier
 from edge_agent.tick import CommitTick
 from edge_agent.transport.mqtt import MqttClient
 from edge_agent.transport.redelivery import RedeliveryGuard
-
-# Unacknowledged messages after which the reader lets the tick commit before reading on.
-_MAX_UNACKED = 2000
 
 
 class Inbound:
@@ -64,10 +59,9 @@ class Inbound:
                     continue
                 guard.absorbed(msg.mid, msg.topic, msg.payload)
             tick.ack_after_commit(msg)
-            if tick.unacked >= _MAX_UNACKED:
-                tick.wake()
+            if tick.due():  # too many unacknowledged messages or readings since the last commit
                 # Let the committer catch up instead of growing the unacknowledged set without bound.
-                await asyncio.sleep(0)
+                await tick.let_commit()
 
     async def cloud(self) -> None:
         """With a separate cloud connection, the only inbound cloud message is the desired state."""

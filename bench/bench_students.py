@@ -81,7 +81,7 @@ def escalation_accuracy(budget_rate: float) -> dict[str, float]:
     }
 
 
-def rss_with_both_models() -> dict[str, float]:
+def rss_with_both_models(chat_bundle: Path = CHAT_BUNDLE, sensor: Path | None = None) -> dict[str, float]:
     from edgeloop_sim.broker import Broker
     from edgeloop_sim.replay import replay
     from edgeloop_sim.replay_config import ReplayConfig
@@ -94,7 +94,7 @@ def rss_with_both_models() -> dict[str, float]:
             "node_id": "rss",
             "state_dir": str(tmp / "state"),
             "mqtt": {"host": "127.0.0.1", "port": broker.port},
-            "models": {"chat_bundle": str(CHAT_BUNDLE), "sensor_bundle": str(sensor_bundle())},
+            "models": {"chat_bundle": str(chat_bundle), "sensor_bundle": str(sensor or sensor_bundle())},
             "chat": {"escalation": {"enabled": False}},
             "metrics": {"enabled": False},
             "log": {"level": "WARNING"},
@@ -147,9 +147,24 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--budget", type=float, default=0.10)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--chat-bundle", type=Path, default=CHAT_BUNDLE, help="int8 chat student bundle directory"
+    )
+    ap.add_argument(
+        "--sensor-bundle", type=Path, default=None, help="sensor bundle (default: newest bench one)"
+    )
+    ap.add_argument(
+        "--rss-only",
+        action="store_true",
+        help="only the memory figures (no teacher needed); prints, never writes",
+    )
+    ap.add_argument("--no-write", action="store_true", help="print the block, leave docs/benchmarks.md alone")
     args = ap.parse_args()
+    if args.rss_only:
+        print(json.dumps(rss_with_both_models(args.chat_bundle, args.sensor_bundle), indent=2))
+        return 0
     esc = escalation_accuracy(args.budget)
-    rss = rss_with_both_models()
+    rss = rss_with_both_models(args.chat_bundle, args.sensor_bundle)
     if args.json:
         args.json.write_text(json.dumps({"escalation": esc, "rss": rss}, indent=2))
     ok_acc = esc["combined"] >= esc["teacher"] - 0.2
@@ -193,7 +208,8 @@ def main() -> int:
             "100 SNIPS chat messages; median of 20 samples over 5 s.",
         ]
     )
-    write_block("students", body)
+    if not args.no_write:
+        write_block("students", body)
     print(body)
     return 0
 

@@ -86,3 +86,33 @@ def test_the_daemon_imports_no_model_or_signature_library_until_it_needs_one() -
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+class _Windows:
+    readings = 0
+
+
+class _Pipeline:
+    def __init__(self) -> None:
+        self.windows = _Windows()
+
+
+def test_the_reader_lets_a_commit_run_every_commit_max_readings() -> None:
+    """Batched telemetry: one commit turns at most ~2 * COMMIT_MAX_READINGS readings of closed windows into
+    summaries at once (before: up to MAX_UNACKED messages of any size, 200,000 readings in the bench)."""
+    from typing import Any
+
+    from edge_agent.tick import COMMIT_MAX_READINGS, CommitTick
+
+    p = _Pipeline()
+    fake: Any = None
+    tick = CommitTick(p, fake, fake, fake, fake, config=fake, send_reply=fake)  # type: ignore[arg-type]
+    assert not tick.due()
+    p.windows.readings = COMMIT_MAX_READINGS - 1
+    assert not tick.due()
+    p.windows.readings = COMMIT_MAX_READINGS
+    assert tick.due()
+    tick._asked = True  # what let_commit records: asked once per commit, no yield on every message
+    assert not tick.due()
+    p.windows.readings = 2 * COMMIT_MAX_READINGS
+    assert tick.due()  # reading outpaces committing: the reader waits for the running commit

@@ -82,7 +82,8 @@ def test_pem_keys_load_without_cryptography_and_match_it() -> None:
 def test_the_daemon_imports_no_model_or_signature_library_until_it_needs_one() -> None:
     code = (
         "import sys, edge_agent.daemon, edge_agent.cli\n"
-        "print(sorted(m for m in ('cryptography', 'numpy', 'onnxruntime') if m in sys.modules))"
+        "lazy = ('cryptography', 'numpy', 'onnxruntime', 'pydantic_settings')\n"
+        "print(sorted(m for m in lazy if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stdout

@@ -23,7 +23,9 @@ def _child_baseline(args: argparse.Namespace) -> int:
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    state: dict[str, Any] = {"n": 0, "t_first": None, "t_end": None, "connack": False, "suback": False}
+    state: dict[str, Any] = {
+        "n": 0, "t_first": None, "t_end": None, "cpu_end": None, "connack": False, "suback": False
+    }
     target = args.n_msgs
 
     def on_connect(c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
@@ -38,12 +40,14 @@ def _child_baseline(args: argparse.Namespace) -> int:
             state["t_first"] = time.perf_counter()
         if n == target:
             state["t_end"] = time.perf_counter()
+            state["cpu_end"] = time.process_time()
 
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=mqtt.MQTTv5)
     c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = SESSION_EXPIRY_S
     t_start = time.perf_counter()
+    cpu_start = time.process_time()
     c.connect("127.0.0.1", args.port, 60, clean_start=False, properties=props)
     deadline = time.monotonic() + args.timeout
     while not state["connack"]:
@@ -66,6 +70,8 @@ def _child_baseline(args: argparse.Namespace) -> int:
                 "t_start": t_start,
                 "t_first": state["t_first"],
                 "t_end": state["t_end"],
+                # CPU seconds of the whole process (all threads) from CONNECT to done.
+                "cpu_s": state["cpu_end"] - cpu_start if state["cpu_end"] is not None else None,
                 "messages": state["n"],
                 "readings": state["n"] * args.per_msg,
             }
@@ -107,6 +113,8 @@ async def _agent_main(args: argparse.Namespace) -> int:
 
         prof = cProfile.Profile()
     t_start = time.perf_counter()
+    cpu_start = time.process_time()
+    cpu_s = None
     if prof is not None:
         prof.enable()
     await agent.start()
@@ -123,6 +131,7 @@ async def _agent_main(args: argparse.Namespace) -> int:
             t_read = time.perf_counter()
         if t_read is not None and mq.acks + mq.stale_acks >= args.n_msgs and c.summaries == up.acked:
             t_end = time.perf_counter()
+            cpu_s = time.process_time() - cpu_start
             break
         await asyncio.sleep(0.005)
     if prof is not None:
@@ -133,6 +142,7 @@ async def _agent_main(args: argparse.Namespace) -> int:
         "t_first": t_first,
         "t_readings": t_read,
         "t_end": t_end,
+        "cpu_s": cpu_s,
         "messages": mq.received,
         "acks": mq.acks,
         "stale_acks": mq.stale_acks,

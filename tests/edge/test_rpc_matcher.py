@@ -24,7 +24,7 @@ def _filter_and_topic(draw: st.DrawFn) -> tuple[str, str]:
     return "/".join(flt), "/".join(topic)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(_filter_and_topic())
 def test_matches_like_paho(case: tuple[str, str]) -> None:
     flt, topic = case

@@ -32,6 +32,7 @@ class Tally:
     rejected: Counter[str] = field(default_factory=Counter)
     crashes: list[str] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
+    cpu_max_s: float = 0.0  # longest CPU time of one call (this thread): wall minus waiting for the CPU
 
     def add(self, outcome: str, seconds: float) -> None:
         self.cases += 1

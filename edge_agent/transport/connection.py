@@ -26,7 +26,9 @@ from edge_agent.protocol.errors import MqttError
 __all__ = ["Connection", "close_socket"]
 
 # paho reads one packet per call: a readable socket is drained up to this many packets per wakeup.
-_READS_PER_WAKEUP = 200
+# Not more: each step of a commit (an SQLite statement in its thread, then back) waits for the
+# current batch of reads, and a commit delayed is a window of acks delayed.
+_READS_PER_WAKEUP = 64
 
 
 def close_socket(client: paho.Client) -> None:

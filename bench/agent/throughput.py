@@ -158,6 +158,8 @@ def bench_throughput(
     for mode, is_live in modes:
         base_runs, agent_runs, ratios = [], [], []
         cpu_ratios: list[float] = []
+        fast_runs: list[float] = []
+        fast_ratios: list[float] = []
         details: list[dict[str, Any]] = []
         for r in range(repeats):
             b = measure_consumer(
@@ -175,6 +177,13 @@ def bench_throughput(
                 timeout=timeout,
                 profile=prof,
             )
+            if not is_live:  # offline only: the same subscriber on the agent's client (information)
+                f = measure_consumer(
+                    "baseline-fast", port, tmp, single, 1, live=False, tag=f"s-{mode}-{r}", timeout=timeout
+                )
+                fast_runs.append(f.rate)
+                fast_ratios.append(a.rate / f.rate)
+                print(f"  single/{mode} run {r + 1}: bare FastClient subscriber {f.rate:,.0f}/s", flush=True)
             base_runs.append(b.rate)
             agent_runs.append(a.rate)
             details.append(a.detail)
@@ -198,6 +207,8 @@ def bench_throughput(
         out[f"single_{mode}"] = {
             "baseline": base_runs, "agent": agent_runs, "ratio": ratios, "cpu_ratio": cpu_ratios
         }
+        if fast_runs:
+            out[f"single_{mode}"].update(baseline_fast=fast_runs, ratio_fast=fast_ratios)
         out[f"details_{mode}"] = details
     # Batched runs are live (the agent is connected before the publisher starts): a pre-queued backlog of
     # 100-reading messages does not complete at all (see the offline probe below and the report).

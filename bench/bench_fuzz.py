@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 
 from edgeloop_sim.harness.fuzz.registry import TARGETS, make_target  # noqa: E402
-from edgeloop_sim.harness.fuzz.target_base import MAX_CALL_S, Tally  # noqa: E402
+from edgeloop_sim.harness.fuzz.target_base import MAX_CALL_S, Tally, frozen_heap  # noqa: E402
 
 SLOW_NOTE_S = 0.02  # calls at least this slow are listed with their time breakdown
 STALL_S = 0.1  # issue 15: no call may stall longer (wall time, GC inside the call included)
@@ -84,11 +84,6 @@ class CaseTime:
 
 def run_target(name: str, examples: int) -> tuple[Tally, list[str], float, list[CaseTime]]:
     target = make_target(name)
-    # As Agent.start() does (edge_agent.ops.gc_freeze): the heap built before the first message is frozen,
-    # so a full collection inside a call walks what was allocated since (the component's own state
-    # included), not the modules, schemas and models of every component this process imported.
-    gc.collect()
-    gc.freeze()
     tally = Tally(name)
     crashes: list[str] = []
     slow: list[CaseTime] = []
@@ -114,30 +109,33 @@ def run_target(name: str, examples: int) -> tuple[Tally, list[str], float, list[
             crashes.append(f"slow call {dt:.3f}s on {repr(case)[:160]}")
 
     t0 = time.perf_counter()
-    try:
-        # Hypothesis keeps a tree of every choice it made during one run (54,000 nodes after 2,000
-        # escalation requests); full collections inside a call walked that tree, up to 180 ms, which no
-        # agent has. Runs of CHUNK examples, each tree freed between them (outside any timed call).
-        done = 0
-        while done < examples:
-            n = min(CHUNK, examples - done)
-            settings(
-                max_examples=n,
-                deadline=None,
-                database=None,
-                derandomize=False,
-                suppress_health_check=list(HealthCheck),
-                phases=[Phase.generate],  # no shrinking: count every crash and keep going
-            )(given(case=target.strategy())(one))()
-            done += n
-            gc.collect()
+    # As Agent.start() does (edge_agent.ops.gc_freeze): the heap built before the first message is frozen,
+    # so a full collection inside a call walks what was allocated since (the component's own state
+    # included), not the modules, schemas and models of every component this process imported.
+    with frozen_heap():
         try:
-            target.verify_counts(tally)
-        except AssertionError as exc:
-            crashes.append(f"counts disagree with the component's own counters: {exc}")
-    finally:
-        target.close()
-        gc.unfreeze()
+            # Hypothesis keeps a tree of every choice it made during one run (54,000 nodes after 2,000
+            # escalation requests); full collections inside a call walked that tree, up to 180 ms, which no
+            # agent has. Runs of CHUNK examples, each tree freed between them (outside any timed call).
+            done = 0
+            while done < examples:
+                n = min(CHUNK, examples - done)
+                settings(
+                    max_examples=n,
+                    deadline=None,
+                    database=None,
+                    derandomize=False,
+                    suppress_health_check=list(HealthCheck),
+                    phases=[Phase.generate],  # no shrinking: count every crash and keep going
+                )(given(case=target.strategy())(one))()
+                done += n
+                gc.collect()
+            try:
+                target.verify_counts(tally)
+            except AssertionError as exc:
+                crashes.append(f"counts disagree with the component's own counters: {exc}")
+        finally:
+            target.close()
     return tally, crashes, time.perf_counter() - t0, slow
 
 

@@ -56,6 +56,9 @@ SENSOR_MIN_GAIN = 2.0
 # The sensor teacher's recipe (:mod:`cloud_controller.training.sensor_ensemble`): five wide MLPs averaged
 # in one graph, each trained on targets that look one window either side (a fault lasts many windows).
 SENSOR_TEACHER_PARAMS: dict[str, float] = {"hidden": 64, "hidden2": 32, "members": 5, "context": 3}
+# The anomaly-free recording is replayed as pseudo-devices of this many rows, the pieces sensor
+# training cuts it into (``SensorTrainConfig.free_chunk_rows``), each with its own baseline.
+SENSOR_FREE_CHUNK_ROWS = 1100
 CACHE = Path(".cache/edgeloop/demo")
 # Student epochs of the full config in the demo (v1, teacher and the DistillationJob alike): 3 epochs
 # are within about a point of 10 on SNIPS and keep the live re-distillation to ~2-3 min on 2 cores.

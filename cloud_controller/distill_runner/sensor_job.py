@@ -26,6 +26,9 @@ Recipe (see ``docs/sensor-model.md``, measured by ``bench/bench_loop.py``):
   probability + (1 - ``alpha``) x its decision (the job's ``alpha``, as for
   chat's soft and hard terms): the windows the edge was unsure about get an
   answer, not just another "maybe";
+* without a parent, ``studentParams`` may ask for ``members`` (an ensemble of that
+  many students in one graph) and ``context`` (targets over that many windows):
+  the sensor teacher's recipe, :mod:`cloud_controller.training.sensor_ensemble`;
 * with a parent bundle the student is *warm-started* from the parent's
   (dequantised int8) weights and fine-tuned for ``finetune_epochs`` on base +
   hard examples (oversampled ``hard_repeat`` times); without one it is trained

@@ -95,6 +95,14 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     return shlex.join([exe, *args])
 
 
+def proc_status_kb(pid: int | str, field: str) -> int:
+    """One ``kB`` field of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``, ...); 0 when absent."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return 0
+
+
 def write_block(name: str, body: str, doc: Path = DOC) -> Path:
     """Replace (or append) the ``bench:NAME`` block of ``doc``; every other byte stays as it was.
 

@@ -83,6 +83,17 @@ def build_report(res: dict[str, Any], cmd: str, quick: bool) -> tuple[str, list[
                     f"{_fmt_rate(statistics.median(d['baseline']))} msg/s",
                 ]
             )
+            if d.get("ratio_fast"):
+                rows.append(
+                    [
+                        f"Single-reading msgs, {mode}: agent / bare subscriber on the agent's FastClient",
+                        f"{statistics.median(d['ratio_fast']):.3f}",
+                        "(info)",
+                        "-",
+                        "the agent's own overhead over its transport "
+                        f"(subscriber {_fmt_rate(statistics.median(d['baseline_fast']))} msg/s)",
+                    ]
+                )
         b = tp["batched"]
         rate = statistics.median(b["agent"])
         rows.append(
@@ -289,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="rebuild the table and docs block from a results file written by --json (no measuring)",
     )
     # child process mode
-    ap.add_argument("--child", choices=["baseline", "agent"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["baseline", "baseline-fast", "agent"], help=argparse.SUPPRESS)
     ap.add_argument("--phase", choices=["prime", "run"], help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--client-id", help=argparse.SUPPRESS)

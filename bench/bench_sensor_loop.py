@@ -3,8 +3,9 @@
 Per seed, exactly the pieces ``make demo`` uses (:mod:`edgeloop_sim.demo_models`):
 
 * v1 = the runner's first ``skab-sensor`` student on SKAB ``valve1`` (+ the anomaly-free recording);
-* the sensor teacher = the runner's wider student on every SKAB experiment except the held-back
-  ones (:data:`~edgeloop_sim.demo_models.SENSOR_HELD_BACK`, the demo's test devices);
+* the sensor teacher = the runner's ensemble of wider students (one graph, context targets:
+  :data:`~edgeloop_sim.demo_models.SENSOR_TEACHER_PARAMS`) on every SKAB experiment except the
+  held-back ones (:data:`~edgeloop_sim.demo_models.SENSOR_HELD_BACK`, the demo's test devices);
 * traffic = every other experiment (valve1, anomaly-free, the other half of valve2/other) scored
   by v1 through the edge runtime; each window inside the uncertainty band is a hard example,
   labelled by the controller's own labeller
@@ -18,10 +19,12 @@ Per seed, exactly the pieces ``make demo`` uses (:mod:`edgeloop_sim.demo_models`
 Two ways to draw the seeds, both in the block: ``job`` (the demo's own v1 and teacher, the
 recipe's seed, as ``make demo`` trains and caches them; the seed draws the job) answers "does the
 demo's job pass its gate whatever its seed", and ``all`` (the seed draws v1, the teacher and the
-job) answers "does one turn of the loop gain that much in general". Differences from the live
-demo: the anomaly-free recording is cut into pseudo-devices as in training (the demo replays it
-as one device), and every window in the band is kept (the demo's agents sample them up to a
-per-minute cap, lifted in the demo).
+job) answers "does one turn of the loop gain that much in general". The anomaly-free recording is
+cut into the pseudo-devices training uses, as the demo replays it
+(:data:`~edgeloop_sim.demo_models.SENSOR_FREE_CHUNK_ROWS`). Differences from the live demo: the
+features come from the offline baseline of each experiment (the agents compute the same one
+online, window by window), and every window in the band is kept (the demo's agents sample them
+up to a per-minute cap, lifted in the demo).
 
     python bench/bench_sensor_loop.py [--seeds 0,1,2] [--draw job,all] [--config full|tiny] [--no-write]
 
@@ -230,6 +233,21 @@ DRAWS = {
 }
 
 
+def teacher_recipe() -> str:
+    """The teacher in words, from the demo's own parameters (so the block cannot go stale)."""
+    from edgeloop_sim.demo_models import SENSOR_TEACHER_PARAMS as p
+
+    size = f"{int(p.get('hidden', 32))}-{int(p.get('hidden2', 16))}"
+    members, context = int(p.get("members", 1)), int(p.get("context", 1))
+    if members > 1:
+        what = f"the mean of {members} wider students ({size} MLPs, one int8 graph)"
+    else:
+        what = f"a wider student ({size} MLP)"
+    if context > 1:
+        what += f" trained on context targets (the detector's highest score over {context} windows)"
+    return what
+
+
 def render(by_draw: dict[str, list[dict[str, Any]]], config: str, min_gain: float) -> str:
     from edgeloop_sim.demo_models import SENSOR_HELD_BACK
 
@@ -239,8 +257,9 @@ def render(by_draw: dict[str, list[dict[str, Any]]], config: str, min_gain: floa
         "one run per seed.",
         f"Machine: {machine_line()}.",
         "",
-        "v1 = the demo's first `skab-sensor` student (valve1 + anomaly-free); teacher = the wider student on "
-        "every SKAB experiment except the held-back ones; traffic = every other experiment through v1, "
+        "v1 = the demo's first `skab-sensor` student (valve1 + anomaly-free); teacher = "
+        f"{teacher_recipe()} on every SKAB experiment except the held-back ones; "
+        "traffic = every other experiment through v1, "
         f"windows scored inside {BAND[0]}-{BAND[1]} labelled by the controller's sensor labeller (no gold "
         "labels); one DistillationJob with the demo's spec. **Held-back** = the "
         f"{len(SENSOR_HELD_BACK)} test experiments ({held}), which neither v1, the teacher nor the job "

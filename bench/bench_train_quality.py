@@ -81,6 +81,21 @@ def train(out: Path, threads: int) -> dict[str, Any]:
     return timing
 
 
+def _teacher_defaults() -> Any:
+    from cloud_controller.training.minilm_teacher import MiniLmTeacherConfig
+
+    return MiniLmTeacherConfig()
+
+
+def _prior_weight(out: Path) -> str:
+    """The tag prior's weight the kept teacher epoch was decoded with (from the teacher's meta.json)."""
+    for meta in (out / "teacher").glob("*/meta.json"):
+        prior = json.loads(meta.read_text(encoding="utf-8")).get("prior")
+        if prior:
+            return f"{prior['weight']:g}"
+    return "n/a"
+
+
 def _mark(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -141,8 +156,10 @@ def render(out: Path) -> tuple[str, str]:
             f"unloaded 2-core machine = CPU s / 2 = {est_min:.1f} min (assumes perfect 2-thread scaling). "
             f"The machine was shared: load average {timing['load_start'][0]:.1f} at start, "
             f"{timing['load_end'][0]:.1f} at end, so wall time is pessimistic.",
-            f"- teacher: {report['sizes']['train']} train utterances, recipe `MiniLmTeacherConfig` "
-            f"defaults; valid score (intent acc + slot F1) per epoch, best kept: {hist_line or 'n/a'}.",
+            f"- teacher: {report['sizes']['train']} train utterances plus slot-swapped copies "
+            f"(`augment_copies` {_teacher_defaults().augment_copies:g}), recipe `MiniLmTeacherConfig` "
+            f"defaults; valid score (intent acc + slot F1) per epoch, best kept: {hist_line or 'n/a'}; "
+            f"slots decoded with the tag-bigram prior at weight {_prior_weight(out)} (picked on valid).",
             f"- student: {info.get('n_train', '?')} utterances incl. slot-swap augmentation, distilled "
             f"{info.get('distilled')}; bundle {bundle_mb:.2f} MB (int8 model "
             f"{report['model_bytes'] / 1e6:.2f} MB); single-utterance latency p50 "

@@ -32,9 +32,6 @@ from edge_agent.transport.redelivery import RedeliveryGuard
 
 log = logging.getLogger(__name__)
 
-# The reader lets the tick commit before reading on once either bound is reached (see CommitTick.due).
-# Messages waiting for their ack: 2,000 covers 40k msg/s at the 50 ms tick.
-MAX_UNACKED = 2000
 # Readings absorbed since the last commit began: the tick is woken at this many, and the reader waits
 # for the running commit at twice this many. It bounds how many closed windows one commit turns into
 # summaries at once. Measured (bench/bench_agent.py --only memory, batched messages of 100 readings):
@@ -106,20 +103,18 @@ class CommitTick:
     def unacked(self) -> int:
         return len(self._acks)
 
-    def due(self) -> bool:
-        """Whether the reader should let the tick commit now: ``MAX_UNACKED`` messages wait for their ack,
-        or ``COMMIT_MAX_READINGS`` readings arrived since the last commit began (asked once per commit,
-        so the reader does not yield on every message while that commit runs), or twice that."""
-        if len(self._acks) >= MAX_UNACKED:
-            return True
+    def readings_due(self) -> bool:
+        """Whether the reader should let the tick commit now for the readings it absorbed: at
+        ``COMMIT_MAX_READINGS`` since the last commit began (asked once per commit, so the reader does
+        not yield on every message while that commit runs), and again at twice that."""
         n = self._pipeline.windows.readings - self._readings_at_commit
         return n >= 2 * COMMIT_MAX_READINGS or (n >= COMMIT_MAX_READINGS and not self._asked)
 
     async def let_commit(self) -> None:
-        """Called by the reader when :meth:`due`: wake the tick and let it take what was read so far; when
-        reading still outpaces committing by ``2 * COMMIT_MAX_READINGS``, wait for the running commit. This
-        bounds the closed windows one commit turns into summaries at once (the memory bound) whatever the
-        speed of the disk."""
+        """Called by the reader when :meth:`readings_due`: wake the tick and let it take what was read so
+        far; when reading still outpaces committing by ``2 * COMMIT_MAX_READINGS``, wait for the running
+        commit. This bounds the closed windows one commit turns into summaries at once (the memory bound)
+        whatever the speed of the disk."""
         self._asked = True
         self._now.set()
         await asyncio.sleep(0)

@@ -53,6 +53,12 @@ SENSOR_HELD_BACK: tuple[str, ...] = (
 SENSOR_HELD_BACK_DATA = "skab?experiments=" + ",".join(SENSOR_HELD_BACK)
 SENSOR_TEACHER_BASE = "skab?exclude=" + ",".join(SENSOR_HELD_BACK)
 SENSOR_MIN_GAIN = 2.0
+# The sensor teacher's recipe (:mod:`cloud_controller.training.sensor_ensemble`): five wide MLPs averaged
+# in one graph, each trained on targets that look one window either side (a fault lasts many windows).
+SENSOR_TEACHER_PARAMS: dict[str, float] = {"hidden": 64, "hidden2": 32, "members": 5, "context": 3}
+# The anomaly-free recording is replayed as pseudo-devices of this many rows, the pieces sensor
+# training cuts it into (``SensorTrainConfig.free_chunk_rows``), each with its own baseline.
+SENSOR_FREE_CHUNK_ROWS = 1100
 CACHE = Path(".cache/edgeloop/demo")
 # Student epochs of the full config in the demo (v1, teacher and the DistillationJob alike): 3 epochs
 # are within about a point of 10 on SNIPS and keep the live re-distillation to ~2-3 min on 2 cores.
@@ -213,8 +219,9 @@ def ensure_sensor_models(
     ``seed``: None = the recipe's own (the demo); the bench draws both models per seed.
 
     The held-back part for sensors: SKAB's ``valve2`` and ``other`` experiment
-    groups (other faults on the same pump). The teacher is a wider MLP on every
-    group except the test experiments (:data:`SENSOR_HELD_BACK`), so it can label
+    groups (other faults on the same pump). The teacher is an ensemble of wider
+    MLPs on every group except the test experiments (:data:`SENSOR_HELD_BACK`),
+    trained on context targets (:data:`SENSOR_TEACHER_PARAMS`), so it can label
     the windows v1 is unsure about from their feature vectors alone (the cloud
     has no per-device baseline), and a gain on the test experiments is not a
     teacher that has already seen them.
@@ -234,7 +241,7 @@ def ensure_sensor_models(
         cache,
         say,
         task="sensor",
-        student_params={"hidden": 64, "hidden2": 32},
+        student_params=SENSOR_TEACHER_PARAMS,
         seed=seed,
     )
     return SensorModels(student, teacher, SENSOR_BASE, s_new or t_new, time.monotonic() - t0)

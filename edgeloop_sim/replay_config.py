@@ -44,12 +44,17 @@ class ReplayConfig:
     ack_timeout: float = 60.0  # how long the final drain (and a stalled window) may wait
     progress_every: float | None = None  # seconds between progress lines on stderr; None = quiet
     start_time: float | None = None  # wall time for rebasing; None = time.time() at start
+    # SKAB: replay the 2.6 h anomaly-free recording as pseudo-devices of this many rows each (the
+    # pieces sensor training cuts it into, each with its own baseline); None = one device.
+    skab_free_chunk_rows: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch <= MAX_BATCH:
             raise ValueError(f"batch must be in 1..{MAX_BATCH}, got {self.batch}")
         if self.speedup < 0 or not math.isfinite(self.speedup):
             raise ValueError(f"speedup must be a finite number >= 0, got {self.speedup}")
+        if self.skab_free_chunk_rows is not None and self.skab_free_chunk_rows < 2:
+            raise ValueError(f"skab_free_chunk_rows must be >= 2, got {self.skab_free_chunk_rows}")
         i, n = self.shard
         if n < 1 or not 0 <= i < n:
             raise ValueError(f"shard must be i/n with 0 <= i < n, got {i}/{n}")

@@ -63,10 +63,13 @@ def _all_devices(source: Source, cfg: ReplayConfig) -> list[_Device]:
     if source == "skab":
         from cloud_controller.datasets.skab import list_experiments
 
-        return [
-            _Device(name(e.group) if e.name == e.group else name(e.group, e.name), e)
-            for e in list_experiments(cfg.root)
-        ]
+        out = []
+        for e in list_experiments(cfg.root):
+            if e.group == "anomaly-free" and cfg.skab_free_chunk_rows:
+                out += [_Device(name(e.group, str(k)), ref) for k, ref in enumerate(_free_chunks(e, cfg))]
+            else:
+                out.append(_Device(name(e.group) if e.name == e.group else name(e.group, e.name), e))
+        return out
     if source == "nab":
         from cloud_controller.datasets.nab import list_series
 
@@ -119,11 +122,22 @@ class _Msg:
     raw_bytes: int
 
 
+def _free_chunks(e: Any, cfg: ReplayConfig) -> list[tuple[Any, int, int]]:
+    """(experiment, first row, end row) of each pseudo-device, cut as sensor training cuts it
+    (``cloud_controller.training.sensor_train.build_files``: a last piece shorter than half is dropped)."""
+    from cloud_controller.datasets.skab import load_experiment
+
+    n, chunk = len(load_experiment(e).timestamps), int(cfg.skab_free_chunk_rows or 0)
+    return [(e, lo, min(n, lo + chunk)) for lo in range(0, n - chunk // 2, chunk)]
+
+
 def _rows_skab(ref: Any) -> tuple[list[str], Iterator[tuple[float, list[float]]]]:
     from cloud_controller.datasets.skab import load_experiment
 
-    data = load_experiment(ref)
-    return data.columns, zip(data.timestamps.tolist(), data.values.tolist(), strict=True)
+    exp, lo, hi = ref if isinstance(ref, tuple) else (ref, 0, None)
+    data = load_experiment(exp)
+    ts, vals = data.timestamps[lo:hi], data.values[lo:hi]
+    return data.columns, zip(ts.tolist(), vals.tolist(), strict=True)
 
 
 def _rows_nab(ref: Any, root: str | Path | None) -> tuple[list[str], Iterator[tuple[float, list[float]]]]:

@@ -157,6 +157,9 @@ def bench_throughput(
     modes = [("offline", False)] + ([("live", True)] if live else [])
     for mode, is_live in modes:
         base_runs, agent_runs, ratios = [], [], []
+        cpu_ratios: list[float] = []
+        fast_runs: list[float] = []
+        fast_ratios: list[float] = []
         details: list[dict[str, Any]] = []
         for r in range(repeats):
             b = measure_consumer(
@@ -174,18 +177,38 @@ def bench_throughput(
                 timeout=timeout,
                 profile=prof,
             )
+            if not is_live:  # offline only: the same subscriber on the agent's client (information)
+                f = measure_consumer(
+                    "baseline-fast", port, tmp, single, 1, live=False, tag=f"s-{mode}-{r}", timeout=timeout
+                )
+                fast_runs.append(f.rate)
+                fast_ratios.append(a.rate / f.rate)
+                print(f"  single/{mode} run {r + 1}: bare FastClient subscriber {f.rate:,.0f}/s", flush=True)
             base_runs.append(b.rate)
             agent_runs.append(a.rate)
             details.append(a.detail)
             ratios.append(a.rate / b.rate)
+            # CPU seconds per message of each consumer: the ratio a loaded machine disturbs least.
+            b_cpu, a_cpu = b.detail.get("cpu_s"), a.detail.get("cpu_s")
+            cpu_note = ""
+            if b_cpu and a_cpu:
+                cpu_ratios.append(b_cpu / a_cpu)
+                cpu_note = (
+                    f", CPU {b_cpu / n * 1e6:.1f} vs {a_cpu / n * 1e6:.1f} us/msg "
+                    f"(CPU ratio {b_cpu / a_cpu:.3f})"
+                )
             print(
                 f"  single/{mode} run {r + 1}: baseline {b.rate:,.0f}/s, agent {a.rate:,.0f}/s, "
-                f"ratio {a.rate / b.rate:.3f} (summaries {a.detail['summaries']}, "
+                f"ratio {a.rate / b.rate:.3f}{cpu_note} (summaries {a.detail['summaries']}, "
                 f"readings {a.detail['readings']}, agent GC {a.detail.get('gc_s', 0):.3f} s in "
                 f"{a.detail.get('gc_full', 0)} full collections)",
                 flush=True,
             )
-        out[f"single_{mode}"] = {"baseline": base_runs, "agent": agent_runs, "ratio": ratios}
+        out[f"single_{mode}"] = {
+            "baseline": base_runs, "agent": agent_runs, "ratio": ratios, "cpu_ratio": cpu_ratios
+        }
+        if fast_runs:
+            out[f"single_{mode}"].update(baseline_fast=fast_runs, ratio_fast=fast_ratios)
         out[f"details_{mode}"] = details
     # Batched runs are live (the agent is connected before the publisher starts): a pre-queued backlog of
     # 100-reading messages does not complete at all (see the offline probe below and the report).

@@ -26,6 +26,9 @@ Recipe (see ``docs/sensor-model.md``, measured by ``bench/bench_loop.py``):
   probability + (1 - ``alpha``) x its decision (the job's ``alpha``, as for
   chat's soft and hard terms): the windows the edge was unsure about get an
   answer, not just another "maybe";
+* without a parent, ``studentParams`` may ask for ``members`` (an ensemble of that
+  many students in one graph) and ``context`` (targets over that many windows):
+  the sensor teacher's recipe, :mod:`cloud_controller.training.sensor_ensemble`;
 * with a parent bundle the student is *warm-started* from the parent's
   (dequantised int8) weights and fine-tuned for ``finetune_epochs`` on base +
   hard examples (oversampled ``hard_repeat`` times); without one it is trained
@@ -254,12 +257,19 @@ def run_sensor(
 
     t1 = time.perf_counter()
     import torch
+    from torch import nn
+
+    from cloud_controller.training.sensor_ensemble import context_scores, fit_ensemble
 
     torch.set_num_threads(1)
+    # studentParams.context (the sensor teacher's recipe, :mod:`.sensor_ensemble`): a window's target
+    # is the detector's highest score over it and its neighbours; 1 (students) = the window alone.
+    p = spec.student_params
+    context = int(p.get("context", 1))
     x_base = np.concatenate([f.z for f in [*files, *free]]).astype(np.float32)
-    y_base = np.concatenate([soft_targets(f.teacher, cfg.sharpness) for f in [*files, *free]]).astype(
-        np.float32
-    )
+    y_base = np.concatenate(
+        [soft_targets(context_scores(f.teacher, context), cfg.sharpness) for f in [*files, *free]]
+    ).astype(np.float32)
     # The teacher's answers on what the edge escalated: alpha x its probability + (1 - alpha) x its
     # decision, like chat's soft + hard terms. The base keeps v1's soft targets, so the one thing
     # that changes between parent and candidate is the fleet's new data.
@@ -278,11 +288,15 @@ def run_sensor(
     if init is not None:
         cfg = replace(cfg, hidden=(int(init.weights[0].shape[1]), int(init.weights[1].shape[1])))
     else:
-        p = spec.student_params
         cfg = replace(cfg, hidden=(int(p.get("hidden", cfg.hidden[0])), int(p.get("hidden2", cfg.hidden[1]))))
+    # studentParams.members: an ensemble of that many students in one graph (the sensor teacher's
+    # recipe); a warm start continues the one parent.
+    members = 1 if init is not None else max(1, int(p.get("members", 1)))
     epochs = spec.epochs or (cfg.finetune_epochs if init is not None else cfg.epochs)
     mode = "fine-tuning the parent" if init is not None else "training a new student"
-    progress("Training", 0.12, f"{mode}: {len(x)} rows, {epochs} epochs, hidden {cfg.hidden}")
+    what = f"{members} x hidden {cfg.hidden}" if members > 1 else f"hidden {cfg.hidden}"
+    ctx = f", targets over {context} windows" if context > 1 else ""
+    progress("Training", 0.12, f"{mode}: {len(x)} rows, {epochs} epochs, {what}{ctx}")
     last = [0.0]
 
     def on_epoch(ep_i: int, n: int) -> None:
@@ -291,15 +305,19 @@ def run_sensor(
             last[0] = now
             progress("Training", 0.12 + 0.56 * ep_i / n, f"epoch {ep_i}/{n}")
 
-    model = fit(
-        x,
-        y,
-        cfg,
-        init=init,
-        epochs=epochs,
-        lr=cfg.finetune_lr if init is not None else cfg.lr,
-        on_epoch=on_epoch,
-    )
+    model: nn.Module
+    if members > 1:
+        model = fit_ensemble(x, y, cfg, members, epochs=epochs, on_epoch=on_epoch)
+    else:
+        model = fit(
+            x,
+            y,
+            cfg,
+            init=init,
+            epochs=epochs,
+            lr=cfg.finetune_lr if init is not None else cfg.lr,
+            on_epoch=on_epoch,
+        )
     progress("Training", 0.7, "exporting int8")
     fp32, int8 = out / "student_fp32.onnx", out / "student_int8.onnx"
     export_student(model, fspec.n_features, fp32, int8)
@@ -308,7 +326,13 @@ def run_sensor(
         "version": spec.version,
         "parent_version": spec.parent_version,
         "extra": {
-            "recipe": {"config": spec.config, "hidden": list(cfg.hidden), "epochs": epochs},
+            "recipe": {
+                "config": spec.config,
+                "hidden": list(cfg.hidden),
+                "epochs": epochs,
+                "members": members,
+                "context": context,
+            },
             "warm_start": init is not None,
             "job": spec.job,
             "base": spec.base,

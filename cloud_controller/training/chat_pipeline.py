@@ -174,7 +174,7 @@ def run_chat(opts: ChatRunOptions, log: Any = print) -> dict[str, Any]:
                 tags,
                 data_key=k_data,
                 cache=opts.out / "teacher",
-                score=teacher_valid_score(valid) if cfg.teacher.epochs > 1 else None,
+                score=teacher_valid_score(valid, train) if cfg.teacher.epochs > 1 else None,
             )
         return handle
 

@@ -50,7 +50,8 @@ from cloud_controller.training.minilm_teacher import (
     teacher_word_vectors,
     torch_threads,
 )
-from cloud_controller.training.nlu_metrics import NluMetrics, evaluate_nlu
+from cloud_controller.training.nlu_metrics import NluMetrics, evaluate_nlu, slot_prf
+from cloud_controller.training.tag_prior import choose_weight, fit_tag_prior
 from edge_agent.models.bundle import write_bundle
 from edge_agent.models.chat_runtime import bio_transitions, bio_viterbi, softmax
 from edge_agent.models.tokenizer import UNK_ID, Tokenizer
@@ -334,13 +335,20 @@ def pca_table(vectors: np.ndarray, dim: int) -> np.ndarray:
 def teacher_decode(
     handle: MiniLmTeacherHandle, examples: Sequence[Example]
 ) -> tuple[list[str], list[list[str]]]:
-    """Teacher intent + tags per example, decoded like the edge (BIO-valid Viterbi), so it compares fairly."""
+    """Teacher intent + tags per example: BIO-valid Viterbi like the edge, plus the teacher's tag prior."""
     il, sl = teacher_predict(handle, [e.tokens for e in examples], desc="teacher eval")
-    pi, pt = [], []
-    for k in range(len(examples)):
-        a, b = _decode(il[k : k + 1], sl[k][None], [len(sl[k])], handle.intents, handle.tags)
-        pi += a
-        pt += b
+    return _teacher_labels(handle, il, sl)
+
+
+def _teacher_labels(
+    handle: MiniLmTeacherHandle, il: np.ndarray, sl: Sequence[np.ndarray]
+) -> tuple[list[str], list[list[str]]]:
+    pi = [handle.intents[int(k)] for k in il.argmax(-1)]
+    if handle.prior is not None:
+        return pi, [handle.prior.decode(np.log(softmax(x) + 1e-12)) for x in sl]
+    pt: list[list[str]] = []
+    for k in range(len(sl)):
+        pt += _decode(il[k : k + 1], sl[k][None], [len(sl[k])], handle.intents, handle.tags)[1]
     return pi, pt
 
 
@@ -349,14 +357,29 @@ def teacher_metrics(handle: MiniLmTeacherHandle, examples: Sequence[Example]) ->
     return evaluate_nlu([e.intent for e in examples], pi, [e.tags for e in examples], pt)
 
 
-def teacher_valid_score(valid: Sequence[Example]) -> Callable[[MiniLmTeacherHandle], float] | None:
-    """Per-epoch selection score for the teacher (valid intent acc + slot F1); None without valid data."""
+def teacher_valid_score(
+    valid: Sequence[Example], train: Sequence[Example]
+) -> Callable[[MiniLmTeacherHandle], float] | None:
+    """Per-epoch selection score for the teacher (valid intent acc + slot F1); None without valid data.
+
+    Also picks the weight of the tag prior (fitted on ``train``'s tags) on valid and
+    sets it on the handle, so the kept epoch keeps the prior chosen with it.
+    """
     if not valid:
         return None
+    gold_i, gold_t = [e.intent for e in valid], [list(e.tags) for e in valid]
 
     def score(handle: MiniLmTeacherHandle) -> float:
-        m = teacher_metrics(handle, valid)
-        tqdm.write(f"teacher valid: intent {m.intent_acc:.2f} slot F1 {m.slot_f1:.2f}")
+        il, sl = teacher_predict(handle, [e.tokens for e in valid], desc="teacher valid")
+        prior = fit_tag_prior([e.tags for e in train], handle.tags)
+        logp = [np.log(softmax(x) + 1e-12) for x in sl]
+        handle.prior, _ = choose_weight(prior, logp, lambda pt: slot_prf(gold_t, pt)[2])
+        pi, pt = _teacher_labels(handle, il, sl)
+        m = evaluate_nlu(gold_i, pi, gold_t, pt)
+        tqdm.write(
+            f"teacher valid: intent {m.intent_acc:.2f} slot F1 {m.slot_f1:.2f} "
+            f"(tag prior weight {handle.prior.weight:g})"
+        )
         return m.intent_acc + m.slot_f1
 
     return score
@@ -383,7 +406,8 @@ def run(
     }
     handle: MiniLmTeacherHandle | None = None
     if mode in {"teacher", "all"}:
-        handle = load_or_train_teacher(cfg.teacher, train, intents, tags, score=teacher_valid_score(valid))
+        score = teacher_valid_score(valid, train)
+        handle = load_or_train_teacher(cfg.teacher, train, intents, tags, score=score)
         report["teacher"] = {
             "test": teacher_metrics(handle, test).as_dict(),
             "size_bytes": handle.size_bytes,

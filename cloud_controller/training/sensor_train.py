@@ -428,8 +428,12 @@ def torch_scores(model: SensorStudent, z: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(np.asarray(z, np.float32))).squeeze(-1).double().numpy()
 
 
-def export_student(model: SensorStudent, n_in: int, fp32_path: Path, int8_path: Path) -> None:
-    """ONNX (opset 17, dynamic batch) then dynamic int8 weights via the shared ``quantize_int8``."""
+def export_student(model: nn.Module, n_in: int, fp32_path: Path, int8_path: Path) -> None:
+    """ONNX (opset 17, dynamic batch) then dynamic int8 weights via the shared ``quantize_int8``.
+
+    Any module from ``features`` to a score in [0, 1] (a :class:`SensorStudent`, or the teacher's
+    :class:`~cloud_controller.training.sensor_ensemble.SensorEnsemble`).
+    """
     model.eval()
     fp32_path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():

@@ -83,18 +83,28 @@ def bio_transitions(tags: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return allowed, start
 
 
-def bio_viterbi(log_probs: np.ndarray, allowed: np.ndarray, start: np.ndarray) -> np.ndarray:
+def bio_viterbi(
+    log_probs: np.ndarray,
+    allowed: np.ndarray,
+    start: np.ndarray,
+    trans: np.ndarray | None = None,
+    first: np.ndarray | None = None,
+) -> np.ndarray:
     """Most probable tag sequence [T] that is valid BIO (no ``I-x`` without its ``B-x``).
 
     A token classifier without a CRF sometimes emits ``O I-x`` or ``B-x I-y``;
     conlleval counts those as extra chunks. Decoding under the BIO constraint
     repairs them at a cost of O(T * K^2) numpy operations (tens of microseconds).
+    ``trans`` [prev, cur] and ``first`` [cur] are optional additive log scores on
+    top of the constraint (a tag-bigram prior, see
+    ``cloud_controller.training.tag_prior``): they break ties a hard constraint
+    leaves open, such as ``B-x B-x`` splitting one name into two.
     """
     n, k = log_probs.shape
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    penalty = np.where(allowed, 0.0, -1e9)
-    score = log_probs[0] + np.where(start, 0.0, -1e9)
+    penalty = np.where(allowed, 0.0 if trans is None else trans, -1e9)
+    score = log_probs[0] + np.where(start, 0.0 if first is None else first, -1e9)
     back = np.zeros((n, k), dtype=np.int64)
     for t in range(1, n):
         cand = score[:, None] + penalty  # [prev, cur]

@@ -8,6 +8,8 @@ acknowledged (after the next commit, like the original).
 
 from __future__ import annotations
 
+import asyncio
+
 from edge_agent.pipeline.core import Pipeline
 from edge_agent.protocol import topics
 from edge_agent.services.chat_answers import ChatAnswers
@@ -15,6 +17,13 @@ from edge_agent.services.desired_apply import DesiredStateApplier
 from edge_agent.tick import CommitTick
 from edge_agent.transport.mqtt import MqttClient
 from edge_agent.transport.redelivery import RedeliveryGuard
+
+# Unacknowledged messages after which the reader lets the tick commit before reading on.
+_MAX_UNACKED = 2000
+# Share of the broker's window (our Receive Maximum) read before the tick is woken early: the broker
+# stops sending once the whole window is unacknowledged, so a commit started at half of it runs while the
+# reader absorbs the other half, instead of the reader idling through every commit (fsync included).
+_COMMIT_AT_WINDOW_SHARE = 0.5
 
 
 class Inbound:
@@ -43,6 +52,7 @@ class Inbound:
         handle = self._pipeline.handle
         guard = self._redelivery
         tick = self._tick
+        commit_at = max(1, int(self._client.max_incoming * _COMMIT_AT_WINDOW_SHARE))
         async for msg in self._client.messages():
             if msg.topic == self._desired_topic:
                 self._desired.on_message(msg)
@@ -59,8 +69,14 @@ class Inbound:
                     continue
                 guard.absorbed(msg.mid, msg.topic, msg.payload)
             tick.ack_after_commit(msg)
-            if tick.due():  # too many unacknowledged messages or readings since the last commit
-                # Let the committer catch up instead of growing the unacknowledged set without bound.
+            unacked = tick.unacked
+            if unacked >= commit_at:
+                tick.wake()
+                if unacked >= _MAX_UNACKED:
+                    # Let the committer catch up instead of growing the unacknowledged set without bound.
+                    await asyncio.sleep(0)
+            elif tick.readings_due():
+                # Batched telemetry: bound the readings one commit turns into summaries (memory, tick.py).
                 await tick.let_commit()
 
     async def cloud(self) -> None:

@@ -26,7 +26,9 @@ from edge_agent.protocol.errors import MqttError
 __all__ = ["Connection", "close_socket"]
 
 # paho reads one packet per call: a readable socket is drained up to this many packets per wakeup.
-_READS_PER_WAKEUP = 200
+# Not more: each step of a commit (an SQLite statement in its thread, then back) waits for the
+# current batch of reads, and a commit delayed is a window of acks delayed.
+_READS_PER_WAKEUP = 64
 
 
 def close_socket(client: paho.Client) -> None:
@@ -87,26 +89,42 @@ class Connection:
         if self.reading or self.fd is None:
             return
         client = self.client
+        loop = self.loop
         # One poll object per connection: cheaper per check than building select()'s three lists.
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
         sock = client.socket()
         pending = getattr(sock, "pending", None)  # TLS only
+        # Bytes paho's reader buffered past the last packet (FastClient): epoll cannot see them either.
+        buffered = getattr(client, "buffered", None)
+
+        def more() -> bool:
+            return (
+                (buffered is not None and buffered())
+                or (pending is not None and pending() > 0)
+                or bool(poller.poll(0))
+            )
 
         def readable() -> None:
+            if not self.reading or client.socket() is not sock:
+                return
             client.loop_read()
             # Keep reading while bytes are waiting, since one event-loop pass per message is the
             # bottleneck otherwise. TLS: decrypted bytes can sit inside the SSL object where epoll
             # cannot see them.
             for _ in range(_READS_PER_WAKEUP):
-                if not self.reading or client.socket() is not sock:
-                    return
-                if not (pending is not None and pending() > 0) and not poller.poll(0):
+                if not self.reading or client.socket() is not sock or not more():
                     return
                 client.loop_read()
+            # Out of reads for this pass: let the loop run other work (the commit), then go on. Bytes
+            # already buffered would not wake epoll again.
+            if self.reading and client.socket() is sock and buffered is not None and buffered():
+                loop.call_soon(readable)
 
-        self.loop.add_reader(self.fd, readable)
+        loop.add_reader(self.fd, readable)
         self.reading = True
+        if buffered is not None and buffered():  # resumed after backpressure with bytes already read
+            loop.call_soon(readable)
 
     def pause_reading(self) -> bool:
         """Backpressure: stop reading; TCP and the broker queue hold the rest. False if not reading."""

@@ -7,19 +7,29 @@ with the same packet id and DUP=1, and a broker never reuses a packet id that is
 still unacknowledged. So a DUP message whose packet id *and* content match one
 we absorbed is the same message again: acknowledge it, do not count it twice.
 
-The record of absorbed packet ids is committed with the state it produced (keys
-``ack:{mid}``), so the check also holds across a SIGKILL. Entries older than
-``window_s`` are pruned because a redelivery comes first thing after a reconnect.
+The record of absorbed packet ids is committed with the state it produced, so
+the check also holds across a SIGKILL. Packet ids are 16-bit, which bounds the
+record at 65,535 entries; entries older than ``window_s`` are pruned because a
+redelivery comes first thing after a reconnect.
 
-Memory bound: packet ids are 16-bit, so the record is a fixed table of 65,536
-slots (an 8-byte digest and a timestamp each, 1 MiB) in anonymous ``mmap``
-memory: a page becomes resident only once a packet id in it is used, and no
-Python object survives per message. Why not a dict: a burst of N messages left
-3 small objects per message alive for ``window_s`` (up to ~12 MB at 65,535
-ids), scattered over every pymalloc arena the burst touched, which kept ~18 MB
-of otherwise free arenas resident after the burst (issue 15,
-``bench/bench_agent.py --only memory``). The ids absorbed in the current tick
-(``_pending``) are a dict that the next commit empties.
+Storage: one state row per bucket of 256 packet ids (``acks:{bucket}``), holding
+every live entry of that bucket, rewritten when one of its ids is absorbed.
+Before, every absorbed message upserted its own row (``ack:{mid}``): one SQLite
+row per inbound message was most of a commit's time under a backlog (profile in
+docs/profiles/agent-single.md). A broker hands out packet ids in sequence, so a
+commit of a thousand messages now rewrites four or five rows; on disk the record
+stays bounded at 256 rows of at most 4.6 kB. Rows of the older per-id form are
+read on restore and deleted at the first commit after it.
+
+Memory bound: in memory the record is a fixed table of 65,536 slots (an 8-byte
+digest and a timestamp each, 1 MiB) in anonymous ``mmap`` memory: a page becomes
+resident only once a packet id in it is used, and no Python object survives per
+message. Why not a dict: a burst of N messages left 3 small objects per message
+alive for ``window_s`` (up to ~11 MB at 65,535 ids, tests/edge/test_memory_bounds.py),
+scattered over every pymalloc arena the burst touched, which kept those arenas
+resident after the burst (issue 15, ``bench/bench_agent.py --only memory``). The
+ids absorbed in the current tick (``_pending``) are a dict that the next commit
+empties.
 """
 
 from __future__ import annotations
@@ -30,19 +40,25 @@ import struct
 import time
 from array import array
 
-PREFIX = "ack:"
+PREFIX = "ack:"  # the older form, one row per packet id: read on restore, then deleted
+BUCKET_PREFIX = "acks:"
+_BUCKET_BITS = 8
+_BUCKET = 1 << _BUCKET_BITS
 _REC = struct.Struct("!8sd")
+_ENTRY = struct.Struct("!H8sd")
 # Slots of the table: every 16-bit packet id (0 is never used by MQTT for QoS > 0).
 SLOTS = 1 << 16
 _DIGEST = 8
-# Pruning visits only blocks whose oldest stamp may be due: 256 blocks of 256 slots.
-_BLOCK = 256
 
 
 def _digest(topic: str, payload: bytes) -> bytes:
     h = hashlib.blake2b(topic.encode(), digest_size=_DIGEST)
     h.update(payload)
     return h.digest()
+
+
+def _bucket_key(bucket: int) -> str:
+    return f"{BUCKET_PREFIX}{bucket}"
 
 
 class RedeliveryGuard:
@@ -54,16 +70,20 @@ class RedeliveryGuard:
         self._map: mmap.mmap | None = None
         self._digests: memoryview | None = None
         self._stamps: memoryview[float] | None = None  # seconds since the epoch; 0.0 = empty slot
-        # Per block, a lower bound of its occupied slots' stamps (0.0: the block is empty).
-        self._oldest = array("d", bytes(8 * (SLOTS // _BLOCK)))
+        # Per bucket, a lower bound of its occupied slots' stamps (0.0: the bucket is empty).
+        self._oldest = array("d", bytes(8 * (SLOTS // _BUCKET)))
         self._live = 0  # occupied slots
         self._last_prune = 0.0
+        # Rows of the older per-id form found on restore: deleted with the next commit, which writes
+        # their entries into buckets (``_dirty``).
+        self._legacy: list[str] = []
+        self._dirty: set[int] = set()
         self.duplicates = 0
 
     @property
     def tracked(self) -> int:
-        """Packet ids remembered (committed ones plus this tick's); at most ``SLOTS``."""
-        return self._live + sum(1 for mid in self._pending if not self._occupied(mid))
+        """Packet ids remembered (committed ones plus this tick's); at most ``SLOTS - 1``."""
+        return self._live + sum(1 for mid in self._pending if self._recent(mid) is None)
 
     def _tables(self) -> tuple[memoryview, memoryview[float]]:
         if self._digests is None or self._stamps is None:
@@ -74,9 +94,6 @@ class RedeliveryGuard:
             return digests, stamps
         return self._digests, self._stamps
 
-    def _occupied(self, mid: int) -> bool:
-        return self._stamps is not None and self._stamps[mid] != 0.0
-
     def _recent(self, mid: int) -> bytes | None:
         if self._stamps is None or self._digests is None or not 0 < mid < SLOTS:
             return None
@@ -84,16 +101,19 @@ class RedeliveryGuard:
             return None
         return bytes(self._digests[mid * _DIGEST : (mid + 1) * _DIGEST])
 
-    def _remember(self, mid: int, d: bytes, ts: float) -> None:
+    def _remember(self, mid: int, d: bytes, ts: float, *, keep_newer: bool = False) -> None:
         if not 0 < mid < SLOTS:
             return
         digests, stamps = self._tables()
         ts = ts if ts > 0.0 else 5e-324  # 0.0 marks an empty slot
-        if stamps[mid] == 0.0:
+        old = stamps[mid]
+        if keep_newer and old > ts:
+            return
+        if old == 0.0:
             self._live += 1
         digests[mid * _DIGEST : (mid + 1) * _DIGEST] = d
         stamps[mid] = ts
-        b = mid // _BLOCK
+        b = mid >> _BUCKET_BITS
         low = self._oldest[b]
         if low == 0.0 or ts < low:
             self._oldest[b] = ts
@@ -115,21 +135,41 @@ class RedeliveryGuard:
             self._pending[mid] = _digest(topic, payload)
 
     def take_state(self, now: float | None = None) -> tuple[dict[str, bytes], list[str]]:
-        """What to commit with this tick: the ids absorbed since the last one, and pruned ids."""
+        """What to commit with this tick: rewritten buckets of absorbed ids, and rows to delete."""
         now = time.time() if now is None else now
-        ups = {f"{PREFIX}{mid}": _REC.pack(d, now) for mid, d in self._pending.items()}
+        dirty = {mid >> _BUCKET_BITS for mid in self._pending}
+        if self._dirty:
+            dirty |= self._dirty
+            self._dirty = set()
         for mid, d in self._pending.items():
             self._remember(mid, d, now)
         self._pending.clear()
-        dels: list[str] = []
+        dels, self._legacy = self._legacy, []
         if now - self._last_prune >= self._prune_every:
             self._last_prune = now
-            pruned = self._prune(now - self.window_s)
-            dels = [key for key in (f"{PREFIX}{mid}" for mid in pruned) if key not in ups]
+            dirty.update(mid >> _BUCKET_BITS for mid in self._prune(now - self.window_s))
+        ups: dict[str, bytes] = {}
+        for bucket in dirty:
+            row = self._bucket_row(bucket)
+            if row:
+                ups[_bucket_key(bucket)] = row
+            else:
+                dels.append(_bucket_key(bucket))
         return ups, dels
 
+    def _bucket_row(self, bucket: int) -> bytes:
+        if self._stamps is None or self._digests is None:
+            return b""
+        first = bucket << _BUCKET_BITS
+        digests = self._digests
+        return b"".join(
+            _ENTRY.pack(first + i, bytes(digests[(first + i) * _DIGEST : (first + i + 1) * _DIGEST]), ts)
+            for i, ts in enumerate(self._stamps[first : first + _BUCKET].tolist())
+            if ts != 0.0
+        )
+
     def _prune(self, cutoff: float) -> list[int]:
-        """Empty the slots stamped before ``cutoff``; returns their packet ids. Only blocks whose oldest
+        """Empty the slots stamped before ``cutoff``; returns their packet ids. Only buckets whose oldest
         stamp is due are scanned, so the cost follows the ids pruned, not the table size."""
         stamps = self._stamps
         if stamps is None or self._live == 0:
@@ -139,9 +179,9 @@ class RedeliveryGuard:
         for b, low in enumerate(oldest):
             if low == 0.0 or low >= cutoff:
                 continue
-            base = b * _BLOCK
+            base = b << _BUCKET_BITS
             keep = 0.0
-            for i, ts in enumerate(stamps[base : base + _BLOCK].tolist()):
+            for i, ts in enumerate(stamps[base : base + _BUCKET].tolist()):
                 if ts == 0.0:
                     continue
                 if ts < cutoff:
@@ -155,6 +195,12 @@ class RedeliveryGuard:
 
     def restore(self, states: dict[str, bytes]) -> None:
         for key, raw in states.items():
-            if key.startswith(PREFIX):
+            if key.startswith(BUCKET_PREFIX):
+                for mid, d, ts in _ENTRY.iter_unpack(raw):
+                    self._remember(mid, d, ts, keep_newer=True)
+            elif key.startswith(PREFIX):
                 d, ts = _REC.unpack(raw)
-                self._remember(int(key[len(PREFIX) :]), d, ts)
+                mid = int(key[len(PREFIX) :])
+                self._remember(mid, d, ts, keep_newer=True)
+                self._legacy.append(key)
+                self._dirty.add(mid >> _BUCKET_BITS)

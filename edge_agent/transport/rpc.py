@@ -21,10 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
-import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -32,12 +32,36 @@ from edge_agent.protocol import topics
 from edge_agent.protocol.errors import MqttError
 from edge_agent.transport.mqtt import Message, MqttClient
 
-__all__ = ["Handler", "Rpc"]
+__all__ = ["Handler", "Rpc", "topic_filter_matcher"]
 
 log = logging.getLogger(__name__)
 
 # A handler returns the response body, or None to send no response (e.g. a misdirected reply topic).
 Handler = Callable[[Message], Awaitable[bytes | None]]
+
+
+def topic_filter_matcher(topic_filter: str) -> Callable[[str], bool]:
+    """A test ``topic -> bool`` for one MQTT topic filter, compiled once.
+
+    Every inbound message passes each served filter (device telemetry included),
+    and ``paho.topic_matches_sub`` builds a matcher trie per call: it was 10 % of the
+    agent's single-reading profile. Same rules: ``+`` is one level, a trailing ``#``
+    also matches its parent level, and a filter starting with a wildcard never
+    matches a ``$`` topic (``tests/edge/test_rpc_matcher.py`` checks it against paho).
+    """
+    levels = topic_filter.split("/")
+    parts: list[str] = []
+    for i, level in enumerate(levels):
+        if level == "#" and i == len(levels) - 1:
+            pattern = ".*" if i == 0 else "/".join(parts) + "(?:/.*)?"
+            break
+        parts.append("[^/]*" if level == "+" else re.escape(level))
+    else:
+        pattern = "/".join(parts)
+    fullmatch = re.compile(pattern, re.DOTALL).fullmatch
+    if levels[0] in ("+", "#"):
+        return lambda topic: not topic.startswith("$") and fullmatch(topic) is not None
+    return lambda topic: fullmatch(topic) is not None
 
 
 class Rpc:
@@ -48,6 +72,7 @@ class Rpc:
         self._response_topics: set[str] = set()
         self._requests: dict[bytes, asyncio.Future[Message]] = {}
         self._handlers: dict[str, Handler] = {}
+        self._matchers: list[tuple[Callable[[str], bool], Handler]] = []
         # Responses nobody waits for any more: a duplicate, or one that came after its timeout.
         self.unmatched_responses = 0
         client.add_router(self._route)
@@ -92,6 +117,7 @@ class Rpc:
     async def serve(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
         """Answer requests on ``topic_filter``: ``handler(msg)`` returns the response payload."""
         self._handlers[topic_filter] = handler
+        self._matchers = [(topic_filter_matcher(topics.unshared(f)), h) for f, h in self._handlers.items()]
         await self.client.subscribe(topic_filter, qos)
 
     # ------------------------------------------------------------------ client hooks
@@ -112,8 +138,9 @@ class Rpc:
                 self.unmatched_responses += 1
             self.client.ack(msg)
             return True
-        for flt, handler in self._handlers.items():
-            if paho.topic_matches_sub(topics.unshared(flt), msg.topic):
+        topic = msg.topic
+        for matches, handler in self._matchers:
+            if matches(topic):
                 self.client.spawn(self._answer(msg, handler), "rpc")
                 return True
         return False

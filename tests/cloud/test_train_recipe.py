@@ -71,3 +71,34 @@ def test_teacher_keeps_its_best_valid_epoch(tmp_path: Path) -> None:
     emb = "encoder.embeddings.word_embeddings.weight"
     assert torch.equal(seen[0][emb], seen[1][emb])  # the word-piece table is frozen
     assert h.train_cpu_seconds > 0
+
+
+def test_teacher_keeps_the_tag_prior_of_its_best_epoch_and_reloads_it(tmp_path: Path) -> None:
+    """The valid scorer sets the prior's weight per epoch; the kept epoch's prior is saved with it."""
+    from cloud_controller.datasets.snips import Example, label_sets
+    from cloud_controller.training.chat_train import CONFIGS, teacher_decode, teacher_valid_score
+    from cloud_controller.training.minilm_teacher import MiniLmTeacherHandle, load_or_train_teacher
+    from tests.cloud.train_data import utterances
+
+    data = [Example(tuple(t), tuple(g), i) for t, g, i in utterances(32)]
+    train, valid = data[:24], data[24:]
+    intents, tags = label_sets(data)
+    cfg = replace(CONFIGS["tiny"].teacher, epochs=2, max_train=None, batch_size=8)
+    real = teacher_valid_score(valid, train)
+    assert real is not None
+    weights: list[float] = []
+
+    def score(h: MiniLmTeacherHandle) -> float:
+        real(h)
+        assert h.prior is not None and h.prior.tags == tuple(tags)
+        weights.append(h.prior.weight)
+        return 10.0 - len(weights)  # the first epoch is kept
+
+    h = load_or_train_teacher(cfg, train, intents, tags, data_key="p", cache=tmp_path, score=score)
+    assert len(weights) == 2 and h.prior is not None and h.prior.weight == weights[0]
+    again = load_or_train_teacher(cfg, train, intents, tags, data_key="p", cache=tmp_path)
+    assert again.prior is not None and again.prior.weight == weights[0]
+    assert teacher_decode(again, valid) == teacher_decode(h, valid)
+    meta = json.loads((h.cache_dir / "meta.json").read_text())
+    assert meta["n_train"] == 2 * len(train)  # train plus one slot-swapped copy (augment_copies 1.0)
+

@@ -44,7 +44,7 @@ def test_a_queued_message_holds_one_tracked_object_and_no_empty_properties() -> 
     before = len(gc.get_objects())
     raw = [_paho_message(i + 1, Properties(PacketTypes.PUBLISH)) for i in range(n)]
     for m in raw:
-        client._dispatch(conn, m)
+        client._dispatch_paho(conn, m)
     del raw, m  # paho frees its message once on_message returns
     gc.collect()
     per_message = (len(gc.get_objects()) - before) / n
@@ -60,7 +60,7 @@ def test_set_properties_are_kept() -> None:
     props = Properties(PacketTypes.PUBLISH)
     props.ResponseTopic = "r/t"
     props.CorrelationData = b"c"
-    client._dispatch(_Conn(), _paho_message(1, props))  # type: ignore[arg-type]
+    client._dispatch_paho(_Conn(), _paho_message(1, props))  # type: ignore[arg-type]
     msg: Message = client._incoming.get_nowait()
     assert getattr(msg.properties, "ResponseTopic", None) == "r/t"
     assert getattr(msg.properties, "CorrelationData", None) == b"c"

@@ -51,7 +51,7 @@ def test_redelivery_still_recognises_committed_and_pending_duplicates_and_prunes
     g.absorbed(7, TOPIC, b"a")
     assert g.is_duplicate(7, True, TOPIC, b"a")  # pending: absorbed, not committed yet
     ups, dels = g.take_state(1000.0)
-    assert set(ups) == {"ack:7"} and dels == []
+    assert set(ups) == {"acks:0"} and dels == []
     assert g.is_duplicate(7, True, TOPIC, b"a")  # committed
     assert not g.is_duplicate(7, True, TOPIC, b"b")  # same id, other content: a new message
     assert not g.is_duplicate(7, False, TOPIC, b"a")  # no DUP flag: never a redelivery
@@ -59,7 +59,7 @@ def test_redelivery_still_recognises_committed_and_pending_duplicates_and_prunes
     restored.restore(ups)
     assert restored.is_duplicate(7, True, TOPIC, b"a")  # across a restart
     ups, dels = g.take_state(1000.0 + 301.0)
-    assert ups == {} and dels == ["ack:7"]
+    assert ups == {} and dels == ["acks:0"]
     assert not g.is_duplicate(7, True, TOPIC, b"a") and g.tracked == 0
 
 
@@ -108,12 +108,12 @@ def test_the_reader_lets_a_commit_run_every_commit_max_readings() -> None:
     p = _Pipeline()
     fake: Any = None
     tick = CommitTick(p, fake, fake, fake, fake, config=fake, send_reply=fake)  # type: ignore[arg-type]
-    assert not tick.due()
+    assert not tick.readings_due()
     p.windows.readings = COMMIT_MAX_READINGS - 1
-    assert not tick.due()
+    assert not tick.readings_due()
     p.windows.readings = COMMIT_MAX_READINGS
-    assert tick.due()
+    assert tick.readings_due()
     tick._asked = True  # what let_commit records: asked once per commit, no yield on every message
-    assert not tick.due()
+    assert not tick.readings_due()
     p.windows.readings = 2 * COMMIT_MAX_READINGS
-    assert tick.due()  # reading outpaces committing: the reader waits for the running commit
+    assert tick.readings_due()  # reading outpaces committing: the reader waits for the running commit

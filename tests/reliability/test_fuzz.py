@@ -21,7 +21,7 @@ from edge_agent.protocol.messages import Status, loads, validate
 from edge_agent.protocol.topics import chunk_prefix
 from edgeloop_sim.harness.fuzz.model_targets import CHUNKS, MANIFEST, check_chunk
 from edgeloop_sim.harness.fuzz.registry import TARGETS, make_target
-from edgeloop_sim.harness.fuzz.target_base import Tally, run_case
+from edgeloop_sim.harness.fuzz.target_base import Tally, frozen_heap, run_case
 
 EXAMPLES = int(os.environ.get("EDGELOOP_FUZZ_EXAMPLES", "200"))
 RANDOM = os.environ.get("EDGELOOP_FUZZ_RANDOM") == "1"
@@ -48,7 +48,8 @@ def fuzz(name: str, tmp_path: Path, examples: int, *, derandomize: bool = True) 
         run_case(target, tally, case)
 
     try:
-        run()
+        with frozen_heap():
+            run()
         tally.check()
         target.verify_counts(tally)
     finally:

@@ -1,4 +1,4 @@
-"""The teacher's tag-bigram prior: fitted on train's tags, weighted on valid, never worse than the constraint."""
+"""The teacher's tag-bigram prior: fitted on train, weighted on valid, never worse than the constraint."""
 
 from __future__ import annotations
 

@@ -96,6 +96,18 @@ def _prior_weight(out: Path) -> str:
     return "n/a"
 
 
+def _time_check(timing: dict[str, Any], est_min: float) -> tuple[str, bool]:
+    """Wall time when the run had 2 torch threads on a quiet machine (what the target means), else the
+    CPU-based estimate, named as such."""
+    wall_min, limit = timing["wall_seconds"] / 60, TARGETS["minutes_2_cores"]
+    if timing["threads"] >= 2 and timing["load_start"][0] < 1.0:
+        threads = timing["threads"]
+        return f"training {wall_min:.1f} min wall (2 cores, {threads} torch threads, quiet) <= 20 min", (
+            wall_min <= limit
+        )
+    return f"training {est_min:.1f} min (estimate: CPU s / 2) <= 20 min", est_min <= limit
+
+
 def _mark(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -129,7 +141,7 @@ def render(out: Path) -> tuple[str, str]:
         ("student intent acc >= 98.0", s["intent_acc"] >= TARGETS["student_intent"]),
         ("student slot F1 >= 94.0", s["slot_f1"] >= TARGETS["student_slot_f1"]),
         (f"bundle {bundle_mb:.2f} MB <= 5 MB", bundle_mb <= TARGETS["bundle_mb"]),
-        (f"training {est_min:.1f} min (CPU s / 2) <= 20 min", est_min <= TARGETS["minutes_2_cores"]),
+        _time_check(timing, est_min),
     ]
     stage_rows = ["| stage | wall s | CPU s |", "|---|---|---|"]
     cpu_st = report.get("stage_cpu_seconds", {})

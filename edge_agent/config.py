@@ -115,6 +115,10 @@ class WindowConfig(_Section):
     deadband_max_hold: Annotated[int, Field(ge=1, le=10_000)] = 30
     # Close a window after this much wall time without new data (event time may stall).
     idle_close_s: Annotated[float, Field(gt=0)] = 15.0
+    # At most this many (device, metric) streams open at once: beyond it, the streams touched
+    # longest ago are closed early at the next tick, as idle close would later (nothing lost;
+    # a partial window is summarised). Bounds memory against a device spraying new ids.
+    max_streams: Annotated[int, Field(ge=1, le=10_000_000)] = 20_000
 
 
 class PiiRule(_Section):

@@ -69,6 +69,7 @@ class WindowAggregator:
         self.windows_closed = 0
         self.summaries_emitted = 0
         self.windows_held = 0  # windows the deadband merged instead of sending
+        self.streams_closed_early = 0  # streams closed by the max_streams cap before their idle close
         # Closed windows that had no valid summary since the last take_unsummarisable(): their
         # readings are accounted here instead of in an emitted ``count``.
         self._unsummarisable: list[UnsummarisableWindow] = []
@@ -85,6 +86,7 @@ class WindowAggregator:
         self._deadband = float(cfg.deadband)
         self._max_hold = int(cfg.deadband_max_hold)
         self._idle = float(cfg.idle_close_s)
+        self._max_streams = int(cfg.max_streams)
 
     @property
     def pending(self) -> int:
@@ -267,11 +269,17 @@ class WindowAggregator:
         del self._keys[key]
 
     def poll(self, now: float) -> list[WindowSummary]:
-        """Hand out every closed summary; first close streams quiet for ``idle_close_s``."""
+        """Hand out every closed summary; first close streams quiet for ``idle_close_s``, and the
+        least recently touched ones beyond ``max_streams``."""
         out: list[WindowSummary] = []
         limit = now - self._idle
         for key, st in [(k, st) for k, st in self._keys.items() if st.touched <= limit]:
             self._close_key(key, st, out)
+        over = len(self._keys) - self._max_streams
+        if over > 0:  # least recently touched first: the streams idle close would take next
+            for key, st in sorted(self._keys.items(), key=lambda kv: kv[1].touched)[:over]:
+                self._close_key(key, st, out)
+            self.streams_closed_early += over
         for key in self._has_pending:
             self._drain(key, self._keys[key], out)
         self._has_pending.clear()

@@ -93,6 +93,7 @@ def node_methods(view: NodeView) -> list[Method]:
             "windows_closed": w.windows_closed,
             "summaries_emitted": w.summaries_emitted,
             "windows_held": w.windows_held,
+            "streams_closed_early": w.streams_closed_early,
             "pending": w.pending,
             "open": w.open_windows(req.args.get("device"), limit),
         }

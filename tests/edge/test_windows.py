@@ -207,6 +207,18 @@ def test_idle_close_is_per_stream() -> None:
     assert [s.device for s in agg.poll(now=9.0)] == ["b"]
 
 
+def test_stream_cap_closes_the_least_recently_touched_streams_early_and_loses_nothing() -> None:
+    """A device spraying new ids cannot grow the open streams past ``max_streams`` for longer than a tick."""
+    agg = WindowAggregator(WindowConfig(length_s=10.0, idle_close_s=60.0, max_streams=100))
+    for i in range(250):
+        agg.add(f"d{i}", "m", 1.0, float(i), now=float(i) / 100)
+    out = agg.poll(now=3.0)  # nobody is idle for 60 s: only the cap closes streams
+    assert len(agg) == 100 and agg.streams_closed_early == 150
+    assert sorted(s.device for s in out) == sorted(f"d{i}" for i in range(150))  # the oldest touched
+    rest = agg.flush_all()
+    assert sum(s.count for s in out + rest) == 250 and len({s.device for s in out + rest}) == 250
+
+
 def test_reloaded_config_applies_to_new_windows_only() -> None:
     agg = WindowAggregator(WindowConfig(length_s=10.0))
     for ts in (5.0, 15.0):

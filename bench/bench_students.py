@@ -174,21 +174,16 @@ def main() -> int:
         ["escalation rate reached", f"{esc['escalation_rate']:.1f} %", f"<= {args.budget:.0%}", "-"],
         ["student alone (int8)", f"{esc['student']:.2f} %", "(info)", "-"],
     ]
-    body = "\n".join(
+    body = _block(
+        "Students in the agent: escalation within a budget",
+        rows,
         [
-            "## Students in the agent: escalation within a budget",
-            "",
-            f"Command: `{command_line()}`  ",
-            f"Machine: {machine_line()}",
-            "",
-            markdown_table(["measure", "value", "target", "result"], rows),
-            "",
             f"- SNIPS test, n={int(esc['n'])}: the int8 student ({CHAT_BUNDLE.relative_to(ROOT)}) answers "
             "each utterance in order; the agent's EscalationBudget (window 200) decides which go to the "
             "MiniLM "
             "teacher, whose intent then counts.",
             "- The agent's memory with both students loaded: the `students-memory` block below.",
-        ]
+        ],
     )
     if not args.no_write:
         write_block("students", body)
@@ -212,21 +207,21 @@ def memory_block(rss: dict[str, float], chat: Path, sensor: Path | None) -> str:
             "-",
         ],
     ]
-    return "\n".join(
+    return _block(
+        "The agent's memory with both students loaded",
+        rows,
         [
-            "## The agent's memory with both students loaded",
-            "",
-            f"Command: `{command_line()}`  ",
-            f"Machine: {machine_line()}",
-            "",
-            markdown_table(["measure", "value", "target", "result"], rows),
-            "",
             f"- Bundles: chat `{_name(chat)}` ({_mb(chat)} MB), sensor `{_name(sensor or sensor_bundle())}` "
             f"({_mb(sensor or sensor_bundle())} MB).",
             "- RSS: `edge-agent run` with both bundles, after SKAB telemetry (8 devices x 2,000 rows) and "
             "100 SNIPS chat messages; median of 20 samples over 5 s.",
-        ]
+        ],
     )
+
+
+def _block(title: str, rows: list[list[str]], notes: list[str]) -> str:
+    header = [f"## {title}", "", f"Command: `{command_line()}`  ", f"Machine: {machine_line()}", ""]
+    return "\n".join([*header, markdown_table(["measure", "value", "target", "result"], rows), "", *notes])
 
 
 def _name(bundle: Path) -> str:

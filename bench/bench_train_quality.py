@@ -87,6 +87,10 @@ def _teacher_defaults() -> Any:
     return MiniLmTeacherConfig()
 
 
+def _augment_note(copies: float) -> str:
+    return f" plus {copies:g} x as many slot-swapped copies" if copies > 0 else ""
+
+
 def _prior_weight(out: Path) -> str:
     """The tag prior's weight the kept teacher epoch was decoded with (from the teacher's meta.json)."""
     for meta in (out / "teacher").glob("*/meta.json"):
@@ -168,8 +172,8 @@ def render(out: Path) -> tuple[str, str]:
             f"unloaded 2-core machine = CPU s / 2 = {est_min:.1f} min (assumes perfect 2-thread scaling). "
             f"The machine was shared: load average {timing['load_start'][0]:.1f} at start, "
             f"{timing['load_end'][0]:.1f} at end, so wall time is pessimistic.",
-            f"- teacher: {report['sizes']['train']} train utterances plus slot-swapped copies "
-            f"(`augment_copies` {_teacher_defaults().augment_copies:g}), recipe `MiniLmTeacherConfig` "
+            f"- teacher: {report['sizes']['train']} train utterances"
+            f"{_augment_note(_teacher_defaults().augment_copies)}, recipe `MiniLmTeacherConfig` "
             f"defaults; valid score (intent acc + slot F1) per epoch, best kept: {hist_line or 'n/a'}; "
             f"slots decoded with the tag-bigram prior at weight {_prior_weight(out)} (picked on valid).",
             f"- student: {info.get('n_train', '?')} utterances incl. slot-swap augmentation, distilled "

@@ -74,7 +74,10 @@ def test_teacher_keeps_its_best_valid_epoch(tmp_path: Path) -> None:
 
 
 def test_teacher_keeps_the_tag_prior_of_its_best_epoch_and_reloads_it(tmp_path: Path) -> None:
-    """The valid scorer sets the prior's weight per epoch; the kept epoch's prior is saved with it."""
+    """The valid scorer sets the prior's weight per epoch; the kept epoch's prior is saved with it.
+
+    Also: ``augment_copies`` (off by default) adds that many slot-swapped copies of train.
+    """
     from cloud_controller.datasets.snips import Example, label_sets
     from cloud_controller.training.chat_train import CONFIGS, teacher_decode, teacher_valid_score
     from cloud_controller.training.minilm_teacher import MiniLmTeacherHandle, load_or_train_teacher
@@ -83,7 +86,7 @@ def test_teacher_keeps_the_tag_prior_of_its_best_epoch_and_reloads_it(tmp_path: 
     data = [Example(tuple(t), tuple(g), i) for t, g, i in utterances(32)]
     train, valid = data[:24], data[24:]
     intents, tags = label_sets(data)
-    cfg = replace(CONFIGS["tiny"].teacher, epochs=2, max_train=None, batch_size=8)
+    cfg = replace(CONFIGS["tiny"].teacher, epochs=2, max_train=None, batch_size=8, augment_copies=1.0)
     real = teacher_valid_score(valid, train)
     assert real is not None
     weights: list[float] = []
@@ -100,5 +103,5 @@ def test_teacher_keeps_the_tag_prior_of_its_best_epoch_and_reloads_it(tmp_path: 
     assert again.prior is not None and again.prior.weight == weights[0]
     assert teacher_decode(again, valid) == teacher_decode(h, valid)
     meta = json.loads((h.cache_dir / "meta.json").read_text())
-    assert meta["n_train"] == 2 * len(train)  # train plus one slot-swapped copy (augment_copies 1.0)
+    assert meta["n_train"] == 2 * len(train)  # train plus one slot-swapped copy (augment_copies=1.0)
 

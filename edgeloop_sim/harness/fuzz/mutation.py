@@ -4,7 +4,6 @@ raw bytes; the injection strings and weird numbers every target draws from."""
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import math
 from typing import Any
@@ -77,10 +76,7 @@ def _extend(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4))
 
 
-@functools.cache
 def weird_value() -> st.SearchStrategy[Any]:
-    """One strategy object for every draw: hypothesis keeps per-strategy state (validation, reprs), so
-    building a new recursive strategy per draw grew the fuzz process by ~17 MB over 10,000 cases."""
     return st.recursive(_leaf(), _extend, max_leaves=12)
 
 

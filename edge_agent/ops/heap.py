@@ -80,10 +80,7 @@ class HeapTrimmer:
             return False
         if busy and now - self._last_at < self.interval_s:
             return False
-        if not self.available:
+        if not self.trim_now():
             return False
-        assert self._fn is not None
-        self._fn(0)
         self._last_at, self._work_at_trim = now, work
-        self.trims += 1
         return True

@@ -13,6 +13,7 @@ edge (:func:`edge_agent.models.chat_runtime.bio_viterbi`).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -38,9 +39,13 @@ class TagPrior:
     weight: float = 0.0
     alpha: float = 0.1
 
+    @functools.cached_property
+    def _constraint(self) -> tuple[np.ndarray, np.ndarray]:
+        return bio_transitions(self.tags)  # built once per prior, not per utterance
+
     def decode(self, log_probs: np.ndarray) -> list[str]:
         """BIO-valid Viterbi over per-word log-probabilities [T, K] plus the weighted prior."""
-        allowed, start = bio_transitions(self.tags)
+        allowed, start = self._constraint
         w = self.weight
         path = bio_viterbi(log_probs, allowed, start, w * self.log_trans, w * self.log_first)
         return [self.tags[int(j)] for j in path]

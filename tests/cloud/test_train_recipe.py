@@ -105,3 +105,58 @@ def test_teacher_keeps_the_tag_prior_of_its_best_epoch_and_reloads_it(tmp_path: 
     meta = json.loads((h.cache_dir / "meta.json").read_text())
     assert meta["n_train"] == 2 * len(train)  # train plus one slot-swapped copy (augment_copies=1.0)
 
+
+def test_teacher_ensemble_averages_its_members_and_resumes_at_the_next_member(tmp_path: Path) -> None:
+    """``members=2``: two fine-tunes, own seeds, probabilities averaged, the prior set on the average.
+
+    A member is saved as soon as it is done: a run interrupted in member 2 keeps member 1.
+    """
+    import numpy as np
+
+    from cloud_controller.datasets.snips import Example, label_sets
+    from cloud_controller.training.chat_train import CONFIGS, teacher_decode, teacher_valid_score
+    from cloud_controller.training.minilm_teacher import (
+        MiniLmTeacherHandle,
+        load_or_train_teacher,
+        teacher_predict,
+    )
+    from tests.cloud.train_data import utterances
+
+    data = [Example(tuple(t), tuple(g), i) for t, g, i in utterances(32)]
+    train, valid = data[:24], data[24:]
+    intents, tags = label_sets(data)
+    cfg = replace(CONFIGS["tiny"].teacher, epochs=1, max_train=None, batch_size=8, members=2)
+    real = teacher_valid_score(valid, train)
+    assert real is not None
+    calls: list[int] = []
+
+    def score(h: MiniLmTeacherHandle) -> float:
+        calls.append(len(h.members))
+        return real(h)
+
+    h = load_or_train_teacher(cfg, train, intents, tags, data_key="e", cache=tmp_path, score=score)
+    assert calls == [1, 1, 2]  # one epoch per member, then the ensemble (which picks the prior)
+    assert len(h.members) == 2 and h.prior is not None
+    one, two = h.members
+    assert not torch.equal(one.slot_head.weight, two.slot_head.weight)  # seeds differ
+    toks = [e.tokens for e in valid]
+    il, sl = teacher_predict(h, toks)
+    parts = [
+        teacher_predict(MiniLmTeacherHandle(m, h.tokenizer, intents, tags, tmp_path, 0, 0.0), toks)
+        for m in h.members
+    ]
+    mean = np.mean([np.exp(p[0] - np.log(np.exp(p[0]).sum(-1, keepdims=True))) for p in parts], axis=0)
+    assert np.allclose(np.exp(il), mean, atol=1e-5)
+    assert np.allclose(np.exp(sl[0]).sum(-1), 1.0, atol=1e-5)  # log-probabilities, usable as logits
+    assert [r["member"] for r in h.history or []] == [1, 2, 0]
+
+    again = load_or_train_teacher(cfg, train, intents, tags, data_key="e", cache=tmp_path)
+    assert len(again.members) == 2 and teacher_decode(again, valid) == teacher_decode(h, valid)
+
+    first = (h.cache_dir / "teacher.pt").stat().st_mtime_ns
+    (h.cache_dir / "teacher-2.pt").unlink()  # interrupted while training member 2
+    (h.cache_dir / "meta.json").unlink()
+    calls.clear()
+    load_or_train_teacher(cfg, train, intents, tags, data_key="e", cache=tmp_path, score=score)
+    assert calls == [1, 2]  # member 2 trained again, member 1 reused
+    assert (h.cache_dir / "teacher.pt").stat().st_mtime_ns == first

@@ -87,8 +87,29 @@ def _teacher_defaults() -> Any:
     return MiniLmTeacherConfig()
 
 
+def _teacher_kind() -> str:
+    c = _teacher_defaults()
+    kind = "torch, bf16 autocast" if c.bf16 else "torch fp32"
+    return f"{kind}, {c.members} members averaged" if c.members > 1 else kind
+
+
+def _recipe_note() -> str:
+    c = _teacher_defaults()
+    return (
+        f"{c.members} member(s) x {c.epochs} epochs, probabilities averaged, "
+        f"{'bfloat16 autocast' if c.bf16 else 'float32'}"
+    )
+
+
 def _augment_note(copies: float) -> str:
     return f" plus {copies:g} x as many slot-swapped copies" if copies > 0 else ""
+
+
+def _history_part(h: dict[str, Any]) -> str:
+    """One valid score: per member and epoch, or (epoch 0) the whole ensemble's."""
+    if not h.get("member"):
+        return f"{'ensemble' if 'member' in h else 'epoch ' + str(h['epoch'])}: {h['score']:.2f}"
+    return f"member {h['member']} epoch {h['epoch']}: {h['score']:.2f}"
 
 
 def _prior_weight(out: Path) -> str:
@@ -124,8 +145,9 @@ def render(out: Path) -> tuple[str, str]:
     t, s = report["teacher_test"], report["test"]
     bundle_mb = report["bundle_bytes"] / 1e6
     est_min = timing["cpu_seconds"] / 2 / 60
+    t_mb = teacher_json.get("size_bytes", 0) / 1e6
     rows = [
-        ("teacher: all-MiniLM-L6-v2 fine-tuned (torch fp32)", t, teacher_json.get("size_bytes", 0) / 1e6),
+        (f"teacher: all-MiniLM-L6-v2 fine-tuned ({_teacher_kind()})", t, t_mb),
         ("student: distilled BiLSTM, int8 ONNX via the edge decoding", s, report["model_bytes"] / 1e6),
     ]
     table = [
@@ -152,7 +174,7 @@ def render(out: Path) -> tuple[str, str]:
     for k, v in report["stage_seconds"].items():
         stage_rows.append(f"| {k} | {v:.0f} | {cpu_st.get(k, 0.0):.0f} |")
     hist = teacher_json.get("history") or []
-    hist_line = ", ".join(f"epoch {h['epoch']}: {h['score']:.2f}" for h in hist)
+    hist_line = "; ".join(_history_part(h) for h in hist)
     info = report["student"]
     body = "\n".join(
         [
@@ -174,7 +196,8 @@ def render(out: Path) -> tuple[str, str]:
             f"{timing['load_end'][0]:.1f} at end, so wall time is pessimistic.",
             f"- teacher: {report['sizes']['train']} train utterances"
             f"{_augment_note(_teacher_defaults().augment_copies)}, recipe `MiniLmTeacherConfig` "
-            f"defaults; valid score (intent acc + slot F1) per epoch, best kept: {hist_line or 'n/a'}; "
+            f"defaults ({_recipe_note()}); valid score (intent acc + slot F1) per epoch, best kept: "
+            f"{hist_line or 'n/a'}; "
             f"slots decoded with the tag-bigram prior at weight {_prior_weight(out)} (picked on valid).",
             f"- student: {info.get('n_train', '?')} utterances incl. slot-swap augmentation, distilled "
             f"{info.get('distilled')}; bundle {bundle_mb:.2f} MB (int8 model "

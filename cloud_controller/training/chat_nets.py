@@ -103,12 +103,9 @@ class StudentTagger(nn.Module):
 class TeacherTagger(nn.Module):
     """MiniLM encoder + intent head (mean pooling) + slot head (first word piece per word)."""
 
-    def __init__(
-        self, encoder: nn.Module, n_intents: int, n_tags: int, dropout: float = 0.1, slot_layers: int = 1
-    ) -> None:
+    def __init__(self, encoder: nn.Module, n_intents: int, n_tags: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.encoder = encoder
-        self.slot_layers = slot_layers
         self.width: int = int(getattr(encoder, "config").hidden_size)  # noqa: B009 - HF model, untyped
         width = self.width
         self.drop = nn.Dropout(dropout)
@@ -122,16 +119,10 @@ class TeacherTagger(nn.Module):
 
         Returns intent logits [B, n_intents] and slot logits per *word* [B, W, n_tags].
         """
-        out = self.encoder(
-            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=self.slot_layers > 1
-        )
-        hidden = out.last_hidden_state
-        tokens = (
-            hidden if self.slot_layers == 1 else torch.stack(out.hidden_states[-self.slot_layers :]).mean(0)
-        )
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         m = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
         intent_logits = self.intent_head(self.drop(pooled))
-        words = torch.gather(tokens, 1, word_index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        words = torch.gather(hidden, 1, word_index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
         slot_logits = self.slot_head(self.drop(words))
         return intent_logits, slot_logits

@@ -160,3 +160,12 @@ def test_teacher_ensemble_averages_its_members_and_resumes_at_the_next_member(tm
     load_or_train_teacher(cfg, train, intents, tags, data_key="e", cache=tmp_path, score=score)
     assert calls == [1, 2]  # member 2 trained again, member 1 reused
     assert (h.cache_dir / "teacher.pt").stat().st_mtime_ns == first
+
+
+def test_bf16_only_where_the_cpu_has_it() -> None:
+    """Emulated bfloat16 is slower than float32: the recipe asks for it, the CPU decides."""
+    from cloud_controller.training.minilm_teacher import MiniLmTeacherConfig, use_bf16
+
+    assert MiniLmTeacherConfig().bf16 and not use_bf16(MiniLmTeacherConfig(bf16=False))
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert use_bf16(MiniLmTeacherConfig()) == native

@@ -142,7 +142,9 @@ def test_teacher_ensemble_averages_its_members_and_resumes_at_the_next_member(tm
     toks = [e.tokens for e in valid]
     il, sl = teacher_predict(h, toks)
     parts = [
-        teacher_predict(MiniLmTeacherHandle(m, h.tokenizer, intents, tags, tmp_path, 0, 0.0), toks)
+        teacher_predict(
+            MiniLmTeacherHandle(m, h.tokenizer, intents, tags, tmp_path, 0, 0.0, bf16=h.bf16), toks
+        )
         for m in h.members
     ]
     mean = np.mean([np.exp(p[0] - np.log(np.exp(p[0]).sum(-1, keepdims=True))) for p in parts], axis=0)

@@ -6,6 +6,7 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,19 +74,25 @@ def test_teacher_keeps_its_best_valid_epoch(tmp_path: Path) -> None:
     assert h.train_cpu_seconds > 0
 
 
+def _small_split() -> tuple[list[Any], list[Any], list[str], list[str]]:
+    """24 train and 8 valid utterances of the shared tiny data set, with its label sets."""
+    from cloud_controller.datasets.snips import Example, label_sets
+    from tests.cloud.train_data import utterances
+
+    data = [Example(tuple(t), tuple(g), i) for t, g, i in utterances(32)]
+    intents, tags = label_sets(data)
+    return data[:24], data[24:], intents, tags
+
+
 def test_teacher_keeps_the_tag_prior_of_its_best_epoch_and_reloads_it(tmp_path: Path) -> None:
     """The valid scorer sets the prior's weight per epoch; the kept epoch's prior is saved with it.
 
     Also: ``augment_copies`` (off by default) adds that many slot-swapped copies of train.
     """
-    from cloud_controller.datasets.snips import Example, label_sets
     from cloud_controller.training.chat_train import CONFIGS, teacher_decode, teacher_valid_score
     from cloud_controller.training.minilm_teacher import MiniLmTeacherHandle, load_or_train_teacher
-    from tests.cloud.train_data import utterances
 
-    data = [Example(tuple(t), tuple(g), i) for t, g, i in utterances(32)]
-    train, valid = data[:24], data[24:]
-    intents, tags = label_sets(data)
+    train, valid, intents, tags = _small_split()
     cfg = replace(CONFIGS["tiny"].teacher, epochs=2, max_train=None, batch_size=8, augment_copies=1.0)
     real = teacher_valid_score(valid, train)
     assert real is not None
@@ -113,18 +120,14 @@ def test_teacher_ensemble_averages_its_members_and_resumes_at_the_next_member(tm
     """
     import numpy as np
 
-    from cloud_controller.datasets.snips import Example, label_sets
     from cloud_controller.training.chat_train import CONFIGS, teacher_decode, teacher_valid_score
     from cloud_controller.training.minilm_teacher import (
         MiniLmTeacherHandle,
         load_or_train_teacher,
         teacher_predict,
     )
-    from tests.cloud.train_data import utterances
 
-    data = [Example(tuple(t), tuple(g), i) for t, g, i in utterances(32)]
-    train, valid = data[:24], data[24:]
-    intents, tags = label_sets(data)
+    train, valid, intents, tags = _small_split()
     cfg = replace(CONFIGS["tiny"].teacher, epochs=1, max_train=None, batch_size=8, members=2)
     real = teacher_valid_score(valid, train)
     assert real is not None

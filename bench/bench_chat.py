@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _report import cpu_model, write_marked_block  # noqa: E402
+from _report import command_line, cpu_model, write_marked_block  # noqa: E402
 
 from cloud_controller.datasets.snips import load_snips  # noqa: E402
 from edge_agent.models.chat_runtime import ChatModel  # noqa: E402
@@ -64,7 +64,12 @@ def _row(name: str, m: dict[str, float]) -> str:
     return f"| {name} | {m['intent_acc']:.2f} | {m['slot_f1']:.2f} | {m['sentence_acc']:.2f} |"
 
 
-def render(report: dict[str, Any], lat: dict[str, float], command: str) -> str:
+def _members(report: dict[str, Any]) -> str:
+    n = int(report["config"].get("teacher", {}).get("members", 1))
+    return f", {n} members averaged" if n > 1 else ""
+
+
+def render(report: dict[str, Any], lat: dict[str, float], command: str, note: str = "") -> str:
     t, s, h = report["teacher"], report["student"], report["student_hard"]
     mb = 1024 * 1024
     bundle_b, teacher_b = report["bundle"]["size_bytes"], t["size_bytes"]
@@ -76,7 +81,7 @@ def render(report: dict[str, Any], lat: dict[str, float], command: str) -> str:
         "",
         "| model | intent acc % | slot F1 (conlleval) | sentence acc % |",
         "|---|---|---|---|",
-        _row("teacher: all-MiniLM-L6-v2 fine-tuned", t["test"]),
+        _row(f"teacher: all-MiniLM-L6-v2 fine-tuned{_members(report)}", t["test"]),
         _row("student distilled, fp32 ONNX", d_fp32),
         _row("student distilled, int8 ONNX (the bundle)", d_int8),
         _row("student hard labels only (no teacher), torch fp32", h["test_torch"]),
@@ -99,7 +104,7 @@ def render(report: dict[str, Any], lat: dict[str, float], command: str) -> str:
         "incl. slot-swap augmentation)",
         f"- machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"torch threads {os.environ.get('EDGELOOP_TORCH_THREADS', '1')}; measured {report['created'][:19]}Z",
-        f"- command: `{command}`",
+        f"- command: `{command}`{note}",
         END,
     ]
     return "\n".join(lines)
@@ -123,8 +128,10 @@ def main() -> int:
     lat = latency(args.out / "bundle", texts)
     report["latency"] = lat
     metrics.write_text(json.dumps(report, indent=2))
-    command = f"nice -n 10 .venv/bin/python bench/bench_chat.py --config {args.config}"
-    block = render(report, lat, command)
+    note = ""
+    if args.reuse:
+        note = f" (models and figures from the run of {report['created'][:16]} UTC; latency re-measured)"
+    block = render(report, lat, command_line(), note)
     write_marked_block(args.doc, block)
     print(block)
     return 0

@@ -268,6 +268,10 @@ def load_or_train_teacher(
     seconds = cpu_seconds = 0.0
     prior: TagPrior | None = None
     for k, weights in enumerate(files):
+        # Seeded before the heads are created: their initial weights are part of the member, not
+        # of whatever the process drew from torch's generator before (the train verb and
+        # chat_train.run gave different teachers from one recipe until this was so).
+        torch.manual_seed(cfg.seed + k)
         model, tok = _new_teacher(len(intents), len(tags))
         side = cache_dir / f"member-{k + 1}.json"
         if weights.is_file() and side.is_file() and not retrain:  # done before an interruption

@@ -174,3 +174,16 @@ def test_bf16_only_where_the_cpu_has_it() -> None:
     assert MiniLmTeacherConfig().bf16 and not use_bf16(MiniLmTeacherConfig(bf16=False))
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     assert use_bf16(MiniLmTeacherConfig()) == native
+
+
+def test_a_member_is_the_same_whatever_the_process_drew_before(tmp_path: Path) -> None:
+    """The heads are created after the member's seed is set: two entry points, one teacher."""
+    from cloud_controller.training.chat_train import CONFIGS
+    from cloud_controller.training.minilm_teacher import load_or_train_teacher
+
+    train, _, intents, tags = _small_split()
+    cfg = replace(CONFIGS["tiny"].teacher, epochs=1, max_train=None, batch_size=8)
+    a = load_or_train_teacher(cfg, train, intents, tags, data_key="a", cache=tmp_path / "a")
+    torch.rand(1000)  # another caller drew from torch's generator first
+    b = load_or_train_teacher(cfg, train, intents, tags, data_key="a", cache=tmp_path / "b")
+    assert torch.equal(a.model.slot_head.weight, b.model.slot_head.weight)

@@ -240,7 +240,8 @@ def load_or_train_teacher(
     files = [_member_file(cache_dir, k) for k in range(cfg.members)]
     if meta_file.is_file() and all(f.is_file() for f in files) and not retrain:
         meta = json.loads(meta_file.read_text())
-        loaded, tok = _load_members(files, len(intents), len(tags))
+        pairs = [_load_member(f, len(intents), len(tags)) for f in files]
+        loaded, tok = [m for m, _ in pairs], pairs[0][1]
         return MiniLmTeacherHandle(
             loaded[0],
             tok,
@@ -271,19 +272,19 @@ def load_or_train_teacher(
         # Seeded before the heads are created: their initial weights are part of the member, not
         # of whatever the process drew from torch's generator before (the train verb and
         # chat_train.run gave different teachers from one recipe until this was so).
-        torch.manual_seed(cfg.seed + k)
-        model, tok = _new_teacher(len(intents), len(tags))
         side = cache_dir / f"member-{k + 1}.json"
         if weights.is_file() and side.is_file() and not retrain:  # done before an interruption
-            model.load_state_dict(torch.load(weights, map_location="cpu"))
+            model, tok = _load_member(weights, len(intents), len(tags))
             done = json.loads(side.read_text())
         else:
+            torch.manual_seed(cfg.seed + k)
+            model, tok = _new_teacher(len(intents), len(tags))
             done = _fit_member(cfg, k, model, tok, data, intents, tags, cache_dir, score)
             tmp = weights.with_suffix(".tmp")
             torch.save(model.state_dict(), tmp)
             tmp.replace(weights)
             side.write_text(json.dumps(done, indent=2))
-        model.eval()
+            model.eval()
         models.append(model)
         history += done["history"]
         seconds += done["train_seconds"]
@@ -324,15 +325,11 @@ def load_or_train_teacher(
     return handle
 
 
-def _load_members(files: Sequence[Path], n_intents: int, n_tags: int) -> tuple[list[TeacherTagger], Any]:
-    models: list[TeacherTagger] = []
-    tok: Any = None
-    for f in files:
-        model, tok = _new_teacher(n_intents, n_tags)
-        model.load_state_dict(torch.load(f, map_location="cpu"))
-        model.eval()
-        models.append(model)
-    return models, tok
+def _load_member(weights: Path, n_intents: int, n_tags: int) -> tuple[TeacherTagger, Any]:
+    model, tok = _new_teacher(n_intents, n_tags)
+    model.load_state_dict(torch.load(weights, map_location="cpu"))
+    model.eval()
+    return model, tok
 
 
 def _fit_member(
@@ -348,7 +345,7 @@ def _fit_member(
 ) -> dict[str, Any]:
     """Fine-tune one member in place (best valid epoch kept); returns its history, times and prior."""
     rng = random.Random(cfg.seed + k)
-    torch.manual_seed(cfg.seed + k)
+    torch.manual_seed(cfg.seed + k)  # the training draws (dropout) do not depend on how the heads were built
     intent_ix = {n: i for i, n in enumerate(intents)}
     tag_ix = {n: i for i, n in enumerate(tags)}
     if cfg.freeze_word_embeddings:

@@ -215,6 +215,11 @@ class DemoCluster:
                 # arrives the counters are quiet too, and the phase would be measured as empty.
                 break
             time.sleep(0.5)
+        else:
+            say(
+                f"{phase}: the pump nodes' sensor counters did not settle with scored windows in "
+                f"{timeout:.0f} s; the figures below are what they showed (see {self.out / 'logs'})"
+            )
         samples = sum(x[2] for x in last or ())
         escalated = sum(x[3] for x in last or ())
         versions = sorted({str(x[1]) for x in last or ()})

@@ -135,6 +135,11 @@ class Pipeline:
         """A new model starts new per-device baselines: scores of two models do not mix."""
         self._sensor.set_model(model, name)
 
+    @property
+    def sensor_model(self) -> SensorScorer | None:
+        """The model closed windows are scored with (None: windows go upstream unscored)."""
+        return self._sensor.model
+
     def reset_model_counters(self, task: str) -> None:
         self.model_counters[task] = ModelCounters()
 

@@ -38,6 +38,9 @@ class ActiveModels:
         self._config = config
         self.chat_model: Any = None
         self.status: dict[str, wire.ModelStatus] = {}
+        # What is swapped in per task: the status alone cannot say, since the manager's status
+        # names its target while it downloads (same name and version, nothing running yet).
+        self._running: dict[str, tuple[str, str, Any]] = {}
 
     async def load_configured(self) -> None:
         """Bundles named in the config; one that fails to load leaves the agent running without it."""
@@ -67,15 +70,27 @@ class ActiveModels:
                 self._failed("sensor", m.sensor_bundle, exc)
 
     def sync_from_manager(self) -> None:
-        """Adopt what the model manager runs; its status (downloading, refused, rolled back) wins."""
+        """Adopt what the model manager runs; its status (downloading, refused, rolled back) wins.
+
+        The swap is decided by the model object, not by the reported name and
+        version: two overlapping applies (generation 2 with chat, generation 3
+        with chat and sensor) let the first one copy the sensor's *downloading*
+        status, which already names the target, and a name comparison then
+        never swapped the loaded sensor model in (the node said "active" and
+        scored nothing).
+        """
         for task, st in self._manager.status().items():
             cur = self._manager.current(task)
             if cur is not None:
                 name, version, model = cur
-                running = self.status.get(task)
-                if running is None or (running.name, running.version) != (name, version):
+                running = self._running.get(task)
+                if running is None or running[2] is not model:
                     self.set_model(task, model, name, version, previous=st.previous)
             self.status[task] = st.model_copy(update={"samples": 0}) if cur is None else st
+
+    def running(self, task: str) -> tuple[str, str, Any] | None:
+        """``(name, version, model)`` swapped in for ``task``, or None."""
+        return self._running.get(task)
 
     def set_model(self, task: str, model: Any, name: str, version: str, previous: str | None = None) -> None:
         """Swap the model for a task; in-flight calls finish on the old object (no lock needed)."""
@@ -84,6 +99,7 @@ class ActiveModels:
             self._pipeline.reset_model_counters("chat")
         else:
             self._pipeline.set_sensor_model(model, f"{name}@{version}")
+        self._running[task] = (name, version, model)
         self.status[task] = wire.ModelStatus(name=name, version=version, state="active", previous=previous)
         self._metrics.set_model_loaded(name, version)
         log.info("model active", extra={"task": task, "model": name, "version": version})

@@ -20,14 +20,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cloud_controller.releases.artifacts import ArtifactStore
+from cloud_controller.releases.artifacts import ArtifactStore, Release
 from cloud_controller.releases.publisher import ModelPublisher
 from cloud_controller.releases.signing import generate_keys, load_private_key
-from edge_agent.config import MqttConfig
+from edge_agent.config import AgentConfig, MqttConfig
 from edge_agent.models.bundle import write_bundle
+from edge_agent.ops.metrics import AgentMetrics
+from edge_agent.pipeline.core import Pipeline
 from edge_agent.protocol.manifest import canonical_json, manifest_digest
-from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.messages import DesiredState, ModelRef
 from edge_agent.protocol.topics import chunk_topic, manifest_topic
+from edge_agent.services.active_models import ActiveModels
 from edge_agent.transport.mqtt import MqttClient
 from edge_agent.updates.manager import ModelManager
 from edgeloop_sim.broker import Broker
@@ -40,6 +43,22 @@ from tests.protocol.delivery_harness import (
     make_bundle,
     tiny_onnx,
 )
+
+
+async def _sensor_release(cloud: Cloud, tmp_path: Path) -> Release:
+    """A signed, published release in the sensor slot (the tiny graph; the test loaders do not care)."""
+    bundle = write_bundle(
+        tmp_path / "bundles" / "sensor-1",
+        {
+            "model.onnx": tiny_onnx(7),
+            "labels.json": json.dumps({"intents": ["a", "b", "c"], "tags": ["O"]}).encode(),
+            "vocab.json": b"{}",
+        },
+        {"name": "tiny-sensor", "task": "sensor", "version": "1", "metrics": {}},
+    )
+    rel = cloud.store.put_bundle(bundle, cloud.key, task="sensor")
+    await cloud.publisher.publish(rel)
+    return rel
 
 
 @pytest.fixture
@@ -328,18 +347,8 @@ async def test_two_tasks_installing_at_once_do_not_prune_each_other(
             if task == "chat":
                 chat_pruned.set()  # _activate ends with the prune
 
-    sensor_bundle = write_bundle(
-        tmp_path / "bundles" / "sensor-1",
-        {
-            "model.onnx": tiny_onnx(7),
-            "labels.json": json.dumps({"intents": ["a", "b", "c"], "tags": ["O"]}).encode(),
-            "vocab.json": b"{}",
-        },
-        {"name": "tiny-sensor", "task": "sensor", "version": "1", "metrics": {}},
-    )
     chat_rel = await cloud.release("1")
-    sensor_rel = cloud.store.put_bundle(sensor_bundle, cloud.key, task="sensor")
-    await cloud.publisher.publish(sensor_rel)
+    sensor_rel = await _sensor_release(cloud, tmp_path)
     agent_client = MqttClient(mqtt_cfg, f"edge-agent-{NODE}")
     node = Node(
         tmp_path / NODE, agent_client, cloud.pinned, {"chat": TinyModel, "sensor": SlowSensor}, health
@@ -347,4 +356,51 @@ async def test_two_tasks_installing_at_once_do_not_prune_each_other(
     status = await asyncio.wait_for(node.apply(desired(chat_rel.model_ref(), sensor_rel.model_ref())), 30)
     assert status["chat"].state == "active" and status["sensor"].state == "active", status
     assert (tmp_path / NODE / "models" / "tiny-sensor" / "1" / "release.json").is_file()
+    await node.stop()
+
+
+async def test_overlapping_applies_swap_in_the_sensor_model_that_loaded_last(
+    tmp_path: Path, mqtt_cfg: MqttConfig, cloud: Cloud
+) -> None:
+    """Generations 2 (chat) and 3 (chat + sensor) apply at once, as the agent runs each in its own
+    task. Generation 2's sync finds the sensor still downloading; generation 3's must swap the loaded
+    sensor model into the pipeline. (Seen in CI: the node said sensor v1 active and scored nothing.)"""
+    gen2_synced = threading.Event()
+
+    class SlowSensor(TinyModel):
+        def __init__(self, path: Path) -> None:
+            assert gen2_synced.wait(10), "generation 2 never synced"
+            super().__init__(path)
+
+    chat_rel = await cloud.release("1")
+    sensor_rel = await _sensor_release(cloud, tmp_path)
+    agent_client = MqttClient(mqtt_cfg, f"edge-agent-{NODE}")
+    node = ModelManager(
+        tmp_path / NODE, agent_client, cloud.pinned, {"chat": TinyModel, "sensor": SlowSensor}, health
+    )
+    cfg = AgentConfig(node_id=NODE)
+    pipeline = Pipeline(cfg)
+    models = ActiveModels(pipeline, node, AgentMetrics(), config=lambda: cfg)
+    seen_by_gen2: dict[str, str] = {}
+
+    async def apply(d: DesiredState) -> None:
+        await node.apply(d)
+        models.sync_from_manager()
+        if d.generation == 2:
+            seen_by_gen2.update({t: s.state for t, s in models.status.items()})
+            gen2_synced.set()
+
+    chat_ref, sensor_ref = chat_rel.model_ref(), sensor_rel.model_ref()
+    await asyncio.wait_for(
+        asyncio.gather(
+            apply(desired(chat_ref, generation=2)), apply(desired(chat_ref, sensor_ref, generation=3))
+        ),
+        30,
+    )
+    assert seen_by_gen2 == {"chat": "active", "sensor": "downloading"}  # the overlap really happened
+    loaded = node.current("sensor")
+    assert loaded is not None
+    assert pipeline.sensor_model is loaded[2]
+    assert models.running("sensor") == loaded
+    assert models.status["sensor"].state == "active"
     await node.stop()

@@ -34,6 +34,12 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-train", type=int, default=None, help="train on at most N examples (smoke runs)")
     p.add_argument("--no-teacher", action="store_true", help="chat: train the student on hard labels only")
     p.add_argument("--windows", type=Path, default=None, help="sensor: NAB-style anomaly windows JSON")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the student (chat: and of any split cut from train; the teacher is reused); default 0",
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -60,6 +66,7 @@ def run_train(args: argparse.Namespace) -> int:
                     epochs=args.epochs,
                     max_train=args.max_train,
                     name=args.name,
+                    seed=args.seed,
                 ),
                 log=lambda m: print(m, file=sys.stderr),
             )
@@ -76,6 +83,7 @@ def run_train(args: argparse.Namespace) -> int:
                     windows=args.windows,
                     epochs=args.epochs,
                     name=args.name,
+                    seed=args.seed,
                 ),
                 log=lambda m: print(m, file=sys.stderr),
             )

@@ -68,6 +68,9 @@ class ChatRunOptions:
     max_train: int | None = None
     name: str | None = None
     teacher_vocab: bool | None = None  # None: the config's; False skips ~21k teacher word vectors (tests)
+    # None: the config's. Seeds the student (initial weights, batch order, slot-swap copies) and any
+    # split cut from train; the teacher keeps its own seeds and is reused while the splits are unchanged.
+    seed: int | None = None
 
 
 def _examples_json(xs: list[Example]) -> list[dict[str, Any]]:
@@ -88,6 +91,8 @@ def _config(opts: ChatRunOptions) -> ChatTrainConfig:
         cfg = replace(cfg, max_train=opts.max_train, teacher=replace(cfg.teacher, max_train=opts.max_train))
     if opts.teacher_vocab is not None:
         cfg = replace(cfg, teacher_vocab=opts.teacher_vocab)
+    if opts.seed is not None:
+        cfg = replace(cfg, seed=opts.seed)
     return cfg
 
 
@@ -159,9 +164,11 @@ def run_chat(opts: ChatRunOptions, log: Any = print) -> dict[str, Any]:
                 f"intents {u['intents']} slots {u['slots']}"
             )
 
-    # -- teacher
+    # -- teacher: keyed by the splits themselves, not by the seed that may have cut them, so another
+    # student seed on the same splits reuses the teacher (a seed spread costs students only).
     handle: MiniLmTeacherHandle | None = None
-    k_teacher = digest("teacher", k_data, asdict(cfg.teacher) if opts.teacher else None)
+    k_splits = digest("splits", saved["train"], saved["valid"], saved["test"])
+    k_teacher = digest("teacher", k_splits, asdict(cfg.teacher) if opts.teacher else None)
     teacher_file = opts.out / "teacher" / "teacher.json"
 
     def get_teacher() -> MiniLmTeacherHandle:
@@ -172,7 +179,7 @@ def run_chat(opts: ChatRunOptions, log: Any = print) -> dict[str, Any]:
                 train,
                 intents,
                 tags,
-                data_key=k_data,
+                data_key=k_splits,
                 cache=opts.out / "teacher",
                 score=teacher_valid_score(valid, train) if cfg.teacher.epochs > 1 else None,
             )
@@ -310,6 +317,7 @@ def run_chat(opts: ChatRunOptions, log: Any = print) -> dict[str, Any]:
     report: dict[str, Any] = {
         "task": "chat",
         "config": cfg.name,
+        "seed": cfg.seed,
         "data": str(ds.source),
         "format": ds.format,
         "notes": saved["notes"],

@@ -68,6 +68,7 @@ class SensorRunOptions:
     windows: Path | None = None
     epochs: int | None = None
     name: str | None = None
+    seed: int | None = None  # None: the config's (the students' initial weights and batch order)
 
 
 def _pieces(series: list[SensorSeries], want: int) -> tuple[list[SensorSeries], str | None]:
@@ -124,6 +125,8 @@ def run_sensor(opts: SensorRunOptions, log: Any = print) -> dict[str, Any]:
     cfg = SensorTrainConfig.named(opts.config)
     if opts.epochs is not None:
         cfg = replace(cfg, epochs=opts.epochs)
+    if opts.seed is not None:
+        cfg = replace(cfg, seed=opts.seed)
     wd = WorkDir(opts.out, log)
     wfile = opts.windows or find_windows_file(Path(opts.data))
     raw = load_sensor_dataset(Path(opts.data), wfile)
@@ -273,6 +276,7 @@ def run_sensor(opts: SensorRunOptions, log: Any = print) -> dict[str, Any]:
     report: dict[str, Any] = {
         "task": "sensor",
         "config": opts.config,
+        "seed": cfg.seed,
         "data": str(opts.data),
         "format": "csv" + (f" + windows {wfile}" if wfile else " (label column)"),
         "notes": saved["notes"],

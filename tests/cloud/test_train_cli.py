@@ -122,17 +122,31 @@ def test_chat_with_the_teacher_distils(tmp_path: Path) -> None:
         log=lambda _m: None,
     )
     assert r["student"]["distilled"] is True and "teacher_test" in r
+    # Another student seed on the same splits: the teacher is reused, the student is trained anew.
+    r1 = run_chat(
+        ChatRunOptions(
+            bio_dataset(tmp_path / "bio", messy=False),
+            tmp_path / "out",
+            config="tiny",
+            epochs=1,
+            teacher_vocab=False,
+            seed=1,
+        ),
+        log=lambda _m: None,
+    )
+    assert r1["seed"] == 1 and r["seed"] == 0
+    assert "teacher" in r1["stages_skipped"] and "student" not in r1["stages_skipped"]
+    assert r1["teacher_test"] == r["teacher_test"]
 
 
 @pytest.mark.parametrize("layout", ["label-column", "nab-windows"])
 def test_sensor_csv(tmp_path: Path, layout: str) -> None:
     data = sensor_label_column(tmp_path / "d") if layout == "label-column" else sensor_nab(tmp_path / "d")
     out = tmp_path / "out"
-    assert (
-        cli(["train", "sensor", "--data", str(data), "--out", str(out), "--config", "tiny", "--epochs", "5"])
-        == 0
-    )
+    args = ["--config", "tiny", "--epochs", "5", "--seed", "3"]
+    assert cli(["train", "sensor", "--data", str(data), "--out", str(out), *args]) == 0
     r = _report(out)
+    assert r["seed"] == 3
     assert set(r["metrics"]) == {
         "teacher (per series)",
         "student int8 (cross-validated)",

@@ -111,29 +111,16 @@ def test_chat_with_the_teacher_distils(tmp_path: Path) -> None:
     """The distillation path: MiniLM fine-tune on the tiny set, teacher logits, distilled student."""
     from cloud_controller.training.chat_pipeline import ChatRunOptions, run_chat
 
-    r = run_chat(
-        ChatRunOptions(
-            bio_dataset(tmp_path / "bio", messy=False),
-            tmp_path / "out",
-            config="tiny",
-            epochs=1,
-            teacher_vocab=False,
-        ),
-        log=lambda _m: None,
-    )
+    data = bio_dataset(tmp_path / "bio", messy=False)
+
+    def train(seed: int | None) -> dict:
+        opts = ChatRunOptions(data, tmp_path / "out", config="tiny", epochs=1, teacher_vocab=False, seed=seed)
+        return run_chat(opts, log=lambda _m: None)
+
+    r = train(None)
     assert r["student"]["distilled"] is True and "teacher_test" in r
     # Another student seed on the same splits: the teacher is reused, the student is trained anew.
-    r1 = run_chat(
-        ChatRunOptions(
-            bio_dataset(tmp_path / "bio", messy=False),
-            tmp_path / "out",
-            config="tiny",
-            epochs=1,
-            teacher_vocab=False,
-            seed=1,
-        ),
-        log=lambda _m: None,
-    )
+    r1 = train(1)
     assert r1["seed"] == 1 and r["seed"] == 0
     assert "teacher" in r1["stages_skipped"] and "student" not in r1["stages_skipped"]
     assert r1["teacher_test"] == r["teacher_test"]

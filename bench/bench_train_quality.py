@@ -309,7 +309,7 @@ def main() -> int:
     )
     args = p.parse_args()
     if not args.render_only:
-        timing = train(args.out, args.threads)
+        timing = train(args.out, args.threads)  # saved already: --render-only works if a seed fails
         seeds = list(range(1, max(1, args.student_seeds)))
         timing["student_seeds"] = seeds
         timing["seed_seconds"] = [train_seed(args.out, k, args.threads) for k in seeds]

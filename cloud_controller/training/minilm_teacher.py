@@ -241,20 +241,17 @@ def load_or_train_teacher(
     if meta_file.is_file() and all(f.is_file() for f in files) and not retrain:
         meta = json.loads(meta_file.read_text())
         pairs = [_load_member(f, len(intents), len(tags)) for f in files]
-        loaded, tok = [m for m, _ in pairs], pairs[0][1]
-        return MiniLmTeacherHandle(
-            loaded[0],
-            tok,
+        return _ensemble(
+            cfg,
+            [m for m, _ in pairs],
+            pairs[0][1],
             intents,
             tags,
-            cache_dir,
-            sum(f.stat().st_size for f in files),
+            files,
             meta["train_seconds"],
             meta.get("train_cpu_seconds", 0.0),
             meta.get("history"),
             TagPrior.from_dict(meta["prior"]) if meta.get("prior") else None,
-            loaded[1:],
-            use_bf16(cfg),
         )
 
     rng = random.Random(cfg.seed)
@@ -269,14 +266,14 @@ def load_or_train_teacher(
     seconds = cpu_seconds = 0.0
     prior: TagPrior | None = None
     for k, weights in enumerate(files):
-        # Seeded before the heads are created: their initial weights are part of the member, not
-        # of whatever the process drew from torch's generator before (the train verb and
-        # chat_train.run gave different teachers from one recipe until this was so).
         side = cache_dir / f"member-{k + 1}.json"
         if weights.is_file() and side.is_file() and not retrain:  # done before an interruption
             model, tok = _load_member(weights, len(intents), len(tags))
             done = json.loads(side.read_text())
         else:
+            # Seeded before the heads are created: their initial weights are part of the member, not
+            # of whatever the process drew from torch's generator before (the train verb and
+            # chat_train.run gave different teachers from one recipe until this was so).
             torch.manual_seed(cfg.seed + k)
             model, tok = _new_teacher(len(intents), len(tags))
             done = _fit_member(cfg, k, model, tok, data, intents, tags, cache_dir, score)
@@ -290,20 +287,7 @@ def load_or_train_teacher(
         seconds += done["train_seconds"]
         cpu_seconds += done["train_cpu_seconds"]
         prior = TagPrior.from_dict(done["prior"]) if done.get("prior") else None
-    handle = MiniLmTeacherHandle(
-        models[0],
-        tok,
-        intents,
-        tags,
-        cache_dir,
-        sum(f.stat().st_size for f in files),
-        seconds,
-        cpu_seconds,
-        history,
-        prior,
-        models[1:],
-        use_bf16(cfg),
-    )
+    handle = _ensemble(cfg, models, tok, intents, tags, files, seconds, cpu_seconds, history, prior)
     if score is not None and cfg.members > 1:
         value = score(handle)  # sets the prior for the averaged output
         history.append({"epoch": 0, "member": 0, "score": value})
@@ -323,6 +307,35 @@ def load_or_train_teacher(
         )
     )
     return handle
+
+
+def _ensemble(
+    cfg: MiniLmTeacherConfig,
+    models: list[TeacherTagger],
+    tok: Any,
+    intents: list[str],
+    tags: list[str],
+    files: list[Path],
+    seconds: float,
+    cpu_seconds: float,
+    history: list[dict[str, float]] | None,
+    prior: TagPrior | None,
+) -> MiniLmTeacherHandle:
+    """The handle over every member, cached or just trained alike (its size: all member files)."""
+    return MiniLmTeacherHandle(
+        models[0],
+        tok,
+        intents,
+        tags,
+        files[0].parent,
+        sum(f.stat().st_size for f in files),
+        seconds,
+        cpu_seconds,
+        history,
+        prior,
+        models[1:],
+        use_bf16(cfg),
+    )
 
 
 def _load_member(weights: Path, n_intents: int, n_tags: int) -> tuple[TeacherTagger, Any]:

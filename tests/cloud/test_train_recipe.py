@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -84,18 +85,26 @@ def _small_split() -> tuple[list[Any], list[Any], list[str], list[str]]:
     return data[:24], data[24:], intents, tags
 
 
+def _valid_scorer(valid: list[Any], train: list[Any]) -> Callable[[Any], float]:
+    """The recipe's own valid scorer (intent acc + slot F1; it sets the tag prior)."""
+    from cloud_controller.training.chat_train import teacher_valid_score
+
+    real = teacher_valid_score(valid, train)
+    assert real is not None
+    return real
+
+
 def test_teacher_keeps_the_tag_prior_of_its_best_epoch_and_reloads_it(tmp_path: Path) -> None:
     """The valid scorer sets the prior's weight per epoch; the kept epoch's prior is saved with it.
 
     Also: ``augment_copies`` (off by default) adds that many slot-swapped copies of train.
     """
-    from cloud_controller.training.chat_train import CONFIGS, teacher_decode, teacher_valid_score
+    from cloud_controller.training.chat_train import CONFIGS, teacher_decode
     from cloud_controller.training.minilm_teacher import MiniLmTeacherHandle, load_or_train_teacher
 
     train, valid, intents, tags = _small_split()
     cfg = replace(CONFIGS["tiny"].teacher, epochs=2, max_train=None, batch_size=8, augment_copies=1.0)
-    real = teacher_valid_score(valid, train)
-    assert real is not None
+    real = _valid_scorer(valid, train)
     weights: list[float] = []
 
     def score(h: MiniLmTeacherHandle) -> float:
@@ -120,7 +129,7 @@ def test_teacher_ensemble_averages_its_members_and_resumes_at_the_next_member(tm
     """
     import numpy as np
 
-    from cloud_controller.training.chat_train import CONFIGS, teacher_decode, teacher_valid_score
+    from cloud_controller.training.chat_train import CONFIGS, teacher_decode
     from cloud_controller.training.minilm_teacher import (
         MiniLmTeacherHandle,
         load_or_train_teacher,
@@ -129,8 +138,7 @@ def test_teacher_ensemble_averages_its_members_and_resumes_at_the_next_member(tm
 
     train, valid, intents, tags = _small_split()
     cfg = replace(CONFIGS["tiny"].teacher, epochs=1, max_train=None, batch_size=8, members=2)
-    real = teacher_valid_score(valid, train)
-    assert real is not None
+    real = _valid_scorer(valid, train)
     calls: list[int] = []
 
     def score(h: MiniLmTeacherHandle) -> float:
